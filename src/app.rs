@@ -1,0 +1,256 @@
+//! Assembles a running service from configuration: picks the backends, the provider (Ark or the
+//! sandbox emulator), starts the HTTP server and the worker, and stops them gracefully.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::domain::Catalog;
+use crate::emulator::{self, EmulatorConfig};
+use crate::events::{memory::MemoryEvents, Events};
+use crate::graphql::{self, Ctx};
+use crate::http::{self, AppState};
+use crate::provider::{ark::ArkClient, ImageProvider, ProviderError};
+use crate::queue::{memory::MemoryQueue, Queue};
+use crate::service::Service;
+use crate::store::{sqlite::SqliteStore, Store, StoreError};
+use crate::worker::{Worker, WorkerConfig};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// API and worker in one process.
+    Serve,
+    Api,
+    Worker,
+}
+
+impl Role {
+    fn runs_api(self) -> bool {
+        matches!(self, Role::Serve | Role::Api)
+    }
+    fn runs_worker(self) -> bool {
+        matches!(self, Role::Serve | Role::Worker)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("cannot set up the provider client: {0}")]
+    Provider(#[from] ProviderError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// The three backends behind the traits.
+pub struct Backends {
+    pub store: Arc<dyn Store>,
+    pub queue: Arc<dyn Queue>,
+    pub events: Arc<dyn Events>,
+}
+
+impl Backends {
+    /// The embedded default: SQLite in the data folder, in-process queue and events.
+    pub fn embedded(config: &Config) -> Result<Backends, StartError> {
+        let store = SqliteStore::open(&config.data_dir, config.embedded_sync)?;
+        tracing::info!(path = %store.path().display(), "embedded store opened");
+        Ok(Backends {
+            store: Arc::new(store),
+            queue: Arc::new(MemoryQueue::new()),
+            events: Arc::new(MemoryEvents::new()),
+        })
+    }
+
+    pub fn for_config(config: &Config) -> Result<Backends, StartError> {
+        if config.is_distributed() {
+            return Err(StartError::Unsupported(
+                "MONGO_URL/REDIS_URL are set, but this build runs only the embedded store; unset them to use the data folder".into(),
+            ));
+        }
+        Backends::embedded(config)
+    }
+}
+
+pub struct Running {
+    /// Where the HTTP server listens (`None` for a worker-only process).
+    pub addr: Option<SocketAddr>,
+    pub public_base: String,
+    pub provider_mode: &'static str,
+    pub service: Arc<Service>,
+    /// The in-process emulator of sandbox mode.
+    pub emulator: Option<emulator::Emulator>,
+    shutdown: CancellationToken,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    workers: Option<tokio::task::JoinSet<()>>,
+}
+
+impl Running {
+    /// Stops taking requests and work, lets in-flight work finish up to `grace`, then returns.
+    /// Tasks still running then stay `processing` and are recovered by the next start.
+    pub async fn shutdown(mut self, grace: Duration) {
+        self.shutdown.cancel();
+        let deadline = tokio::time::Instant::now() + grace;
+        if let Some(mut set) = self.workers.take() {
+            let drained = tokio::time::timeout_at(deadline, async {
+                while set.join_next().await.is_some() {}
+            })
+            .await;
+            if drained.is_err() {
+                tracing::warn!("shutdown deadline reached with provider calls in flight; they will be recovered at next start");
+                set.abort_all();
+            }
+        }
+        if let Some(server) = self.server.take() {
+            if tokio::time::timeout_at(deadline, server).await.is_err() {
+                tracing::warn!("open connections did not close before the deadline");
+            }
+        }
+    }
+
+    /// Waits until the shutdown token is cancelled elsewhere (signal handling in `main`).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+async fn provider(
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Result<(Arc<dyn ImageProvider>, Option<emulator::Emulator>), StartError> {
+    match &config.volcengine_api_key {
+        Some(key) => {
+            let client =
+                ArkClient::new(&config.volcengine_endpoint, key, config.ai_timeout, "ark")?;
+            Ok((Arc::new(client), None))
+        }
+        None => {
+            let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+            let addr = listener.local_addr()?;
+            let emu = emulator::serve(
+                EmulatorConfig {
+                    latency: config.sandbox_latency,
+                    model_ids: config.model_ids.clone(),
+                    ..EmulatorConfig::default()
+                },
+                listener,
+                shutdown.clone(),
+            )
+            .await?;
+            let client = ArkClient::new(
+                &format!("http://{addr}"),
+                "sandbox",
+                config.ai_timeout,
+                "sandbox",
+            )?;
+            Ok((Arc::new(client), Some(emu)))
+        }
+    }
+}
+
+/// Starts the service on `listener` (ignored for `Role::Worker`) with the backends the
+/// configuration selects.
+pub async fn start(
+    config: Config,
+    listener: TcpListener,
+    role: Role,
+) -> Result<Running, StartError> {
+    let backends = Backends::for_config(&config)?;
+    start_with(config, listener, role, backends).await
+}
+
+/// As `start`, with given backends (tests wrap a store to count its calls).
+pub async fn start_with(
+    config: Config,
+    listener: TcpListener,
+    role: Role,
+    backends: Backends,
+) -> Result<Running, StartError> {
+    let shutdown = CancellationToken::new();
+    let config = Arc::new(config);
+    let service = Arc::new(Service {
+        store: backends.store,
+        queue: backends.queue,
+        events: backends.events,
+        catalog: Arc::new(Catalog::new(&config.model_ids)),
+    });
+    let (provider, emulator) = provider(&config, &shutdown).await?;
+    let provider_mode = provider.mode();
+    if provider_mode == "sandbox" {
+        tracing::warn!("SANDBOX MODE: no VOLCENGINE_API_KEY set; images come from the built-in emulator, not Volcengine");
+    }
+
+    let addr = listener.local_addr()?;
+    let public_base = config.public_base_url.clone().unwrap_or_else(|| {
+        if addr.ip().is_unspecified() {
+            format!("http://localhost:{}", addr.port())
+        } else {
+            format!("http://{addr}")
+        }
+    });
+
+    let workers = role.runs_worker().then(|| {
+        let worker = Arc::new(Worker::new(
+            service.clone(),
+            provider.clone(),
+            WorkerConfig {
+                concurrency: config.worker_concurrency,
+                max_attempts: config.max_attempts,
+                lease: config.task_lease,
+                reconcile_interval: config.reconcile_interval,
+                retry_base_delay: config.retry_base_delay,
+                retry_max_delay: config.retry_max_delay,
+                recover_orphans_at_start: !config.is_distributed(),
+            },
+        ));
+        tracing::info!(
+            worker = worker.id(),
+            concurrency = config.worker_concurrency,
+            "worker started"
+        );
+        worker.spawn(shutdown.clone())
+    });
+
+    let server = if role.runs_api() {
+        let ctx = Arc::new(Ctx {
+            service: service.clone(),
+            public_base: public_base.clone(),
+            resync: config.subscription_resync,
+        });
+        let state = AppState {
+            service: service.clone(),
+            schema: graphql::build_schema(Some(ctx), &config),
+            config: config.clone(),
+            public_base: public_base.clone(),
+            provider_mode,
+            started: Instant::now(),
+        };
+        let router = http::router(state);
+        let stop = shutdown.clone();
+        Some(tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        }))
+    } else {
+        drop(listener);
+        None
+    };
+
+    Ok(Running {
+        addr: role.runs_api().then_some(addr),
+        public_base,
+        provider_mode,
+        service,
+        emulator,
+        shutdown,
+        server,
+        workers,
+    })
+}

@@ -1,0 +1,401 @@
+//! Configuration from the environment (and a `.env` file), validated once at start. Every
+//! variable is documented in `config.env.example`; an invalid value stops the start with a
+//! message naming the variable. The older Go server's names keep working.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::domain::models::ModelIds;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("invalid configuration: {var}={value:?}: {reason}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    /// SQLite `synchronous=NORMAL` in WAL mode: survives a process crash (SIGKILL), may lose the
+    /// last commits on power loss.
+    Normal,
+    /// `synchronous=FULL`: fsync on every commit, survives power loss, slower.
+    Full,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub host: IpAddr,
+    pub port: u16,
+    /// Base of the URLs this server hands out for images; derived from the bound address when
+    /// unset.
+    pub public_base_url: Option<String>,
+    pub data_dir: PathBuf,
+    pub embedded_sync: SyncMode,
+    pub mongo_url: Option<String>,
+    pub redis_url: Option<String>,
+    /// `None`: sandbox mode against the in-process emulator.
+    pub volcengine_api_key: Option<String>,
+    pub volcengine_endpoint: String,
+    pub volcengine_region: String,
+    pub ai_timeout: Duration,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub worker_concurrency: usize,
+    pub max_attempts: u32,
+    pub task_lease: Duration,
+    pub reconcile_interval: Duration,
+    pub retry_base_delay: Duration,
+    pub retry_max_delay: Duration,
+    pub max_body_bytes: usize,
+    pub subscription_resync: Duration,
+    pub graphql_max_depth: usize,
+    pub graphql_max_complexity: usize,
+    pub graphql_introspection: bool,
+    pub sandbox_latency: Duration,
+    pub model_ids: ModelIds,
+}
+
+pub const DEFAULT_ENDPOINT: &str = "https://ark.cn-beijing.volces.com";
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            host: IpAddr::from([127, 0, 0, 1]),
+            port: 8080,
+            public_base_url: None,
+            data_dir: PathBuf::from("./data"),
+            embedded_sync: SyncMode::Normal,
+            mongo_url: None,
+            redis_url: None,
+            volcengine_api_key: None,
+            volcengine_endpoint: DEFAULT_ENDPOINT.into(),
+            volcengine_region: "cn-beijing".into(),
+            ai_timeout: Duration::from_secs(120),
+            log_level: "info".into(),
+            log_format: LogFormat::Pretty,
+            worker_concurrency: 4,
+            max_attempts: 5,
+            task_lease: Duration::from_secs(60),
+            reconcile_interval: Duration::from_secs(5),
+            retry_base_delay: Duration::from_secs(1),
+            retry_max_delay: Duration::from_secs(60),
+            max_body_bytes: 16 * 1024 * 1024,
+            subscription_resync: Duration::from_secs(15),
+            graphql_max_depth: 12,
+            graphql_max_complexity: 1000,
+            graphql_introspection: true,
+            sandbox_latency: Duration::from_millis(1500),
+            model_ids: ModelIds::default(),
+        }
+    }
+}
+
+struct Env<'a> {
+    get: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Env<'_> {
+    /// First non-empty value among a variable and its aliases, with the name that supplied it.
+    fn raw(&self, names: &[&'static str]) -> Option<(&'static str, String)> {
+        names.iter().find_map(|n| {
+            (self.get)(n)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+                .map(|v| (*n, v))
+        })
+    }
+
+    fn string(&self, names: &[&'static str], default: &str) -> String {
+        self.raw(names)
+            .map(|(_, v)| v)
+            .unwrap_or_else(|| default.to_string())
+    }
+
+    fn parse<T: std::str::FromStr>(
+        &self,
+        names: &[&'static str],
+        default: T,
+        check: impl Fn(&T) -> Result<(), String>,
+    ) -> Result<T, ConfigError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.raw(names) {
+            None => Ok(default),
+            Some((var, value)) => {
+                let parsed = value.parse::<T>().map_err(|e| ConfigError {
+                    var,
+                    value: value.clone(),
+                    reason: e.to_string(),
+                })?;
+                check(&parsed).map_err(|reason| ConfigError { var, value, reason })?;
+                Ok(parsed)
+            }
+        }
+    }
+
+    fn duration(
+        &self,
+        names: &[&'static str],
+        default: Duration,
+        min: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match self.raw(names) {
+            None => Ok(default),
+            Some((var, value)) => {
+                // Plain numbers are seconds, as the old server read AI_TIMEOUT=30.
+                let parsed = match value.parse::<u64>() {
+                    Ok(secs) => Ok(Duration::from_secs(secs)),
+                    Err(_) => humantime::parse_duration(&value).map_err(|e| e.to_string()),
+                };
+                let d = parsed.map_err(|reason| ConfigError {
+                    var,
+                    value: value.clone(),
+                    reason: format!("{reason} (use e.g. 30s, 500ms, 2m)"),
+                })?;
+                if d < min {
+                    return Err(ConfigError {
+                        var,
+                        value,
+                        reason: format!("must be at least {}", humantime::format_duration(min)),
+                    });
+                }
+                Ok(d)
+            }
+        }
+    }
+}
+
+fn positive<T: PartialOrd + Default>(v: &T) -> Result<(), String> {
+    if *v > T::default() {
+        Ok(())
+    } else {
+        Err("must be greater than zero".into())
+    }
+}
+
+fn url(var: &'static str, value: String) -> Result<String, ConfigError> {
+    let ok = reqwest::Url::parse(&value)
+        .map(|u| u.scheme() == "http" || u.scheme() == "https")
+        .unwrap_or(false);
+    if ok {
+        Ok(value.trim_end_matches('/').to_string())
+    } else {
+        Err(ConfigError {
+            var,
+            value,
+            reason: "must be an http:// or https:// URL".into(),
+        })
+    }
+}
+
+impl Config {
+    /// Reads the process environment, after loading `.env` from the working directory if present
+    /// (real environment variables win over the file).
+    pub fn from_process_env() -> Result<Config, ConfigError> {
+        // A missing .env is the normal case; a malformed one is reported below as unset values.
+        let _ = dotenvy::dotenv();
+        Config::from_lookup(&|name| std::env::var(name).ok())
+    }
+
+    pub fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let env = Env { get };
+        let d = Config::default();
+        let ms = Duration::from_millis;
+
+        let log_format = match env.raw(&["LOG_FORMAT"]) {
+            None => d.log_format,
+            Some((_, v)) if v.eq_ignore_ascii_case("json") => LogFormat::Json,
+            Some((_, v)) if v.eq_ignore_ascii_case("pretty") || v.eq_ignore_ascii_case("text") => {
+                LogFormat::Pretty
+            }
+            Some((var, value)) => {
+                return Err(ConfigError {
+                    var,
+                    value,
+                    reason: "must be json or pretty".into(),
+                })
+            }
+        };
+        let embedded_sync = match env.raw(&["EMBEDDED_SYNC"]) {
+            None => d.embedded_sync,
+            Some((_, v)) if v.eq_ignore_ascii_case("normal") => SyncMode::Normal,
+            Some((_, v)) if v.eq_ignore_ascii_case("full") => SyncMode::Full,
+            Some((var, value)) => {
+                return Err(ConfigError {
+                    var,
+                    value,
+                    reason: "must be normal or full".into(),
+                })
+            }
+        };
+        let log_level = env.string(&["LOG_LEVEL", "RUST_LOG"], &d.log_level);
+        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+            return Err(ConfigError {
+                var: "LOG_LEVEL",
+                value: log_level,
+                reason: "must be a level (error, warn, info, debug, trace) or a filter".into(),
+            });
+        }
+        let public_base_url = match env.raw(&["PUBLIC_BASE_URL"]) {
+            None => None,
+            Some((var, v)) => Some(url(var, v)?),
+        };
+        let volcengine_endpoint = match env.raw(&["VOLCENGINE_ENDPOINT", "ARK_BASE_URL"]) {
+            None => d.volcengine_endpoint.clone(),
+            Some((var, v)) => url(var, v)?,
+        };
+        let mongo_url = env.raw(&["MONGO_URL", "MONGODB_URI"]).map(|(_, v)| v);
+        let redis_url = env.raw(&["REDIS_URL"]).map(|(_, v)| v);
+
+        let retry_base_delay = env.duration(&["RETRY_BASE_DELAY"], d.retry_base_delay, ms(1))?;
+        let retry_max_delay = env.duration(&["RETRY_MAX_DELAY"], d.retry_max_delay, ms(1))?;
+        if retry_max_delay < retry_base_delay {
+            return Err(ConfigError {
+                var: "RETRY_MAX_DELAY",
+                value: humantime::format_duration(retry_max_delay).to_string(),
+                reason: "must not be shorter than RETRY_BASE_DELAY".into(),
+            });
+        }
+        let defaults = ModelIds::default();
+        let model_ids = ModelIds {
+            seedream_3_0: env.string(&["MODEL_ID_SEEDREAM_3_0"], &defaults.seedream_3_0),
+            seededit_3_0: env.string(&["MODEL_ID_SEEDEDIT_3_0"], &defaults.seededit_3_0),
+            seedream_4_0: env.string(&["MODEL_ID_SEEDREAM_4_0"], &defaults.seedream_4_0),
+            seedream_4_5: env.string(&["MODEL_ID_SEEDREAM_4_5"], &defaults.seedream_4_5),
+        };
+
+        Ok(Config {
+            host: env.parse(&["HOST"], d.host, |_| Ok(()))?,
+            port: env.parse(&["PORT"], d.port, |_| Ok(()))?,
+            public_base_url,
+            data_dir: PathBuf::from(env.string(&["DATA_DIR"], "./data")),
+            embedded_sync,
+            mongo_url,
+            redis_url,
+            volcengine_api_key: env
+                .raw(&["VOLCENGINE_API_KEY", "ARK_API_KEY"])
+                .map(|(_, v)| v),
+            volcengine_endpoint,
+            volcengine_region: env.string(&["VOLCENGINE_REGION"], &d.volcengine_region),
+            ai_timeout: env.duration(&["AI_TIMEOUT"], d.ai_timeout, ms(100))?,
+            log_level,
+            log_format,
+            worker_concurrency: env.parse(&["WORKER_CONCURRENCY"], d.worker_concurrency, |v| {
+                positive(v)?;
+                if *v > 1024 {
+                    return Err("must be at most 1024".into());
+                }
+                Ok(())
+            })?,
+            max_attempts: env.parse(&["TASK_MAX_ATTEMPTS"], d.max_attempts, positive)?,
+            task_lease: env.duration(&["TASK_LEASE"], d.task_lease, ms(500))?,
+            reconcile_interval: env.duration(
+                &["RECONCILE_INTERVAL"],
+                d.reconcile_interval,
+                ms(10),
+            )?,
+            retry_base_delay,
+            retry_max_delay,
+            max_body_bytes: env.parse(&["MAX_BODY_BYTES"], d.max_body_bytes, |v| {
+                if *v < 1024 {
+                    Err("must be at least 1024".into())
+                } else {
+                    Ok(())
+                }
+            })?,
+            subscription_resync: env.duration(
+                &["SUBSCRIPTION_RESYNC"],
+                d.subscription_resync,
+                ms(10),
+            )?,
+            graphql_max_depth: env.parse(&["GRAPHQL_MAX_DEPTH"], d.graphql_max_depth, positive)?,
+            graphql_max_complexity: env.parse(
+                &["GRAPHQL_MAX_COMPLEXITY"],
+                d.graphql_max_complexity,
+                positive,
+            )?,
+            graphql_introspection: env.parse(
+                &["GRAPHQL_INTROSPECTION"],
+                d.graphql_introspection,
+                |_| Ok(()),
+            )?,
+            sandbox_latency: env.duration(&["SANDBOX_LATENCY"], d.sandbox_latency, ms(0))?,
+            model_ids,
+        })
+    }
+
+    pub fn is_distributed(&self) -> bool {
+        self.mongo_url.is_some() || self.redis_url.is_some()
+    }
+
+    pub fn is_sandbox(&self) -> bool {
+        self.volcengine_api_key.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn from(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(&move |k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_and_old_names() {
+        let c = from(&[]).expect("defaults");
+        assert_eq!(c.port, 8080);
+        assert!(c.is_sandbox());
+        let c = from(&[
+            ("ARK_API_KEY", "k"),
+            ("MONGODB_URI", "mongodb://x"),
+            ("AI_TIMEOUT", "30s"),
+            ("VOLCENGINE_ENDPOINT", "http://127.0.0.1:9/"),
+        ])
+        .expect("aliases");
+        assert_eq!(c.volcengine_api_key.as_deref(), Some("k"));
+        assert_eq!(c.mongo_url.as_deref(), Some("mongodb://x"));
+        assert_eq!(c.ai_timeout, Duration::from_secs(30));
+        assert_eq!(c.volcengine_endpoint, "http://127.0.0.1:9");
+        assert_eq!(
+            from(&[("AI_TIMEOUT", "45")])
+                .expect("secs")
+                .ai_timeout
+                .as_secs(),
+            45
+        );
+    }
+
+    #[test]
+    fn invalid_values_name_the_variable() {
+        for (var, value) in [
+            ("PORT", "eighty"),
+            ("PORT", "70000"),
+            ("AI_TIMEOUT", "soon"),
+            ("WORKER_CONCURRENCY", "0"),
+            ("LOG_FORMAT", "xml"),
+            ("VOLCENGINE_ENDPOINT", "ftp://x"),
+            ("HOST", "localhost:80"),
+            ("MAX_BODY_BYTES", "-1"),
+        ] {
+            let err = from(&[(var, value)]).expect_err(var);
+            assert_eq!(err.var, var, "{err}");
+            assert!(err.to_string().contains(var));
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! The service's vocabulary: users, tasks and the state machine that moves a task along, and the
+//! catalogue of image models. Nothing here does I/O; the service layer persists what these
+//! functions compute.
+
+pub mod models;
+pub mod task;
+pub mod user;
+
+pub use models::{Catalog, ModelFamily, ModelSpec, SizeRule};
+pub use task::{
+    ImageParams, StoredImage, Task, TaskError, TaskResult, TaskStatus, TransitionError,
+    TASK_KIND_IMAGE,
+};
+pub use user::User;
+
+/// New ids are UUIDv7: unique without coordination and ordered by creation time, so "newest
+/// first" paging can sort on the id alone, in SQLite and MongoDB alike.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Ids arrive from clients in paths and bodies; anything that is not a UUID can never name a
+/// record, and rejecting it early keeps junk out of store queries and logs.
+pub fn is_valid_id(id: &str) -> bool {
+    id.len() == 36 && uuid::Uuid::parse_str(id).is_ok()
+}

@@ -1,0 +1,344 @@
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub const TASK_KIND_IMAGE: &str = "image_generation";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskStatus {
+    Pending,
+    Processing,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl TaskStatus {
+    pub const ALL: [TaskStatus; 5] = [
+        TaskStatus::Pending,
+        TaskStatus::Processing,
+        TaskStatus::Completed,
+        TaskStatus::Failed,
+        TaskStatus::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Pending => "pending",
+            TaskStatus::Processing => "processing",
+            TaskStatus::Completed => "completed",
+            TaskStatus::Failed => "failed",
+            TaskStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TaskStatus> {
+        TaskStatus::ALL
+            .into_iter()
+            .find(|st| st.as_str().eq_ignore_ascii_case(s))
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Cancelled
+        )
+    }
+}
+
+impl std::fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the client asked the model for, beyond the prompt. Compatibility fields of the old server
+/// (`quality`, `style`, `options`) are kept so that they are echoed back unchanged.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ImageParams {
+    pub size: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guidance_scale: Option<f64>,
+    #[serde(default)]
+    pub watermark: bool,
+    /// Reference images (URLs or data URLs) for image-to-image models.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<String>,
+    /// Upper bound of output images (Seedream 4.x groups); 1 means a single image.
+    #[serde(default = "one")]
+    pub n: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub style: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<serde_json::Value>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// An image we hold ourselves: the bytes live in the store under `id`, so the URL we hand out
+/// outlives the provider's 24-hour link (kept as `provider_url` for reference).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredImage {
+    pub id: String,
+    pub provider_url: Option<String>,
+    pub width: u32,
+    pub height: u32,
+    pub bytes: u64,
+    pub content_type: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskResult {
+    pub images: Vec<StoredImage>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskError {
+    pub code: String,
+    pub message: String,
+    pub retryable: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: String,
+    pub user_id: String,
+    pub kind: String,
+    /// Provider model id (friendly names are resolved at creation).
+    pub model: String,
+    pub prompt: String,
+    pub params: ImageParams,
+    pub status: TaskStatus,
+    /// Incremented by every change; writers compare-and-set on it.
+    pub version: i64,
+    /// Provider calls started for this task.
+    pub attempts: u32,
+    pub result: Option<TaskResult>,
+    pub error: Option<TaskError>,
+    pub idempotency_key: Option<String>,
+    /// Fingerprint of the creating request, to tell a replay from a conflicting reuse of a key.
+    pub request_hash: Option<String>,
+    /// A pending task is not run before this time (retry backoff).
+    pub not_before: Option<DateTime<Utc>>,
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<DateTime<Utc>>,
+    pub provider_request_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+#[error("a {from} task cannot be {action}")]
+pub struct TransitionError {
+    pub from: TaskStatus,
+    pub action: &'static str,
+}
+
+impl Task {
+    pub fn image_url_id(&self) -> Option<&str> {
+        self.result
+            .as_ref()
+            .and_then(|r| r.images.first())
+            .map(|i| i.id.as_str())
+    }
+
+    /// The next version of this task: every transition starts here so that the version and the
+    /// update time can never be forgotten.
+    fn next(&self, status: TaskStatus, now: DateTime<Utc>) -> Task {
+        let mut t = self.clone();
+        t.status = status;
+        t.version += 1;
+        t.updated_at = now;
+        t
+    }
+
+    fn check(&self, allowed: &[TaskStatus], action: &'static str) -> Result<(), TransitionError> {
+        if allowed.contains(&self.status) {
+            Ok(())
+        } else {
+            Err(TransitionError {
+                from: self.status,
+                action,
+            })
+        }
+    }
+
+    /// pending → processing: a worker takes the task under a lease.
+    pub fn start(
+        &self,
+        owner: &str,
+        lease_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Task, TransitionError> {
+        self.check(&[TaskStatus::Pending], "started")?;
+        let mut t = self.next(TaskStatus::Processing, now);
+        t.attempts += 1;
+        t.lease_owner = Some(owner.to_string());
+        t.lease_until = Some(lease_until);
+        t.not_before = None;
+        t.started_at = Some(now);
+        Ok(t)
+    }
+
+    /// processing → completed.
+    pub fn complete(
+        &self,
+        images: Vec<StoredImage>,
+        request_id: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<Task, TransitionError> {
+        self.check(&[TaskStatus::Processing], "completed")?;
+        let mut t = self.next(TaskStatus::Completed, now);
+        t.result = Some(TaskResult { images });
+        t.error = None;
+        t.provider_request_id = request_id.or(t.provider_request_id);
+        t.lease_owner = None;
+        t.lease_until = None;
+        t.completed_at = Some(now);
+        Ok(t)
+    }
+
+    /// processing → failed, for good.
+    pub fn fail(
+        &self,
+        error: TaskError,
+        request_id: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<Task, TransitionError> {
+        self.check(&[TaskStatus::Processing], "failed")?;
+        let mut t = self.next(TaskStatus::Failed, now);
+        t.error = Some(error);
+        t.provider_request_id = request_id.or(t.provider_request_id);
+        t.lease_owner = None;
+        t.lease_until = None;
+        t.completed_at = Some(now);
+        Ok(t)
+    }
+
+    /// processing → pending: the attempt did not finish (retryable provider error, expired lease
+    /// of a dead worker) and the task runs again from `not_before`.
+    pub fn requeue(
+        &self,
+        error: Option<TaskError>,
+        not_before: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Task, TransitionError> {
+        self.check(&[TaskStatus::Processing], "requeued")?;
+        let mut t = self.next(TaskStatus::Pending, now);
+        if error.is_some() {
+            t.error = error;
+        }
+        t.lease_owner = None;
+        t.lease_until = None;
+        t.not_before = Some(not_before);
+        Ok(t)
+    }
+
+    /// pending | processing → cancelled. A worker still holding a cancelled task loses its
+    /// compare-and-set and drops whatever it produced.
+    pub fn cancel(&self, now: DateTime<Utc>) -> Result<Task, TransitionError> {
+        self.check(&[TaskStatus::Pending, TaskStatus::Processing], "cancelled")?;
+        let mut t = self.next(TaskStatus::Cancelled, now);
+        t.lease_owner = None;
+        t.lease_until = None;
+        t.not_before = None;
+        t.completed_at = Some(now);
+        Ok(t)
+    }
+
+    /// failed | cancelled → pending: a user asks for another go. Attempts count from zero again
+    /// so that the automatic retry budget applies afresh.
+    pub fn retry(&self, now: DateTime<Utc>) -> Result<Task, TransitionError> {
+        self.check(&[TaskStatus::Failed, TaskStatus::Cancelled], "retried")?;
+        let mut t = self.next(TaskStatus::Pending, now);
+        t.attempts = 0;
+        t.error = None;
+        t.result = None;
+        t.not_before = None;
+        t.started_at = None;
+        t.completed_at = None;
+        Ok(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task() -> Task {
+        let now = Utc::now();
+        Task {
+            id: "t".into(),
+            user_id: "u".into(),
+            kind: TASK_KIND_IMAGE.into(),
+            model: "m".into(),
+            prompt: "p".into(),
+            params: ImageParams::default(),
+            status: TaskStatus::Pending,
+            version: 1,
+            attempts: 0,
+            result: None,
+            error: None,
+            idempotency_key: None,
+            request_hash: None,
+            not_before: None,
+            lease_owner: None,
+            lease_until: None,
+            provider_request_id: None,
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            completed_at: None,
+        }
+    }
+
+    #[test]
+    fn every_transition_bumps_the_version_and_checks_the_source_state() {
+        let now = Utc::now();
+        let t = task();
+        let p = t.start("w", now, now).expect("start");
+        assert_eq!(
+            (p.status, p.version, p.attempts),
+            (TaskStatus::Processing, 2, 1)
+        );
+        assert!(
+            t.complete(vec![], None, now).is_err(),
+            "pending cannot complete"
+        );
+        let c = p.complete(vec![], Some("r".into()), now).expect("complete");
+        assert_eq!((c.status, c.version), (TaskStatus::Completed, 3));
+        assert!(c.cancel(now).is_err(), "completed cannot be cancelled");
+        assert!(c.retry(now).is_err(), "completed cannot be retried");
+        let f = p
+            .fail(
+                TaskError {
+                    code: "X".into(),
+                    message: "m".into(),
+                    retryable: false,
+                },
+                None,
+                now,
+            )
+            .expect("fail");
+        let r = f.retry(now).expect("retry");
+        assert_eq!(
+            (r.status, r.attempts, r.error.clone()),
+            (TaskStatus::Pending, 0, None)
+        );
+        let x = p.cancel(now).expect("cancel processing");
+        assert_eq!(x.status, TaskStatus::Cancelled);
+        let q = p.requeue(None, now, now).expect("requeue");
+        assert_eq!(
+            (q.status, q.version, q.lease_owner.clone()),
+            (TaskStatus::Pending, 3, None)
+        );
+    }
+}

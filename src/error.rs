@@ -1,0 +1,131 @@
+//! The service layer's error: what REST and GraphQL report to clients. Each lower layer has its
+//! own error type (`StoreError`, `QueueError`, `EventsError`, `ProviderError`, `ConfigError`)
+//! and is converted here once; `rest::envelope` and `graphql::error` each map this type once.
+
+use serde::Serialize;
+
+use crate::events::EventsError;
+use crate::queue::QueueError;
+use crate::store::StoreError;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<serde_json::Value>,
+}
+
+impl FieldError {
+    pub fn new(field: &str, message: impl Into<String>) -> FieldError {
+        FieldError {
+            field: field.to_string(),
+            message: message.into(),
+            value: None,
+        }
+    }
+
+    pub fn with_value(mut self, value: impl Serialize) -> FieldError {
+        // A value that cannot be shown is simply not shown.
+        self.value = serde_json::to_value(value).ok();
+        self
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{}", summarize(.0))]
+    Validation(Vec<FieldError>),
+    #[error("malformed JSON: {0}")]
+    InvalidJson(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("request body exceeds {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("too many requests; retry after {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
+    /// A backend is unreachable. The detail is for logs only.
+    #[error("service temporarily unavailable")]
+    Unavailable(String),
+    /// A bug or an unexpected backend answer. The detail is for logs only.
+    #[error("internal error")]
+    Internal(String),
+}
+
+fn summarize(errors: &[FieldError]) -> String {
+    match errors {
+        [] => "invalid input".into(),
+        [one] => format!("{}: {}", one.field, one.message),
+        [first, rest @ ..] => format!(
+            "{}: {} (and {} more)",
+            first.field,
+            first.message,
+            rest.len()
+        ),
+    }
+}
+
+impl AppError {
+    pub fn invalid(field: &str, message: impl Into<String>) -> AppError {
+        AppError::Validation(vec![FieldError::new(field, message)])
+    }
+
+    /// Stable machine code, shared by REST (`code`) and GraphQL (`extensions.code`) where the
+    /// contracts agree; GraphQL renames the validation codes.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AppError::Validation(_) => "VALIDATION_FAILED",
+            AppError::InvalidJson(_) => "INVALID_JSON",
+            AppError::NotFound(_) => "NOT_FOUND",
+            AppError::Conflict(_) => "CONFLICT",
+            AppError::Unauthenticated(_) => "UNAUTHENTICATED",
+            AppError::Forbidden(_) => "FORBIDDEN",
+            AppError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
+            AppError::RateLimited { .. } => "RATE_LIMITED",
+            AppError::Unavailable(_) => "UNAVAILABLE",
+            AppError::Internal(_) => "INTERNAL",
+        }
+    }
+
+    /// The message a client may see: internal details never leave the process.
+    pub fn public_message(&self) -> String {
+        self.to_string()
+    }
+
+    /// Logs what clients do not see, once, where the error is turned into a response.
+    pub fn log_internal(&self) {
+        match self {
+            AppError::Internal(detail) => tracing::error!(error = %detail, "internal error"),
+            AppError::Unavailable(detail) => tracing::warn!(error = %detail, "backend unavailable"),
+            _ => {}
+        }
+    }
+}
+
+impl From<StoreError> for AppError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(msg) => AppError::Conflict(msg),
+            StoreError::Unavailable(msg) => AppError::Unavailable(msg),
+            StoreError::Backend(msg) => AppError::Internal(msg),
+        }
+    }
+}
+
+impl From<QueueError> for AppError {
+    fn from(e: QueueError) -> Self {
+        AppError::Unavailable(e.to_string())
+    }
+}
+
+impl From<EventsError> for AppError {
+    fn from(e: EventsError) -> Self {
+        AppError::Unavailable(e.to_string())
+    }
+}

@@ -1,0 +1,86 @@
+//! In-process event bus: one broadcast channel per subscribed channel name, created on first
+//! subscription and dropped when its last subscriber leaves, so a publish costs work only for the
+//! channels somebody listens to.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use futures::stream::{BoxStream, StreamExt};
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::{errors::BroadcastStreamRecvError, BroadcastStream};
+
+use super::{Channel, Event, Events, EventsError};
+use crate::domain::Task;
+
+/// Events a slow subscriber may fall behind before it is told of a gap and re-reads the store.
+const CHANNEL_CAPACITY: usize = 256;
+
+type Channels = HashMap<Channel, broadcast::Sender<Arc<Task>>>;
+
+#[derive(Default)]
+pub struct MemoryEvents {
+    channels: Mutex<Channels>,
+}
+
+impl MemoryEvents {
+    pub fn new() -> MemoryEvents {
+        MemoryEvents::default()
+    }
+
+    fn channels(&self) -> Result<std::sync::MutexGuard<'_, Channels>, EventsError> {
+        self.channels
+            .lock()
+            .map_err(|_| EventsError::Unavailable("event bus mutex poisoned".into()))
+    }
+}
+
+#[async_trait]
+impl Events for MemoryEvents {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn ping(&self) -> Result<(), EventsError> {
+        self.channels().map(|_| ())
+    }
+
+    async fn publish(&self, task: &Task) -> Result<(), EventsError> {
+        let task = Arc::new(task.clone());
+        let mut channels = self.channels()?;
+        for ch in [
+            Channel::Task(task.id.clone()),
+            Channel::User(task.user_id.clone()),
+            Channel::All,
+        ] {
+            let gone = match channels.get(&ch) {
+                Some(tx) => tx.send(task.clone()).is_err(),
+                None => false,
+            };
+            if gone {
+                channels.remove(&ch);
+            }
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, channel: Channel) -> Result<BoxStream<'static, Event>, EventsError> {
+        let rx = {
+            let mut channels = self.channels()?;
+            if channels.len() > 1024 {
+                // Channels whose subscribers all left without a publish since.
+                channels.retain(|_, tx| tx.receiver_count() > 0);
+            }
+            channels
+                .entry(channel)
+                .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
+                .subscribe()
+        };
+        Ok(BroadcastStream::new(rx)
+            .map(|item| match item {
+                Ok(task) => Event::Updated(task),
+                Err(BroadcastStreamRecvError::Lagged(_)) => Event::Gap,
+            })
+            .boxed())
+    }
+}

@@ -1,0 +1,352 @@
+//! Query, Mutation and Subscription roots. Resolvers translate arguments and call the service;
+//! no business rule lives here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_graphql::connection::{Connection, Edge};
+use async_graphql::{Context, Object, Subscription, ID};
+use futures::stream::{BoxStream, Stream, StreamExt};
+
+use super::error::GqlResultExt;
+use super::types::{
+    CreateImageTaskInput, CreateUserInput, ImageModel, Task, TaskStatus, TotalCount,
+    UpdateUserInput, User,
+};
+use super::Ctx;
+use crate::domain;
+use crate::error::AppError;
+use crate::events::{Channel, Event};
+use crate::service::{CreateImageTask, CreateUser, Service, UpdateUser};
+
+pub type TaskConnection = Connection<String, Task, TotalCount>;
+pub type UserConnection = Connection<String, User, TotalCount>;
+
+fn ctx<'a>(c: &Context<'a>) -> async_graphql::Result<&'a Arc<Ctx>> {
+    c.data::<Arc<Ctx>>()
+}
+
+fn first(n: Option<i32>) -> Option<i64> {
+    n.map(i64::from)
+}
+
+fn task(t: domain::Task) -> Task {
+    Task(Arc::new(t))
+}
+
+pub struct Query;
+
+#[Object]
+impl Query {
+    async fn user(&self, c: &Context<'_>, id: ID) -> async_graphql::Result<Option<User>> {
+        Ok(ctx(c)?.service.find_user(&id).await.gql()?.map(User))
+    }
+
+    async fn user_by_email(
+        &self,
+        c: &Context<'_>,
+        email: String,
+    ) -> async_graphql::Result<Option<User>> {
+        Ok(ctx(c)?.service.user_by_email(&email).await.gql()?.map(User))
+    }
+
+    /// All users, in creation order.
+    async fn users(
+        &self,
+        c: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<UserConnection> {
+        let page = ctx(c)?
+            .service
+            .list_users(after.as_deref(), self::first(first))
+            .await
+            .gql()?;
+        let mut conn = Connection::with_additional_fields(
+            after.is_some(),
+            page.has_more,
+            TotalCount {
+                total_count: page.total,
+            },
+        );
+        conn.edges.extend(
+            page.items
+                .into_iter()
+                .map(|u| Edge::new(u.id.clone(), User(u))),
+        );
+        Ok(conn)
+    }
+
+    /// The user the request's API key belongs to (null without such a key).
+    async fn me(&self) -> Option<User> {
+        None
+    }
+
+    async fn task(&self, c: &Context<'_>, id: ID) -> async_graphql::Result<Option<Task>> {
+        Ok(ctx(c)?.service.find_task(&id).await.gql()?.map(task))
+    }
+
+    /// Tasks, newest first.
+    async fn tasks(
+        &self,
+        c: &Context<'_>,
+        user_id: Option<ID>,
+        status: Option<TaskStatus>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<TaskConnection> {
+        let page = ctx(c)?
+            .service
+            .list_tasks(
+                user_id.as_ref().map(|u| u.0.as_str()),
+                status.map(Into::into),
+                after.as_deref(),
+                0,
+                self::first(first),
+            )
+            .await
+            .gql()?;
+        let mut conn = Connection::with_additional_fields(
+            after.is_some(),
+            page.has_more,
+            TotalCount {
+                total_count: page.total,
+            },
+        );
+        conn.edges.extend(
+            page.items
+                .into_iter()
+                .map(|t| Edge::new(t.id.clone(), task(t))),
+        );
+        Ok(conn)
+    }
+
+    /// Models that can be asked for, with their limits.
+    async fn image_models(&self, c: &Context<'_>) -> async_graphql::Result<Vec<ImageModel>> {
+        Ok(ctx(c)?
+            .service
+            .catalog
+            .all()
+            .iter()
+            .cloned()
+            .map(ImageModel)
+            .collect())
+    }
+}
+
+pub struct Mutation;
+
+#[Object]
+impl Mutation {
+    async fn create_user(
+        &self,
+        c: &Context<'_>,
+        input: CreateUserInput,
+    ) -> async_graphql::Result<User> {
+        let u = ctx(c)?
+            .service
+            .create_user(CreateUser {
+                email: input.email,
+                name: input.name,
+            })
+            .await
+            .gql()?;
+        Ok(User(u))
+    }
+
+    async fn update_user(
+        &self,
+        c: &Context<'_>,
+        id: ID,
+        input: UpdateUserInput,
+    ) -> async_graphql::Result<User> {
+        let u = ctx(c)?
+            .service
+            .update_user(
+                &id,
+                UpdateUser {
+                    email: input.email,
+                    name: input.name,
+                },
+            )
+            .await
+            .gql()?;
+        Ok(User(u))
+    }
+
+    /// Deletes the user with its tasks and images.
+    async fn delete_user(&self, c: &Context<'_>, id: ID) -> async_graphql::Result<bool> {
+        ctx(c)?.service.delete_user(&id).await.gql()?;
+        Ok(true)
+    }
+
+    async fn create_image_task(
+        &self,
+        c: &Context<'_>,
+        input: CreateImageTaskInput,
+    ) -> async_graphql::Result<Task> {
+        let (t, _) = ctx(c)?
+            .service
+            .create_image_task(CreateImageTask {
+                user_id: input.user_id.map(|i| i.0),
+                prompt: input.prompt,
+                model: input.model,
+                size: input.size,
+                seed: input.seed,
+                guidance_scale: input.guidance_scale,
+                watermark: input.watermark,
+                images: input.images.unwrap_or_default(),
+                n: input.n,
+                quality: None,
+                style: None,
+                options: None,
+                idempotency_key: input.idempotency_key,
+            })
+            .await
+            .gql()?;
+        Ok(task(t))
+    }
+
+    /// Cancels a pending or processing task.
+    async fn cancel_task(&self, c: &Context<'_>, id: ID) -> async_graphql::Result<Task> {
+        Ok(task(ctx(c)?.service.cancel_task(&id).await.gql()?))
+    }
+
+    /// Runs a failed or cancelled task again.
+    async fn retry_task(&self, c: &Context<'_>, id: ID) -> async_graphql::Result<Task> {
+        Ok(task(ctx(c)?.service.retry_task(&id).await.gql()?))
+    }
+
+    /// Deletes a finished task and its stored images.
+    async fn delete_task(&self, c: &Context<'_>, id: ID) -> async_graphql::Result<bool> {
+        ctx(c)?.service.delete_task(&id).await.gql()?;
+        Ok(true)
+    }
+}
+
+pub struct Subscription;
+
+#[Subscription]
+impl Subscription {
+    /// The task's current state first, then every newer version in order; completes after a
+    /// terminal state.
+    async fn task_updated(
+        &self,
+        c: &Context<'_>,
+        id: ID,
+    ) -> async_graphql::Result<impl Stream<Item = Task>> {
+        let ctx = ctx(c)?.clone();
+        // Listen first, then read: an update between the two is then seen, never lost.
+        let events = ctx
+            .service
+            .events
+            .subscribe(Channel::Task(id.0.clone()))
+            .await
+            .map_err(AppError::from)
+            .gql()?;
+        let snapshot = ctx.service.get_task(&id).await.gql()?;
+        Ok(follow(ctx.service.clone(), snapshot, events, ctx.resync))
+    }
+
+    /// Every change of the tasks of `userId` (all users' tasks when omitted).
+    async fn tasks_updated(
+        &self,
+        c: &Context<'_>,
+        user_id: Option<ID>,
+    ) -> async_graphql::Result<impl Stream<Item = Task>> {
+        let ctx = ctx(c)?.clone();
+        let channel = match user_id {
+            Some(u) => {
+                crate::service::check_id("userId", &u).gql()?;
+                Channel::User(u.0)
+            }
+            None => Channel::All,
+        };
+        let events = ctx
+            .service
+            .events
+            .subscribe(channel)
+            .await
+            .map_err(AppError::from)
+            .gql()?;
+        Ok(events.filter_map(|e| async move {
+            match e {
+                Event::Updated(t) => Some(Task(t)),
+                Event::Gap => None,
+            }
+        }))
+    }
+}
+
+struct Follow {
+    service: Arc<Service>,
+    id: String,
+    events: Option<BoxStream<'static, Event>>,
+    last_version: i64,
+    first: Option<domain::Task>,
+    done: bool,
+    resync: Duration,
+}
+
+/// The ordering and completeness rules of `taskUpdated`: newer versions only, a store re-read on
+/// any gap or quiet spell, end after the terminal state.
+fn follow(
+    service: Arc<Service>,
+    snapshot: domain::Task,
+    events: BoxStream<'static, Event>,
+    resync: Duration,
+) -> impl Stream<Item = Task> {
+    let state = Follow {
+        service,
+        id: snapshot.id.clone(),
+        events: Some(events),
+        last_version: snapshot.version,
+        first: Some(snapshot),
+        done: false,
+        resync,
+    };
+    futures::stream::unfold(state, |mut st| async move {
+        if let Some(t) = st.first.take() {
+            st.done = t.status.is_terminal();
+            return Some((task(t), st));
+        }
+        if st.done {
+            return None;
+        }
+        loop {
+            let step = match st.events.as_mut() {
+                Some(ev) => tokio::time::timeout(st.resync, ev.next()).await.ok(),
+                None => {
+                    tokio::time::sleep(st.resync).await;
+                    None
+                }
+            };
+            // `None`: nothing arrived for a while; `Some(None)`: the event stream ended.
+            let candidate = match step {
+                Some(Some(Event::Updated(t))) => Some((*t).clone()),
+                Some(None) => {
+                    st.events = None;
+                    reread(&st.service, &st.id).await?
+                }
+                Some(Some(Event::Gap)) | None => reread(&st.service, &st.id).await?,
+            };
+            if let Some(t) = candidate.filter(|t| t.version > st.last_version) {
+                st.last_version = t.version;
+                st.done = t.status.is_terminal();
+                return Some((task(t), st));
+            }
+        }
+    })
+}
+
+/// `None` ends the stream (the task was deleted); `Some(None)` means nothing new could be read.
+async fn reread(service: &Service, id: &str) -> Option<Option<domain::Task>> {
+    match service.store.get_task(id).await {
+        Ok(Some(t)) => Some(Some(t)),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(task_id = %id, error = %e, "subscription re-read failed");
+            Some(None)
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! GraphQL object types over the domain types. Field names and nullability follow
+//! `graphql-contract.md`.
+
+use std::sync::Arc;
+
+use async_graphql::dataloader::DataLoader;
+use async_graphql::{ComplexObject, Context, Enum, InputObject, Object, SimpleObject, ID};
+use chrono::{DateTime, Utc};
+
+use super::loader::UserLoader;
+use super::Ctx;
+use crate::domain::{self, ModelSpec, SizeRule, StoredImage};
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum TaskStatus {
+    Pending,
+    Processing,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl From<domain::TaskStatus> for TaskStatus {
+    fn from(s: domain::TaskStatus) -> Self {
+        match s {
+            domain::TaskStatus::Pending => TaskStatus::Pending,
+            domain::TaskStatus::Processing => TaskStatus::Processing,
+            domain::TaskStatus::Completed => TaskStatus::Completed,
+            domain::TaskStatus::Failed => TaskStatus::Failed,
+            domain::TaskStatus::Cancelled => TaskStatus::Cancelled,
+        }
+    }
+}
+
+impl From<TaskStatus> for domain::TaskStatus {
+    fn from(s: TaskStatus) -> Self {
+        match s {
+            TaskStatus::Pending => domain::TaskStatus::Pending,
+            TaskStatus::Processing => domain::TaskStatus::Processing,
+            TaskStatus::Completed => domain::TaskStatus::Completed,
+            TaskStatus::Failed => domain::TaskStatus::Failed,
+            TaskStatus::Cancelled => domain::TaskStatus::Cancelled,
+        }
+    }
+}
+
+pub struct User(pub domain::User);
+
+/// A person or application that owns tasks.
+#[Object]
+impl User {
+    async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+    async fn email(&self) -> &str {
+        &self.0.email
+    }
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+    async fn updated_at(&self) -> DateTime<Utc> {
+        self.0.updated_at
+    }
+}
+
+#[derive(Clone)]
+pub struct Task(pub Arc<domain::Task>);
+
+/// An image generation task and its current state.
+#[Object]
+impl Task {
+    async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+    async fn user_id(&self) -> ID {
+        ID(self.0.user_id.clone())
+    }
+    /// The owner, loaded in one batch for all tasks of a response.
+    async fn user(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<User>> {
+        let loader = ctx.data::<DataLoader<UserLoader>>()?;
+        Ok(loader.load_one(self.0.user_id.clone()).await?.map(User))
+    }
+    /// Provider model id.
+    async fn model(&self) -> &str {
+        &self.0.model
+    }
+    async fn prompt(&self) -> &str {
+        &self.0.prompt
+    }
+    async fn size(&self) -> &str {
+        &self.0.params.size
+    }
+    async fn seed(&self) -> Option<i64> {
+        self.0.params.seed
+    }
+    async fn guidance_scale(&self) -> Option<f64> {
+        self.0.params.guidance_scale
+    }
+    async fn watermark(&self) -> bool {
+        self.0.params.watermark
+    }
+    async fn status(&self) -> TaskStatus {
+        self.0.status.into()
+    }
+    /// Grows by one with every change; subscribers use it to order updates.
+    async fn version(&self) -> i64 {
+        self.0.version
+    }
+    /// Provider calls started for this task.
+    async fn attempts(&self) -> u32 {
+        self.0.attempts
+    }
+    async fn result(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<ImageResult>> {
+        let base = &ctx.data::<Arc<Ctx>>()?.public_base;
+        Ok(self.0.result.as_ref().map(|r| ImageResult {
+            images: r.images.iter().map(|i| Image::new(i, base)).collect(),
+        }))
+    }
+    /// Why the task failed, or why the last attempt failed while a retry is pending.
+    async fn error(&self) -> Option<TaskError> {
+        self.0.error.as_ref().map(|e| TaskError {
+            code: e.code.clone(),
+            message: e.message.clone(),
+            retryable: e.retryable,
+        })
+    }
+    /// Provider request id of the last call, for support requests.
+    async fn provider_request_id(&self) -> Option<&str> {
+        self.0.provider_request_id.as_deref()
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+    async fn updated_at(&self) -> DateTime<Utc> {
+        self.0.updated_at
+    }
+    async fn started_at(&self) -> Option<DateTime<Utc>> {
+        self.0.started_at
+    }
+    async fn completed_at(&self) -> Option<DateTime<Utc>> {
+        self.0.completed_at
+    }
+}
+
+/// The generated images of a completed task.
+#[derive(SimpleObject)]
+#[graphql(complex)]
+pub struct ImageResult {
+    pub images: Vec<Image>,
+}
+
+#[ComplexObject]
+impl ImageResult {
+    /// URL of the first image, served by this server (does not expire).
+    async fn image_url(&self) -> String {
+        self.images
+            .first()
+            .map(|i| i.url.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// One stored image.
+#[derive(SimpleObject)]
+pub struct Image {
+    pub id: ID,
+    /// Served by this server; stays valid after the provider's link expired.
+    pub url: String,
+    /// The provider's link (valid for 24 hours after generation).
+    pub provider_url: Option<String>,
+    pub width: u32,
+    pub height: u32,
+    pub bytes: u64,
+    pub content_type: String,
+}
+
+impl Image {
+    pub fn new(i: &StoredImage, base: &str) -> Image {
+        Image {
+            id: ID(i.id.clone()),
+            url: crate::http::image_url(base, i),
+            provider_url: i.provider_url.clone(),
+            width: i.width,
+            height: i.height,
+            bytes: i.bytes,
+            content_type: i.content_type.clone(),
+        }
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct TaskError {
+    /// Provider error code (e.g. `InputTextSensitiveContentDetected`) or ours.
+    pub code: String,
+    pub message: String,
+    /// Whether the cause may pass on another attempt.
+    pub retryable: bool,
+}
+
+/// A model that can be asked for, with its limits.
+pub struct ImageModel(pub ModelSpec);
+
+#[Object]
+impl ImageModel {
+    /// Provider model id.
+    async fn id(&self) -> &str {
+        &self.0.id
+    }
+    /// Friendly name (accepted wherever a model is asked for, like the id and the aliases).
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    async fn display_name(&self) -> &str {
+        &self.0.display_name
+    }
+    async fn aliases(&self) -> &[String] {
+        &self.0.aliases
+    }
+    /// `text_to_image`, `image_edit` or `multi_image`.
+    async fn kind(&self) -> &str {
+        match self.0.family {
+            domain::ModelFamily::Seedream3 => "text_to_image",
+            domain::ModelFamily::SeedEdit3 => "image_edit",
+            domain::ModelFamily::Seedream4 => "multi_image",
+        }
+    }
+    async fn default_size(&self) -> &str {
+        &self.0.default_size
+    }
+    /// Size tiers accepted besides `WxH`.
+    async fn size_tiers(&self) -> Vec<String> {
+        self.0.tiers.iter().map(|(t, _)| t.clone()).collect()
+    }
+    /// Least `width × height` accepted for `WxH` sizes (null: only `adaptive`).
+    async fn min_pixels(&self) -> Option<u64> {
+        match self.0.size_rule {
+            SizeRule::Pixels { min_pixels, .. } => Some(min_pixels),
+            SizeRule::Adaptive => None,
+        }
+    }
+    async fn max_pixels(&self) -> Option<u64> {
+        match self.0.size_rule {
+            SizeRule::Pixels { max_pixels, .. } => Some(max_pixels),
+            SizeRule::Adaptive => None,
+        }
+    }
+    async fn supports_seed(&self) -> bool {
+        self.0.supports_seed
+    }
+    async fn supports_guidance_scale(&self) -> bool {
+        self.0.supports_guidance
+    }
+    async fn min_reference_images(&self) -> u32 {
+        self.0.min_reference_images
+    }
+    async fn max_reference_images(&self) -> u32 {
+        self.0.max_reference_images
+    }
+    async fn max_output_images(&self) -> u32 {
+        self.0.max_output_images
+    }
+    async fn max_prompt_length(&self) -> usize {
+        self.0.max_prompt_chars
+    }
+}
+
+#[derive(InputObject)]
+pub struct CreateUserInput {
+    pub email: String,
+    pub name: String,
+}
+
+#[derive(InputObject)]
+pub struct UpdateUserInput {
+    pub email: Option<String>,
+    pub name: Option<String>,
+}
+
+#[derive(InputObject)]
+pub struct CreateImageTaskInput {
+    pub prompt: String,
+    /// Owner of the task.
+    pub user_id: Option<ID>,
+    /// Friendly name or provider model id; default Seedream 3.0.
+    pub model: Option<String>,
+    /// `WxH`, or a tier (`2K`) where the model has tiers.
+    pub size: Option<String>,
+    pub seed: Option<i64>,
+    pub guidance_scale: Option<f64>,
+    pub watermark: Option<bool>,
+    /// Reference images (http(s) or data URLs) for image-to-image models.
+    pub images: Option<Vec<String>>,
+    /// Up to this many output images (Seedream 4.x groups).
+    pub n: Option<i64>,
+    /// The same key with the same input returns the same task.
+    pub idempotency_key: Option<String>,
+}
+
+/// Extra fields on connections.
+#[derive(SimpleObject)]
+pub struct TotalCount {
+    /// Items matching the filter, across all pages.
+    pub total_count: u64,
+}

@@ -1,0 +1,178 @@
+//! The HTTP surface: one router with GraphQL, the legacy REST routes, image downloads and health.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::json;
+use tower_http::trace::TraceLayer;
+
+use crate::config::Config;
+use crate::domain::StoredImage;
+use crate::error::AppError;
+use crate::graphql::{self, AppSchema};
+use crate::rest::envelope::ApiError;
+use crate::service::Service;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub service: Arc<Service>,
+    pub schema: AppSchema,
+    pub config: Arc<Config>,
+    pub public_base: String,
+    pub provider_mode: &'static str,
+    pub started: Instant,
+}
+
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn extension(content_type: &str) -> &'static str {
+    match content_type {
+        "image/png" => "png",
+        "image/jpeg" => "jpeg",
+        "image/webp" => "webp",
+        "image/gif" => "gif",
+        _ => "bin",
+    }
+}
+
+/// The stable URL of a stored image on this server.
+pub fn image_url(base: &str, img: &StoredImage) -> String {
+    format!("{base}/images/{}.{}", img.id, extension(&img.content_type))
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route(
+            "/graphql",
+            get(graphql::get_handler).post(graphql::post_handler),
+        )
+        .route("/graphql/ws", get(graphql::ws_handler))
+        .route("/images/{file}", get(image))
+        .merge(crate::rest::routes())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn health(State(s): State<AppState>) -> Response {
+    Json(json!({
+        "status": "ok",
+        "service": "volcengine-ai-server",
+        "version": env!("CARGO_PKG_VERSION"),
+        "provider": s.provider_mode,
+        "mode": if s.config.is_distributed() { "distributed" } else { "embedded" },
+        "store": s.service.store.kind(),
+        "queue": s.service.queue.kind(),
+        "events": s.service.events.kind(),
+        "uptime_seconds": s.started.elapsed().as_secs(),
+    }))
+    .into_response()
+}
+
+/// Ready when every backend answers; 503 naming the ones that do not.
+async fn ready(State(s): State<AppState>) -> Response {
+    let store = s.service.store.ping().await.map_err(|e| e.to_string());
+    let queue = s.service.queue.ping().await.map_err(|e| e.to_string());
+    let events = s.service.events.ping().await.map_err(|e| e.to_string());
+    let all_ok = store.is_ok() && queue.is_ok() && events.is_ok();
+    for (name, r) in [("store", &store), ("queue", &queue), ("events", &events)] {
+        if let Err(e) = r {
+            tracing::warn!(backend = name, error = %e, "not ready");
+        }
+    }
+    let show = |r: &Result<(), String>| if r.is_ok() { "ok" } else { "unavailable" };
+    let status = if all_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({
+            "status": if all_ok { "ready" } else { "unavailable" },
+            "store": show(&store),
+            "queue": show(&queue),
+            "events": show(&events),
+        })),
+    )
+        .into_response()
+}
+
+/// Serves stored image bytes. Content never changes under an id, so it caches forever.
+async fn image(
+    State(s): State<AppState>,
+    Path(file): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let id = file.split('.').next().unwrap_or_default();
+    if !crate::domain::is_valid_id(id) {
+        return ApiError::from(AppError::NotFound("image not found".into())).into_response();
+    }
+    let etag = format!("\"{id}\"");
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag))
+    {
+        return StatusCode::NOT_MODIFIED.into_response();
+    }
+    match s.service.store.get_image(id).await {
+        Ok(Some(img)) => {
+            let mut resp = img.data.into_response();
+            let h = resp.headers_mut();
+            if let Ok(v) = HeaderValue::from_str(&img.content_type) {
+                h.insert(header::CONTENT_TYPE, v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&etag) {
+                h.insert(header::ETAG, v);
+            }
+            h.insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=31536000, immutable"),
+            );
+            resp
+        }
+        Ok(None) => ApiError::from(AppError::NotFound("image not found".into())).into_response(),
+        Err(e) => ApiError::from(AppError::from(e)).into_response(),
+    }
+}
+
+async fn not_found(req: Request) -> Response {
+    ApiError {
+        error: AppError::NotFound(format!(
+            "no route for {} {}",
+            req.method(),
+            req.uri().path()
+        )),
+        path: Some(req.uri().path().to_string()),
+    }
+    .into_response()
+}
+
+async fn method_not_allowed(req: Request) -> Response {
+    let mut resp = (
+        StatusCode::METHOD_NOT_ALLOWED,
+        Json(json!({
+            "success": false,
+            "error": "method not allowed",
+            "message": format!("{} is not allowed on {}", req.method(), req.uri().path()),
+            "code": "METHOD_NOT_ALLOWED",
+            "path": req.uri().path(),
+        })),
+    )
+        .into_response();
+    resp.headers_mut().remove(header::ALLOW);
+    resp
+}

@@ -1,0 +1,17 @@
+//! volcengine-ai-server: a reliable asynchronous task API over Volcengine's Seedream image
+//! generation. See `docs/architecture.md` for the design and `README.md` to run it.
+
+pub mod app;
+pub mod config;
+pub mod domain;
+pub mod emulator;
+pub mod error;
+pub mod events;
+pub mod graphql;
+pub mod http;
+pub mod provider;
+pub mod queue;
+pub mod rest;
+pub mod service;
+pub mod store;
+pub mod worker;

@@ -1,0 +1,179 @@
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+use volcengine_ai_server::app::{self, Role};
+use volcengine_ai_server::config::{Config, LogFormat};
+use volcengine_ai_server::emulator::{self, EmulatorConfig};
+
+/// How long in-flight provider calls may take to finish after SIGTERM/Ctrl-C.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+#[derive(Parser)]
+#[command(
+    name = "volcengine-ai-server",
+    version,
+    about = "Asynchronous task API over Volcengine Seedream image generation"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// API and worker in one process (the default).
+    Serve,
+    /// HTTP only: GraphQL, subscriptions, REST routes.
+    Api,
+    /// Worker only: runs queued tasks.
+    Worker,
+    /// Prints the GraphQL schema (SDL); `schema.graphql` must equal it.
+    Schema,
+    /// Runs the local emulator of Volcengine Ark's image API.
+    Emulator(EmulatorArgs),
+}
+
+#[derive(clap::Args)]
+struct EmulatorArgs {
+    /// Address to listen on.
+    #[arg(long, env = "EMULATOR_ADDR", default_value = "127.0.0.1:9090")]
+    addr: SocketAddr,
+    /// Time to generate an image, e.g. 2s or 300ms.
+    #[arg(long, env = "EMULATOR_LATENCY", default_value = "1500ms", value_parser = humantime::parse_duration)]
+    latency: Duration,
+    /// Extra random latency, uniform from zero to this.
+    #[arg(long, env = "EMULATOR_LATENCY_JITTER", default_value = "0s", value_parser = humantime::parse_duration)]
+    latency_jitter: Duration,
+    /// Only accept this API key (default: any non-empty key).
+    #[arg(long, env = "EMULATOR_API_KEY")]
+    api_key: Option<String>,
+    /// Images per minute per model, answered with 429 ModelAccountIpmRateLimitExceeded beyond.
+    #[arg(long, env = "EMULATOR_IPM")]
+    ipm: Option<u32>,
+    /// Share of requests failing with 500 InternalServiceError (0 to 1).
+    #[arg(long, env = "EMULATOR_FAIL_RATE", default_value_t = 0.0)]
+    fail_rate: f64,
+    /// Share of requests answered 429 ServerOverloaded (0 to 1).
+    #[arg(long, env = "EMULATOR_OVERLOAD_RATE", default_value_t = 0.0)]
+    overload_rate: f64,
+    /// Prompts containing this word are rejected as sensitive (repeatable).
+    #[arg(
+        long = "sensitive-word",
+        env = "EMULATOR_SENSITIVE_WORDS",
+        value_delimiter = ',',
+        default_value = "sensitive-content"
+    )]
+    sensitive_words: Vec<String>,
+    /// Lifetime of generated image URLs.
+    #[arg(long, env = "EMULATOR_URL_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    url_ttl: Duration,
+}
+
+fn init_tracing(level: &str, format: LogFormat) {
+    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}
+
+async fn signal(token: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    token.cancel();
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("shutdown requested");
+    token.cancel();
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Serve);
+    if let Command::Schema = command {
+        print!("{}", volcengine_ai_server::graphql::sdl());
+        return Ok(());
+    }
+    let config = Config::from_process_env()?;
+    init_tracing(&config.log_level, config.log_format);
+
+    if let Command::Emulator(a) = command {
+        let listener = tokio::net::TcpListener::bind(a.addr)
+            .await
+            .with_context(|| format!("cannot listen on {} (EMULATOR_ADDR)", a.addr))?;
+        let token = CancellationToken::new();
+        emulator::serve(
+            EmulatorConfig {
+                latency: a.latency,
+                latency_jitter: a.latency_jitter,
+                api_key: a.api_key,
+                images_per_minute: a.ipm,
+                fail_rate: a.fail_rate,
+                overload_rate: a.overload_rate,
+                sensitive_words: a.sensitive_words,
+                url_ttl: a.url_ttl,
+                model_ids: config.model_ids.clone(),
+            },
+            listener,
+            token.clone(),
+        )
+        .await?;
+        tracing::info!(addr = %a.addr, "Ark emulator listening: POST /api/v3/images/generations, GET /emulator/stats");
+        signal(token).await;
+        return Ok(());
+    }
+
+    let role = match command {
+        Command::Api => Role::Api,
+        Command::Worker => Role::Worker,
+        _ => Role::Serve,
+    };
+    let addr = SocketAddr::new(config.host, config.port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (HOST, PORT)"))?;
+    let running = app::start(config.clone(), listener, role).await?;
+    let mode = if config.is_distributed() {
+        "distributed"
+    } else {
+        "embedded"
+    };
+    match running.addr {
+        Some(a) => tracing::info!(
+            %mode,
+            provider = running.provider_mode,
+            data_dir = %config.data_dir.display(),
+            "volcengine-ai-server listening on http://{a} (GraphiQL: {}/graphql, REST: {}/api/v1, health: {}/health)",
+            running.public_base, running.public_base, running.public_base
+        ),
+        None => tracing::info!(%mode, provider = running.provider_mode, "worker running"),
+    }
+    signal(running.shutdown_token()).await;
+    running.shutdown(SHUTDOWN_GRACE).await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,117 @@
+//! Persistence seam. The store is the truth about users, tasks and image bytes: the queue and
+//! the event bus only carry hints, and anything they lose is recovered from here.
+//!
+//! Implementations: `sqlite` (the embedded default, a data folder). Every task state change goes
+//! through [`Store::replace_task`], a compare-and-set on `(id, version, status)`.
+
+pub mod sqlite;
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::domain::{Task, TaskStatus, User};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A uniqueness rule was hit (duplicate email). The message is safe to show.
+    #[error("{0}")]
+    Conflict(String),
+    /// The backend cannot be reached or is busy; worth retrying later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store error: {0}")]
+    Backend(String),
+}
+
+/// Bytes of one stored image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageBlob {
+    pub id: String,
+    pub task_id: String,
+    pub content_type: String,
+    pub data: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TaskQuery {
+    pub user_id: Option<String>,
+    pub status: Option<TaskStatus>,
+    /// Return tasks older than this task id (ids sort by creation time).
+    pub before_id: Option<String>,
+    pub offset: usize,
+    pub limit: usize,
+}
+
+/// What inserting a task with an idempotency key found.
+#[derive(Debug)]
+pub enum InsertOutcome {
+    Inserted,
+    /// The user already has a task under this idempotency key.
+    Existing(Box<Task>),
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Name for logs and `/health`.
+    fn kind(&self) -> &'static str;
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Fails with `Conflict` when the email (case-insensitive) is taken.
+    async fn insert_user(&self, user: &User) -> Result<(), StoreError>;
+    async fn get_user(&self, id: &str) -> Result<Option<User>, StoreError>;
+    async fn get_user_by_email(&self, email: &str) -> Result<Option<User>, StoreError>;
+    /// One round trip for many ids (the GraphQL DataLoader); missing ids are left out.
+    async fn get_users(&self, ids: &[String]) -> Result<Vec<User>, StoreError>;
+    /// Users in id order, after `after_id`.
+    async fn list_users(
+        &self,
+        after_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<User>, StoreError>;
+    async fn count_users(&self) -> Result<u64, StoreError>;
+    /// Replaces a user record; `false` when it does not exist. `Conflict` on a taken email.
+    async fn update_user(&self, user: &User) -> Result<bool, StoreError>;
+    /// Deletes the user with its tasks and their images; `false` when it did not exist.
+    async fn delete_user(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// Inserts a new task. With an idempotency key already used by the same user, nothing is
+    /// written and the existing task is returned.
+    async fn insert_task(&self, task: &Task) -> Result<InsertOutcome, StoreError>;
+    async fn get_task(&self, id: &str) -> Result<Option<Task>, StoreError>;
+    /// Newest first.
+    async fn list_tasks(&self, query: &TaskQuery) -> Result<Vec<Task>, StoreError>;
+    async fn count_tasks(
+        &self,
+        user_id: Option<&str>,
+        status: Option<TaskStatus>,
+    ) -> Result<u64, StoreError>;
+    /// Writes `task` only if the stored one still has `expected_version` and `expected_status`.
+    /// `false` means somebody else changed it first; nothing was written.
+    async fn replace_task(
+        &self,
+        task: &Task,
+        expected_version: i64,
+        expected_status: TaskStatus,
+    ) -> Result<bool, StoreError>;
+    /// Extends the lease of a processing task held by `owner`, without a new version (a heartbeat
+    /// is not a change clients see). `false` when the task is no longer held by `owner`.
+    async fn extend_lease(
+        &self,
+        id: &str,
+        owner: &str,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+    /// Pending tasks due at `now` and processing tasks whose lease ran out, oldest first.
+    async fn due_tasks(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Task>, StoreError>;
+    /// Processing tasks, whoever holds them (crash recovery of the embedded single process).
+    async fn processing_tasks(&self, limit: usize) -> Result<Vec<Task>, StoreError>;
+    /// Deletes a task and its images; `false` when it did not exist.
+    async fn delete_task(&self, id: &str) -> Result<bool, StoreError>;
+    async fn status_counts(&self) -> Result<HashMap<TaskStatus, u64>, StoreError>;
+
+    async fn put_image(&self, image: &ImageBlob) -> Result<(), StoreError>;
+    async fn get_image(&self, id: &str) -> Result<Option<ImageBlob>, StoreError>;
+    async fn delete_images(&self, ids: &[String]) -> Result<(), StoreError>;
+}

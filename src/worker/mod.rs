@@ -1,0 +1,406 @@
+//! The worker: takes task ids from the queue, claims each task in the store under a lease, calls
+//! the provider, stores the images and records the outcome. Every step is a compare-and-set on
+//! the task's version, so a duplicate delivery, a cancellation or a second worker can never make
+//! a task finish twice.
+
+pub mod reconciler;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::domain::{ModelSpec, StoredImage, Task, TaskError, TaskStatus};
+use crate::events::{Channel, Event};
+use crate::provider::{GenerateRequest, GeneratedImage, ImageProvider, ProviderError};
+use crate::queue::Delivery;
+use crate::service::Service;
+use crate::store::ImageBlob;
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub concurrency: usize,
+    pub max_attempts: u32,
+    pub lease: Duration,
+    pub reconcile_interval: Duration,
+    pub retry_base_delay: Duration,
+    pub retry_max_delay: Duration,
+    /// Embedded mode owns its data folder alone, so every `processing` task found at start was
+    /// orphaned by a crash and can be requeued at once instead of waiting for its lease.
+    pub recover_orphans_at_start: bool,
+}
+
+pub struct Worker {
+    service: Arc<Service>,
+    provider: Arc<dyn ImageProvider>,
+    cfg: WorkerConfig,
+    /// Lease owner name of this process.
+    id: String,
+}
+
+/// Why an attempt ended without a result to store.
+enum Outcome {
+    Images(Vec<StoredImage>, Option<String>),
+    Error(ProviderError),
+    /// The task was cancelled or taken over while the provider worked.
+    Lost,
+}
+
+fn image_type(bytes: &[u8]) -> &'static str {
+    match imagesize::image_type(bytes) {
+        Ok(imagesize::ImageType::Png) => "image/png",
+        Ok(imagesize::ImageType::Jpeg) => "image/jpeg",
+        Ok(imagesize::ImageType::Webp) => "image/webp",
+        Ok(imagesize::ImageType::Gif) => "image/gif",
+        _ => "application/octet-stream",
+    }
+}
+
+impl Worker {
+    pub fn new(
+        service: Arc<Service>,
+        provider: Arc<dyn ImageProvider>,
+        cfg: WorkerConfig,
+    ) -> Worker {
+        Worker {
+            service,
+            provider,
+            cfg,
+            id: format!("worker-{}", uuid::Uuid::new_v4()),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Starts the processing loops and the reconciler; they stop taking work when `shutdown` is
+    /// cancelled and finish the attempt in hand.
+    pub fn spawn(self: Arc<Self>, shutdown: CancellationToken) -> tokio::task::JoinSet<()> {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..self.cfg.concurrency {
+            let w = self.clone();
+            let stop = shutdown.clone();
+            set.spawn(async move { w.run_loop(stop).await });
+        }
+        let w = self.clone();
+        set.spawn(async move { reconciler::run(w, shutdown).await });
+        set
+    }
+
+    async fn run_loop(&self, shutdown: CancellationToken) {
+        loop {
+            let delivery = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                d = self.service.queue.dequeue() => d,
+            };
+            match delivery {
+                Ok(d) => {
+                    let span = tracing::info_span!("task", task_id = %d.task_id, worker = %self.id);
+                    self.process(&d).instrument(span).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "dequeue failed; retrying shortly");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    async fn process(&self, delivery: &Delivery) {
+        if let Err(e) = self.try_process(&delivery.task_id).await {
+            // The task stays as stored; the reconciler runs it again when due.
+            e.log_internal();
+            tracing::warn!(error = %e, "processing failed before an outcome was stored");
+        }
+        if let Err(e) = self.service.queue.ack(delivery).await {
+            tracing::warn!(error = %e, "ack failed; the delivery may come again (harmless)");
+        }
+    }
+
+    async fn try_process(&self, task_id: &str) -> Result<(), crate::error::AppError> {
+        let svc = &self.service;
+        let Some(task) = svc.store.get_task(task_id).await? else {
+            return Ok(());
+        };
+        if task.status != TaskStatus::Pending {
+            return Ok(());
+        }
+        let now = Utc::now();
+        if let Some(at) = task.not_before.filter(|at| *at > now) {
+            svc.queue.enqueue(&task.id, Some(at)).await?;
+            return Ok(());
+        }
+        let lease_until = now + chrono::Duration::from_std(self.cfg.lease).unwrap_or_default();
+        let Ok(next) = task.start(&self.id, lease_until, now) else {
+            return Ok(());
+        };
+        let Some(running) = svc.commit(&task, next).await? else {
+            tracing::debug!("another worker claimed the task first");
+            return Ok(());
+        };
+        tracing::info!(attempt = running.attempts, "task started");
+
+        let outcome = match svc.catalog.find(&running.model) {
+            Some(spec) => self.attempt(&running, spec).await,
+            None => Outcome::Error(ProviderError {
+                code: "UnknownModel".into(),
+                message: format!("model {} is no longer configured", running.model),
+                status: None,
+                retryable: false,
+                retry_after: None,
+                request_id: None,
+            }),
+        };
+        self.record(&running, outcome).await
+    }
+
+    /// One provider call with its image downloads, watched for cancellation and kept alive by
+    /// lease heartbeats.
+    async fn attempt(&self, task: &Task, spec: &ModelSpec) -> Outcome {
+        let lost = CancellationToken::new();
+        let watcher = tokio::spawn(watch(
+            self.service.clone(),
+            task.clone(),
+            self.id.clone(),
+            self.cfg.lease,
+            lost.clone(),
+        ));
+        let outcome = tokio::select! {
+            _ = lost.cancelled() => Outcome::Lost,
+            o = self.call(task, spec) => o,
+        };
+        watcher.abort();
+        outcome
+    }
+
+    async fn call(&self, task: &Task, spec: &ModelSpec) -> Outcome {
+        let req = GenerateRequest {
+            task_id: task.id.clone(),
+            model: task.model.clone(),
+            prompt: task.prompt.clone(),
+            size: task.params.size.clone(),
+            seed: task.params.seed,
+            guidance_scale: task.params.guidance_scale,
+            watermark: task.params.watermark,
+            images: task.params.images.clone(),
+            max_images: task.params.n.min(spec.max_output_images),
+        };
+        let generated = match self.provider.generate(&req).await {
+            Ok(g) => g,
+            Err(e) => return Outcome::Error(e),
+        };
+        let mut stored = Vec::new();
+        let mut first_failure = None;
+        for item in generated.images {
+            match item {
+                GeneratedImage::Url { url, size } => {
+                    match self.keep_image(task, spec, &url, size).await {
+                        Ok(img) => stored.push(img),
+                        Err(e) => {
+                            self.forget(&stored).await;
+                            return Outcome::Error(e);
+                        }
+                    }
+                }
+                GeneratedImage::Failed { code, message } => {
+                    tracing::warn!(%code, "one image of the group failed");
+                    first_failure.get_or_insert((code, message));
+                }
+            }
+        }
+        if stored.is_empty() {
+            let (code, message) = first_failure
+                .unwrap_or_else(|| ("NoImage".into(), "the provider returned no image".into()));
+            return Outcome::Error(ProviderError {
+                retryable: code == "NoImage",
+                code,
+                message,
+                status: Some(200),
+                retry_after: None,
+                request_id: generated.request_id,
+            });
+        }
+        Outcome::Images(stored, generated.request_id)
+    }
+
+    /// Downloads one image at once (provider URLs expire after 24 h) and stores it.
+    async fn keep_image(
+        &self,
+        task: &Task,
+        spec: &ModelSpec,
+        url: &str,
+        size: Option<String>,
+    ) -> Result<StoredImage, ProviderError> {
+        let fetched = self.provider.fetch(url).await?;
+        let (width, height) = match imagesize::blob_size(&fetched.bytes) {
+            Ok(d) => (d.width as u32, d.height as u32),
+            Err(_) => spec.output_dims(size.as_deref().unwrap_or(&task.params.size)),
+        };
+        let sniffed = image_type(&fetched.bytes);
+        let content_type = if sniffed == "application/octet-stream" {
+            fetched.content_type.unwrap_or_else(|| sniffed.to_string())
+        } else {
+            sniffed.to_string()
+        };
+        let blob = ImageBlob {
+            // Random (v4), not time-ordered: image URLs must not be guessable.
+            id: uuid::Uuid::new_v4().to_string(),
+            task_id: task.id.clone(),
+            content_type: content_type.clone(),
+            data: fetched.bytes,
+        };
+        let bytes = blob.data.len() as u64;
+        self.service
+            .store
+            .put_image(&blob)
+            .await
+            .map_err(|e| ProviderError {
+                code: "StorageError".into(),
+                message: e.to_string(),
+                status: None,
+                retryable: true,
+                retry_after: None,
+                request_id: None,
+            })?;
+        Ok(StoredImage {
+            id: blob.id,
+            provider_url: Some(url.to_string()),
+            width,
+            height,
+            bytes,
+            content_type,
+        })
+    }
+
+    async fn forget(&self, images: &[StoredImage]) {
+        if images.is_empty() {
+            return;
+        }
+        let ids: Vec<String> = images.iter().map(|i| i.id.clone()).collect();
+        if let Err(e) = self.service.store.delete_images(&ids).await {
+            tracing::warn!(error = %e, "could not delete images of a dropped attempt");
+        }
+    }
+
+    async fn record(&self, running: &Task, outcome: Outcome) -> Result<(), crate::error::AppError> {
+        let svc = &self.service;
+        let now = Utc::now();
+        match outcome {
+            Outcome::Lost => {
+                tracing::info!("task was cancelled or taken over during the provider call");
+            }
+            Outcome::Images(images, request_id) => {
+                let count = images.len();
+                let Ok(next) = running.complete(images.clone(), request_id, now) else {
+                    return Ok(());
+                };
+                if svc.commit(running, next).await?.is_some() {
+                    tracing::info!(images = count, "task completed");
+                } else {
+                    tracing::info!("task changed during the call; dropping its images");
+                    self.forget(&images).await;
+                }
+            }
+            Outcome::Error(e) => {
+                let error = TaskError {
+                    code: e.code.clone(),
+                    message: e.message.clone(),
+                    retryable: e.retryable,
+                };
+                if e.retryable && running.attempts < self.cfg.max_attempts {
+                    let at = self.retry_at(running.attempts, e.retry_after, now);
+                    let Ok(next) = running.requeue(Some(error), at, now) else {
+                        return Ok(());
+                    };
+                    if svc.commit(running, next).await?.is_some() {
+                        tracing::warn!(code = %e.code, attempt = running.attempts, retry_at = %at, "attempt failed; retry scheduled");
+                        svc.queue.enqueue(&running.id, Some(at)).await?;
+                    }
+                } else {
+                    let Ok(next) = running.fail(error, e.request_id.clone(), now) else {
+                        return Ok(());
+                    };
+                    if svc.commit(running, next).await?.is_some() {
+                        tracing::warn!(code = %e.code, attempts = running.attempts, "task failed");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Exponential backoff with full jitter, never sooner than the provider's `Retry-After`.
+    fn retry_at(
+        &self,
+        attempts: u32,
+        retry_after: Option<Duration>,
+        now: DateTime<Utc>,
+    ) -> DateTime<Utc> {
+        let exp = self
+            .cfg
+            .retry_base_delay
+            .saturating_mul(1u32 << attempts.saturating_sub(1).min(16));
+        let cap = exp.min(self.cfg.retry_max_delay);
+        let jitter = rand::thread_rng().gen_range(0..=cap.as_millis() as u64);
+        let delay = Duration::from_millis(jitter).max(retry_after.unwrap_or_default());
+        now + chrono::Duration::from_std(delay).unwrap_or_default()
+    }
+}
+
+/// Keeps the lease alive while the provider works, and cancels `lost` as soon as the task is
+/// cancelled (seen on its event channel) or the lease can no longer be extended.
+async fn watch(
+    service: Arc<Service>,
+    task: Task,
+    owner: String,
+    lease: Duration,
+    lost: CancellationToken,
+) {
+    let mut events = match service
+        .events
+        .subscribe(Channel::Task(task.id.clone()))
+        .await
+    {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::debug!(error = %e, "no event subscription; relying on heartbeats");
+            None
+        }
+    };
+    let mut tick = tokio::time::interval(lease / 3);
+    tick.tick().await;
+    loop {
+        let event = async {
+            match events.as_mut() {
+                Some(s) => s.next().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tick.tick() => {
+                let until = Utc::now() + chrono::Duration::from_std(lease).unwrap_or_default();
+                match service.store.extend_lease(&task.id, &owner, until).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        lost.cancel();
+                        return;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "lease heartbeat failed"),
+                }
+            }
+            ev = event => match ev {
+                Some(Event::Updated(t)) if t.version > task.version && t.status != TaskStatus::Processing => {
+                    lost.cancel();
+                    return;
+                }
+                Some(_) => {}
+                None => events = None,
+            },
+        }
+    }
+}

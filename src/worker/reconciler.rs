@@ -1,0 +1,87 @@
+//! Makes the store the truth: re-enqueues pending tasks that are due and takes back processing
+//! tasks whose lease ran out (their worker died). Whatever the queue lost, this finds.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+use super::Worker;
+use crate::domain::TaskStatus;
+
+const BATCH: usize = 500;
+
+pub async fn run(worker: Arc<Worker>, shutdown: CancellationToken) {
+    if worker.cfg.recover_orphans_at_start {
+        match recover_orphans(&worker).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                tasks = n,
+                "requeued tasks left processing by a previous run"
+            ),
+            Err(e) => tracing::error!(error = %e, "orphan recovery failed"),
+        }
+    }
+    let mut tick = tokio::time::interval(worker.cfg.reconcile_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = reconcile_once(&worker).await {
+            e.log_internal();
+            tracing::warn!(error = %e, "reconcile pass failed");
+        }
+    }
+}
+
+async fn recover_orphans(worker: &Worker) -> Result<usize, crate::error::AppError> {
+    let svc = &worker.service;
+    let mut n = 0;
+    loop {
+        let batch = svc.store.processing_tasks(BATCH).await?;
+        if batch.is_empty() {
+            return Ok(n);
+        }
+        let mut progressed = false;
+        for task in batch {
+            let now = Utc::now();
+            if let Ok(next) = task.requeue(None, now, now) {
+                if svc.commit(&task, next).await?.is_some() {
+                    n += 1;
+                    progressed = true;
+                }
+            }
+        }
+        if !progressed {
+            return Ok(n);
+        }
+    }
+}
+
+pub async fn reconcile_once(worker: &Worker) -> Result<usize, crate::error::AppError> {
+    let svc = &worker.service;
+    let now = Utc::now();
+    let due = svc.store.due_tasks(now, BATCH).await?;
+    let mut n = 0;
+    for task in due {
+        match task.status {
+            TaskStatus::Pending => {
+                svc.queue.enqueue(&task.id, None).await?;
+                n += 1;
+            }
+            TaskStatus::Processing => {
+                if let Ok(next) = task.requeue(None, now, now) {
+                    if svc.commit(&task, next).await?.is_some() {
+                        tracing::warn!(task_id = %task.id, owner = ?task.lease_owner, "lease expired; task requeued");
+                        svc.queue.enqueue(&task.id, None).await?;
+                        n += 1;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(n)
+}
