@@ -1,0 +1,300 @@
+//! Black-box harness: the real router on a random port, spoken to over HTTP and WebSocket.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+use volcengine_ai_server::app::{self, Backends, Role, Running};
+use volcengine_ai_server::config::Config;
+
+/// Upper bound for anything a test waits for; only guards against hangs, never a timing claim.
+pub const PATIENCE: Duration = Duration::from_secs(90);
+
+pub struct TestServer {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub running: Option<Running>,
+    pub dir: tempfile::TempDir,
+}
+
+/// A configuration for tests: temp data folder, fast sandbox, short intervals. It reads nothing
+/// from the process environment.
+pub fn test_config(dir: &std::path::Path) -> Config {
+    Config {
+        data_dir: dir.to_path_buf(),
+        port: 0,
+        sandbox_latency: Duration::from_millis(100),
+        reconcile_interval: Duration::from_millis(200),
+        retry_base_delay: Duration::from_millis(20),
+        retry_max_delay: Duration::from_millis(100),
+        subscription_resync: Duration::from_secs(2),
+        worker_concurrency: 8,
+        ..Config::default()
+    }
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        TestServer::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut cfg = test_config(dir.path());
+        tweak(&mut cfg);
+        let backends = Backends::embedded(&cfg).expect("backends");
+        TestServer::start_on(cfg, backends, dir).await
+    }
+
+    pub async fn start_on(cfg: Config, backends: Backends, dir: tempfile::TempDir) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let running = app::start_with(cfg, listener, Role::Serve, backends)
+            .await
+            .expect("start");
+        let base = format!("http://{}", running.addr.expect("api address"));
+        TestServer {
+            base,
+            http: reqwest::Client::new(),
+            running: Some(running),
+            dir,
+        }
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown(Duration::from_secs(5)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> (u16, Value) {
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, body)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.send(self.http.get(self.url(path))).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send(self.http.post(self.url(path)).json(&body)).await
+    }
+
+    pub async fn post_raw(&self, path: &str, body: &'static str) -> (u16, Value) {
+        self.send(
+            self.http
+                .post(self.url(path))
+                .header("content-type", "application/json")
+                .body(body),
+        )
+        .await
+    }
+
+    /// A GraphQL request over HTTP; returns the whole response body.
+    pub async fn gql(&self, query: &str, variables: Value) -> Value {
+        let (status, body) = self
+            .post("/graphql", json!({"query": query, "variables": variables}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    pub async fn create_user(&self, email: &str) -> String {
+        let (status, body) = self
+            .post("/api/v1/users", json!({"email": email, "name": "Test User"}))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["data"]["id"].as_str().expect("user id").to_string()
+    }
+
+    pub async fn create_task(&self, user_id: &str, prompt: &str) -> String {
+        let (status, body) = self
+            .post(
+                "/api/v1/ai/image/task",
+                json!({"prompt": prompt, "user_id": user_id}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["data"]["task_id"].as_str().expect("task id").to_string()
+    }
+
+    /// Polls the legacy result route, as old clients do, until the task is terminal.
+    pub async fn wait_terminal(&self, task_id: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let (status, body) = self
+                .get(&format!("/api/v1/ai/image/result/{task_id}"))
+                .await;
+            assert_eq!(status, 200, "{body}");
+            let st = body["data"]["status"].as_str().unwrap_or_default().to_string();
+            if matches!(st.as_str(), "completed" | "failed" | "cancelled") {
+                return body["data"].clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "task {task_id} still {st}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn wait_status(&self, task_id: &str, want: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let (_, body) = self
+                .get(&format!("/api/v1/ai/image/result/{task_id}"))
+                .await;
+            if body["data"]["status"] == want {
+                return body["data"].clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "task {task_id} never became {want}: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn stats_total(&self) -> u64 {
+        let (_, body) = self.get("/api/v1/queue/stats").await;
+        body["data"]["total"].as_u64().expect("total")
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Proto {
+    /// `graphql-transport-ws` (the `graphql-ws` library, Apollo 3.x).
+    TransportWs,
+    /// The legacy `graphql-ws` (subscriptions-transport-ws).
+    LegacyWs,
+}
+
+impl Proto {
+    fn name(self) -> &'static str {
+        match self {
+            Proto::TransportWs => "graphql-transport-ws",
+            Proto::LegacyWs => "graphql-ws",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum WsEvent {
+    Next { id: String, data: Value },
+    Error { id: String, payload: Value },
+    Complete { id: String },
+}
+
+pub struct WsClient {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    proto: Proto,
+}
+
+impl WsClient {
+    pub async fn connect(base: &str, path: &str, proto: Proto) -> WsClient {
+        let url = format!("{}{}", base.replacen("http", "ws", 1), path);
+        let mut req = url.into_client_request().expect("ws request");
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            proto.name().parse().expect("header"),
+        );
+        let (ws, resp) = tokio_tungstenite::connect_async(req).await.expect("ws connect");
+        assert_eq!(
+            resp.headers()
+                .get("sec-websocket-protocol")
+                .and_then(|v| v.to_str().ok()),
+            Some(proto.name())
+        );
+        let mut c = WsClient { ws, proto };
+        c.send(json!({"type": "connection_init", "payload": {}})).await;
+        loop {
+            let m = c.recv_json().await;
+            match m["type"].as_str() {
+                Some("connection_ack") => break,
+                Some("ka") => continue,
+                other => panic!("expected connection_ack, got {other:?}: {m}"),
+            }
+        }
+        c
+    }
+
+    async fn send(&mut self, v: Value) {
+        self.ws
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .expect("ws send");
+    }
+
+    async fn recv_json(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .expect("ws message in time")
+                .expect("ws open")
+                .expect("ws frame");
+            match msg {
+                Message::Text(t) => return serde_json::from_str(&t).expect("json frame"),
+                Message::Ping(p) => {
+                    let _ = self.ws.send(Message::Pong(p)).await;
+                }
+                Message::Close(f) => panic!("socket closed: {f:?}"),
+                _ => {}
+            }
+        }
+    }
+
+    pub async fn subscribe(&mut self, id: &str, query: &str, variables: Value) {
+        let kind = match self.proto {
+            Proto::TransportWs => "subscribe",
+            Proto::LegacyWs => "start",
+        };
+        self.send(json!({"id": id, "type": kind, "payload": {"query": query, "variables": variables}}))
+            .await;
+    }
+
+    pub async fn next_event(&mut self) -> WsEvent {
+        loop {
+            let m = self.recv_json().await;
+            let id = m["id"].as_str().unwrap_or_default().to_string();
+            match m["type"].as_str().unwrap_or_default() {
+                "next" | "data" => {
+                    let payload = &m["payload"];
+                    if payload.get("errors").is_some_and(|e| !e.is_null()) {
+                        return WsEvent::Error {
+                            id,
+                            payload: payload.clone(),
+                        };
+                    }
+                    return WsEvent::Next {
+                        id,
+                        data: payload["data"].clone(),
+                    };
+                }
+                "error" => {
+                    return WsEvent::Error {
+                        id,
+                        payload: m["payload"].clone(),
+                    }
+                }
+                "complete" => return WsEvent::Complete { id },
+                "ping" => self.send(json!({"type": "pong"})).await,
+                _ => {}
+            }
+        }
+    }
+}
+
+pub const TASK_UPDATED: &str = "subscription($id: ID!) { taskUpdated(id: $id) { id status version attempts result { imageUrl } error { code message retryable } } }";
