@@ -58,6 +58,9 @@ struct EmulatorArgs {
     /// Share of requests failing with 500 InternalServiceError (0 to 1).
     #[arg(long, env = "EMULATOR_FAIL_RATE", default_value_t = 0.0)]
     fail_rate: f64,
+    /// The first N calls of each distinct prompt fail with 500 InternalServiceError.
+    #[arg(long, env = "EMULATOR_FAIL_FIRST", default_value_t = 0)]
+    fail_first: u32,
     /// Share of requests answered 429 ServerOverloaded (0 to 1).
     #[arg(long, env = "EMULATOR_OVERLOAD_RATE", default_value_t = 0.0)]
     overload_rate: f64,
@@ -134,6 +137,7 @@ async fn main() -> anyhow::Result<()> {
                 images_per_minute: a.ipm,
                 fail_rate: a.fail_rate,
                 overload_rate: a.overload_rate,
+                fail_first: a.fail_first,
                 sensitive_words: a.sensitive_words,
                 url_ttl: a.url_ttl,
                 model_ids: config.model_ids.clone(),

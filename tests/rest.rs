@@ -43,11 +43,19 @@ async fn seed_flow_create_user_submit_poll_and_fetch_real_image_bytes() {
     let url = done["result"]["image_url"].as_str().expect("image_url");
     assert!(url.starts_with(&s.base), "served by this server: {url}");
     let img = &done["result"]["images"][0];
-    assert_eq!((img["width"].as_u64(), img["height"].as_u64()), (Some(1024), Some(1024)));
-    assert!(img["provider_url"].as_str().is_some_and(|u| u.contains("X-Tos-Expires")));
+    assert_eq!(
+        (img["width"].as_u64(), img["height"].as_u64()),
+        (Some(1024), Some(1024))
+    );
+    assert!(img["provider_url"]
+        .as_str()
+        .is_some_and(|u| u.contains("X-Tos-Expires")));
     for field in ["created_at", "updated_at", "started_at", "completed_at"] {
         let t = done[field].as_str().expect(field);
-        assert!(chrono::DateTime::parse_from_rfc3339(t).is_ok(), "{field}: {t}");
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(t).is_ok(),
+            "{field}: {t}"
+        );
         assert!(t.ends_with('Z'));
     }
 
@@ -94,7 +102,10 @@ async fn users_crud_with_case_insensitive_unique_email() {
     assert_eq!(dup["success"], false);
 
     let (status, got) = s.get(&format!("/api/v1/users/{id}")).await;
-    assert_eq!((status, got["data"]["email"].clone()), (200, json!("Mixed.Case@Example.com")));
+    assert_eq!(
+        (status, got["data"]["email"].clone()),
+        (200, json!("Mixed.Case@Example.com"))
+    );
     let (status, by_email) = s.get("/api/v1/users?email=MIXED.case@example.com").await;
     assert_eq!((status, by_email["data"]["id"].clone()), (200, json!(id)));
     let (status, none) = s.get("/api/v1/users?email=nobody@example.com").await;
@@ -108,7 +119,10 @@ async fn users_crud_with_case_insensitive_unique_email() {
                 .json(&json!({"name": "Renamed"})),
         )
         .await;
-    assert_eq!((status, upd["data"]["name"].clone()), (200, json!("Renamed")));
+    assert_eq!(
+        (status, upd["data"]["name"].clone()),
+        (200, json!("Renamed"))
+    );
     let (status, taken) = s
         .send(
             s.http
@@ -137,25 +151,97 @@ async fn bad_inputs_are_rejected_with_codes_and_change_nothing() {
     let unknown_user = "01890a5d-ac96-774b-bcce-b302099a8057";
     let long_prompt = "x".repeat(2001);
     let cases: Vec<(Value, &str, Option<&str>)> = vec![
-        (json!({"prompt": "", "user_id": user}), "VALIDATION_FAILED", Some("prompt")),
-        (json!({"prompt": "   \n ", "user_id": user}), "VALIDATION_FAILED", Some("prompt")),
-        (json!({"prompt": long_prompt, "user_id": user}), "VALIDATION_FAILED", Some("prompt")),
-        (json!({"user_id": user}), "VALIDATION_FAILED", Some("prompt")),
-        (json!({"prompt": "p", "user_id": user, "model": "dall-e-3"}), "VALIDATION_FAILED", Some("model")),
-        (json!({"prompt": "p", "user_id": user, "size": "abc"}), "VALIDATION_FAILED", Some("size")),
-        (json!({"prompt": "p", "user_id": user, "size": "100x100"}), "VALIDATION_FAILED", Some("size")),
-        (json!({"prompt": "p", "user_id": user, "size": "4096x4096"}), "VALIDATION_FAILED", Some("size")),
-        (json!({"prompt": "p", "user_id": user, "model": "doubao-seedream-4.5", "size": "1024x1024"}), "VALIDATION_FAILED", Some("size")),
-        (json!({"prompt": "p", "user_id": user, "model": "doubao-seedream-4.0", "seed": 5}), "VALIDATION_FAILED", Some("seed")),
-        (json!({"prompt": "p", "user_id": user, "guidance_scale": 11.0}), "VALIDATION_FAILED", Some("guidance_scale")),
-        (json!({"prompt": "p", "user_id": user, "image": "https://example.com/a.png"}), "VALIDATION_FAILED", Some("image")),
-        (json!({"prompt": "p", "user_id": user, "model": "doubao-seededit-3.0-i2i"}), "VALIDATION_FAILED", Some("image")),
-        (json!({"prompt": "p", "user_id": user, "n": 3}), "VALIDATION_FAILED", Some("n")),
-        (json!({"prompt": "p", "user_id": unknown_user}), "VALIDATION_FAILED", Some("user_id")),
-        (json!({"prompt": "p", "user_id": "not-an-id"}), "VALIDATION_FAILED", Some("user_id")),
+        (
+            json!({"prompt": "", "user_id": user}),
+            "VALIDATION_FAILED",
+            Some("prompt"),
+        ),
+        (
+            json!({"prompt": "   \n ", "user_id": user}),
+            "VALIDATION_FAILED",
+            Some("prompt"),
+        ),
+        (
+            json!({"prompt": long_prompt, "user_id": user}),
+            "VALIDATION_FAILED",
+            Some("prompt"),
+        ),
+        (
+            json!({"user_id": user}),
+            "VALIDATION_FAILED",
+            Some("prompt"),
+        ),
+        (
+            json!({"prompt": "p", "user_id": user, "model": "dall-e-3"}),
+            "VALIDATION_FAILED",
+            Some("model"),
+        ),
+        (
+            json!({"prompt": "p", "user_id": user, "size": "abc"}),
+            "VALIDATION_FAILED",
+            Some("size"),
+        ),
+        (
+            json!({"prompt": "p", "user_id": user, "size": "100x100"}),
+            "VALIDATION_FAILED",
+            Some("size"),
+        ),
+        (
+            json!({"prompt": "p", "user_id": user, "size": "4096x4096"}),
+            "VALIDATION_FAILED",
+            Some("size"),
+        ),
+        (
+            json!({"prompt": "p", "user_id": user, "model": "doubao-seedream-4.5", "size": "1024x1024"}),
+            "VALIDATION_FAILED",
+            Some("size"),
+        ),
+        (
+            json!({"prompt": "p", "user_id": user, "model": "doubao-seedream-4.0", "seed": 5}),
+            "VALIDATION_FAILED",
+            Some("seed"),
+        ),
+        (
+            json!({"prompt": "p", "user_id": user, "guidance_scale": 11.0}),
+            "VALIDATION_FAILED",
+            Some("guidance_scale"),
+        ),
+        (
+            json!({"prompt": "p", "user_id": user, "image": "https://example.com/a.png"}),
+            "VALIDATION_FAILED",
+            Some("image"),
+        ),
+        (
+            json!({"prompt": "p", "user_id": user, "model": "doubao-seededit-3.0-i2i"}),
+            "VALIDATION_FAILED",
+            Some("image"),
+        ),
+        (
+            json!({"prompt": "p", "user_id": user, "n": 3}),
+            "VALIDATION_FAILED",
+            Some("n"),
+        ),
+        (
+            json!({"prompt": "p", "user_id": unknown_user}),
+            "VALIDATION_FAILED",
+            Some("user_id"),
+        ),
+        (
+            json!({"prompt": "p", "user_id": "not-an-id"}),
+            "VALIDATION_FAILED",
+            Some("user_id"),
+        ),
         (json!({"prompt": "p"}), "VALIDATION_FAILED", Some("user_id")),
-        (json!({"prompt": 5, "user_id": user}), "VALIDATION_FAILED", Some("prompt")),
-        (json!({"prompt": "p", "user_id": user, "seed": "five"}), "VALIDATION_FAILED", Some("seed")),
+        (
+            json!({"prompt": 5, "user_id": user}),
+            "VALIDATION_FAILED",
+            Some("prompt"),
+        ),
+        (
+            json!({"prompt": "p", "user_id": user, "seed": "five"}),
+            "VALIDATION_FAILED",
+            Some("seed"),
+        ),
         (json!(["not", "an", "object"]), "VALIDATION_FAILED", None),
     ];
     for (body, code, field) in cases {
@@ -171,46 +257,95 @@ async fn bad_inputs_are_rejected_with_codes_and_change_nothing() {
                 .iter()
                 .filter_map(|d| d["field"].as_str())
                 .collect();
-            assert!(fields.iter().any(|x| x.starts_with(f)), "{f} not in {fields:?}: {resp}");
+            assert!(
+                fields.iter().any(|x| x.starts_with(f)),
+                "{f} not in {fields:?}: {resp}"
+            );
         }
     }
     for raw in ["{\"prompt\": ", "not json", ""] {
         let (status, resp) = s.post_raw("/api/v1/ai/image/task", raw).await;
-        assert_eq!((status, resp["code"].clone()), (400, json!("INVALID_JSON")), "{raw:?}: {resp}");
+        assert_eq!(
+            (status, resp["code"].clone()),
+            (400, json!("INVALID_JSON")),
+            "{raw:?}: {resp}"
+        );
     }
     let big = json!({"prompt": "p".repeat(100 * 1024), "user_id": user});
     let (status, resp) = s.post("/api/v1/ai/image/task", big).await;
-    assert_eq!((status, resp["code"].clone()), (413, json!("PAYLOAD_TOO_LARGE")), "{resp}");
+    assert_eq!(
+        (status, resp["code"].clone()),
+        (413, json!("PAYLOAD_TOO_LARGE")),
+        "{resp}"
+    );
 
     for (body, field) in [
         (json!({"email": "not-an-email", "name": "Valid"}), "email"),
         (json!({"email": "a@b.co", "name": "x"}), "name"),
-        (json!({"email": format!("{}@example.com", "a".repeat(100)), "name": "Valid"}), "email"),
+        (
+            json!({"email": format!("{}@example.com", "a".repeat(100)), "name": "Valid"}),
+            "email",
+        ),
         (json!({"name": "Valid"}), "email"),
     ] {
         let (status, resp) = s.post("/api/v1/users", body.clone()).await;
-        assert_eq!((status, resp["code"].clone()), (400, json!("VALIDATION_FAILED")), "{body}");
+        assert_eq!(
+            (status, resp["code"].clone()),
+            (400, json!("VALIDATION_FAILED")),
+            "{body}"
+        );
         assert_eq!(resp["details"][0]["field"], field);
     }
 
     let (status, resp) = s.get("/api/v1/ai/image/result/not-a-uuid").await;
-    assert_eq!((status, resp["code"].clone()), (400, json!("VALIDATION_FAILED")));
-    let (status, resp) = s.get(&format!("/api/v1/ai/image/result/{unknown_user}")).await;
+    assert_eq!(
+        (status, resp["code"].clone()),
+        (400, json!("VALIDATION_FAILED"))
+    );
+    let (status, resp) = s
+        .get(&format!("/api/v1/ai/image/result/{unknown_user}"))
+        .await;
     assert_eq!((status, resp["code"].clone()), (404, json!("NOT_FOUND")));
     let (status, resp) = s.get("/api/v1/users/12345").await;
-    assert_eq!((status, resp["code"].clone()), (400, json!("VALIDATION_FAILED")));
+    assert_eq!(
+        (status, resp["code"].clone()),
+        (400, json!("VALIDATION_FAILED"))
+    );
     let (status, resp) = s.get("/api/v1/nope").await;
-    assert_eq!((status, resp["code"].clone(), resp["path"].clone()), (404, json!("NOT_FOUND"), json!("/api/v1/nope")));
-    let (status, resp) = s.get(&format!("/api/v1/tasks/user/{user}?limit=1000")).await;
-    assert_eq!((status, resp["code"].clone()), (400, json!("VALIDATION_FAILED")));
-    let (status, resp) = s.get(&format!("/api/v1/tasks/user/{user}?status=done")).await;
-    assert_eq!((status, resp["code"].clone()), (400, json!("VALIDATION_FAILED")));
+    assert_eq!(
+        (status, resp["code"].clone(), resp["path"].clone()),
+        (404, json!("NOT_FOUND"), json!("/api/v1/nope"))
+    );
     let (status, resp) = s
-        .post("/api/v1/ai/tasks", json!({"type": "video_generation", "user_id": user, "input": {"prompt": "p"}}))
+        .get(&format!("/api/v1/tasks/user/{user}?limit=1000"))
         .await;
-    assert_eq!((status, resp["details"][0]["field"].clone()), (400, json!("type")));
+    assert_eq!(
+        (status, resp["code"].clone()),
+        (400, json!("VALIDATION_FAILED"))
+    );
+    let (status, resp) = s
+        .get(&format!("/api/v1/tasks/user/{user}?status=done"))
+        .await;
+    assert_eq!(
+        (status, resp["code"].clone()),
+        (400, json!("VALIDATION_FAILED"))
+    );
+    let (status, resp) = s
+        .post(
+            "/api/v1/ai/tasks",
+            json!({"type": "video_generation", "user_id": user, "input": {"prompt": "p"}}),
+        )
+        .await;
+    assert_eq!(
+        (status, resp["details"][0]["field"].clone()),
+        (400, json!("type"))
+    );
 
-    assert_eq!(s.stats_total().await, 0, "no rejected request created a task");
+    assert_eq!(
+        s.stats_total().await,
+        0,
+        "no rejected request created a task"
+    );
     let (_, u) = s.get(&format!("/api/v1/users/{user}")).await;
     assert_eq!(u["data"]["email"], "v@example.com");
 }
@@ -247,13 +382,27 @@ async fn listing_pages_by_cursor_and_offset_with_status_filter() {
     }
     assert_eq!(seen, newest_first);
 
-    let (_, page) = s.get(&format!("/api/v1/tasks/user/{user}?limit=2&offset=3")).await;
-    let got: Vec<&str> = page["data"].as_array().expect("array").iter().filter_map(|t| t["task_id"].as_str()).collect();
-    assert_eq!(got, vec![newest_first[3].as_str(), newest_first[4].as_str()]);
+    let (_, page) = s
+        .get(&format!("/api/v1/tasks/user/{user}?limit=2&offset=3"))
+        .await;
+    let got: Vec<&str> = page["data"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|t| t["task_id"].as_str())
+        .collect();
+    assert_eq!(
+        got,
+        vec![newest_first[3].as_str(), newest_first[4].as_str()]
+    );
 
-    let (_, page) = s.get(&format!("/api/v1/tasks/user/{user}?status=completed")).await;
+    let (_, page) = s
+        .get(&format!("/api/v1/tasks/user/{user}?status=completed"))
+        .await;
     assert_eq!(page["data"].as_array().map(Vec::len), Some(5));
-    let (_, page) = s.get(&format!("/api/v1/tasks/user/{user}?status=failed")).await;
+    let (_, page) = s
+        .get(&format!("/api/v1/tasks/user/{user}?status=failed"))
+        .await;
     assert_eq!(page["data"].as_array().map(Vec::len), Some(0));
 
     let (status, stats) = s.get("/api/v1/queue/stats").await;
@@ -275,11 +424,25 @@ async fn cancel_retry_and_delete_follow_the_state_machine() {
     let waiting = s.create_task(&user, "second").await;
     s.wait_status(&running, "processing").await;
 
-    let (status, c) = s.post(&format!("/api/v1/tasks/{waiting}/cancel"), json!({})).await;
-    assert_eq!((status, c["data"]["status"].clone()), (200, json!("cancelled")), "{c}");
-    let (status, c) = s.post(&format!("/api/v1/tasks/{running}/cancel"), json!({})).await;
-    assert_eq!((status, c["data"]["status"].clone()), (200, json!("cancelled")), "{c}");
-    let (status, again) = s.post(&format!("/api/v1/tasks/{running}/cancel"), json!({})).await;
+    let (status, c) = s
+        .post(&format!("/api/v1/tasks/{waiting}/cancel"), json!({}))
+        .await;
+    assert_eq!(
+        (status, c["data"]["status"].clone()),
+        (200, json!("cancelled")),
+        "{c}"
+    );
+    let (status, c) = s
+        .post(&format!("/api/v1/tasks/{running}/cancel"), json!({}))
+        .await;
+    assert_eq!(
+        (status, c["data"]["status"].clone()),
+        (200, json!("cancelled")),
+        "{c}"
+    );
+    let (status, again) = s
+        .post(&format!("/api/v1/tasks/{running}/cancel"), json!({}))
+        .await;
     assert_eq!((status, again["code"].clone()), (409, json!("CONFLICT")));
 
     // The worker's late result for the cancelled task must not overwrite the cancellation.
@@ -288,21 +451,43 @@ async fn cancel_retry_and_delete_follow_the_state_machine() {
     assert_eq!(t["data"]["status"], "cancelled");
     assert!(t["data"]["result"].is_null());
 
-    let (status, r) = s.post(&format!("/api/v1/tasks/{running}/retry"), json!({})).await;
-    assert_eq!((status, r["data"]["status"].clone(), r["data"]["attempts"].clone()), (200, json!("pending"), json!(0)));
+    let (status, r) = s
+        .post(&format!("/api/v1/tasks/{running}/retry"), json!({}))
+        .await;
+    assert_eq!(
+        (
+            status,
+            r["data"]["status"].clone(),
+            r["data"]["attempts"].clone()
+        ),
+        (200, json!("pending"), json!(0))
+    );
     let done = s.wait_terminal(&running).await;
     assert_eq!(done["status"], "completed");
-    let (status, again) = s.post(&format!("/api/v1/tasks/{running}/retry"), json!({})).await;
+    let (status, again) = s
+        .post(&format!("/api/v1/tasks/{running}/retry"), json!({}))
+        .await;
     assert_eq!((status, again["code"].clone()), (409, json!("CONFLICT")));
 
     let pending = s.create_task(&user, "third").await;
-    let (status, del) = s.send(s.http.delete(s.url(&format!("/api/v1/tasks/{pending}")))).await;
+    let (status, del) = s
+        .send(s.http.delete(s.url(&format!("/api/v1/tasks/{pending}"))))
+        .await;
     assert_eq!((status, del["code"].clone()), (409, json!("CONFLICT")));
 
-    let url = done["result"]["image_url"].as_str().expect("url").to_string();
-    let (status, del) = s.send(s.http.delete(s.url(&format!("/api/v1/tasks/{running}")))).await;
+    let url = done["result"]["image_url"]
+        .as_str()
+        .expect("url")
+        .to_string();
+    let (status, del) = s
+        .send(s.http.delete(s.url(&format!("/api/v1/tasks/{running}"))))
+        .await;
     assert_eq!((status, del["data"]["deleted"].clone()), (200, json!(true)));
-    assert_eq!(s.http.get(&url).send().await.expect("image").status(), 404, "images go with the task");
+    assert_eq!(
+        s.http.get(&url).send().await.expect("image").status(),
+        404,
+        "images go with the task"
+    );
     let (status, _) = s.get(&format!("/api/v1/tasks/{running}")).await;
     assert_eq!(status, 404);
 }
@@ -311,18 +496,27 @@ async fn cancel_retry_and_delete_follow_the_state_machine() {
 async fn provider_rejection_fails_the_task_with_the_providers_code_and_retry_reruns_it() {
     let s = TestServer::start().await;
     let user = s.create_user("fail@example.com").await;
-    let id = s.create_task(&user, "please draw sensitive-content here").await;
+    let id = s
+        .create_task(&user, "please draw sensitive-content here")
+        .await;
     let t = s.wait_terminal(&id).await;
     assert_eq!(t["status"], "failed", "{t}");
     assert_eq!(t["error"]["code"], "InputTextSensitiveContentDetected");
     assert_eq!(t["error"]["retryable"], false);
     assert_eq!(t["attempts"], 1, "a final error is not retried");
-    assert!(t["error"]["message"].as_str().is_some_and(|m| m.contains("sensitive")));
+    assert!(t["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("sensitive")));
 
-    let (status, r) = s.post(&format!("/api/v1/tasks/{id}/retry"), json!({})).await;
+    let (status, r) = s
+        .post(&format!("/api/v1/tasks/{id}/retry"), json!({}))
+        .await;
     assert_eq!(status, 200, "{r}");
     let again = s.wait_terminal(&id).await;
-    assert_eq!((again["status"].clone(), again["attempts"].clone()), (json!("failed"), json!(1)));
+    assert_eq!(
+        (again["status"].clone(), again["attempts"].clone()),
+        (json!("failed"), json!(1))
+    );
     assert!(again["version"].as_i64() > t["version"].as_i64());
 }
 
@@ -342,7 +536,11 @@ async fn generic_create_route_and_idempotency_keys() {
     assert_eq!(g["data"]["model"], "doubao-seedream-4-0-250828");
     let done = s.wait_terminal(id).await;
     assert_eq!(done["status"], "completed", "{done}");
-    assert_eq!(done["result"]["images"].as_array().map(Vec::len), Some(2), "group of two");
+    assert_eq!(
+        done["result"]["images"].as_array().map(Vec::len),
+        Some(2),
+        "group of two"
+    );
     assert_eq!(done["result"]["images"][1]["width"], 2048);
 
     let body = json!({"prompt": "same", "user_id": user});
@@ -356,6 +554,8 @@ async fn generic_create_route_and_idempotency_keys() {
     let (s2, second) = s.send(send(body.clone())).await;
     assert_eq!((s1, s2), (201, 201));
     assert_eq!(first["data"]["task_id"], second["data"]["task_id"]);
-    let (s3, conflict) = s.send(send(json!({"prompt": "different", "user_id": user}))).await;
+    let (s3, conflict) = s
+        .send(send(json!({"prompt": "different", "user_id": user})))
+        .await;
     assert_eq!((s3, conflict["code"].clone()), (409, json!("CONFLICT")));
 }

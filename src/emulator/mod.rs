@@ -40,6 +40,9 @@ pub struct EmulatorConfig {
     pub fail_rate: f64,
     /// Share of requests answered 429 `ServerOverloaded`.
     pub overload_rate: f64,
+    /// The first this-many calls of each distinct prompt fail with 500 `InternalServiceError`
+    /// (deterministic transient failures for retry tests).
+    pub fail_first: u32,
     /// Prompts containing one of these are rejected as sensitive input text.
     pub sensitive_words: Vec<String>,
     /// How long generated image URLs stay valid (Ark: 24 h).
@@ -56,6 +59,7 @@ impl Default for EmulatorConfig {
             images_per_minute: None,
             fail_rate: 0.0,
             overload_rate: 0.0,
+            fail_first: 0,
             sensitive_words: vec!["sensitive-content".into()],
             url_ttl: Duration::from_secs(24 * 3600),
             model_ids: ModelIds::default(),
@@ -280,9 +284,14 @@ impl Emulator {
             .as_str()
             .filter(|p| !p.trim().is_empty())
             .ok_or_else(|| missing("prompt"))?;
-        if let Ok(mut s) = self.0.stats.lock() {
-            *s.by_prompt.entry(prompt.to_string()).or_default() += 1;
-        }
+        let calls_for_prompt = match self.0.stats.lock() {
+            Ok(mut s) => {
+                let n = s.by_prompt.entry(prompt.to_string()).or_default();
+                *n += 1;
+                *n
+            }
+            Err(_) => 1,
+        };
         let size = req["size"]
             .as_str()
             .unwrap_or(&spec.default_size)
@@ -368,7 +377,8 @@ impl Emulator {
             )
         };
         tokio::time::sleep(cfg.latency + jitter).await;
-        if roll < cfg.overload_rate + cfg.fail_rate {
+        if roll < cfg.overload_rate + cfg.fail_rate || calls_for_prompt <= u64::from(cfg.fail_first)
+        {
             return Err(ArkError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "InternalServiceError",

@@ -112,7 +112,10 @@ impl TestServer {
 
     pub async fn create_user(&self, email: &str) -> String {
         let (status, body) = self
-            .post("/api/v1/users", json!({"email": email, "name": "Test User"}))
+            .post(
+                "/api/v1/users",
+                json!({"email": email, "name": "Test User"}),
+            )
             .await;
         assert_eq!(status, 201, "{body}");
         body["data"]["id"].as_str().expect("user id").to_string()
@@ -126,7 +129,10 @@ impl TestServer {
             )
             .await;
         assert_eq!(status, 201, "{body}");
-        body["data"]["task_id"].as_str().expect("task id").to_string()
+        body["data"]["task_id"]
+            .as_str()
+            .expect("task id")
+            .to_string()
     }
 
     /// Polls the legacy result route, as old clients do, until the task is terminal.
@@ -137,7 +143,10 @@ impl TestServer {
                 .get(&format!("/api/v1/ai/image/result/{task_id}"))
                 .await;
             assert_eq!(status, 200, "{body}");
-            let st = body["data"]["status"].as_str().unwrap_or_default().to_string();
+            let st = body["data"]["status"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             if matches!(st.as_str(), "completed" | "failed" | "cancelled") {
                 return body["data"].clone();
             }
@@ -211,7 +220,9 @@ impl WsClient {
             "sec-websocket-protocol",
             proto.name().parse().expect("header"),
         );
-        let (ws, resp) = tokio_tungstenite::connect_async(req).await.expect("ws connect");
+        let (ws, resp) = tokio_tungstenite::connect_async(req)
+            .await
+            .expect("ws connect");
         assert_eq!(
             resp.headers()
                 .get("sec-websocket-protocol")
@@ -219,7 +230,8 @@ impl WsClient {
             Some(proto.name())
         );
         let mut c = WsClient { ws, proto };
-        c.send(json!({"type": "connection_init", "payload": {}})).await;
+        c.send(json!({"type": "connection_init", "payload": {}}))
+            .await;
         loop {
             let m = c.recv_json().await;
             match m["type"].as_str() {
@@ -261,8 +273,10 @@ impl WsClient {
             Proto::TransportWs => "subscribe",
             Proto::LegacyWs => "start",
         };
-        self.send(json!({"id": id, "type": kind, "payload": {"query": query, "variables": variables}}))
-            .await;
+        self.send(
+            json!({"id": id, "type": kind, "payload": {"query": query, "variables": variables}}),
+        )
+        .await;
     }
 
     pub async fn next_event(&mut self) -> WsEvent {

@@ -1,0 +1,261 @@
+//! The worker against a separately started emulator over real HTTP, as a deployment pointing
+//! `VOLCENGINE_ENDPOINT` at a stand-in provider: keys, error classes, retries, URL expiry.
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestServer;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use volcengine_ai_server::emulator::{self, Emulator, EmulatorConfig};
+
+const KEY: &str = "test-key-123";
+
+async fn emulator(cfg: EmulatorConfig) -> (Emulator, String, CancellationToken) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let stop = CancellationToken::new();
+    let emu = emulator::serve(cfg, listener, stop.clone())
+        .await
+        .expect("emulator");
+    (emu, format!("http://{addr}"), stop)
+}
+
+fn emu_cfg() -> EmulatorConfig {
+    EmulatorConfig {
+        latency: Duration::from_millis(50),
+        api_key: Some(KEY.into()),
+        ..EmulatorConfig::default()
+    }
+}
+
+async fn server(endpoint: &str, key: &str, max_attempts: u32) -> TestServer {
+    let (endpoint, key) = (endpoint.to_string(), key.to_string());
+    TestServer::start_with(move |c| {
+        c.volcengine_endpoint = endpoint;
+        c.volcengine_api_key = Some(key);
+        c.max_attempts = max_attempts;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_configured_endpoint_and_key_are_used_for_real_calls() {
+    let (emu, url, _stop) = emulator(emu_cfg()).await;
+    // The SDKs' base form (`…/api/v3`) works as well as the bare root.
+    let s = server(&format!("{url}/api/v3"), KEY, 3).await;
+    let (_, health) = s.get("/health").await;
+    assert_eq!(health["provider"], "ark");
+    let user = s.create_user("ark@example.com").await;
+    let id = s.create_task(&user, "an ark call").await;
+    let t = s.wait_terminal(&id).await;
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(t["provider_request_id"].as_str().map(str::len), Some(53));
+    let stats = emu.stats();
+    assert_eq!(stats.by_prompt.get("an ark call"), Some(&1));
+    assert_eq!(stats.succeeded, 1);
+}
+
+#[tokio::test]
+async fn a_wrong_key_fails_at_once_with_the_providers_code() {
+    let (emu, url, _stop) = emulator(emu_cfg()).await;
+    let s = server(&url, "wrong-key", 5).await;
+    let user = s.create_user("key@example.com").await;
+    let id = s.create_task(&user, "unauthorised").await;
+    let t = s.wait_terminal(&id).await;
+    assert_eq!(t["status"], "failed");
+    assert_eq!(t["error"]["code"], "AuthenticationError");
+    assert_eq!(t["error"]["retryable"], false);
+    assert_eq!(emu.stats().requests, 1, "not retried");
+}
+
+#[tokio::test]
+async fn transient_errors_are_retried_until_they_pass() {
+    let (emu, url, _stop) = emulator(EmulatorConfig {
+        fail_first: 2,
+        ..emu_cfg()
+    })
+    .await;
+    let s = server(&url, KEY, 5).await;
+    let user = s.create_user("retry@example.com").await;
+    let id = s.create_task(&user, "flaky twice").await;
+    let t = s.wait_terminal(&id).await;
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(t["attempts"], 3);
+    assert_eq!(emu.stats().by_prompt.get("flaky twice"), Some(&3));
+}
+
+#[tokio::test]
+async fn retries_stop_at_the_attempt_budget_keeping_the_last_error() {
+    let (emu, url, _stop) = emulator(EmulatorConfig {
+        overload_rate: 1.0,
+        ..emu_cfg()
+    })
+    .await;
+    let s = server(&url, KEY, 3).await;
+    let user = s.create_user("budget@example.com").await;
+    let id = s.create_task(&user, "always overloaded").await;
+    let t = s.wait_terminal(&id).await;
+    assert_eq!(t["status"], "failed");
+    assert_eq!(t["error"]["code"], "ServerOverloaded");
+    assert_eq!(t["error"]["retryable"], true);
+    assert_eq!(t["attempts"], 3);
+    assert_eq!(emu.stats().by_prompt.get("always overloaded"), Some(&3));
+}
+
+#[tokio::test]
+async fn images_stay_served_after_the_provider_url_expired() {
+    let (_emu, url, _stop) = emulator(EmulatorConfig {
+        url_ttl: Duration::from_secs(1),
+        ..emu_cfg()
+    })
+    .await;
+    let s = server(&url, KEY, 3).await;
+    let user = s.create_user("expiry@example.com").await;
+    let id = s.create_task(&user, "short lived link").await;
+    let t = s.wait_terminal(&id).await;
+    assert_eq!(t["status"], "completed", "{t}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let provider_url = t["result"]["images"][0]["provider_url"]
+        .as_str()
+        .expect("provider url");
+    let expired = s.http.get(provider_url).send().await.expect("get");
+    assert_eq!(expired.status(), 403);
+    let body: serde_json::Value = expired.json().await.expect("json");
+    assert_eq!(
+        body,
+        json!({"Code": "AccessDenied", "Message": "Access Denied", "EC": "0003-00000015"})
+    );
+    let ours = s
+        .http
+        .get(t["result"]["image_url"].as_str().expect("url"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(ours.status(), 200);
+}
+
+#[tokio::test]
+async fn emulator_speaks_arks_error_bodies() {
+    let (_emu, url, _stop) = emulator(emu_cfg()).await;
+    let http = reqwest::Client::new();
+    let gen = format!("{url}/api/v3/images/generations");
+    let r = http
+        .post(&gen)
+        .json(&json!({"model": "doubao-seedream-3-0-t2i-250415", "prompt": "x"}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.headers()["x-error-code"],
+        "AuthN_MissOrInvalidAuthorizationHeader"
+    );
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "AuthenticationError");
+    assert_eq!(body["error"]["type"], "Unauthorized");
+
+    let cases = [
+        (json!({"prompt": "x"}), 400, "MissingParameter", "model"),
+        (
+            json!({"model": "doubao-seedream-3-0-t2i-250415"}),
+            400,
+            "MissingParameter",
+            "prompt",
+        ),
+        (
+            json!({"model": "nope", "prompt": "x"}),
+            404,
+            "InvalidEndpointOrModel.NotFound",
+            "",
+        ),
+        (
+            json!({"model": "doubao-seedream-4-5-251128", "prompt": "x", "size": "1K"}),
+            400,
+            "InvalidParameter",
+            "size",
+        ),
+        (
+            json!({"model": "doubao-seedream-4-0-250828", "prompt": "x", "seed": 3}),
+            400,
+            "InvalidParameter",
+            "seed",
+        ),
+    ];
+    for (req, status, code, param) in cases {
+        let r = http
+            .post(&gen)
+            .bearer_auth(KEY)
+            .header("X-Client-Request-Id", "abc")
+            .json(&req)
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(r.status().as_u16(), status, "{req}");
+        assert_eq!(r.headers()["x-client-request-id"], "abc");
+        let rid = r.headers()["x-request-id"]
+            .to_str()
+            .expect("rid")
+            .to_string();
+        assert_eq!(rid.len(), 53);
+        let body: serde_json::Value = r.json().await.expect("json");
+        assert_eq!(body["error"]["code"], code, "{req}");
+        assert_eq!(body["error"]["param"], param, "{req}");
+        assert!(body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.ends_with(&format!("Request id: {rid}"))));
+    }
+    let r: serde_json::Value = http
+        .post(&gen)
+        .bearer_auth(KEY)
+        .json(&json!({"model": "doubao-seedream-4-0-250828", "prompt": "x", "size": "1K",
+                      "sequential_image_generation": "auto", "sequential_image_generation_options": {"max_images": 3}}))
+        .send()
+        .await
+        .expect("post")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(r["data"].as_array().map(Vec::len), Some(3));
+    assert_eq!(r["data"][0]["size"], "1024x1024");
+    assert_eq!(r["usage"]["generated_images"], 3);
+    assert_eq!(r["usage"]["output_tokens"], 3 * 4096);
+}
+
+#[tokio::test]
+async fn images_per_minute_limit_answers_the_real_429() {
+    let (_emu, url, _stop) = emulator(EmulatorConfig {
+        images_per_minute: Some(2),
+        latency: Duration::ZERO,
+        ..emu_cfg()
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let gen = format!("{url}/api/v3/images/generations");
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        let r = http
+            .post(&gen)
+            .bearer_auth(KEY)
+            .json(&json!({"model": "doubao-seedream-3-0-t2i-250415", "prompt": "ipm"}))
+            .send()
+            .await
+            .expect("post");
+        let status = r.status().as_u16();
+        let body: serde_json::Value = r.json().await.expect("json");
+        codes.push((
+            status,
+            body["error"]["code"].as_str().unwrap_or("").to_string(),
+        ));
+    }
+    assert_eq!(codes[0].0, 200);
+    assert_eq!(codes[1].0, 200);
+    assert_eq!(
+        codes[2],
+        (429, "ModelAccountIpmRateLimitExceeded".to_string())
+    );
+}
