@@ -11,12 +11,13 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::domain::Catalog;
 use crate::emulator::{self, EmulatorConfig};
-use crate::events::{memory::MemoryEvents, Events};
+use crate::events::{memory::MemoryEvents, redis::RedisEvents, Events};
 use crate::graphql::{self, Ctx};
 use crate::http::{self, AppState};
 use crate::provider::{ark::ArkClient, ImageProvider, ProviderError};
-use crate::queue::{memory::MemoryQueue, Queue};
+use crate::queue::{memory::MemoryQueue, redis::RedisQueue, Queue};
 use crate::service::Service;
+use crate::store::mongo::{MongoOptions, MongoStore};
 use crate::store::{sqlite::SqliteStore, Store, StoreError};
 use crate::worker::{Worker, WorkerConfig};
 
@@ -54,6 +55,8 @@ pub struct Backends {
     pub store: Arc<dyn Store>,
     pub queue: Arc<dyn Queue>,
     pub events: Arc<dyn Events>,
+    /// Stops the backends' own background work (the Redis event relay).
+    pub background: CancellationToken,
 }
 
 impl Backends {
@@ -65,16 +68,55 @@ impl Backends {
             store: Arc::new(store),
             queue: Arc::new(MemoryQueue::new()),
             events: Arc::new(MemoryEvents::new()),
+            background: CancellationToken::new(),
         })
     }
 
-    pub fn for_config(config: &Config) -> Result<Backends, StartError> {
-        if config.is_distributed() {
-            return Err(StartError::Unsupported(
-                "MONGO_URL/REDIS_URL are set, but this build runs only the embedded store; unset them to use the data folder".into(),
-            ));
+    /// The distributed backends: MongoDB, a Redis Streams queue, Redis pub/sub events.
+    pub async fn distributed(
+        config: &Config,
+        mongo_url: &str,
+        redis_url: &str,
+    ) -> Result<Backends, StartError> {
+        let store = MongoStore::connect(MongoOptions {
+            url: mongo_url,
+            database: &config.mongo_database,
+            majority_writes: config.mongo_majority_writes,
+            timeout: config.mongo_timeout,
+            write_locks: config.mongo_write_locks,
+        })
+        .await
+        .map_err(|e| StartError::Unsupported(format!("MongoDB at MONGO_URL: {e}")))?;
+        tracing::info!(database = store.database_name(), "MongoDB store connected");
+        let client = redis::Client::open(redis_url)
+            .map_err(|e| StartError::Unsupported(format!("REDIS_URL: {e}")))?;
+        let consumer = format!("consumer-{}", uuid::Uuid::new_v4());
+        let queue = RedisQueue::connect(
+            &client,
+            &config.redis_prefix,
+            &consumer,
+            config.task_lease * 2,
+        )
+        .await
+        .map_err(|e| StartError::Unsupported(format!("Redis at REDIS_URL: {e}")))?;
+        let background = CancellationToken::new();
+        let events = RedisEvents::connect(client, &config.redis_prefix, background.clone())
+            .await
+            .map_err(|e| StartError::Unsupported(format!("Redis at REDIS_URL: {e}")))?;
+        tracing::info!(prefix = %config.redis_prefix, "Redis queue and events connected");
+        Ok(Backends {
+            store: Arc::new(store),
+            queue: Arc::new(queue),
+            events: Arc::new(events),
+            background,
+        })
+    }
+
+    pub async fn for_config(config: &Config) -> Result<Backends, StartError> {
+        match (&config.mongo_url, &config.redis_url) {
+            (Some(m), Some(r)) => Backends::distributed(config, m, r).await,
+            _ => Backends::embedded(config),
         }
-        Backends::embedded(config)
     }
 }
 
@@ -87,6 +129,7 @@ pub struct Running {
     /// The in-process emulator of sandbox mode.
     pub emulator: Option<emulator::Emulator>,
     shutdown: CancellationToken,
+    background: CancellationToken,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     workers: Option<tokio::task::JoinSet<()>>,
 }
@@ -112,6 +155,7 @@ impl Running {
                 tracing::warn!("open connections did not close before the deadline");
             }
         }
+        self.background.cancel();
     }
 
     /// Waits until the shutdown token is cancelled elsewhere (signal handling in `main`).
@@ -158,47 +202,65 @@ async fn provider(
 /// configuration selects.
 pub async fn start(
     config: Config,
-    listener: TcpListener,
+    listener: Option<TcpListener>,
     role: Role,
 ) -> Result<Running, StartError> {
-    let backends = Backends::for_config(&config)?;
+    let backends = Backends::for_config(&config).await?;
     start_with(config, listener, role, backends).await
 }
 
 /// As `start`, with given backends (tests wrap a store to count its calls).
 pub async fn start_with(
     config: Config,
-    listener: TcpListener,
+    listener: Option<TcpListener>,
     role: Role,
     backends: Backends,
 ) -> Result<Running, StartError> {
+    let listener = match (role.runs_api(), listener) {
+        (true, Some(l)) => Some(l),
+        (true, None) => {
+            return Err(StartError::Unsupported(
+                "the API role needs a listening socket".into(),
+            ))
+        }
+        (false, _) => None,
+    };
     let shutdown = CancellationToken::new();
     let config = Arc::new(config);
+    let backends_background = backends.background;
     let service = Arc::new(Service {
         store: backends.store,
         queue: backends.queue,
         events: backends.events,
         catalog: Arc::new(Catalog::new(&config.model_ids)),
     });
-    let (provider, emulator) = provider(&config, &shutdown).await?;
-    let provider_mode = provider.mode();
+    let (provider, emulator) = if role.runs_worker() {
+        let (p, e) = provider(&config, &shutdown).await?;
+        (Some(p), e)
+    } else {
+        (None, None)
+    };
+    let provider_mode = if config.is_sandbox() {
+        "sandbox"
+    } else {
+        "ark"
+    };
     if provider_mode == "sandbox" {
         tracing::warn!("SANDBOX MODE: no VOLCENGINE_API_KEY set; images come from the built-in emulator, not Volcengine");
     }
 
-    let addr = listener.local_addr()?;
-    let public_base = config.public_base_url.clone().unwrap_or_else(|| {
-        if addr.ip().is_unspecified() {
-            format!("http://localhost:{}", addr.port())
-        } else {
-            format!("http://{addr}")
-        }
-    });
+    let addr = listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let public_base = match (&config.public_base_url, addr) {
+        (Some(u), _) => u.clone(),
+        (None, Some(a)) if a.ip().is_unspecified() => format!("http://localhost:{}", a.port()),
+        (None, Some(a)) => format!("http://{a}"),
+        (None, None) => format!("http://{}:{}", config.host, config.port),
+    };
 
-    let workers = role.runs_worker().then(|| {
+    let workers = provider.map(|provider| {
         let worker = Arc::new(Worker::new(
             service.clone(),
-            provider.clone(),
+            provider,
             WorkerConfig {
                 concurrency: config.worker_concurrency,
                 max_attempts: config.max_attempts,
@@ -217,7 +279,7 @@ pub async fn start_with(
         worker.spawn(shutdown.clone())
     });
 
-    let server = if role.runs_api() {
+    let server = if let Some(listener) = listener {
         let ctx = Arc::new(Ctx {
             service: service.clone(),
             public_base: public_base.clone(),
@@ -239,17 +301,17 @@ pub async fn start_with(
                 .await
         }))
     } else {
-        drop(listener);
         None
     };
 
     Ok(Running {
-        addr: role.runs_api().then_some(addr),
+        addr,
         public_base,
         provider_mode,
         service,
         emulator,
         shutdown,
+        background: backends_background,
         server,
         workers,
     })

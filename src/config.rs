@@ -41,7 +41,17 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub embedded_sync: SyncMode,
     pub mongo_url: Option<String>,
+    /// Database used when `MONGO_URL` names none.
+    pub mongo_database: String,
+    /// Acknowledge writes only once a majority of the replica set has them.
+    pub mongo_majority_writes: bool,
+    /// How long a MongoDB operation waits for a reachable server before the API answers 503.
+    pub mongo_timeout: Duration,
+    /// Lock documents around task writes: `None` = only on FerretDB.
+    pub mongo_write_locks: Option<bool>,
     pub redis_url: Option<String>,
+    /// Namespace of every Redis key and channel, so several deployments can share one Redis.
+    pub redis_prefix: String,
     /// `None`: sandbox mode against the in-process emulator.
     pub volcengine_api_key: Option<String>,
     pub volcengine_endpoint: String,
@@ -75,7 +85,12 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             embedded_sync: SyncMode::Normal,
             mongo_url: None,
+            mongo_database: "volcengine_ai".into(),
+            mongo_majority_writes: true,
+            mongo_timeout: Duration::from_secs(3),
+            mongo_write_locks: None,
             redis_url: None,
+            redis_prefix: "vas".into(),
             volcengine_api_key: None,
             volcengine_endpoint: DEFAULT_ENDPOINT.into(),
             volcengine_region: "cn-beijing".into(),
@@ -256,6 +271,76 @@ impl Config {
         };
         let mongo_url = env.raw(&["MONGO_URL", "MONGODB_URI"]).map(|(_, v)| v);
         let redis_url = env.raw(&["REDIS_URL"]).map(|(_, v)| v);
+        match (&mongo_url, &redis_url) {
+            (Some(_), None) => {
+                return Err(ConfigError {
+                    var: "REDIS_URL",
+                    value: String::new(),
+                    reason: "distributed mode needs both MONGO_URL and REDIS_URL".into(),
+                })
+            }
+            (None, Some(v)) => {
+                return Err(ConfigError {
+                    var: "MONGO_URL",
+                    value: v.clone(),
+                    reason:
+                        "distributed mode needs both MONGO_URL and REDIS_URL (REDIS_URL is set)"
+                            .into(),
+                })
+            }
+            _ => {}
+        }
+        if let Some(v) = &mongo_url {
+            if !(v.starts_with("mongodb://") || v.starts_with("mongodb+srv://")) {
+                return Err(ConfigError {
+                    var: "MONGO_URL",
+                    value: v.clone(),
+                    reason: "must start with mongodb:// or mongodb+srv://".into(),
+                });
+            }
+        }
+        if let Some(v) = &redis_url {
+            if redis::Client::open(v.as_str()).is_err() {
+                return Err(ConfigError {
+                    var: "REDIS_URL",
+                    value: v.clone(),
+                    reason: "must be a redis:// or rediss:// URL".into(),
+                });
+            }
+        }
+        let mongo_majority_writes = match env.raw(&["MONGO_WRITE_CONCERN"]) {
+            None => d.mongo_majority_writes,
+            Some((_, v)) if v.eq_ignore_ascii_case("majority") => true,
+            Some((_, v)) if v == "1" => false,
+            Some((var, value)) => {
+                return Err(ConfigError {
+                    var,
+                    value,
+                    reason: "must be majority or 1".into(),
+                })
+            }
+        };
+        let mongo_write_locks = match env.raw(&["MONGO_WRITE_LOCKS"]) {
+            None => d.mongo_write_locks,
+            Some((_, v)) if v.eq_ignore_ascii_case("auto") => None,
+            Some((_, v)) if v.eq_ignore_ascii_case("on") => Some(true),
+            Some((_, v)) if v.eq_ignore_ascii_case("off") => Some(false),
+            Some((var, value)) => {
+                return Err(ConfigError {
+                    var,
+                    value,
+                    reason: "must be auto, on or off".into(),
+                })
+            }
+        };
+        let redis_prefix = env.string(&["REDIS_KEY_PREFIX"], &d.redis_prefix);
+        if redis_prefix.contains(char::is_whitespace) || redis_prefix.contains('*') {
+            return Err(ConfigError {
+                var: "REDIS_KEY_PREFIX",
+                value: redis_prefix,
+                reason: "must not contain spaces or *".into(),
+            });
+        }
 
         let retry_base_delay = env.duration(&["RETRY_BASE_DELAY"], d.retry_base_delay, ms(1))?;
         let retry_max_delay = env.duration(&["RETRY_MAX_DELAY"], d.retry_max_delay, ms(1))?;
@@ -281,7 +366,12 @@ impl Config {
             data_dir: PathBuf::from(env.string(&["DATA_DIR"], "./data")),
             embedded_sync,
             mongo_url,
+            mongo_database: env.string(&["MONGO_DATABASE"], &d.mongo_database),
+            mongo_majority_writes,
+            mongo_timeout: env.duration(&["MONGO_TIMEOUT"], d.mongo_timeout, ms(100))?,
+            mongo_write_locks,
             redis_url,
+            redis_prefix,
             volcengine_api_key: env
                 .raw(&["VOLCENGINE_API_KEY", "ARK_API_KEY"])
                 .map(|(_, v)| v),
@@ -364,6 +454,7 @@ mod tests {
         let c = from(&[
             ("ARK_API_KEY", "k"),
             ("MONGODB_URI", "mongodb://x"),
+            ("REDIS_URL", "redis://127.0.0.1:6379"),
             ("AI_TIMEOUT", "30s"),
             ("VOLCENGINE_ENDPOINT", "http://127.0.0.1:9/"),
         ])
@@ -392,10 +483,19 @@ mod tests {
             ("VOLCENGINE_ENDPOINT", "ftp://x"),
             ("HOST", "localhost:80"),
             ("MAX_BODY_BYTES", "-1"),
+            ("MONGO_WRITE_CONCERN", "some"),
         ] {
             let err = from(&[(var, value)]).expect_err(var);
             assert_eq!(err.var, var, "{err}");
             assert!(err.to_string().contains(var));
         }
+        // Distributed mode needs both; the missing one is named.
+        let err = from(&[("MONGO_URL", "mongodb://x")]).expect_err("mongo alone");
+        assert_eq!(err.var, "REDIS_URL");
+        let err = from(&[("REDIS_URL", "redis://x")]).expect_err("redis alone");
+        assert_eq!(err.var, "MONGO_URL");
+        let err =
+            from(&[("MONGO_URL", "postgres://x"), ("REDIS_URL", "redis://x")]).expect_err("scheme");
+        assert_eq!(err.var, "MONGO_URL");
     }
 }

@@ -156,10 +156,16 @@ async fn main() -> anyhow::Result<()> {
         Command::Worker => Role::Worker,
         _ => Role::Serve,
     };
-    let addr = SocketAddr::new(config.host, config.port);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} (HOST, PORT)"))?;
+    let listener = if role == Role::Worker {
+        None
+    } else {
+        let addr = SocketAddr::new(config.host, config.port);
+        Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (HOST, PORT)"))?,
+        )
+    };
     let running = app::start(config.clone(), listener, role).await?;
     let mode = if config.is_distributed() {
         "distributed"

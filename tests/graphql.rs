@@ -550,17 +550,18 @@ impl Store for Counting {
 #[tokio::test]
 async fn task_user_is_loaded_in_one_batch_per_page() {
     let dir = tempfile::tempdir().expect("dir");
-    let cfg = common::test_config(dir.path());
-    let embedded = Backends::embedded(&cfg).expect("backends");
+    let mut cfg = common::test_config(dir.path());
+    let inner = common::backends(&mut cfg).await;
     let counting = Arc::new(Counting {
-        inner: embedded.store,
+        inner: inner.store,
         get_users: AtomicUsize::new(0),
         get_user: AtomicUsize::new(0),
     });
     let backends = Backends {
         store: counting.clone(),
-        queue: embedded.queue,
-        events: embedded.events,
+        queue: inner.queue,
+        events: inner.events,
+        background: inner.background,
     };
     let s = TestServer::start_on(cfg, backends, dir).await;
     let users = [

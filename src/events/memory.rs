@@ -16,7 +16,7 @@ use crate::domain::Task;
 /// Events a slow subscriber may fall behind before it is told of a gap and re-reads the store.
 const CHANNEL_CAPACITY: usize = 256;
 
-type Channels = HashMap<Channel, broadcast::Sender<Arc<Task>>>;
+type Channels = HashMap<Channel, broadcast::Sender<Event>>;
 
 #[derive(Default)]
 pub struct MemoryEvents {
@@ -46,22 +46,7 @@ impl Events for MemoryEvents {
     }
 
     async fn publish(&self, task: &Task) -> Result<(), EventsError> {
-        let task = Arc::new(task.clone());
-        let mut channels = self.channels()?;
-        for ch in [
-            Channel::Task(task.id.clone()),
-            Channel::User(task.user_id.clone()),
-            Channel::All,
-        ] {
-            let gone = match channels.get(&ch) {
-                Some(tx) => tx.send(task.clone()).is_err(),
-                None => false,
-            };
-            if gone {
-                channels.remove(&ch);
-            }
-        }
-        Ok(())
+        self.deliver(Arc::new(task.clone()))
     }
 
     async fn subscribe(&self, channel: Channel) -> Result<BoxStream<'static, Event>, EventsError> {
@@ -78,9 +63,40 @@ impl Events for MemoryEvents {
         };
         Ok(BroadcastStream::new(rx)
             .map(|item| match item {
-                Ok(task) => Event::Updated(task),
+                Ok(event) => event,
                 Err(BroadcastStreamRecvError::Lagged(_)) => Event::Gap,
             })
             .boxed())
+    }
+}
+
+impl MemoryEvents {
+    /// Hands a task update to this process's subscribers of its channels.
+    pub fn deliver(&self, task: Arc<Task>) -> Result<(), EventsError> {
+        let mut channels = self.channels()?;
+        for ch in [
+            Channel::Task(task.id.clone()),
+            Channel::User(task.user_id.clone()),
+            Channel::All,
+        ] {
+            let gone = match channels.get(&ch) {
+                Some(tx) => tx.send(Event::Updated(task.clone())).is_err(),
+                None => false,
+            };
+            if gone {
+                channels.remove(&ch);
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells every subscriber that events may have been lost (the relay from another process
+    /// broke), so each re-reads the store.
+    pub fn gap_all(&self) -> Result<(), EventsError> {
+        let channels = self.channels()?;
+        for tx in channels.values() {
+            let _ = tx.send(Event::Gap);
+        }
+        Ok(())
     }
 }

@@ -3,6 +3,7 @@
 //! of a possible gap (`Gap`) and then re-read the store, which keeps them correct.
 
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 

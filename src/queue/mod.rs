@@ -3,6 +3,7 @@
 //! reconciler re-enqueues whatever the queue lost.
 
 pub mod memory;
+pub mod redis;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};

@@ -15,6 +15,42 @@ use volcengine_ai_server::config::Config;
 /// Upper bound for anything a test waits for; only guards against hangs, never a timing claim.
 pub const PATIENCE: Duration = Duration::from_secs(90);
 
+/// MongoDB and Redis addresses when the suites run on the distributed backends
+/// (`TEST_BACKEND=distributed`, set by `scripts/test` after starting both servers).
+pub fn distributed_env() -> Option<(String, String)> {
+    if std::env::var("TEST_BACKEND").ok().as_deref() != Some("distributed") {
+        return None;
+    }
+    let mongo =
+        std::env::var("TEST_MONGO_URL").expect("TEST_BACKEND=distributed needs TEST_MONGO_URL");
+    let redis =
+        std::env::var("TEST_REDIS_URL").expect("TEST_BACKEND=distributed needs TEST_REDIS_URL");
+    Some((mongo, redis))
+}
+
+/// A name no other test uses: the database and Redis key prefix of one test server.
+pub fn unique_name() -> String {
+    format!("t{}", uuid::Uuid::new_v4().simple())
+}
+
+/// The backends this run tests: embedded by default, MongoDB + Redis with `TEST_BACKEND=distributed`
+/// (a database and key prefix of its own per server, so tests run in parallel).
+pub async fn backends(cfg: &mut Config) -> Backends {
+    match distributed_env() {
+        None => Backends::embedded(cfg).expect("embedded backends"),
+        Some((mongo, redis)) => {
+            let name = unique_name();
+            cfg.mongo_url = Some(mongo.clone());
+            cfg.mongo_database = name.clone();
+            cfg.redis_url = Some(redis.clone());
+            cfg.redis_prefix = name;
+            Backends::distributed(cfg, &mongo, &redis)
+                .await
+                .expect("distributed backends")
+        }
+    }
+}
+
 pub struct TestServer {
     pub base: String,
     pub http: reqwest::Client,
@@ -47,13 +83,13 @@ impl TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut cfg = test_config(dir.path());
         tweak(&mut cfg);
-        let backends = Backends::embedded(&cfg).expect("backends");
+        let backends = backends(&mut cfg).await;
         TestServer::start_on(cfg, backends, dir).await
     }
 
     pub async fn start_on(cfg: Config, backends: Backends, dir: tempfile::TempDir) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let running = app::start_with(cfg, listener, Role::Serve, backends)
+        let running = app::start_with(cfg, Some(listener), Role::Serve, backends)
             .await
             .expect("start");
         let base = format!("http://{}", running.addr.expect("api address"));

@@ -1,0 +1,265 @@
+//! Redis Streams queue of the distributed mode: `XADD` to enqueue, a consumer group read by every
+//! worker (`XREADGROUP`), `XACK`+`XDEL` once the task's outcome is stored, and `XAUTOCLAIM` of
+//! entries a dead worker left unacknowledged past the lease. Delayed retries wait in a sorted set
+//! and are moved to the stream when due.
+//!
+//! Redis only wakes workers up: after a `FLUSHALL` or a restart without persistence the stream and
+//! group are recreated here and the reconciler refills them from MongoDB.
+
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use tokio::sync::Mutex;
+
+use super::{Delivery, Queue, QueueError};
+
+const GROUP: &str = "workers";
+/// How long one blocking read waits before checking delayed entries and reclaims again.
+const BLOCK_MS: usize = 1000;
+
+/// Moves due members of the delayed set to the stream, atomically.
+const PROMOTE: &str = r"
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
+for _, id in ipairs(due) do
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('XADD', KEYS[2], '*', 'task', id)
+end
+return #due
+";
+
+pub struct RedisQueue {
+    cmd: ConnectionManager,
+    /// A blocking read occupies its connection; this one is used for nothing else, by one
+    /// reader at a time.
+    reader: Mutex<ConnectionManager>,
+    stream: String,
+    delayed: String,
+    consumer: String,
+    /// Entries idle this long belong to a dead consumer.
+    reclaim_after: Duration,
+    last_reclaim: std::sync::Mutex<Instant>,
+    promote: redis::Script,
+}
+
+fn unavailable(e: redis::RedisError) -> QueueError {
+    QueueError::Unavailable(e.to_string())
+}
+
+fn delivery(entry: StreamId) -> Option<Delivery> {
+    let task_id: String = entry.get("task")?;
+    Some(Delivery {
+        task_id,
+        token: entry.id,
+    })
+}
+
+impl RedisQueue {
+    pub async fn connect(
+        client: &redis::Client,
+        prefix: &str,
+        consumer: &str,
+        reclaim_after: Duration,
+    ) -> Result<RedisQueue, QueueError> {
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(3)))
+            .set_response_timeout(Some(Duration::from_secs(3)));
+        let cmd = client
+            .get_connection_manager_with_config(cfg.clone())
+            .await
+            .map_err(unavailable)?;
+        let reader = client
+            .get_connection_manager_with_config(
+                cfg.set_response_timeout(Some(Duration::from_millis(BLOCK_MS as u64 + 5000))),
+            )
+            .await
+            .map_err(unavailable)?;
+        let q = RedisQueue {
+            cmd,
+            reader: Mutex::new(reader),
+            stream: format!("{prefix}:queue"),
+            delayed: format!("{prefix}:queue:delayed"),
+            consumer: consumer.to_string(),
+            reclaim_after,
+            last_reclaim: std::sync::Mutex::new(Instant::now()),
+            promote: redis::Script::new(PROMOTE),
+        };
+        q.ensure_group().await?;
+        Ok(q)
+    }
+
+    async fn ensure_group(&self) -> Result<(), QueueError> {
+        let mut c = self.cmd.clone();
+        let r: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.stream)
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut c)
+            .await;
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn promote_due(&self) -> Result<(), QueueError> {
+        let mut c = self.cmd.clone();
+        let _: i64 = self
+            .promote
+            .key(&self.delayed)
+            .key(&self.stream)
+            .arg(Utc::now().timestamp_millis())
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Takes over one entry a dead consumer left unacknowledged, at most every few seconds.
+    async fn reclaim(&self) -> Result<Option<Delivery>, QueueError> {
+        {
+            let mut last = self
+                .last_reclaim
+                .lock()
+                .map_err(|_| QueueError::Unavailable("mutex poisoned".into()))?;
+            if last.elapsed() < Duration::from_secs(2) {
+                return Ok(None);
+            }
+            *last = Instant::now();
+        }
+        let mut c = self.cmd.clone();
+        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+            .arg(&self.stream)
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg(self.reclaim_after.as_millis() as u64)
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(reply.claimed.into_iter().find_map(delivery))
+    }
+
+    async fn read(&self) -> Result<Option<Delivery>, QueueError> {
+        let mut reader = self.reader.lock().await;
+        let r: redis::RedisResult<Option<StreamReadReply>> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(1)
+            .arg("BLOCK")
+            .arg(BLOCK_MS)
+            .arg("STREAMS")
+            .arg(&self.stream)
+            .arg(">")
+            .query_async(&mut *reader)
+            .await;
+        match r {
+            Ok(reply) => {
+                Ok(reply.and_then(|r| r.keys.into_iter().flat_map(|k| k.ids).find_map(delivery)))
+            }
+            // The stream or group vanished (FLUSHALL, restart without persistence).
+            Err(e) if e.code() == Some("NOGROUP") => {
+                drop(reader);
+                tracing::warn!("queue consumer group missing; recreating it");
+                self.ensure_group().await?;
+                Ok(None)
+            }
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+}
+
+#[async_trait]
+impl Queue for RedisQueue {
+    fn kind(&self) -> &'static str {
+        "redis-streams"
+    }
+
+    async fn ping(&self) -> Result<(), QueueError> {
+        let mut c = self.cmd.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut c)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn enqueue(
+        &self,
+        task_id: &str,
+        not_before: Option<DateTime<Utc>>,
+    ) -> Result<(), QueueError> {
+        let mut c = self.cmd.clone();
+        match not_before {
+            Some(at) if at > Utc::now() => redis::cmd("ZADD")
+                .arg(&self.delayed)
+                .arg(at.timestamp_millis())
+                .arg(task_id)
+                .query_async::<i64>(&mut c)
+                .await
+                .map(|_| ())
+                .map_err(unavailable),
+            _ => redis::cmd("XADD")
+                .arg(&self.stream)
+                .arg("*")
+                .arg("task")
+                .arg(task_id)
+                .query_async::<String>(&mut c)
+                .await
+                .map(|_| ())
+                .map_err(unavailable),
+        }
+    }
+
+    async fn dequeue(&self) -> Result<Delivery, QueueError> {
+        loop {
+            self.promote_due().await?;
+            if let Some(d) = self.reclaim().await? {
+                tracing::info!(task_id = %d.task_id, "reclaimed a queue entry left by a dead worker");
+                return Ok(d);
+            }
+            if let Some(d) = self.read().await? {
+                return Ok(d);
+            }
+        }
+    }
+
+    async fn ack(&self, d: &Delivery) -> Result<(), QueueError> {
+        let mut c = self.cmd.clone();
+        redis::pipe()
+            .cmd("XACK")
+            .arg(&self.stream)
+            .arg(GROUP)
+            .arg(&d.token)
+            .ignore()
+            .cmd("XDEL")
+            .arg(&self.stream)
+            .arg(&d.token)
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn depth(&self) -> Result<u64, QueueError> {
+        let mut c = self.cmd.clone();
+        let (stream, delayed): (u64, u64) = redis::pipe()
+            .cmd("XLEN")
+            .arg(&self.stream)
+            .cmd("ZCARD")
+            .arg(&self.delayed)
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(stream + delayed)
+    }
+}

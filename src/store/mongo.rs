@@ -1,0 +1,663 @@
+//! The distributed store: MongoDB through the official driver, image bytes in GridFS. Uses only
+//! standard commands (no transactions, no partial indexes), so it runs on MongoDB and on
+//! MongoDB-compatible servers such as FerretDB alike.
+//!
+//! Task documents are the serde form of `Task` plus `_id` and a few numeric fields that queries
+//! filter on (`due_ms`, `lease_until_ms`): chrono times serialise as strings, which do not
+//! compare as times.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::{AsyncReadExt, AsyncWriteExt, TryStreamExt};
+use mongodb::bson::{self, doc, Bson, Document};
+use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::gridfs::GridFsBucket;
+use mongodb::options::{ClientOptions, GridFsBucketOptions, IndexOptions, WriteConcern};
+use mongodb::{Client, Collection, Database, IndexModel};
+
+use super::{ImageBlob, InsertOutcome, Store, StoreError, TaskQuery};
+use crate::domain::{Task, TaskStatus, User};
+
+pub struct MongoStore {
+    db: Database,
+    users: Collection<Document>,
+    tasks: Collection<Document>,
+    idempotency: Collection<Document>,
+    images: GridFsBucket,
+    /// Per-task write locks, for servers whose conditional update is not atomic.
+    locks: Option<Collection<Document>>,
+}
+
+/// FerretDB 1.x runs a filtered update as "query, then write by `_id`": two writers can both
+/// match the same `(id, version)` and both "win" a compare-and-set. On such a server every task
+/// write first takes a lock document whose unique `_id` is the task id (an insert is atomic
+/// there too) and drops it after the write. MongoDB itself needs none of this.
+const LOCK_STALE_MS: i64 = 30_000;
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+struct Held {
+    id: String,
+    owner: String,
+}
+
+pub struct MongoOptions<'a> {
+    pub url: &'a str,
+    /// Database name when the URL names none.
+    pub database: &'a str,
+    /// `majority` for acknowledged writes that survive a primary failover.
+    pub majority_writes: bool,
+    /// How long to wait for a reachable server before answering `Unavailable`.
+    pub timeout: Duration,
+    /// Serialise task writes with lock documents: `Some(true)` always, `Some(false)` never,
+    /// `None` when the server is FerretDB (its updates are not atomic).
+    pub write_locks: Option<bool>,
+}
+
+const DUPLICATE_KEY: i32 = 11000;
+
+fn is_duplicate(e: &mongodb::error::Error) -> bool {
+    match e.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == DUPLICATE_KEY,
+        // FerretDB 1.x (SQLite backend) reports a unique index hit on update as InternalError
+        // (code 1) naming the SQLite constraint instead of 11000.
+        ErrorKind::Command(c) => {
+            c.code == DUPLICATE_KEY
+                || (c.code == 1 && c.message.contains("UNIQUE constraint failed"))
+        }
+        ErrorKind::InsertMany(m) => m
+            .write_errors
+            .as_ref()
+            .is_some_and(|es| es.iter().any(|w| w.code == DUPLICATE_KEY)),
+        _ => false,
+    }
+}
+
+fn backend(e: mongodb::error::Error) -> StoreError {
+    match e.kind.as_ref() {
+        ErrorKind::ServerSelection { .. }
+        | ErrorKind::Io(_)
+        | ErrorKind::ConnectionPoolCleared { .. }
+        | ErrorKind::DnsResolve { .. } => StoreError::Unavailable(e.to_string()),
+        _ => StoreError::Backend(e.to_string()),
+    }
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Result<Document, StoreError> {
+    bson::to_document(v).map_err(|e| StoreError::Backend(format!("encode: {e}")))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(d: Document) -> Result<T, StoreError> {
+    bson::from_document(d).map_err(|e| StoreError::Backend(format!("decode: {e}")))
+}
+
+fn ms(t: Option<DateTime<Utc>>) -> Bson {
+    t.map(|t| Bson::Int64(t.timestamp_millis()))
+        .unwrap_or(Bson::Null)
+}
+
+fn task_doc(t: &Task) -> Result<Document, StoreError> {
+    let mut d = encode(t)?;
+    d.insert("_id", t.id.clone());
+    // Pending tasks without a delay are due from the epoch on.
+    let due = match (t.status, t.not_before) {
+        (TaskStatus::Pending, None) => Bson::Int64(0),
+        (_, nb) => ms(nb),
+    };
+    d.insert("due_ms", due);
+    d.insert("lease_until_ms", ms(t.lease_until));
+    Ok(d)
+}
+
+fn user_doc(u: &User) -> Result<Document, StoreError> {
+    let mut d = encode(u)?;
+    d.insert("_id", u.id.clone());
+    d.insert("email_key", User::email_key(&u.email));
+    Ok(d)
+}
+
+async fn collect<T: serde::de::DeserializeOwned>(
+    cursor: mongodb::Cursor<Document>,
+) -> Result<Vec<T>, StoreError> {
+    let docs: Vec<Document> = cursor.try_collect().await.map_err(backend)?;
+    docs.into_iter().map(decode).collect()
+}
+
+fn idem_id(user_id: &str, key: &str) -> String {
+    format!("{user_id}\u{1f}{key}")
+}
+
+impl MongoStore {
+    /// Connects and creates the collections' indexes (idempotent).
+    pub async fn connect(o: MongoOptions<'_>) -> Result<MongoStore, StoreError> {
+        let mut opts = ClientOptions::parse(o.url)
+            .await
+            .map_err(|e| StoreError::Backend(format!("MONGO_URL: {e}")))?;
+        opts.app_name = Some("volcengine-ai-server".into());
+        opts.server_selection_timeout = Some(o.timeout);
+        opts.connect_timeout = Some(o.timeout);
+        if o.majority_writes {
+            opts.write_concern = Some(WriteConcern::majority());
+        }
+        let client = Client::with_options(opts).map_err(backend)?;
+        let db = client
+            .default_database()
+            .unwrap_or_else(|| client.database(o.database));
+        let ferretdb = db
+            .run_command(doc! {"buildInfo": 1})
+            .await
+            .map_err(backend)?
+            .contains_key("ferretdbVersion");
+        let locked = o.write_locks.unwrap_or(ferretdb);
+        if locked {
+            tracing::info!(
+                ferretdb,
+                "task writes are serialised with lock documents (non-atomic conditional updates)"
+            );
+        }
+        let store = MongoStore {
+            users: db.collection("users"),
+            tasks: db.collection("tasks"),
+            idempotency: db.collection("idempotency_keys"),
+            images: db.gridfs_bucket(
+                GridFsBucketOptions::builder()
+                    .bucket_name("images".to_string())
+                    .build(),
+            ),
+            locks: locked.then(|| db.collection("task_locks")),
+            db,
+        };
+        store.create_indexes().await?;
+        Ok(store)
+    }
+
+    /// Takes the task's write lock (when locking is on), waiting while another writer holds it
+    /// and taking over a lock left by a writer that died holding it.
+    async fn lock(&self, id: &str) -> Result<Option<Held>, StoreError> {
+        let Some(locks) = &self.locks else {
+            return Ok(None);
+        };
+        let owner = uuid::Uuid::new_v4().to_string();
+        let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let now = Utc::now().timestamp_millis();
+            match locks
+                .insert_one(doc! {"_id": id, "owner": &owner, "at": now})
+                .await
+            {
+                Ok(_) => {
+                    return Ok(Some(Held {
+                        id: id.to_string(),
+                        owner,
+                    }))
+                }
+                Err(e) if is_duplicate(&e) => {
+                    let stale = locks
+                        .find_one(doc! {"_id": id, "at": {"$lt": now - LOCK_STALE_MS}})
+                        .await
+                        .map_err(backend)?;
+                    if let Some(old) = stale {
+                        tracing::warn!(task_id = %id, "taking over a stale task write lock");
+                        locks
+                            .delete_one(
+                                doc! {"_id": id, "owner": old.get_str("owner").unwrap_or_default()},
+                            )
+                            .await
+                            .map_err(backend)?;
+                        continue;
+                    }
+                }
+                Err(e) => return Err(backend(e)),
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(StoreError::Unavailable(format!("task {id} stayed locked")));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+    }
+
+    async fn unlock(&self, held: Option<Held>) {
+        if let (Some(locks), Some(h)) = (&self.locks, held) {
+            if let Err(e) = locks
+                .delete_one(doc! {"_id": &h.id, "owner": &h.owner})
+                .await
+            {
+                // Left behind, it goes stale and the next writer takes it over.
+                tracing::warn!(task_id = %h.id, error = %e, "could not release a task write lock");
+            }
+        }
+    }
+
+    pub fn database_name(&self) -> &str {
+        self.db.name()
+    }
+
+    async fn create_indexes(&self) -> Result<(), StoreError> {
+        let unique = IndexOptions::builder().unique(true).build();
+        self.users
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! {"email_key": 1})
+                    .options(unique.clone())
+                    .build(),
+            )
+            .await
+            .map_err(backend)?;
+        for keys in [
+            doc! {"user_id": 1, "_id": -1},
+            doc! {"status": 1, "due_ms": 1},
+            doc! {"status": 1, "lease_until_ms": 1},
+        ] {
+            self.tasks
+                .create_index(IndexModel::builder().keys(keys).build())
+                .await
+                .map_err(backend)?;
+        }
+        self.idempotency
+            .create_index(IndexModel::builder().keys(doc! {"task_id": 1}).build())
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn delete_images_of(&self, task_ids: &[String]) -> Result<(), StoreError> {
+        if task_ids.is_empty() {
+            return Ok(());
+        }
+        let files: Vec<_> = self
+            .images
+            .find(doc! {"metadata.task_id": {"$in": task_ids}})
+            .await
+            .map_err(backend)?
+            .try_collect()
+            .await
+            .map_err(backend)?;
+        for f in files {
+            self.images.delete(f.id).await.map_err(backend)?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for MongoStore {
+    fn kind(&self) -> &'static str {
+        "mongodb"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.db
+            .run_command(doc! {"ping": 1})
+            .await
+            .map(|_| ())
+            .map_err(backend)
+    }
+
+    async fn insert_user(&self, user: &User) -> Result<(), StoreError> {
+        match self.users.insert_one(user_doc(user)?).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_duplicate(&e) => Err(StoreError::Conflict(
+                "a user with this email already exists".into(),
+            )),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn get_user(&self, id: &str) -> Result<Option<User>, StoreError> {
+        self.users
+            .find_one(doc! {"_id": id})
+            .await
+            .map_err(backend)?
+            .map(decode)
+            .transpose()
+    }
+
+    async fn get_user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
+        self.users
+            .find_one(doc! {"email_key": User::email_key(email)})
+            .await
+            .map_err(backend)?
+            .map(decode)
+            .transpose()
+    }
+
+    async fn get_users(&self, ids: &[String]) -> Result<Vec<User>, StoreError> {
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        let cursor = self
+            .users
+            .find(doc! {"_id": {"$in": ids}})
+            .await
+            .map_err(backend)?;
+        collect(cursor).await
+    }
+
+    async fn list_users(
+        &self,
+        after_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<User>, StoreError> {
+        let filter = match after_id {
+            Some(a) => doc! {"_id": {"$gt": a}},
+            None => doc! {},
+        };
+        let cursor = self
+            .users
+            .find(filter)
+            .sort(doc! {"_id": 1})
+            .limit(limit as i64)
+            .await
+            .map_err(backend)?;
+        collect(cursor).await
+    }
+
+    async fn count_users(&self) -> Result<u64, StoreError> {
+        self.users.count_documents(doc! {}).await.map_err(backend)
+    }
+
+    async fn update_user(&self, user: &User) -> Result<bool, StoreError> {
+        let taken = self
+            .users
+            .find_one(doc! {"email_key": User::email_key(&user.email), "_id": {"$ne": &user.id}})
+            .await
+            .map_err(backend)?;
+        if taken.is_some() {
+            return Err(StoreError::Conflict(
+                "a user with this email already exists".into(),
+            ));
+        }
+        match self
+            .users
+            .replace_one(doc! {"_id": &user.id}, user_doc(user)?)
+            .await
+        {
+            Ok(r) => Ok(r.matched_count == 1),
+            Err(e) if is_duplicate(&e) => Err(StoreError::Conflict(
+                "a user with this email already exists".into(),
+            )),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn delete_user(&self, id: &str) -> Result<bool, StoreError> {
+        let task_ids: Vec<String> = self
+            .tasks
+            .find(doc! {"user_id": id})
+            .projection(doc! {"_id": 1})
+            .await
+            .map_err(backend)?
+            .try_collect::<Vec<Document>>()
+            .await
+            .map_err(backend)?
+            .into_iter()
+            .filter_map(|d| d.get_str("_id").ok().map(str::to_string))
+            .collect();
+        self.delete_images_of(&task_ids).await?;
+        self.tasks
+            .delete_many(doc! {"user_id": id})
+            .await
+            .map_err(backend)?;
+        self.idempotency
+            .delete_many(doc! {"user_id": id})
+            .await
+            .map_err(backend)?;
+        let r = self
+            .users
+            .delete_one(doc! {"_id": id})
+            .await
+            .map_err(backend)?;
+        Ok(r.deleted_count == 1)
+    }
+
+    async fn insert_task(&self, task: &Task) -> Result<InsertOutcome, StoreError> {
+        if let Some(key) = &task.idempotency_key {
+            // Claim the key first: its unique _id is what makes a replay find the first task.
+            let claim = doc! {"_id": idem_id(&task.user_id, key), "user_id": &task.user_id, "task_id": &task.id};
+            for _ in 0..3 {
+                match self.idempotency.insert_one(claim.clone()).await {
+                    Ok(_) => break,
+                    Err(e) if is_duplicate(&e) => {
+                        let existing = self
+                            .idempotency
+                            .find_one(doc! {"_id": idem_id(&task.user_id, key)})
+                            .await
+                            .map_err(backend)?;
+                        let task_id = existing
+                            .as_ref()
+                            .and_then(|d| d.get_str("task_id").ok())
+                            .map(str::to_string);
+                        if let Some(tid) = task_id {
+                            if let Some(t) = self.get_task(&tid).await? {
+                                return Ok(InsertOutcome::Existing(Box::new(t)));
+                            }
+                            // A claim whose task was never written (crash in between) or was
+                            // deleted: take the key over.
+                            self.idempotency
+                                .delete_one(
+                                    doc! {"_id": idem_id(&task.user_id, key), "task_id": tid},
+                                )
+                                .await
+                                .map_err(backend)?;
+                        }
+                    }
+                    Err(e) => return Err(backend(e)),
+                }
+            }
+        }
+        match self.tasks.insert_one(task_doc(task)?).await {
+            Ok(_) => Ok(InsertOutcome::Inserted),
+            Err(e) if is_duplicate(&e) => {
+                Err(StoreError::Conflict("task id already exists".into()))
+            }
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn get_task(&self, id: &str) -> Result<Option<Task>, StoreError> {
+        self.tasks
+            .find_one(doc! {"_id": id})
+            .await
+            .map_err(backend)?
+            .map(decode)
+            .transpose()
+    }
+
+    async fn list_tasks(&self, q: &TaskQuery) -> Result<Vec<Task>, StoreError> {
+        let mut filter = doc! {};
+        if let Some(u) = &q.user_id {
+            filter.insert("user_id", u);
+        }
+        if let Some(s) = q.status {
+            filter.insert("status", s.as_str());
+        }
+        if let Some(b) = &q.before_id {
+            filter.insert("_id", doc! {"$lt": b});
+        }
+        let cursor = self
+            .tasks
+            .find(filter)
+            .sort(doc! {"_id": -1})
+            .skip(q.offset as u64)
+            .limit(q.limit as i64)
+            .await
+            .map_err(backend)?;
+        collect(cursor).await
+    }
+
+    async fn count_tasks(
+        &self,
+        user_id: Option<&str>,
+        status: Option<TaskStatus>,
+    ) -> Result<u64, StoreError> {
+        let mut filter = doc! {};
+        if let Some(u) = user_id {
+            filter.insert("user_id", u);
+        }
+        if let Some(s) = status {
+            filter.insert("status", s.as_str());
+        }
+        self.tasks.count_documents(filter).await.map_err(backend)
+    }
+
+    async fn replace_task(
+        &self,
+        task: &Task,
+        expected_version: i64,
+        expected_status: TaskStatus,
+    ) -> Result<bool, StoreError> {
+        let new = task_doc(task)?;
+        let held = self.lock(&task.id).await?;
+        let r = self
+            .tasks
+            .replace_one(
+                doc! {"_id": &task.id, "version": expected_version, "status": expected_status.as_str()},
+                new,
+            )
+            .await
+            .map_err(backend);
+        self.unlock(held).await;
+        Ok(r?.matched_count == 1)
+    }
+
+    async fn extend_lease(
+        &self,
+        id: &str,
+        owner: &str,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let until_bson =
+            bson::to_bson(&until).map_err(|e| StoreError::Backend(format!("encode: {e}")))?;
+        let held = self.lock(id).await?;
+        let r = self
+            .tasks
+            .update_one(
+                doc! {"_id": id, "status": "processing", "lease_owner": owner},
+                doc! {"$set": {"lease_until": until_bson, "lease_until_ms": until.timestamp_millis()}},
+            )
+            .await
+            .map_err(backend);
+        self.unlock(held).await;
+        Ok(r?.matched_count == 1)
+    }
+
+    async fn due_tasks(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Task>, StoreError> {
+        let now = now.timestamp_millis();
+        let cursor = self
+            .tasks
+            .find(doc! {"$or": [
+                {"status": "pending", "due_ms": {"$lte": now}},
+                {"status": "processing", "lease_until_ms": {"$lt": now}},
+            ]})
+            .sort(doc! {"_id": 1})
+            .limit(limit as i64)
+            .await
+            .map_err(backend)?;
+        collect(cursor).await
+    }
+
+    async fn processing_tasks(&self, limit: usize) -> Result<Vec<Task>, StoreError> {
+        let cursor = self
+            .tasks
+            .find(doc! {"status": "processing"})
+            .sort(doc! {"_id": 1})
+            .limit(limit as i64)
+            .await
+            .map_err(backend)?;
+        collect(cursor).await
+    }
+
+    async fn delete_task(&self, id: &str) -> Result<bool, StoreError> {
+        self.delete_images_of(&[id.to_string()]).await?;
+        self.idempotency
+            .delete_many(doc! {"task_id": id})
+            .await
+            .map_err(backend)?;
+        let r = self
+            .tasks
+            .delete_one(doc! {"_id": id})
+            .await
+            .map_err(backend)?;
+        Ok(r.deleted_count == 1)
+    }
+
+    async fn status_counts(&self) -> Result<HashMap<TaskStatus, u64>, StoreError> {
+        let mut out = HashMap::new();
+        // One count per status keeps to the commands every compatible server has.
+        for st in TaskStatus::ALL {
+            let n = self
+                .tasks
+                .count_documents(doc! {"status": st.as_str()})
+                .await
+                .map_err(backend)?;
+            if n > 0 {
+                out.insert(st, n);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn put_image(&self, image: &ImageBlob) -> Result<(), StoreError> {
+        let mut up = self
+            .images
+            .open_upload_stream(format!("{}.img", image.id))
+            .id(Bson::String(image.id.clone()))
+            .metadata(doc! {"task_id": &image.task_id, "content_type": &image.content_type})
+            .await
+            .map_err(backend)?;
+        up.write_all(&image.data)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("GridFS write: {e}")))?;
+        up.close()
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("GridFS close: {e}")))?;
+        Ok(())
+    }
+
+    async fn get_image(&self, id: &str) -> Result<Option<ImageBlob>, StoreError> {
+        let Some(file) = self
+            .images
+            .find_one(doc! {"_id": id})
+            .await
+            .map_err(backend)?
+        else {
+            return Ok(None);
+        };
+        let meta = file.metadata.clone().unwrap_or_default();
+        let mut stream = self
+            .images
+            .open_download_stream(Bson::String(id.to_string()))
+            .await
+            .map_err(backend)?;
+        let mut data = Vec::with_capacity(file.length as usize);
+        stream
+            .read_to_end(&mut data)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("GridFS read: {e}")))?;
+        Ok(Some(ImageBlob {
+            id: id.to_string(),
+            task_id: meta.get_str("task_id").unwrap_or_default().to_string(),
+            content_type: meta
+                .get_str("content_type")
+                .unwrap_or("application/octet-stream")
+                .to_string(),
+            data,
+        }))
+    }
+
+    async fn delete_images(&self, ids: &[String]) -> Result<(), StoreError> {
+        for id in ids {
+            match self.images.delete(Bson::String(id.clone())).await {
+                Ok(()) => {}
+                // Already gone is what we wanted.
+                Err(e) if matches!(e.kind.as_ref(), ErrorKind::GridFs(_)) => {}
+                Err(e) => return Err(backend(e)),
+            }
+        }
+        Ok(())
+    }
+}
