@@ -1,0 +1,637 @@
+//! The distributed mode with real processes: several `api` and `worker` processes of the built
+//! binary over one MongoDB-compatible server and one Redis, an emulator counting provider calls,
+//! and the failures the design promises to survive (a worker killed with SIGKILL, FLUSHALL, a
+//! Redis restart, MongoDB unreachable).
+//!
+//! Built with `--features distributed-tests`; needs `TEST_MONGO_URL` and `TEST_REDIS_URL` (set by
+//! `scripts/test`, which starts both) and
+//! `redis-server` on PATH for the tests that run a private Redis they can flush and restart.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{unique_name, Proto, WsClient, WsEvent, PATIENCE, TASK_UPDATED};
+use serde_json::{json, Value};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use volcengine_ai_server::emulator::{self, Emulator, EmulatorConfig};
+
+const KEY: &str = "dist-key";
+
+fn services() -> Option<(String, String)> {
+    match (
+        std::env::var("TEST_MONGO_URL"),
+        std::env::var("TEST_REDIS_URL"),
+    ) {
+        (Ok(m), Ok(r)) => Some((m, r)),
+        _ if std::env::var("REQUIRE_SERVICES").is_ok() => {
+            panic!("REQUIRE_SERVICES is set but TEST_MONGO_URL/TEST_REDIS_URL are not")
+        }
+        _ => {
+            eprintln!(
+                "distributed suite needs TEST_MONGO_URL and TEST_REDIS_URL; run ./scripts/test"
+            );
+            None
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A child process killed (SIGKILL) when dropped.
+struct Proc(Child);
+
+impl Proc {
+    fn kill9(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// One deployment: a database and key prefix of its own, the provider at an emulator.
+struct Deployment {
+    env: Vec<(String, String)>,
+}
+
+impl Deployment {
+    fn new(mongo: &str, redis: &str, emulator_url: &str, extra: &[(&str, &str)]) -> Deployment {
+        let name = unique_name();
+        let mut env: Vec<(String, String)> = vec![
+            ("MONGO_URL".into(), mongo.into()),
+            ("MONGO_DATABASE".into(), name.clone()),
+            ("REDIS_URL".into(), redis.into()),
+            ("REDIS_KEY_PREFIX".into(), name),
+            ("VOLCENGINE_ENDPOINT".into(), emulator_url.into()),
+            ("VOLCENGINE_API_KEY".into(), KEY.into()),
+            ("HOST".into(), "127.0.0.1".into()),
+            ("LOG_LEVEL".into(), "error".into()),
+            ("RECONCILE_INTERVAL".into(), "300ms".into()),
+            ("SUBSCRIPTION_RESYNC".into(), "2s".into()),
+        ];
+        for (k, v) in extra {
+            env.push((k.to_string(), v.to_string()));
+        }
+        Deployment { env }
+    }
+
+    fn spawn(&self, role: &str, port: u16) -> Proc {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_volcengine-ai-server"));
+        c.arg(role)
+            .current_dir(std::env::temp_dir())
+            .env("PORT", port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        Proc(c.spawn().expect("spawn"))
+    }
+
+    async fn api(&self) -> (Proc, String) {
+        let port = free_port();
+        let p = self.spawn("api", port);
+        let base = format!("http://127.0.0.1:{port}");
+        wait_ready(&base).await;
+        (p, base)
+    }
+
+    fn worker(&self) -> Proc {
+        self.spawn("worker", 0)
+    }
+}
+
+async fn wait_ready(base: &str) {
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Ok(r) = http.get(format!("{base}/ready")).send().await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{base} never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn emulator(latency: Duration) -> (Emulator, String, CancellationToken) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let stop = CancellationToken::new();
+    let emu = emulator::serve(
+        EmulatorConfig {
+            latency,
+            api_key: Some(KEY.into()),
+            ..EmulatorConfig::default()
+        },
+        listener,
+        stop.clone(),
+    )
+    .await
+    .expect("emulator");
+    (emu, url, stop)
+}
+
+async fn post(http: &reqwest::Client, url: String, body: Value) -> (u16, Value) {
+    let r = http.post(url).json(&body).send().await.expect("post");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn create_user(http: &reqwest::Client, base: &str) -> String {
+    let (status, body) = post(
+        http,
+        format!("{base}/api/v1/users"),
+        json!({"email": format!("{}@example.com", unique_name()), "name": "Dist User"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    body["data"]["id"].as_str().expect("id").to_string()
+}
+
+async fn create_task(http: &reqwest::Client, base: &str, user: &str, prompt: &str) -> String {
+    let (status, body) = post(
+        http,
+        format!("{base}/api/v1/ai/image/task"),
+        json!({"prompt": prompt, "user_id": user}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    body["data"]["task_id"].as_str().expect("id").to_string()
+}
+
+async fn task(http: &reqwest::Client, base: &str, id: &str) -> Value {
+    let r: Value = http
+        .get(format!("{base}/api/v1/tasks/{id}"))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    r["data"].clone()
+}
+
+async fn wait_all_completed(http: &reqwest::Client, base: &str, ids: &[String]) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut out = Vec::new();
+    for id in ids {
+        loop {
+            let t = task(http, base, id).await;
+            match t["status"].as_str() {
+                Some("completed") => {
+                    out.push(t);
+                    break;
+                }
+                Some("failed") | Some("cancelled") => panic!("task {id} ended badly: {t}"),
+                _ => {}
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "task {id} never completed: {t}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    out
+}
+
+fn duplicates(emu: &Emulator) -> u64 {
+    emu.stats()
+        .by_prompt
+        .values()
+        .map(|n| n.saturating_sub(1))
+        .sum()
+}
+
+#[tokio::test]
+async fn two_apis_two_workers_every_task_completes_once_and_every_subscriber_sees_it() {
+    let Some((mongo, redis)) = services() else {
+        return;
+    };
+    let (emu, emu_url, _stop) = emulator(Duration::from_millis(50)).await;
+    let d = Deployment::new(&mongo, &redis, &emu_url, &[("WORKER_CONCURRENCY", "16")]);
+    let (_a1, api1) = d.api().await;
+    let (_a2, api2) = d.api().await;
+    let _w1 = d.worker();
+    let _w2 = d.worker();
+    let http = reqwest::Client::new();
+    let user = create_user(&http, &api1).await;
+
+    // A subscriber on each API, open before any task exists.
+    let mut subscribers = Vec::new();
+    for (i, base) in [&api1, &api2].into_iter().enumerate() {
+        let proto = if i == 0 {
+            Proto::TransportWs
+        } else {
+            Proto::LegacyWs
+        };
+        let mut ws = WsClient::connect(base, "/graphql/ws", proto).await;
+        ws.subscribe(
+            "all",
+            "subscription($u: ID) { tasksUpdated(userId: $u) { id status version } }",
+            json!({"u": user}),
+        )
+        .await;
+        subscribers.push(ws);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    const N: usize = 200;
+    let started = Instant::now();
+    let mut submits = Vec::new();
+    for i in 0..N {
+        let (http, user) = (http.clone(), user.clone());
+        let base = if i % 2 == 0 {
+            api1.clone()
+        } else {
+            api2.clone()
+        };
+        submits.push(tokio::spawn(async move {
+            if i % 4 < 2 {
+                create_task(&http, &base, &user, &format!("dist {i}")).await
+            } else {
+                let (_, r) = post(
+                    &http,
+                    format!("{base}/graphql"),
+                    json!({"query": "mutation($i: CreateImageTaskInput!) { createImageTask(input: $i) { id } }",
+                           "variables": {"i": {"userId": user, "prompt": format!("dist {i}")}}}),
+                )
+                .await;
+                r["data"]["createImageTask"]["id"].as_str().expect("id").to_string()
+            }
+        }));
+    }
+    let mut ids = Vec::new();
+    for s in submits {
+        ids.push(s.await.expect("submit"));
+    }
+    let wanted: HashSet<String> = ids.iter().cloned().collect();
+
+    let mut per_subscriber = Vec::new();
+    for ws in subscribers.iter_mut() {
+        let mut terminal: HashMap<String, usize> = HashMap::new();
+        while terminal.len() < N {
+            match ws.next_event().await {
+                WsEvent::Next { data, .. } => {
+                    let t = &data["tasksUpdated"];
+                    if t["status"] == "COMPLETED" || t["status"] == "FAILED" {
+                        let id = t["id"].as_str().expect("id").to_string();
+                        assert!(wanted.contains(&id));
+                        *terminal.entry(id).or_default() += 1;
+                    }
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        per_subscriber.push(terminal);
+    }
+    let elapsed = started.elapsed();
+
+    let tasks = wait_all_completed(&http, &api2, &ids).await;
+    for t in &tasks {
+        // pending(1) → processing(2) → completed(3): one claim, one terminal transition.
+        assert_eq!(
+            (t["version"].as_i64(), t["attempts"].as_i64()),
+            (Some(3), Some(1)),
+            "{t}"
+        );
+    }
+    for terminal in &per_subscriber {
+        assert!(
+            terminal.values().all(|n| *n == 1),
+            "a terminal state was delivered twice"
+        );
+    }
+    let stats = emu.stats();
+    eprintln!(
+        "distributed: {N} tasks via 2 apis/2 workers in {:.2}s; provider calls {}, duplicate calls {}; both subscribers saw all {N} terminal states",
+        elapsed.as_secs_f64(),
+        stats.requests,
+        duplicates(&emu)
+    );
+    assert_eq!(stats.succeeded as usize, N + duplicates(&emu) as usize);
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_call_loses_no_task() {
+    let Some((mongo, redis)) = services() else {
+        return;
+    };
+    let (emu, emu_url, _stop) = emulator(Duration::from_secs(3)).await;
+    let d = Deployment::new(
+        &mongo,
+        &redis,
+        &emu_url,
+        &[("WORKER_CONCURRENCY", "4"), ("TASK_LEASE", "2s")],
+    );
+    let (_api, api) = d.api().await;
+    let mut victim = d.worker();
+    let _survivor = d.worker();
+    let http = reqwest::Client::new();
+    let user = create_user(&http, &api).await;
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        ids.push(create_task(&http, &api, &user, &format!("kill {i}")).await);
+    }
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while emu.stats().requests < 8 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "calls never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let killed_at = Instant::now();
+    victim.kill9();
+    let tasks = wait_all_completed(&http, &api, &ids).await;
+    let recovered = tasks
+        .iter()
+        .filter(|t| t["attempts"].as_i64() > Some(1))
+        .count();
+    eprintln!(
+        "kill -9 worker: 8 tasks in flight, {recovered} recovered from the dead worker, all completed {:.2}s after the kill (lease 2s, provider latency 3s); duplicate provider calls {}",
+        killed_at.elapsed().as_secs_f64(),
+        duplicates(&emu)
+    );
+    assert_eq!(
+        duplicates(&emu) as usize,
+        recovered,
+        "only the dead worker's calls are repeated"
+    );
+}
+
+/// A private Redis the test may flush and restart.
+struct PrivateRedis {
+    port: u16,
+    proc: Option<Proc>,
+}
+
+impl PrivateRedis {
+    async fn start(port: u16) -> PrivateRedis {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH");
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        PrivateRedis {
+            port,
+            proc: Some(Proc(child)),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        self.proc.take();
+    }
+}
+
+#[tokio::test]
+async fn flushall_while_tasks_are_queued_loses_none() {
+    let Some((mongo, _)) = services() else { return };
+    let redis = PrivateRedis::start(free_port()).await;
+    let (emu, emu_url, _stop) = emulator(Duration::from_millis(300)).await;
+    let d = Deployment::new(
+        &mongo,
+        &redis.url(),
+        &emu_url,
+        &[("WORKER_CONCURRENCY", "1")],
+    );
+    let (_api, api) = d.api().await;
+    let _worker = d.worker();
+    let http = reqwest::Client::new();
+    let user = create_user(&http, &api).await;
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(create_task(&http, &api, &user, &format!("flush {i}")).await);
+    }
+    let client = redis::Client::open(redis.url()).expect("client");
+    let mut c = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let flushed_at = Instant::now();
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut c)
+        .await
+        .expect("FLUSHALL");
+    wait_all_completed(&http, &api, &ids).await;
+    eprintln!(
+        "FLUSHALL with 10 tasks queued: all completed {:.2}s later; duplicate provider calls {}",
+        flushed_at.elapsed().as_secs_f64(),
+        duplicates(&emu)
+    );
+}
+
+#[tokio::test]
+async fn a_redis_restart_under_subscribers_still_delivers_terminal_states() {
+    let Some((mongo, _)) = services() else { return };
+    let mut redis = PrivateRedis::start(free_port()).await;
+    let (emu, emu_url, _stop) = emulator(Duration::from_millis(1500)).await;
+    let d = Deployment::new(
+        &mongo,
+        &redis.url(),
+        &emu_url,
+        &[("WORKER_CONCURRENCY", "8")],
+    );
+    let (_api, api) = d.api().await;
+    let _worker = d.worker();
+    let http = reqwest::Client::new();
+    let user = create_user(&http, &api).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(create_task(&http, &api, &user, &format!("restart {i}")).await);
+    }
+    let mut subscribers = Vec::new();
+    for id in &ids {
+        let mut ws = WsClient::connect(&api, "/graphql/ws", Proto::TransportWs).await;
+        ws.subscribe("t", TASK_UPDATED, json!({"id": id})).await;
+        subscribers.push(ws);
+    }
+    while emu.stats().requests < 5 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let port = redis.port;
+    redis.kill();
+    let restarted_at = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let _redis = PrivateRedis::start(port).await;
+    for ws in subscribers.iter_mut() {
+        loop {
+            match ws.next_event().await {
+                WsEvent::Next { data, .. } if data["taskUpdated"]["status"] == "COMPLETED" => {}
+                WsEvent::Next { .. } => continue,
+                WsEvent::Complete { .. } => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    eprintln!(
+        "Redis killed and restarted (1s down) under 5 subscribers: all got COMPLETED within {:.2}s of the kill",
+        restarted_at.elapsed().as_secs_f64()
+    );
+    wait_all_completed(&http, &api, &ids).await;
+}
+
+/// A TCP proxy that can cut every connection and refuse new ones.
+struct Chaos {
+    port: u16,
+    up: Arc<AtomicBool>,
+    cut: Arc<tokio::sync::Notify>,
+}
+
+impl Chaos {
+    async fn start(upstream: String) -> Chaos {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let up = Arc::new(AtomicBool::new(true));
+        let cut = Arc::new(tokio::sync::Notify::new());
+        let (up2, cut2) = (up.clone(), cut.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !up2.load(Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let (upstream, cut) = (upstream.clone(), cut2.clone());
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.notified() => {}
+                    }
+                });
+            }
+        });
+        Chaos { port, up, cut }
+    }
+
+    fn down(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.cut.notify_waiters();
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn mongodb_unreachable_answers_503_and_recovers_by_itself() {
+    let Some((mongo, redis)) = services() else {
+        return;
+    };
+    let upstream = mongo
+        .trim_start_matches("mongodb://")
+        .trim_end_matches('/')
+        .to_string();
+    let chaos = Chaos::start(upstream).await;
+    let (_emu, emu_url, _stop) = emulator(Duration::from_millis(50)).await;
+    let d = Deployment::new(
+        &format!("mongodb://127.0.0.1:{}", chaos.port),
+        &redis,
+        &emu_url,
+        &[("MONGO_TIMEOUT", "1s")],
+    );
+    let port = free_port();
+    let _serve = d.spawn("serve", port);
+    let api = format!("http://127.0.0.1:{port}");
+    wait_ready(&api).await;
+    let http = reqwest::Client::new();
+    let user = create_user(&http, &api).await;
+
+    chaos.down();
+    let asked = Instant::now();
+    let r = http
+        .get(format!("{api}/api/v1/users/{user}"))
+        .send()
+        .await
+        .expect("get");
+    let took = asked.elapsed();
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["code"], "UNAVAILABLE");
+    let text = body.to_string().to_lowercase();
+    assert!(
+        !text.contains("kind") && !text.contains("server selection"),
+        "no internals: {body}"
+    );
+    let (status, body) = post(
+        &http,
+        format!("{api}/api/v1/ai/image/task"),
+        json!({"prompt": "while down", "user_id": user}),
+    )
+    .await;
+    assert_eq!((status, body["code"].clone()), (503, json!("UNAVAILABLE")));
+    let ready = http
+        .get(format!("{api}/ready"))
+        .send()
+        .await
+        .expect("ready");
+    assert_eq!(ready.status(), 503);
+
+    chaos.restore();
+    let restored = Instant::now();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let r = http
+            .get(format!("{api}/api/v1/users/{user}"))
+            .send()
+            .await
+            .expect("get");
+        if r.status() == 200 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never recovered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "MongoDB unreachable: 503 UNAVAILABLE after {:.2}s (MONGO_TIMEOUT=1s); recovered {:.2}s after it came back",
+        took.as_secs_f64(),
+        restored.elapsed().as_secs_f64()
+    );
+    let id = create_task(&http, &api, &user, "after recovery").await;
+    wait_all_completed(&http, &api, &[id]).await;
+}
