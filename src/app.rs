@@ -131,7 +131,7 @@ pub struct Running {
     shutdown: CancellationToken,
     background: CancellationToken,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-    workers: Option<tokio::task::JoinSet<()>>,
+    workers: Option<(Arc<Worker>, tokio::task::JoinSet<()>)>,
 }
 
 impl Running {
@@ -140,14 +140,19 @@ impl Running {
     pub async fn shutdown(mut self, grace: Duration) {
         self.shutdown.cancel();
         let deadline = tokio::time::Instant::now() + grace;
-        if let Some(mut set) = self.workers.take() {
+        if let Some((worker, mut set)) = self.workers.take() {
             let drained = tokio::time::timeout_at(deadline, async {
                 while set.join_next().await.is_some() {}
             })
             .await;
             if drained.is_err() {
-                tracing::warn!("shutdown deadline reached with provider calls in flight; they will be recovered at next start");
                 set.abort_all();
+                while set.join_next().await.is_some() {}
+                let released = worker.release_held().await;
+                tracing::warn!(
+                    released,
+                    "shutdown deadline reached; abandoned provider calls and released their tasks"
+                );
             }
         }
         if let Some(server) = self.server.take() {
@@ -276,7 +281,8 @@ pub async fn start_with(
             concurrency = config.worker_concurrency,
             "worker started"
         );
-        worker.spawn(shutdown.clone())
+        let set = worker.clone().spawn(shutdown.clone());
+        (worker, set)
     });
 
     let server = if let Some(listener) = listener {

@@ -65,6 +65,8 @@ pub struct Config {
     pub reconcile_interval: Duration,
     pub retry_base_delay: Duration,
     pub retry_max_delay: Duration,
+    /// After SIGTERM, how long in-flight provider calls may run before their tasks are released.
+    pub shutdown_timeout: Duration,
     pub max_body_bytes: usize,
     pub subscription_resync: Duration,
     pub graphql_max_depth: usize,
@@ -103,6 +105,7 @@ impl Default for Config {
             reconcile_interval: Duration::from_secs(5),
             retry_base_delay: Duration::from_secs(1),
             retry_max_delay: Duration::from_secs(60),
+            shutdown_timeout: Duration::from_secs(30),
             max_body_bytes: 16 * 1024 * 1024,
             subscription_resync: Duration::from_secs(15),
             graphql_max_depth: 12,
@@ -396,6 +399,7 @@ impl Config {
             )?,
             retry_base_delay,
             retry_max_delay,
+            shutdown_timeout: env.duration(&["SHUTDOWN_TIMEOUT"], d.shutdown_timeout, ms(0))?,
             max_body_bytes: env.parse(&["MAX_BODY_BYTES"], d.max_body_bytes, |v| {
                 if *v < 1024 {
                     Err("must be at least 1024".into())

@@ -10,9 +10,6 @@ use volcengine_ai_server::app::{self, Role};
 use volcengine_ai_server::config::{Config, LogFormat};
 use volcengine_ai_server::emulator::{self, EmulatorConfig};
 
-/// How long in-flight provider calls may take to finish after SIGTERM/Ctrl-C.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-
 #[derive(Parser)]
 #[command(
     name = "volcengine-ai-server",
@@ -183,7 +180,7 @@ async fn main() -> anyhow::Result<()> {
         None => tracing::info!(%mode, provider = running.provider_mode, "worker running"),
     }
     signal(running.shutdown_token()).await;
-    running.shutdown(SHUTDOWN_GRACE).await;
+    running.shutdown(config.shutdown_timeout).await;
     tracing::info!("stopped");
     Ok(())
 }

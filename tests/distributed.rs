@@ -635,3 +635,75 @@ async fn mongodb_unreachable_answers_503_and_recovers_by_itself() {
     let id = create_task(&http, &api, &user, "after recovery").await;
     wait_all_completed(&http, &api, &[id]).await;
 }
+
+/// Sends SIGTERM and waits for the exit without blocking this runtime (the emulator serving the
+/// process's in-flight calls runs on it).
+async fn sigterm(p: &mut Proc) -> std::process::ExitStatus {
+    let pid = p.0.id();
+    let ok = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "could not signal {pid}");
+    loop {
+        if let Some(status) = p.0.try_wait().expect("wait") {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn sigterm_finishes_calls_in_flight_or_releases_them_at_the_deadline() {
+    let Some((mongo, redis)) = services() else {
+        return;
+    };
+    let (emu, emu_url, _stop) = emulator(Duration::from_secs(2)).await;
+    let patient = Deployment::new(&mongo, &redis, &emu_url, &[("SHUTDOWN_TIMEOUT", "30s")]);
+    let (_api, api) = patient.api().await;
+    let mut worker = patient.worker();
+    let http = reqwest::Client::new();
+    let user = create_user(&http, &api).await;
+    let ids = vec![
+        create_task(&http, &api, &user, "term a").await,
+        create_task(&http, &api, &user, "term b").await,
+    ];
+    while emu.stats().requests < 2 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = sigterm(&mut worker).await;
+    assert!(status.success(), "a graceful stop exits 0: {status:?}");
+    for id in &ids {
+        let t = task(&http, &api, id).await;
+        assert_eq!(
+            (t["status"].as_str(), t["attempts"].as_i64()),
+            (Some("completed"), Some(1)),
+            "{t}"
+        );
+    }
+
+    // With a deadline shorter than the call, the tasks are handed back at once, not left to a
+    // 60 s lease.
+    let (emu, emu_url, _stop) = emulator(Duration::from_secs(30)).await;
+    let hasty = Deployment::new(
+        &mongo,
+        &redis,
+        &emu_url,
+        &[("SHUTDOWN_TIMEOUT", "200ms"), ("TASK_LEASE", "60s")],
+    );
+    let (_api, api) = hasty.api().await;
+    let mut worker = hasty.worker();
+    let user = create_user(&http, &api).await;
+    let id = create_task(&http, &api, &user, "term c").await;
+    while emu.stats().requests < 1 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sigterm(&mut worker).await;
+    let t = task(&http, &api, &id).await;
+    assert_eq!(
+        t["status"], "pending",
+        "released, not stuck in processing: {t}"
+    );
+    assert!(t["started_at"].is_string());
+}

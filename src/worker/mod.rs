@@ -40,6 +40,8 @@ pub struct Worker {
     cfg: WorkerConfig,
     /// Lease owner name of this process.
     id: String,
+    /// Tasks this process holds right now, to hand back at a shutdown deadline.
+    held: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// Why an attempt ended without a result to store.
@@ -71,7 +73,46 @@ impl Worker {
             provider,
             cfg,
             id: format!("worker-{}", uuid::Uuid::new_v4()),
+            held: Default::default(),
         }
+    }
+
+    fn hold(&self, id: &str, on: bool) {
+        if let Ok(mut h) = self.held.lock() {
+            if on {
+                h.insert(id.to_string());
+            } else {
+                h.remove(id);
+            }
+        }
+    }
+
+    /// Hands the tasks still held back to the queue (after their attempts were abandoned at a
+    /// shutdown deadline), so other workers take them now instead of after the lease.
+    pub async fn release_held(&self) -> usize {
+        let ids: Vec<String> = match self.held.lock() {
+            Ok(mut h) => h.drain().collect(),
+            Err(_) => return 0,
+        };
+        let mut released = 0;
+        for id in ids {
+            let Ok(Some(task)) = self.service.store.get_task(&id).await else {
+                continue;
+            };
+            if task.status != TaskStatus::Processing
+                || task.lease_owner.as_deref() != Some(&self.id)
+            {
+                continue;
+            }
+            let now = Utc::now();
+            if let Ok(next) = task.requeue(None, now, now) {
+                if let Ok(Some(_)) = self.service.commit(&task, next).await {
+                    let _ = self.service.queue.enqueue(&id, None).await;
+                    released += 1;
+                }
+            }
+        }
+        released
     }
 
     pub fn id(&self) -> &str {
@@ -144,6 +185,7 @@ impl Worker {
             return Ok(());
         };
         tracing::info!(attempt = running.attempts, "task started");
+        self.hold(&running.id, true);
 
         let outcome = match svc.catalog.find(&running.model) {
             Some(spec) => self.attempt(&running, spec).await,
@@ -156,7 +198,9 @@ impl Worker {
                 request_id: None,
             }),
         };
-        self.record(&running, outcome).await
+        let recorded = self.record(&running, outcome).await;
+        self.hold(&running.id, false);
+        recorded
     }
 
     /// One provider call with its image downloads, watched for cancellation and kept alive by
