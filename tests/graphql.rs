@@ -71,7 +71,18 @@ async fn flow_over(proto: Proto, path: &str) {
         json!({"u": user}),
     )
     .await;
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // A probe task's first event proves the subscription is live before the real task exists.
+    let probe = gql_task(&s, &user, "probe").await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    loop {
+        match all.next_event().await {
+            WsEvent::Next { data, .. } if data["tasksUpdated"]["id"] == probe.as_str() => break,
+            WsEvent::Next { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
 
     let task = gql_task(&s, &user, "a lighthouse at dawn").await;
     let id = task["id"].as_str().expect("id").to_string();
@@ -101,8 +112,7 @@ async fn flow_over(proto: Proto, path: &str) {
     let mut seen = Vec::new();
     while seen.last().map(String::as_str) != Some("COMPLETED") {
         match all.next_event().await {
-            WsEvent::Next { data, .. } => {
-                assert_eq!(data["tasksUpdated"]["id"], id.as_str());
+            WsEvent::Next { data, .. } if data["tasksUpdated"]["id"] == id.as_str() => {
                 seen.push(
                     data["tasksUpdated"]["status"]
                         .as_str()
@@ -110,6 +120,7 @@ async fn flow_over(proto: Proto, path: &str) {
                         .to_string(),
                 );
             }
+            WsEvent::Next { .. } => {}
             other => panic!("unexpected {other:?}"),
         }
     }
