@@ -14,6 +14,7 @@ use crate::emulator::{self, EmulatorConfig};
 use crate::events::{memory::MemoryEvents, redis::RedisEvents, Events};
 use crate::graphql::{self, Ctx};
 use crate::http::{self, AppState};
+use crate::provider::limiter::{MemoryPacer, Pacer, ProviderLimiter, RedisPacer};
 use crate::provider::{ark::ArkClient, ImageProvider, ProviderError};
 use crate::queue::{memory::MemoryQueue, redis::RedisQueue, Queue};
 use crate::service::Service;
@@ -57,6 +58,8 @@ pub struct Backends {
     pub events: Arc<dyn Events>,
     /// Stops the backends' own background work (the Redis event relay).
     pub background: CancellationToken,
+    /// Schedule of the provider rate limiter (shared through Redis in distributed mode).
+    pub pacer: Arc<dyn Pacer>,
 }
 
 impl Backends {
@@ -69,6 +72,7 @@ impl Backends {
             queue: Arc::new(MemoryQueue::new()),
             events: Arc::new(MemoryEvents::new()),
             background: CancellationToken::new(),
+            pacer: Arc::new(MemoryPacer::default()),
         })
     }
 
@@ -99,6 +103,13 @@ impl Backends {
         )
         .await
         .map_err(|e| StartError::Unsupported(format!("Redis at REDIS_URL: {e}")))?;
+        let pacer = RedisPacer::new(
+            client
+                .get_connection_manager()
+                .await
+                .map_err(|e| StartError::Unsupported(format!("Redis at REDIS_URL: {e}")))?,
+            &config.redis_prefix,
+        );
         let background = CancellationToken::new();
         let events = RedisEvents::connect(client, &config.redis_prefix, background.clone())
             .await
@@ -109,6 +120,7 @@ impl Backends {
             queue: Arc::new(queue),
             events: Arc::new(events),
             background,
+            pacer: Arc::new(pacer),
         })
     }
 
@@ -233,6 +245,7 @@ pub async fn start_with(
     let shutdown = CancellationToken::new();
     let config = Arc::new(config);
     let backends_background = backends.background;
+    let pacer = backends.pacer;
     let service = Arc::new(Service {
         store: backends.store,
         queue: backends.queue,
@@ -263,9 +276,16 @@ pub async fn start_with(
     };
 
     let workers = provider.map(|provider| {
+        let limiter = Arc::new(ProviderLimiter::new(
+            &service.catalog,
+            config.provider_ipm,
+            config.provider_concurrency,
+            pacer,
+        ));
         let worker = Arc::new(Worker::new(
             service.clone(),
             provider,
+            limiter,
             WorkerConfig {
                 concurrency: config.worker_concurrency,
                 max_attempts: config.max_attempts,

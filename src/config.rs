@@ -74,6 +74,10 @@ pub struct Config {
     pub graphql_introspection: bool,
     pub sandbox_latency: Duration,
     pub model_ids: ModelIds,
+    /// Images per minute allowed per model (the provider's IPM); the model table's value when unset.
+    pub provider_ipm: Option<u32>,
+    /// Provider calls in flight per model and worker process.
+    pub provider_concurrency: usize,
 }
 
 pub const DEFAULT_ENDPOINT: &str = "https://ark.cn-beijing.volces.com";
@@ -113,6 +117,8 @@ impl Default for Config {
             graphql_introspection: true,
             sandbox_latency: Duration::from_millis(1500),
             model_ids: ModelIds::default(),
+            provider_ipm: None,
+            provider_concurrency: 32,
         }
     }
 }
@@ -425,6 +431,15 @@ impl Config {
             )?,
             sandbox_latency: env.duration(&["SANDBOX_LATENCY"], d.sandbox_latency, ms(0))?,
             model_ids,
+            provider_ipm: match env.raw(&["PROVIDER_IPM"]) {
+                None => None,
+                Some(_) => Some(env.parse(&["PROVIDER_IPM"], 1u32, positive)?),
+            },
+            provider_concurrency: env.parse(
+                &["PROVIDER_CONCURRENCY"],
+                d.provider_concurrency,
+                positive,
+            )?,
         })
     }
 

@@ -52,6 +52,15 @@ struct EmulatorArgs {
     /// Images per minute per model, answered with 429 ModelAccountIpmRateLimitExceeded beyond.
     #[arg(long, env = "EMULATOR_IPM")]
     ipm: Option<u32>,
+    /// Requests generating at once per model, answered with 429 InflightBatchsizeExceeded beyond.
+    #[arg(long, env = "EMULATOR_MAX_CONCURRENCY")]
+    max_concurrency: Option<usize>,
+    /// Send Retry-After with this many seconds on 429 answers.
+    #[arg(long, env = "EMULATOR_RETRY_AFTER", value_parser = humantime::parse_duration)]
+    retry_after: Option<Duration>,
+    /// Share of requests that never answer (0 to 1), to exercise client timeouts.
+    #[arg(long, env = "EMULATOR_HANG_RATE", default_value_t = 0.0)]
+    hang_rate: f64,
     /// Share of requests failing with 500 InternalServiceError (0 to 1).
     #[arg(long, env = "EMULATOR_FAIL_RATE", default_value_t = 0.0)]
     fail_rate: f64,
@@ -132,6 +141,10 @@ async fn main() -> anyhow::Result<()> {
                 latency_jitter: a.latency_jitter,
                 api_key: a.api_key,
                 images_per_minute: a.ipm,
+                ipm_window: Duration::from_secs(60),
+                max_concurrency: a.max_concurrency,
+                retry_after: a.retry_after,
+                hang_rate: a.hang_rate,
                 fail_rate: a.fail_rate,
                 overload_rate: a.overload_rate,
                 fail_first: a.fail_first,

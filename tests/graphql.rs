@@ -573,6 +573,7 @@ async fn task_user_is_loaded_in_one_batch_per_page() {
         queue: inner.queue,
         events: inner.events,
         background: inner.background,
+        pacer: inner.pacer,
     };
     let s = TestServer::start_on(cfg, backends, dir).await;
     let users = [

@@ -259,3 +259,117 @@ async fn images_per_minute_limit_answers_the_real_429() {
         (429, "ModelAccountIpmRateLimitExceeded".to_string())
     );
 }
+
+#[tokio::test]
+async fn a_429_storm_with_the_limiter_fails_no_task() {
+    // The provider allows 2 images per 2 s (60 per minute); we pace at 55 per minute.
+    let (emu, url, _stop) = emulator(EmulatorConfig {
+        latency: Duration::ZERO,
+        images_per_minute: Some(2),
+        ipm_window: Duration::from_secs(2),
+        ..emu_cfg()
+    })
+    .await;
+    let endpoint = url.clone();
+    let s = TestServer::start_with(move |c| {
+        c.volcengine_endpoint = endpoint;
+        c.volcengine_api_key = Some(KEY.into());
+        c.provider_ipm = Some(55);
+        // Without pacing, 8 of the 10 tasks would meet a 429 on both attempts and fail.
+        c.max_attempts = 2;
+    })
+    .await;
+    let user = s.create_user("storm@example.com").await;
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(s.create_task(&user, &format!("storm {i}")).await);
+    }
+    for id in &ids {
+        let t = s.wait_terminal(id).await;
+        assert_eq!(t["status"], "completed", "{t}");
+    }
+    let stats = emu.stats();
+    let throttled = stats.by_status.get(&429).copied().unwrap_or(0);
+    eprintln!("429 storm: 10 tasks, {throttled} answers 429, 0 failed");
+    assert_eq!(stats.succeeded, 10);
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let (_emu, url, _stop) = emulator(EmulatorConfig {
+        latency: Duration::ZERO,
+        images_per_minute: Some(1),
+        retry_after: Some(Duration::from_secs(3)),
+        ..emu_cfg()
+    })
+    .await;
+    let s = server(&url, KEY, 5).await;
+    let user = s.create_user("after@example.com").await;
+    let first = s.create_task(&user, "first").await;
+    s.wait_terminal(&first).await;
+    let second = s.create_task(&user, "second").await;
+    let t = loop {
+        let (_, body) = s.get(&format!("/api/v1/ai/image/result/{second}")).await;
+        if body["data"]["error"]["code"] == "ModelAccountIpmRateLimitExceeded" {
+            break body["data"].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(t["status"], "pending", "{t}");
+    assert_eq!(t["error"]["retryable"], true);
+    let at = |f: &str| chrono::DateTime::parse_from_rfc3339(t[f].as_str().expect(f)).expect("time");
+    let delay = at("next_attempt_at") - at("updated_at");
+    // The test's own backoff is at most 100 ms; only Retry-After explains 3 s.
+    assert!(
+        delay >= chrono::Duration::milliseconds(2900),
+        "retry in {delay}"
+    );
+}
+
+#[tokio::test]
+async fn image_to_image_and_seedream_4_5_happy_paths() {
+    let (emu, url, _stop) = emulator(emu_cfg()).await;
+    let s = server(&url, KEY, 3).await;
+    let user = s.create_user("i2i@example.com").await;
+    let reference = {
+        use base64::Engine;
+        let png = volcengine_ai_server::emulator::image::render_png("ref", 0, 64, 48).expect("png");
+        format!(
+            "data:image/png;base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(png)
+        )
+    };
+    let (status, body) = s
+        .post(
+            "/api/v1/ai/image/task",
+            json!({"prompt": "make it blue", "user_id": user, "model": "doubao-seededit-3.0-i2i",
+                   "image": reference, "seed": 7, "guidance_scale": 5.5}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let edit = s
+        .wait_terminal(body["data"]["task_id"].as_str().expect("id"))
+        .await;
+    assert_eq!(edit["status"], "completed", "{edit}");
+    assert_eq!(edit["size"], "adaptive");
+
+    let (status, body) = s
+        .post(
+            "/api/v1/ai/image/task",
+            json!({"prompt": "poster", "user_id": user, "model": "doubao-seedream-4-5-251128", "size": "2560x1440"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let t = s
+        .wait_terminal(body["data"]["task_id"].as_str().expect("id"))
+        .await;
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(
+        (
+            t["result"]["images"][0]["width"].as_u64(),
+            t["result"]["images"][0]["height"].as_u64()
+        ),
+        (Some(2560), Some(1440))
+    );
+    assert_eq!(emu.stats().by_prompt.get("make it blue"), Some(&1));
+}

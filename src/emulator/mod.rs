@@ -34,8 +34,16 @@ pub struct EmulatorConfig {
     pub latency_jitter: Duration,
     /// The only key accepted; any non-empty Bearer token when `None`.
     pub api_key: Option<String>,
-    /// Images per minute per model (sliding 60 s window); unlimited when `None`.
+    /// Images per window per model (sliding window, 60 s as Ark's IPM); unlimited when `None`.
     pub images_per_minute: Option<u32>,
+    /// Length of the images-per-minute window (shorter in tests).
+    pub ipm_window: Duration,
+    /// Requests generating at once, per model, beyond which 429 `InflightBatchsizeExceeded`.
+    pub max_concurrency: Option<usize>,
+    /// Sent as `Retry-After` (seconds) on 429 answers. Whether Ark sends it is not documented.
+    pub retry_after: Option<Duration>,
+    /// Share of requests that never answer (the client's timeout fires).
+    pub hang_rate: f64,
     /// Share of requests answered 500 `InternalServiceError`.
     pub fail_rate: f64,
     /// Share of requests answered 429 `ServerOverloaded`.
@@ -57,6 +65,10 @@ impl Default for EmulatorConfig {
             latency_jitter: Duration::ZERO,
             api_key: None,
             images_per_minute: None,
+            ipm_window: Duration::from_secs(60),
+            max_concurrency: None,
+            retry_after: None,
+            hang_rate: 0.0,
             fail_rate: 0.0,
             overload_rate: 0.0,
             fail_first: 0,
@@ -91,13 +103,30 @@ struct Inner {
     catalog: Catalog,
     base_url: String,
     stats: Mutex<Stats>,
-    /// Image counts of the last 60 s per model, for the IPM limit.
+    /// Image counts of the last window per model, for the IPM limit.
     window: Mutex<HashMap<String, VecDeque<(Instant, u32)>>>,
+    /// Requests generating now, per model.
+    in_flight: Mutex<HashMap<String, usize>>,
     issued: Mutex<HashMap<String, Issued>>,
 }
 
 #[derive(Clone)]
 pub struct Emulator(Arc<Inner>);
+
+struct InFlight {
+    emu: Emulator,
+    model: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.emu.0.in_flight.lock() {
+            if let Some(n) = m.get_mut(&self.model) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+}
 
 fn request_id() -> String {
     let mut rng = rand::thread_rng();
@@ -164,6 +193,7 @@ impl Emulator {
             base_url,
             stats: Mutex::default(),
             window: Mutex::default(),
+            in_flight: Mutex::default(),
             issued: Mutex::default(),
         }))
     }
@@ -203,9 +233,10 @@ impl Emulator {
         };
         let q = w.entry(model.to_string()).or_default();
         let now = Instant::now();
+        let window = self.0.cfg.ipm_window;
         while q
             .front()
-            .is_some_and(|(t, _)| now.duration_since(*t) >= Duration::from_secs(60))
+            .is_some_and(|(t, _)| now.duration_since(*t) >= window)
         {
             q.pop_front();
         }
@@ -213,12 +244,26 @@ impl Emulator {
         if used + n > limit {
             let wait = q
                 .front()
-                .map(|(t, _)| Duration::from_secs(60).saturating_sub(now.duration_since(*t)))
+                .map(|(t, _)| window.saturating_sub(now.duration_since(*t)))
                 .unwrap_or_default();
             return Err(wait);
         }
         q.push_back((now, n));
         Ok(())
+    }
+
+    /// Counts a request as generating until the returned guard drops; `None` over the limit.
+    fn enter(&self, model: &str) -> Option<InFlight> {
+        let mut m = self.0.in_flight.lock().ok()?;
+        let n = m.entry(model.to_string()).or_default();
+        if self.0.cfg.max_concurrency.is_some_and(|max| *n >= max) {
+            return None;
+        }
+        *n += 1;
+        Some(InFlight {
+            emu: self.clone(),
+            model: model.to_string(),
+        })
     }
 
     async fn handle(&self, headers: &HeaderMap, body: &[u8]) -> Result<Value, ArkError> {
@@ -369,6 +414,20 @@ impl Emulator {
                 "The service is currently unable to handle additional requests due to server overload. Please retry later.",
             ));
         }
+        let _slot = match self.enter(&spec.id) {
+            Some(slot) => slot,
+            None => {
+                return Err(ArkError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "InflightBatchsizeExceeded",
+                    "The Inflight Batchsize limit has been exceeded.",
+                ))
+            }
+        };
+        if rand::thread_rng().gen::<f64>() < cfg.hang_rate {
+            // Never answers: the caller's timeout fires (the connection stays open meanwhile).
+            std::future::pending::<()>().await;
+        }
         let jitter = if cfg.latency_jitter.is_zero() {
             Duration::ZERO
         } else {
@@ -463,7 +522,13 @@ async fn generations(State(emu): State<Emulator>, headers: HeaderMap, body: Byte
         Err(e) => {
             let rid = request_id();
             emu.count(e.status.as_u16(), Some(e.code));
+            let throttled = e.status == StatusCode::TOO_MANY_REQUESTS;
             let mut r = e.into_response(&rid);
+            if let (true, Some(after)) = (throttled, emu.0.cfg.retry_after) {
+                if let Ok(h) = HeaderValue::from_str(&after.as_secs().max(1).to_string()) {
+                    r.headers_mut().insert("retry-after", h);
+                }
+            }
             if let Ok(h) = HeaderValue::from_str(&rid) {
                 r.headers_mut().insert("x-request-id", h);
             }

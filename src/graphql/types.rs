@@ -127,6 +127,12 @@ impl Task {
             retryable: e.retryable,
         })
     }
+    /// When a pending task's next attempt may start (a scheduled retry).
+    async fn next_attempt_at(&self) -> Option<DateTime<Utc>> {
+        self.0
+            .not_before
+            .filter(|_| self.0.status == domain::TaskStatus::Pending)
+    }
     /// Provider request id of the last call, for support requests.
     async fn provider_request_id(&self) -> Option<&str> {
         self.0.provider_request_id.as_deref()

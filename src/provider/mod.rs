@@ -3,6 +3,7 @@
 //! code that runs in production is the code the tests run.
 
 pub mod ark;
+pub mod limiter;
 
 use std::time::Duration;
 

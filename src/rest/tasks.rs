@@ -116,6 +116,7 @@ pub fn task_json(t: &Task, base: &str) -> Value {
         "result": result,
         "error": t.error,
         "provider_request_id": t.provider_request_id,
+        "next_attempt_at": t.not_before.filter(|_| t.status == TaskStatus::Pending).map(rfc3339),
         "created_at": rfc3339(t.created_at),
         "updated_at": rfc3339(t.updated_at),
         "started_at": t.started_at.map(rfc3339),

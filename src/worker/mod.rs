@@ -16,6 +16,7 @@ use tracing::Instrument;
 
 use crate::domain::{ModelSpec, StoredImage, Task, TaskError, TaskStatus};
 use crate::events::{Channel, Event};
+use crate::provider::limiter::ProviderLimiter;
 use crate::provider::{GenerateRequest, GeneratedImage, ImageProvider, ProviderError};
 use crate::queue::Delivery;
 use crate::service::Service;
@@ -37,6 +38,7 @@ pub struct WorkerConfig {
 pub struct Worker {
     service: Arc<Service>,
     provider: Arc<dyn ImageProvider>,
+    limiter: Arc<ProviderLimiter>,
     cfg: WorkerConfig,
     /// Lease owner name of this process.
     id: String,
@@ -66,11 +68,13 @@ impl Worker {
     pub fn new(
         service: Arc<Service>,
         provider: Arc<dyn ImageProvider>,
+        limiter: Arc<ProviderLimiter>,
         cfg: WorkerConfig,
     ) -> Worker {
         Worker {
             service,
             provider,
+            limiter,
             cfg,
             id: format!("worker-{}", uuid::Uuid::new_v4()),
             held: Default::default(),
@@ -234,9 +238,28 @@ impl Worker {
             images: task.params.images.clone(),
             max_images: task.params.n.min(spec.max_output_images),
         };
-        let generated = match self.provider.generate(&req).await {
-            Ok(g) => g,
-            Err(e) => return Outcome::Error(e),
+        let permit = self.limiter.acquire(&req.model, req.max_images).await;
+        if let Some(p) = &permit {
+            if !p.waited.is_zero() {
+                tracing::debug!(
+                    waited_ms = p.waited.as_millis() as u64,
+                    "paced by the provider rate limiter"
+                );
+            }
+        }
+        let result = self.provider.generate(&req).await;
+        drop(permit);
+        let generated = match result {
+            Ok(g) => {
+                self.limiter.succeeded(&req.model);
+                g
+            }
+            Err(e) => {
+                if e.status == Some(429) {
+                    self.limiter.throttled(&req.model);
+                }
+                return Outcome::Error(e);
+            }
         };
         let mut stored = Vec::new();
         let mut first_failure = None;
