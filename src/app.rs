@@ -278,7 +278,7 @@ pub async fn start_with(
     let workers = provider.map(|provider| {
         let limiter = Arc::new(ProviderLimiter::new(
             &service.catalog,
-            config.provider_ipm,
+            &config.provider_ipm,
             config.provider_concurrency,
             pacer,
         ));

@@ -6,7 +6,49 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::domain::models::ModelIds;
+use std::collections::HashMap;
+
+use crate::domain::models::{Catalog, ModelIds};
+
+/// `PROVIDER_IPM`: `500` for every model, `doubao-seedream-4.5=50` for one (any name the model
+/// table accepts), or both, comma-separated.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProviderIpm {
+    pub all: Option<u32>,
+    /// By provider model id.
+    pub per_model: HashMap<String, u32>,
+}
+
+impl ProviderIpm {
+    pub fn parse(value: &str, catalog: &Catalog) -> Result<ProviderIpm, String> {
+        let mut out = ProviderIpm::default();
+        for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let number = |n: &str| match n.trim().parse::<u32>() {
+                Ok(v) if v > 0 => Ok(v),
+                _ => Err(format!("{n:?} is not a positive whole number")),
+            };
+            match entry.split_once('=') {
+                None => out.all = Some(number(entry)?),
+                Some((model, n)) => {
+                    let m = catalog
+                        .find(model)
+                        .ok_or_else(|| format!("unknown model {model:?}"))?;
+                    out.per_model.insert(m.id.clone(), number(n)?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The limit for a model: its own entry, else the one for all, else the table's.
+    pub fn for_model(&self, id: &str, table: u32) -> u32 {
+        self.per_model
+            .get(id)
+            .copied()
+            .or(self.all)
+            .unwrap_or(table)
+    }
+}
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[error("invalid configuration: {var}={value:?}: {reason}")]
@@ -75,7 +117,7 @@ pub struct Config {
     pub sandbox_latency: Duration,
     pub model_ids: ModelIds,
     /// Images per minute allowed per model (the provider's IPM); the model table's value when unset.
-    pub provider_ipm: Option<u32>,
+    pub provider_ipm: ProviderIpm,
     /// Provider calls in flight per model and worker process.
     pub provider_concurrency: usize,
 }
@@ -117,7 +159,7 @@ impl Default for Config {
             graphql_introspection: true,
             sandbox_latency: Duration::from_millis(1500),
             model_ids: ModelIds::default(),
-            provider_ipm: None,
+            provider_ipm: ProviderIpm::default(),
             provider_concurrency: 32,
         }
     }
@@ -367,6 +409,7 @@ impl Config {
             seedream_4_0: env.string(&["MODEL_ID_SEEDREAM_4_0"], &defaults.seedream_4_0),
             seedream_4_5: env.string(&["MODEL_ID_SEEDREAM_4_5"], &defaults.seedream_4_5),
         };
+        let catalog = Catalog::new(&model_ids);
 
         Ok(Config {
             host: env.parse(&["HOST"], d.host, |_| Ok(()))?,
@@ -432,8 +475,9 @@ impl Config {
             sandbox_latency: env.duration(&["SANDBOX_LATENCY"], d.sandbox_latency, ms(0))?,
             model_ids,
             provider_ipm: match env.raw(&["PROVIDER_IPM"]) {
-                None => None,
-                Some(_) => Some(env.parse(&["PROVIDER_IPM"], 1u32, positive)?),
+                None => ProviderIpm::default(),
+                Some((var, value)) => ProviderIpm::parse(&value, &catalog)
+                    .map_err(|reason| ConfigError { var, value, reason })?,
             },
             provider_concurrency: env.parse(
                 &["PROVIDER_CONCURRENCY"],
@@ -503,6 +547,9 @@ mod tests {
             ("HOST", "localhost:80"),
             ("MAX_BODY_BYTES", "-1"),
             ("MONGO_WRITE_CONCERN", "some"),
+            ("PROVIDER_IPM", "fast"),
+            ("PROVIDER_IPM", "dall-e=5"),
+            ("PROVIDER_IPM", "0"),
         ] {
             let err = from(&[(var, value)]).expect_err(var);
             assert_eq!(err.var, var, "{err}");

@@ -33,6 +33,25 @@ enum Command {
     Schema,
     /// Runs the local emulator of Volcengine Ark's image API.
     Emulator(EmulatorArgs),
+    /// Benchmarks (see docs/benchmarks.md).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Tasks submitted at once through an embedded service to a rate-limited emulator:
+    /// achieved images per minute against the limit, 429s, failures.
+    Pipeline {
+        #[arg(long, default_value_t = 2000)]
+        tasks: usize,
+        #[arg(long, default_value_t = 600)]
+        ipm: u32,
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        latency: Duration,
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+    },
 }
 
 #[derive(clap::Args)]
@@ -125,6 +144,26 @@ async fn main() -> anyhow::Result<()> {
     let command = cli.command.unwrap_or(Command::Serve);
     if let Command::Schema = command {
         print!("{}", volcengine_ai_server::graphql::sdl());
+        return Ok(());
+    }
+    if let Command::Bench(BenchCommand::Pipeline {
+        tasks,
+        ipm,
+        latency,
+        clients,
+    }) = command
+    {
+        init_tracing("warn", LogFormat::Pretty);
+        let args = volcengine_ai_server::bench::PipelineArgs {
+            tasks,
+            ipm,
+            latency,
+            clients,
+        };
+        let report = volcengine_ai_server::bench::pipeline(args.clone())
+            .await
+            .map_err(anyhow::Error::msg)?;
+        volcengine_ai_server::bench::print_pipeline(&args, &report);
         return Ok(());
     }
     let config = Config::from_process_env()?;

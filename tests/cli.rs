@@ -63,3 +63,30 @@ fn config_example_documents_the_real_defaults() {
         assert!(text.contains(documented_only_in_comments));
     }
 }
+
+#[test]
+fn bench_pipeline_smoke_run() {
+    let out = bin()
+        .args([
+            "bench",
+            "pipeline",
+            "--tasks",
+            "5",
+            "--ipm",
+            "600",
+            "--latency",
+            "10ms",
+            "--clients",
+            "2",
+        ])
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("completed            5"), "{stdout}");
+    assert!(stdout.contains("failed               0"), "{stdout}");
+}

@@ -274,7 +274,11 @@ async fn a_429_storm_with_the_limiter_fails_no_task() {
     let s = TestServer::start_with(move |c| {
         c.volcengine_endpoint = endpoint;
         c.volcengine_api_key = Some(KEY.into());
-        c.provider_ipm = Some(55);
+        c.provider_ipm = volcengine_ai_server::config::ProviderIpm::parse(
+            "doubao-seedream-3.0-t2i=55",
+            &volcengine_ai_server::domain::Catalog::new(&Default::default()),
+        )
+        .expect("ipm");
         // Without pacing, 8 of the 10 tasks would meet a 429 on both attempts and fail.
         c.max_attempts = 2;
     })
@@ -372,4 +376,53 @@ async fn image_to_image_and_seedream_4_5_happy_paths() {
         (Some(2560), Some(1440))
     );
     assert_eq!(emu.stats().by_prompt.get("make it blue"), Some(&1));
+}
+
+#[tokio::test]
+async fn timeouts_are_retried_then_fail_with_a_retryable_timeout() {
+    let (emu, url, _stop) = emulator(EmulatorConfig {
+        hang_rate: 1.0,
+        ..emu_cfg()
+    })
+    .await;
+    let endpoint = url.clone();
+    let s = TestServer::start_with(move |c| {
+        c.volcengine_endpoint = endpoint;
+        c.volcengine_api_key = Some(KEY.into());
+        c.ai_timeout = Duration::from_millis(300);
+        c.max_attempts = 2;
+    })
+    .await;
+    let user = s.create_user("hang@example.com").await;
+    let id = s.create_task(&user, "never answered").await;
+    let t = s.wait_terminal(&id).await;
+    assert_eq!(t["status"], "failed", "{t}");
+    assert_eq!(t["error"]["code"], "Timeout");
+    assert_eq!(t["error"]["retryable"], true);
+    assert_eq!(t["attempts"], 2);
+    assert_eq!(emu.stats().requests, 2);
+}
+
+#[tokio::test]
+async fn a_model_the_provider_does_not_know_fails_at_once() {
+    // Our table names a model version the provider (emulator) does not have.
+    let (emu, url, _stop) = emulator(emu_cfg()).await;
+    let endpoint = url.clone();
+    let s = TestServer::start_with(move |c| {
+        c.volcengine_endpoint = endpoint;
+        c.volcengine_api_key = Some(KEY.into());
+        c.model_ids.seedream_3_0 = "doubao-seedream-3-0-t2i-999999".into();
+    })
+    .await;
+    let user = s.create_user("model@example.com").await;
+    let id = s.create_task(&user, "unknown version").await;
+    let t = s.wait_terminal(&id).await;
+    assert_eq!(t["status"], "failed");
+    assert_eq!(t["model"], "doubao-seedream-3-0-t2i-999999");
+    assert_eq!(t["error"]["code"], "InvalidEndpointOrModel.NotFound");
+    assert_eq!(t["error"]["retryable"], false);
+    assert!(t["provider_request_id"]
+        .as_str()
+        .is_some_and(|r| r.len() == 53));
+    assert_eq!(emu.stats().requests, 1);
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::config::ProviderIpm;
 use crate::domain::Catalog;
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +116,9 @@ struct Adaptive {
 }
 
 const MIN_FACTOR: f64 = 0.1;
+/// Pace a hair under the configured rate: a sliding one-minute window on the provider's side,
+/// seen through network jitter, otherwise catches the 601st image of a minute now and then.
+const HEADROOM: f64 = 0.995;
 const CUT: f64 = 0.7;
 const RECOVER: f64 = 0.02;
 /// 429s arriving together are one signal, not several.
@@ -132,11 +136,11 @@ pub struct CallPermit {
 }
 
 impl ProviderLimiter {
-    /// `images_per_minute` overrides every model's table value when set; `concurrency` bounds
-    /// the calls in flight per model in this process.
+    /// `images_per_minute` overrides the model table's values; `concurrency` bounds the calls
+    /// in flight per model in this process.
     pub fn new(
         catalog: &Catalog,
-        images_per_minute: Option<u32>,
+        images_per_minute: &ProviderIpm,
         concurrency: usize,
         pacer: Arc<dyn Pacer>,
     ) -> ProviderLimiter {
@@ -147,7 +151,9 @@ impl ProviderLimiter {
                 (
                     m.id.clone(),
                     ModelLimit {
-                        images_per_minute: images_per_minute.unwrap_or(m.images_per_minute).max(1),
+                        images_per_minute: images_per_minute
+                            .for_model(&m.id, m.images_per_minute)
+                            .max(1),
                         in_flight: Arc::new(Semaphore::new(concurrency.max(1))),
                         adaptive: Mutex::new(Adaptive {
                             factor: 1.0,
@@ -165,7 +171,7 @@ impl ProviderLimiter {
         let limit = self.models.get(model)?;
         let in_flight = limit.in_flight.clone().acquire_owned().await.ok()?;
         let factor = limit.adaptive.lock().map(|a| a.factor).unwrap_or(1.0);
-        let per_image = 60.0 / (f64::from(limit.images_per_minute) * factor);
+        let per_image = 60.0 / (f64::from(limit.images_per_minute) * factor * HEADROOM);
         let cost = Duration::from_secs_f64(per_image * f64::from(images.max(1)));
         let waited = match self.pacer.reserve(model, cost).await {
             Ok(wait) => {
@@ -243,7 +249,11 @@ mod tests {
     fn throttling_cuts_the_pace_once_per_burst_and_success_recovers_it() {
         let catalog = Catalog::new(&ModelIds::default());
         let id = catalog.default_model().id.clone();
-        let l = ProviderLimiter::new(&catalog, Some(600), 4, Arc::new(MemoryPacer::default()));
+        let ipm = ProviderIpm {
+            all: Some(600),
+            ..ProviderIpm::default()
+        };
+        let l = ProviderLimiter::new(&catalog, &ipm, 4, Arc::new(MemoryPacer::default()));
         l.throttled(&id);
         l.throttled(&id);
         assert!(
