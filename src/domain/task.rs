@@ -143,6 +143,41 @@ pub struct TransitionError {
 }
 
 impl Task {
+    /// A newly accepted task: pending, version 1, no attempt yet.
+    pub fn new_pending(
+        user_id: String,
+        model: String,
+        prompt: String,
+        params: ImageParams,
+        idempotency: Option<(String, String)>,
+        now: DateTime<Utc>,
+    ) -> Task {
+        let (idempotency_key, request_hash) = idempotency.unzip();
+        Task {
+            id: super::new_id(),
+            user_id,
+            kind: TASK_KIND_IMAGE.into(),
+            model,
+            prompt,
+            params,
+            status: TaskStatus::Pending,
+            version: 1,
+            attempts: 0,
+            result: None,
+            error: None,
+            idempotency_key,
+            request_hash,
+            not_before: None,
+            lease_owner: None,
+            lease_until: None,
+            provider_request_id: None,
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            completed_at: None,
+        }
+    }
+
     pub fn image_url_id(&self) -> Option<&str> {
         self.result
             .as_ref()
@@ -274,30 +309,19 @@ mod tests {
     use super::*;
 
     fn task() -> Task {
-        let now = Utc::now();
-        Task {
-            id: "t".into(),
-            user_id: "u".into(),
-            kind: TASK_KIND_IMAGE.into(),
-            model: "m".into(),
-            prompt: "p".into(),
-            params: ImageParams::default(),
-            status: TaskStatus::Pending,
-            version: 1,
-            attempts: 0,
-            result: None,
-            error: None,
-            idempotency_key: None,
-            request_hash: None,
-            not_before: None,
-            lease_owner: None,
-            lease_until: None,
-            provider_request_id: None,
-            created_at: now,
-            updated_at: now,
-            started_at: None,
-            completed_at: None,
-        }
+        let t = Task::new_pending(
+            "u".into(),
+            "m".into(),
+            "p".into(),
+            ImageParams::default(),
+            None,
+            Utc::now(),
+        );
+        assert_eq!(
+            (t.status, t.version, t.attempts),
+            (TaskStatus::Pending, 1, 0)
+        );
+        t
     }
 
     #[test]

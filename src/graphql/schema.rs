@@ -34,6 +34,25 @@ fn task(t: domain::Task) -> Task {
     Task(Arc::new(t))
 }
 
+/// A Relay connection over a service page; cursors are the items' ids.
+fn connection<I, N: async_graphql::OutputType>(
+    page: crate::service::Page<I>,
+    after: &Option<String>,
+    id: impl Fn(&I) -> String,
+    node: impl Fn(I) -> N,
+) -> Connection<String, N, TotalCount> {
+    let mut conn = Connection::with_additional_fields(
+        after.is_some(),
+        page.has_more,
+        TotalCount {
+            total_count: page.total,
+        },
+    );
+    conn.edges
+        .extend(page.items.into_iter().map(|i| Edge::new(id(&i), node(i))));
+    conn
+}
+
 pub struct Query;
 
 #[Object]
@@ -62,19 +81,7 @@ impl Query {
             .list_users(after.as_deref(), self::first(first))
             .await
             .gql()?;
-        let mut conn = Connection::with_additional_fields(
-            after.is_some(),
-            page.has_more,
-            TotalCount {
-                total_count: page.total,
-            },
-        );
-        conn.edges.extend(
-            page.items
-                .into_iter()
-                .map(|u| Edge::new(u.id.clone(), User(u))),
-        );
-        Ok(conn)
+        Ok(connection(page, &after, |u| u.id.clone(), User))
     }
 
     /// The user the request's API key belongs to (null without such a key).
@@ -106,19 +113,7 @@ impl Query {
             )
             .await
             .gql()?;
-        let mut conn = Connection::with_additional_fields(
-            after.is_some(),
-            page.has_more,
-            TotalCount {
-                total_count: page.total,
-            },
-        );
-        conn.edges.extend(
-            page.items
-                .into_iter()
-                .map(|t| Edge::new(t.id.clone(), task(t))),
-        );
-        Ok(conn)
+        Ok(connection(page, &after, |t| t.id.clone(), task))
     }
 
     /// Models that can be asked for, with their limits.

@@ -10,7 +10,7 @@ use chrono::Utc;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::domain::{self, Catalog, ImageParams, Task, TaskStatus, User, TASK_KIND_IMAGE};
+use crate::domain::{self, Catalog, ImageParams, Task, TaskStatus, User};
 use crate::error::AppError;
 use crate::events::Events;
 use crate::queue::Queue;
@@ -284,13 +284,11 @@ impl Service {
         }
 
         let now = Utc::now();
-        let task = Task {
-            id: domain::new_id(),
+        let task = Task::new_pending(
             user_id,
-            kind: TASK_KIND_IMAGE.into(),
-            model: model.id.clone(),
+            model.id.clone(),
             prompt,
-            params: ImageParams {
+            ImageParams {
                 size: params.size,
                 seed: params.seed,
                 guidance_scale: params.guidance_scale,
@@ -301,22 +299,9 @@ impl Service {
                 style,
                 options: input.options.clone(),
             },
-            status: TaskStatus::Pending,
-            version: 1,
-            attempts: 0,
-            result: None,
-            error: None,
-            idempotency_key: idem.map(str::to_string),
-            request_hash: idem.map(|_| request_hash(&input)),
-            not_before: None,
-            lease_owner: None,
-            lease_until: None,
-            provider_request_id: None,
-            created_at: now,
-            updated_at: now,
-            started_at: None,
-            completed_at: None,
-        };
+            idem.map(|k| (k.to_string(), request_hash(&input))),
+            now,
+        );
         match self.store.insert_task(&task).await? {
             InsertOutcome::Inserted => {}
             InsertOutcome::Existing(existing) => {
