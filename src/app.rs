@@ -243,6 +243,9 @@ pub async fn start_with(
         (false, _) => None,
     };
     let shutdown = CancellationToken::new();
+    if crate::observability::handle().is_none() {
+        tracing::warn!("another metrics recorder is installed; /metrics will be unavailable");
+    }
     let config = Arc::new(config);
     let backends_background = backends.background;
     let pacer = backends.pacer;

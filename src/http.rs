@@ -58,10 +58,12 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/graphql/ws", get(graphql::ws_handler))
         .route("/images/{file}", get(image))
+        .route("/metrics", get(crate::observability::render))
         .merge(crate::rest::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(axum::middleware::from_fn(crate::observability::track_http))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

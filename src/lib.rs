@@ -10,6 +10,7 @@ pub mod error;
 pub mod events;
 pub mod graphql;
 pub mod http;
+pub mod observability;
 pub mod provider;
 pub mod queue;
 pub mod rest;

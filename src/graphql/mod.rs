@@ -166,11 +166,13 @@ pub async fn ws_handler(State(state): State<AppState>, req: Request) -> Response
     let schema = state.schema.clone();
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
-        .on_upgrade(move |stream| {
+        .on_upgrade(move |stream| async move {
+            let _open = crate::observability::GaugeGuard::new("websocket_connections");
             let mut data = Data::default();
             data.insert(request_data(&state));
             GraphQLWebSocket::new(stream, schema, protocol)
                 .with_data(data)
                 .serve()
+                .await
         })
 }

@@ -240,7 +240,13 @@ impl Subscription {
             .map_err(AppError::from)
             .gql()?;
         let snapshot = ctx.service.get_task(&id).await.gql()?;
-        Ok(follow(ctx.service.clone(), snapshot, events, ctx.resync))
+        let open = crate::observability::GaugeGuard::new("graphql_subscriptions");
+        Ok(
+            follow(ctx.service.clone(), snapshot, events, ctx.resync).map(move |t| {
+                let _ = &open;
+                t
+            }),
+        )
     }
 
     /// Every change of the tasks of `userId` (all users' tasks when omitted).
@@ -264,10 +270,14 @@ impl Subscription {
             .await
             .map_err(AppError::from)
             .gql()?;
-        Ok(events.filter_map(|e| async move {
-            match e {
-                Event::Updated(t) => Some(Task(t)),
-                Event::Gap => None,
+        let open = crate::observability::GaugeGuard::new("graphql_subscriptions");
+        Ok(events.filter_map(move |e| {
+            let _ = &open;
+            async move {
+                match e {
+                    Event::Updated(t) => Some(Task(t)),
+                    Event::Gap => None,
+                }
             }
         }))
     }

@@ -424,6 +424,8 @@ impl Service {
             .replace_task(&next, current.version, current.status)
             .await?
         {
+            metrics::counter!("task_transitions_total", "status" => next.status.as_str())
+                .increment(1);
             self.publish(&next).await;
             Ok(Some(next))
         } else {

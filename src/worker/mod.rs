@@ -240,6 +240,8 @@ impl Worker {
         };
         let permit = self.limiter.acquire(&req.model, req.max_images).await;
         if let Some(p) = &permit {
+            metrics::histogram!("rate_limiter_wait_seconds", "model" => req.model.clone())
+                .record(p.waited.as_secs_f64());
             if !p.waited.is_zero() {
                 tracing::debug!(
                     waited_ms = p.waited.as_millis() as u64,
@@ -247,8 +249,22 @@ impl Worker {
                 );
             }
         }
+        let called = std::time::Instant::now();
         let result = self.provider.generate(&req).await;
         drop(permit);
+        let (outcome, code) = match &result {
+            Ok(_) => ("ok", String::new()),
+            Err(e) if e.retryable => ("retryable_error", e.code.clone()),
+            Err(e) => ("error", e.code.clone()),
+        };
+        let labels = [
+            ("model", req.model.clone()),
+            ("outcome", outcome.to_string()),
+            ("code", code),
+        ];
+        metrics::counter!("provider_calls_total", &labels).increment(1);
+        metrics::histogram!("provider_call_duration_seconds", &labels)
+            .record(called.elapsed().as_secs_f64());
         let generated = match result {
             Ok(g) => {
                 self.limiter.succeeded(&req.model);

@@ -1,0 +1,106 @@
+//! Prometheus metrics (`GET /metrics`), through the `metrics` facade so any code can record
+//! without a handle. One recorder per process, installed on first use.
+//!
+//! | metric | kind | labels |
+//! |---|---|---|
+//! | `http_requests_total`, `http_request_duration_seconds` | counter, histogram | `method`, `route`, `status` |
+//! | `tasks` | gauge (at scrape, from the store) | `status` |
+//! | `queue_depth` | gauge (at scrape) | |
+//! | `task_transitions_total` | counter | `status` (the new one) |
+//! | `provider_calls_total`, `provider_call_duration_seconds` | counter, histogram | `model`, `outcome`, `code` |
+//! | `rate_limiter_wait_seconds` | histogram | `model` |
+//! | `websocket_connections`, `graphql_subscriptions` | gauge | |
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::http::AppState;
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+const SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 120.0,
+];
+
+/// Installs the process's recorder (once) and returns the handle that renders it; `None` when
+/// another recorder was installed first (then `/metrics` says so).
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(SECONDS_BUCKETS)
+                .ok()?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            Some(handle)
+        })
+        .as_ref()
+}
+
+/// Counts and times every request by its route template (not its path: ids would explode the
+/// label set).
+pub async fn track_http(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    let labels = [("method", method), ("route", route), ("status", status)];
+    metrics::counter!("http_requests_total", &labels).increment(1);
+    metrics::histogram!("http_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    resp
+}
+
+/// `GET /metrics`: refreshes the gauges read from the store, then renders.
+pub async fn render(State(s): State<AppState>) -> Response {
+    let Some(handle) = handle() else {
+        return (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "metrics recorder unavailable",
+        )
+            .into_response();
+    };
+    match s.service.queue_stats().await {
+        Ok(stats) => {
+            for (status, n) in &stats.by_status {
+                metrics::gauge!("tasks", "status" => status.clone()).set(*n as f64);
+            }
+            metrics::gauge!("queue_depth").set(stats.queue_depth as f64);
+        }
+        Err(e) => tracing::warn!(error = %e, "metrics: task counts unavailable"),
+    }
+    handle.run_upkeep();
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        handle.render(),
+    )
+        .into_response()
+}
+
+/// Keeps a gauge raised for as long as it lives (a socket, a subscription).
+pub struct GaugeGuard(&'static str);
+
+impl GaugeGuard {
+    pub fn new(name: &'static str) -> GaugeGuard {
+        metrics::gauge!(name).increment(1.0);
+        GaugeGuard(name)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        metrics::gauge!(self.0).decrement(1.0);
+    }
+}
