@@ -719,3 +719,34 @@ async fn sigterm_finishes_calls_in_flight_or_releases_them_at_the_deadline() {
     );
     assert!(t["started_at"].is_string());
 }
+
+#[tokio::test]
+async fn the_redis_queue_holds_one_entry_per_waiting_task() {
+    use volcengine_ai_server::queue::{redis::RedisQueue, Queue};
+    let Some((_, redis)) = services() else { return };
+    let client = redis::Client::open(redis).expect("client");
+    let q = RedisQueue::connect(&client, &unique_name(), "c1", Duration::from_secs(60))
+        .await
+        .expect("queue");
+    for _ in 0..3 {
+        q.enqueue("task-a", None).await.expect("enqueue");
+    }
+    q.enqueue("task-b", None).await.expect("enqueue");
+    assert_eq!(
+        q.depth().await.expect("depth"),
+        2,
+        "the reconciler's repeats add nothing"
+    );
+    let first = q.dequeue().await.expect("dequeue");
+    assert_eq!(first.task_id, "task-a");
+    // Delivered and not acknowledged: a task still due may be enqueued again.
+    q.enqueue("task-a", None).await.expect("enqueue");
+    assert_eq!(q.depth().await.expect("depth"), 2);
+    q.ack(&first).await.expect("ack");
+    let ids = [
+        q.dequeue().await.expect("b").task_id,
+        q.dequeue().await.expect("a again").task_id,
+    ];
+    assert_eq!(ids, ["task-b".to_string(), "task-a".to_string()]);
+    assert_eq!(q.depth().await.expect("depth"), 0);
+}

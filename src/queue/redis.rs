@@ -20,14 +20,28 @@ const GROUP: &str = "workers";
 /// How long one blocking read waits before checking delayed entries and reclaims again.
 const BLOCK_MS: usize = 1000;
 
-/// Moves due members of the delayed set to the stream, atomically.
+/// Moves due members of the delayed set to the stream, atomically, skipping ids that already
+/// wait there. KEYS: delayed, stream, waiting.
 const PROMOTE: &str = r"
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
 for _, id in ipairs(due) do
   redis.call('ZREM', KEYS[1], id)
-  redis.call('XADD', KEYS[2], '*', 'task', id)
+  if redis.call('SADD', KEYS[3], id) == 1 then
+    redis.call('XADD', KEYS[2], '*', 'task', id)
+  end
 end
 return #due
+";
+
+/// Adds an id to the stream unless it already waits there (the reconciler re-enqueues every
+/// due task on each pass; without this a backlog would fill the stream with copies).
+/// KEYS: stream, waiting.
+const ENQUEUE: &str = r"
+if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then
+  redis.call('XADD', KEYS[1], '*', 'task', ARGV[1])
+  return 1
+end
+return 0
 ";
 
 pub struct RedisQueue {
@@ -37,11 +51,14 @@ pub struct RedisQueue {
     reader: Mutex<ConnectionManager>,
     stream: String,
     delayed: String,
+    /// Ids in the stream not yet delivered.
+    waiting: String,
     consumer: String,
     /// Entries idle this long belong to a dead consumer.
     reclaim_after: Duration,
     last_reclaim: std::sync::Mutex<Instant>,
     promote: redis::Script,
+    enqueue: redis::Script,
 }
 
 fn unavailable(e: redis::RedisError) -> QueueError {
@@ -81,10 +98,12 @@ impl RedisQueue {
             reader: Mutex::new(reader),
             stream: format!("{prefix}:queue"),
             delayed: format!("{prefix}:queue:delayed"),
+            waiting: format!("{prefix}:queue:waiting"),
             consumer: consumer.to_string(),
             reclaim_after,
             last_reclaim: std::sync::Mutex::new(Instant::now()),
             promote: redis::Script::new(PROMOTE),
+            enqueue: redis::Script::new(ENQUEUE),
         };
         q.ensure_group().await?;
         Ok(q)
@@ -113,6 +132,7 @@ impl RedisQueue {
             .promote
             .key(&self.delayed)
             .key(&self.stream)
+            .key(&self.waiting)
             .arg(Utc::now().timestamp_millis())
             .invoke_async(&mut c)
             .await
@@ -145,6 +165,18 @@ impl RedisQueue {
             .await
             .map_err(unavailable)?;
         Ok(reply.claimed.into_iter().find_map(delivery))
+    }
+
+    /// From delivery on, the reconciler may enqueue the id again if the task stays due.
+    async fn delivered(&self, d: &Delivery) -> Result<(), QueueError> {
+        let mut c = self.cmd.clone();
+        redis::cmd("SREM")
+            .arg(&self.waiting)
+            .arg(&d.task_id)
+            .query_async::<i64>(&mut c)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
     }
 
     async fn read(&self) -> Result<Option<Delivery>, QueueError> {
@@ -208,12 +240,12 @@ impl Queue for RedisQueue {
                 .await
                 .map(|_| ())
                 .map_err(unavailable),
-            _ => redis::cmd("XADD")
-                .arg(&self.stream)
-                .arg("*")
-                .arg("task")
+            _ => self
+                .enqueue
+                .key(&self.stream)
+                .key(&self.waiting)
                 .arg(task_id)
-                .query_async::<String>(&mut c)
+                .invoke_async::<i64>(&mut c)
                 .await
                 .map(|_| ())
                 .map_err(unavailable),
@@ -225,9 +257,11 @@ impl Queue for RedisQueue {
             self.promote_due().await?;
             if let Some(d) = self.reclaim().await? {
                 tracing::info!(task_id = %d.task_id, "reclaimed a queue entry left by a dead worker");
+                self.delivered(&d).await?;
                 return Ok(d);
             }
             if let Some(d) = self.read().await? {
+                self.delivered(&d).await?;
                 return Ok(d);
             }
         }
@@ -253,8 +287,8 @@ impl Queue for RedisQueue {
     async fn depth(&self) -> Result<u64, QueueError> {
         let mut c = self.cmd.clone();
         let (stream, delayed): (u64, u64) = redis::pipe()
-            .cmd("XLEN")
-            .arg(&self.stream)
+            .cmd("SCARD")
+            .arg(&self.waiting)
             .cmd("ZCARD")
             .arg(&self.delayed)
             .query_async(&mut c)
