@@ -224,3 +224,303 @@ pub fn print_pipeline(a: &PipelineArgs, r: &PipelineReport) {
         ideal_minutes(a.tasks, a.ipm, a.latency) * 60.0
     );
 }
+
+// ---- HTTP submit and poll, against the HTTP floor and the store floor ----
+
+#[derive(Debug, Clone)]
+pub struct HttpArgs {
+    /// Requests per scenario.
+    pub requests: usize,
+    /// Concurrent connections.
+    pub connections: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Measure {
+    pub name: String,
+    pub requests: usize,
+    pub per_second: f64,
+    pub p50: Duration,
+    pub p99: Duration,
+}
+
+fn summarize(name: &str, mut lat: Vec<Duration>, elapsed: Duration) -> Measure {
+    lat.sort();
+    let pick = |q: f64| {
+        lat.get(((lat.len() as f64 * q).ceil() as usize).saturating_sub(1))
+            .copied()
+            .unwrap_or_default()
+    };
+    Measure {
+        name: name.to_string(),
+        requests: lat.len(),
+        per_second: lat.len() as f64 / elapsed.as_secs_f64(),
+        p50: pick(0.50),
+        p99: pick(0.99),
+    }
+}
+
+/// Runs `make(i)` futures `total` times over `connections` concurrent loops.
+async fn drive<F, Fut>(
+    name: &str,
+    total: usize,
+    connections: usize,
+    make: F,
+) -> Result<Measure, String>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send,
+{
+    let make = Arc::new(make);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..connections.max(1) {
+        let (make, next) = (make.clone(), next.clone());
+        set.spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= total {
+                    return Ok::<_, String>(lat);
+                }
+                let t = Instant::now();
+                make(i).await?;
+                lat.push(t.elapsed());
+            }
+        });
+    }
+    let mut all = Vec::with_capacity(total);
+    while let Some(r) = set.join_next().await {
+        all.extend(r.map_err(|e| e.to_string())??);
+    }
+    Ok(summarize(name, all, started.elapsed()))
+}
+
+async fn expect_status(
+    r: Result<reqwest::Response, reqwest::Error>,
+    want: u16,
+) -> Result<(), String> {
+    let r = r.map_err(|e| e.to_string())?;
+    let status = r.status().as_u16();
+    // Read the body: a benchmark that skips it measures less than a client does.
+    let body = r.bytes().await.map_err(|e| e.to_string())?;
+    if status == want {
+        Ok(())
+    } else {
+        Err(format!(
+            "answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        ))
+    }
+}
+
+/// Submit and poll over REST and GraphQL on the embedded default (API role: no worker competes
+/// for the cores), beside a bare axum JSON handler (the HTTP floor) and the same store insert
+/// done directly (the store floor).
+pub async fn http(a: HttpArgs) -> Result<Vec<(Measure, Option<(String, f64)>)>, String> {
+    let (n, c) = (a.requests, a.connections);
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(c)
+        .build()
+        .map_err(|e| e.to_string())?;
+
+    // HTTP floor: the smallest axum JSON handler.
+    let floor_listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let floor_url = format!(
+        "http://{}/",
+        floor_listener.local_addr().map_err(|e| e.to_string())?
+    );
+    let floor_app = axum::Router::new().route(
+        "/",
+        axum::routing::get(|| async {
+            axum::Json(json!({"success": true, "data": {"status": "pending"}}))
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(floor_listener, floor_app).await;
+    });
+    let http_floor = {
+        let (client, url) = (client.clone(), floor_url.clone());
+        drive("bare axum JSON handler (HTTP floor)", n, c, move |_| {
+            let (client, url) = (client.clone(), url.clone());
+            async move { expect_status(client.get(url).send().await, 200).await }
+        })
+        .await?
+    };
+
+    // The service under test.
+    let dir = std::env::temp_dir().join(format!("vas-bench-{}", uuid::Uuid::new_v4()));
+    let config = Config {
+        data_dir: dir.clone(),
+        log_level: "warn".into(),
+        ..Config::default()
+    };
+    let backends = Backends::embedded(&config).map_err(|e| e.to_string())?;
+    let store = backends.store.clone();
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let running = app::start_with(config, Some(listener), Role::Api, backends)
+        .await
+        .map_err(|e| e.to_string())?;
+    let base = running.public_base.clone();
+    let user: Value = client
+        .post(format!("{base}/api/v1/users"))
+        .json(&json!({"email": "bench@example.com", "name": "Bench"}))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
+    let user = user["data"]["id"].as_str().ok_or("no user id")?.to_string();
+
+    // Store floor: the insert a submit makes, done directly.
+    let store_floor = {
+        let (store, user) = (store.clone(), user.clone());
+        drive("store insert, direct (store floor)", n, c, move |i| {
+            let (store, user) = (store.clone(), user.clone());
+            async move {
+                let t = crate::domain::Task::new_pending(
+                    user,
+                    "doubao-seedream-3-0-t2i-250415".into(),
+                    format!("floor {i}"),
+                    crate::domain::ImageParams {
+                        size: "1024x1024".into(),
+                        n: 1,
+                        ..Default::default()
+                    },
+                    None,
+                    chrono::Utc::now(),
+                );
+                store
+                    .insert_task(&t)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        })
+        .await?
+    };
+
+    let rest_submit = {
+        let (client, base, user) = (client.clone(), base.clone(), user.clone());
+        drive("REST submit POST /api/v1/ai/image/task", n, c, move |i| {
+            let (client, base, user) = (client.clone(), base.clone(), user.clone());
+            async move {
+                let r = client
+                    .post(format!("{base}/api/v1/ai/image/task"))
+                    .json(&json!({"prompt": format!("rest {i}"), "user_id": user}))
+                    .send()
+                    .await;
+                expect_status(r, 201).await
+            }
+        })
+        .await?
+    };
+    let gql_submit = {
+        let (client, base, user) = (client.clone(), base.clone(), user.clone());
+        drive("GraphQL submit createImageTask", n, c, move |i| {
+            let (client, base, user) = (client.clone(), base.clone(), user.clone());
+            async move {
+                let r = client
+                    .post(format!("{base}/graphql"))
+                    .json(&json!({"query": "mutation($i: CreateImageTaskInput!) { createImageTask(input: $i) { id status } }",
+                                  "variables": {"i": {"userId": user, "prompt": format!("gql {i}")}}}))
+                    .send()
+                    .await;
+                expect_status(r, 200).await
+            }
+        })
+        .await?
+    };
+
+    // Poll one existing task, as polling clients do.
+    let task: Value = client
+        .post(format!("{base}/api/v1/ai/image/task"))
+        .json(&json!({"prompt": "polled", "user_id": user}))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
+    let task_id = task["data"]["task_id"]
+        .as_str()
+        .ok_or("no task id")?
+        .to_string();
+    let rest_poll = {
+        let url = format!("{base}/api/v1/ai/image/result/{task_id}");
+        let client = client.clone();
+        drive(
+            "REST poll GET /api/v1/ai/image/result/:id",
+            n,
+            c,
+            move |_| {
+                let (client, url) = (client.clone(), url.clone());
+                async move { expect_status(client.get(url).send().await, 200).await }
+            },
+        )
+        .await?
+    };
+    let gql_poll = {
+        let (client, base) = (client.clone(), base.clone());
+        let body = json!({"query": "query($id: ID!) { task(id: $id) { id status version result { imageUrl } } }",
+                          "variables": {"id": task_id}});
+        drive("GraphQL poll task(id)", n, c, move |_| {
+            let (client, base, body) = (client.clone(), base.clone(), body.clone());
+            async move {
+                expect_status(
+                    client
+                        .post(format!("{base}/graphql"))
+                        .json(&body)
+                        .send()
+                        .await,
+                    200,
+                )
+                .await
+            }
+        })
+        .await?
+    };
+    running.shutdown(Duration::from_secs(5)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let ratio =
+        |m: &Measure, base: &Measure| Some((base.name.clone(), m.per_second / base.per_second));
+    Ok(vec![
+        (http_floor.clone(), None),
+        (store_floor.clone(), None),
+        (rest_submit.clone(), ratio(&rest_submit, &store_floor)),
+        (gql_submit.clone(), ratio(&gql_submit, &store_floor)),
+        (rest_poll.clone(), ratio(&rest_poll, &http_floor)),
+        (gql_poll.clone(), ratio(&gql_poll, &http_floor)),
+    ])
+}
+
+pub fn print_http(a: &HttpArgs, rows: &[(Measure, Option<(String, f64)>)]) {
+    println!(
+        "HTTP benchmark: {} requests per scenario over {} connections (embedded default, API role)",
+        a.requests, a.connections
+    );
+    println!(
+        "{:<46} {:>10} {:>9} {:>9}  ratio to baseline",
+        "scenario", "req/s", "p50 ms", "p99 ms"
+    );
+    for (m, r) in rows {
+        let ratio = match r {
+            Some((base, x)) => format!("{x:.2} of \"{base}\""),
+            None => "(baseline)".into(),
+        };
+        println!(
+            "{:<46} {:>10.0} {:>9.2} {:>9.2}  {ratio}",
+            m.name,
+            m.per_second,
+            m.p50.as_secs_f64() * 1000.0,
+            m.p99.as_secs_f64() * 1000.0
+        );
+    }
+}

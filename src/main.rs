@@ -52,6 +52,14 @@ enum BenchCommand {
         #[arg(long, default_value_t = 64)]
         clients: usize,
     },
+    /// Submit and poll over REST and GraphQL against the HTTP floor (a bare axum handler) and
+    /// the store floor (the same insert done directly), in one run.
+    Http {
+        #[arg(long, default_value_t = 20000)]
+        requests: usize,
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+    },
 }
 
 #[derive(clap::Args)]
@@ -164,6 +172,22 @@ async fn main() -> anyhow::Result<()> {
             .await
             .map_err(anyhow::Error::msg)?;
         volcengine_ai_server::bench::print_pipeline(&args, &report);
+        return Ok(());
+    }
+    if let Command::Bench(BenchCommand::Http {
+        requests,
+        connections,
+    }) = command
+    {
+        init_tracing("warn", LogFormat::Pretty);
+        let args = volcengine_ai_server::bench::HttpArgs {
+            requests,
+            connections,
+        };
+        let rows = volcengine_ai_server::bench::http(args.clone())
+            .await
+            .map_err(anyhow::Error::msg)?;
+        volcengine_ai_server::bench::print_http(&args, &rows);
         return Ok(());
     }
     let config = Config::from_process_env()?;

@@ -90,3 +90,27 @@ fn bench_pipeline_smoke_run() {
     assert!(stdout.contains("completed            5"), "{stdout}");
     assert!(stdout.contains("failed               0"), "{stdout}");
 }
+
+#[test]
+fn bench_http_smoke_run() {
+    let out = bin()
+        .args(["bench", "http", "--requests", "20", "--connections", "2"])
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for row in [
+        "HTTP floor",
+        "store floor",
+        "REST submit",
+        "GraphQL submit",
+        "REST poll",
+        "GraphQL poll",
+    ] {
+        assert!(stdout.contains(row), "{row} missing: {stdout}");
+    }
+}
