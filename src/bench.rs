@@ -36,6 +36,58 @@ pub struct PipelineReport {
     pub ratio: f64,
 }
 
+/// The service under test: the embedded default in a fresh data folder, with one user.
+struct UnderTest {
+    running: app::Running,
+    base: String,
+    user: String,
+    store: Arc<dyn crate::store::Store>,
+    dir: std::path::PathBuf,
+}
+
+impl UnderTest {
+    async fn start(
+        mut config: Config,
+        role: Role,
+        client: &reqwest::Client,
+    ) -> Result<UnderTest, String> {
+        let dir = std::env::temp_dir().join(format!("vas-bench-{}", uuid::Uuid::new_v4()));
+        config.data_dir = dir.clone();
+        config.log_level = "warn".into();
+        let backends = Backends::embedded(&config).map_err(|e| e.to_string())?;
+        let store = backends.store.clone();
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| e.to_string())?;
+        let running = app::start_with(config, Some(listener), role, backends)
+            .await
+            .map_err(|e| e.to_string())?;
+        let base = running.public_base.clone();
+        let user: Value = client
+            .post(format!("{base}/api/v1/users"))
+            .json(&json!({"email": "bench@example.com", "name": "Bench"}))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        let user = user["data"]["id"].as_str().ok_or("no user id")?.to_string();
+        Ok(UnderTest {
+            running,
+            base,
+            user,
+            store,
+            dir,
+        })
+    }
+
+    async fn stop(self) {
+        self.running.shutdown(Duration::from_secs(5)).await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Submits `tasks` at once to an embedded service whose provider (the emulator) allows `ipm`
 /// images per minute after `latency` each, and measures the images per minute achieved.
 pub async fn pipeline(a: PipelineArgs) -> Result<PipelineReport, String> {
@@ -60,11 +112,9 @@ pub async fn pipeline(a: PipelineArgs) -> Result<PipelineReport, String> {
     .await
     .map_err(|e| e.to_string())?;
 
-    let dir = std::env::temp_dir().join(format!("vas-bench-{}", uuid::Uuid::new_v4()));
     // Enough calls in flight to keep the pace through the latency, with headroom.
     let in_flight = ((f64::from(a.ipm) / 60.0 * a.latency.as_secs_f64()) * 1.5).ceil() as usize + 4;
     let config = Config {
-        data_dir: dir.clone(),
         volcengine_endpoint: emu_url,
         volcengine_api_key: Some("bench".into()),
         provider_ipm: crate::config::ProviderIpm {
@@ -75,59 +125,30 @@ pub async fn pipeline(a: PipelineArgs) -> Result<PipelineReport, String> {
         provider_concurrency: in_flight,
         retry_base_delay: Duration::from_millis(200),
         retry_max_delay: Duration::from_secs(5),
-        log_level: "warn".into(),
         ..Config::default()
     };
-    let backends = Backends::embedded(&config).map_err(|e| e.to_string())?;
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| e.to_string())?;
-    let running = app::start_with(config, Some(listener), Role::Serve, backends)
-        .await
-        .map_err(|e| e.to_string())?;
-    let base = running.public_base.clone();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(a.clients)
         .build()
         .map_err(|e| e.to_string())?;
-
-    let user: Value = http
-        .post(format!("{base}/api/v1/users"))
-        .json(&json!({"email": "bench@example.com", "name": "Bench"}))
-        .send()
-        .await
-        .map_err(|e| e.to_string())?
-        .json()
-        .await
-        .map_err(|e| e.to_string())?;
-    let user = user["data"]["id"].as_str().ok_or("no user id")?.to_string();
+    let service = UnderTest::start(config, Role::Serve, &http).await?;
+    let base = service.base.clone();
 
     let started = Instant::now();
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut submitters = tokio::task::JoinSet::new();
-    for _ in 0..a.clients.max(1) {
-        let (http, base, user, next) = (http.clone(), base.clone(), user.clone(), next.clone());
-        let total = a.tasks;
-        submitters.spawn(async move {
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= total {
-                    return Ok::<(), String>(());
-                }
+    {
+        let (http, base, user) = (http.clone(), base.clone(), service.user.clone());
+        drive("submit", a.tasks, a.clients, move |i| {
+            let (http, base, user) = (http.clone(), base.clone(), user.clone());
+            async move {
                 let r = http
                     .post(format!("{base}/api/v1/ai/image/task"))
                     .json(&json!({"prompt": format!("bench {i}"), "user_id": user}))
                     .send()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if r.status() != 201 {
-                    return Err(format!("submit answered {}", r.status()));
-                }
+                    .await;
+                expect_status(r, 201).await
             }
-        });
-    }
-    while let Some(r) = submitters.join_next().await {
-        r.map_err(|e| e.to_string())??;
+        })
+        .await?;
     }
     let submitted_in = started.elapsed();
     eprintln!(
@@ -167,9 +188,8 @@ pub async fn pipeline(a: PipelineArgs) -> Result<PipelineReport, String> {
     };
     let elapsed = started.elapsed();
     let s = emu.stats();
-    running.shutdown(Duration::from_secs(5)).await;
+    service.stop().await;
     stop.cancel();
-    let _ = std::fs::remove_dir_all(&dir);
 
     let achieved_ipm = completed as f64 / (elapsed.as_secs_f64() / 60.0);
     // A run shorter than a minute cannot show more than the burst the provider allows at once.
@@ -351,32 +371,12 @@ pub async fn http(a: HttpArgs) -> Result<Vec<(Measure, Option<(String, f64)>)>, 
         .await?
     };
 
-    // The service under test.
-    let dir = std::env::temp_dir().join(format!("vas-bench-{}", uuid::Uuid::new_v4()));
-    let config = Config {
-        data_dir: dir.clone(),
-        log_level: "warn".into(),
-        ..Config::default()
-    };
-    let backends = Backends::embedded(&config).map_err(|e| e.to_string())?;
-    let store = backends.store.clone();
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| e.to_string())?;
-    let running = app::start_with(config, Some(listener), Role::Api, backends)
-        .await
-        .map_err(|e| e.to_string())?;
-    let base = running.public_base.clone();
-    let user: Value = client
-        .post(format!("{base}/api/v1/users"))
-        .json(&json!({"email": "bench@example.com", "name": "Bench"}))
-        .send()
-        .await
-        .map_err(|e| e.to_string())?
-        .json()
-        .await
-        .map_err(|e| e.to_string())?;
-    let user = user["data"]["id"].as_str().ok_or("no user id")?.to_string();
+    let service = UnderTest::start(Config::default(), Role::Api, &client).await?;
+    let (base, user, store) = (
+        service.base.clone(),
+        service.user.clone(),
+        service.store.clone(),
+    );
 
     // Store floor: the insert a submit makes, done directly.
     let store_floor = {
@@ -486,8 +486,7 @@ pub async fn http(a: HttpArgs) -> Result<Vec<(Measure, Option<(String, f64)>)>, 
         })
         .await?
     };
-    running.shutdown(Duration::from_secs(5)).await;
-    let _ = std::fs::remove_dir_all(&dir);
+    service.stop().await;
 
     let ratio =
         |m: &Measure, base: &Measure| Some((base.name.clone(), m.per_second / base.per_second));
