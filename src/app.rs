@@ -47,8 +47,12 @@ pub enum StartError {
     Provider(#[from] ProviderError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// MongoDB or Redis could not be reached or set up at start.
     #[error("{0}")]
-    Unsupported(String),
+    Backend(String),
+    /// The caller asked for something that cannot run (a role without what it needs).
+    #[error("{0}")]
+    Setup(String),
 }
 
 /// The three backends behind the traits.
@@ -90,10 +94,10 @@ impl Backends {
             write_locks: config.mongo_write_locks,
         })
         .await
-        .map_err(|e| StartError::Unsupported(format!("MongoDB at MONGO_URL: {e}")))?;
+        .map_err(|e| StartError::Backend(format!("MongoDB at MONGO_URL: {e}")))?;
         tracing::info!(database = store.database_name(), "MongoDB store connected");
         let client = redis::Client::open(redis_url)
-            .map_err(|e| StartError::Unsupported(format!("REDIS_URL: {e}")))?;
+            .map_err(|e| StartError::Backend(format!("REDIS_URL: {e}")))?;
         let consumer = format!("consumer-{}", uuid::Uuid::new_v4());
         let queue = RedisQueue::connect(
             &client,
@@ -102,18 +106,18 @@ impl Backends {
             config.task_lease * 2,
         )
         .await
-        .map_err(|e| StartError::Unsupported(format!("Redis at REDIS_URL: {e}")))?;
+        .map_err(|e| StartError::Backend(format!("Redis at REDIS_URL: {e}")))?;
         let pacer = RedisPacer::new(
             client
                 .get_connection_manager()
                 .await
-                .map_err(|e| StartError::Unsupported(format!("Redis at REDIS_URL: {e}")))?,
+                .map_err(|e| StartError::Backend(format!("Redis at REDIS_URL: {e}")))?,
             &config.redis_prefix,
         );
         let background = CancellationToken::new();
         let events = RedisEvents::connect(client, &config.redis_prefix, background.clone())
             .await
-            .map_err(|e| StartError::Unsupported(format!("Redis at REDIS_URL: {e}")))?;
+            .map_err(|e| StartError::Backend(format!("Redis at REDIS_URL: {e}")))?;
         tracing::info!(prefix = %config.redis_prefix, "Redis queue and events connected");
         Ok(Backends {
             store: Arc::new(store),
@@ -236,7 +240,7 @@ pub async fn start_with(
     let listener = match (role.runs_api(), listener) {
         (true, Some(l)) => Some(l),
         (true, None) => {
-            return Err(StartError::Unsupported(
+            return Err(StartError::Setup(
                 "the API role needs a listening socket".into(),
             ))
         }

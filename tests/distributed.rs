@@ -24,21 +24,17 @@ use volcengine_ai_server::emulator::{self, Emulator, EmulatorConfig};
 
 const KEY: &str = "dist-key";
 
-fn services() -> Option<(String, String)> {
+/// The suite is built only with `--features distributed-tests` (see `scripts/test`), so the
+/// services must be there.
+fn services() -> (String, String) {
     match (
         std::env::var("TEST_MONGO_URL"),
         std::env::var("TEST_REDIS_URL"),
     ) {
-        (Ok(m), Ok(r)) => Some((m, r)),
-        _ if std::env::var("REQUIRE_SERVICES").is_ok() => {
-            panic!("REQUIRE_SERVICES is set but TEST_MONGO_URL/TEST_REDIS_URL are not")
-        }
-        _ => {
-            eprintln!(
-                "distributed suite needs TEST_MONGO_URL and TEST_REDIS_URL; run ./scripts/test"
-            );
-            None
-        }
+        (Ok(m), Ok(r)) => (m, r),
+        _ => panic!(
+            "the distributed suite needs TEST_MONGO_URL and TEST_REDIS_URL; run ./scripts/test"
+        ),
     }
 }
 
@@ -226,9 +222,7 @@ fn duplicates(emu: &Emulator) -> u64 {
 
 #[tokio::test]
 async fn two_apis_two_workers_every_task_completes_once_and_every_subscriber_sees_it() {
-    let Some((mongo, redis)) = services() else {
-        return;
-    };
+    let (mongo, redis) = services();
     let (emu, emu_url, _stop) = emulator(Duration::from_millis(50)).await;
     let d = Deployment::new(&mongo, &redis, &emu_url, &[("WORKER_CONCURRENCY", "16")]);
     let (_a1, api1) = d.api().await;
@@ -347,9 +341,7 @@ async fn two_apis_two_workers_every_task_completes_once_and_every_subscriber_see
 
 #[tokio::test]
 async fn a_worker_killed_mid_call_loses_no_task() {
-    let Some((mongo, redis)) = services() else {
-        return;
-    };
+    let (mongo, redis) = services();
     let (emu, emu_url, _stop) = emulator(Duration::from_secs(3)).await;
     let d = Deployment::new(
         &mongo,
@@ -441,7 +433,7 @@ impl PrivateRedis {
 
 #[tokio::test]
 async fn flushall_while_tasks_are_queued_loses_none() {
-    let Some((mongo, _)) = services() else { return };
+    let (mongo, _) = services();
     let redis = PrivateRedis::start(free_port()).await;
     let (emu, emu_url, _stop) = emulator(Duration::from_millis(300)).await;
     let d = Deployment::new(
@@ -478,7 +470,7 @@ async fn flushall_while_tasks_are_queued_loses_none() {
 
 #[tokio::test]
 async fn a_redis_restart_under_subscribers_still_delivers_terminal_states() {
-    let Some((mongo, _)) = services() else { return };
+    let (mongo, _) = services();
     let mut redis = PrivateRedis::start(free_port()).await;
     let (emu, emu_url, _stop) = emulator(Duration::from_millis(1500)).await;
     let d = Deployment::new(
@@ -572,9 +564,7 @@ impl Chaos {
 
 #[tokio::test]
 async fn mongodb_unreachable_answers_503_and_recovers_by_itself() {
-    let Some((mongo, redis)) = services() else {
-        return;
-    };
+    let (mongo, redis) = services();
     let upstream = mongo
         .trim_start_matches("mongodb://")
         .trim_end_matches('/')
@@ -668,9 +658,7 @@ async fn sigterm(p: &mut Proc) -> std::process::ExitStatus {
 
 #[tokio::test]
 async fn sigterm_finishes_calls_in_flight_or_releases_them_at_the_deadline() {
-    let Some((mongo, redis)) = services() else {
-        return;
-    };
+    let (mongo, redis) = services();
     let (emu, emu_url, _stop) = emulator(Duration::from_secs(2)).await;
     let patient = Deployment::new(&mongo, &redis, &emu_url, &[("SHUTDOWN_TIMEOUT", "30s")]);
     let (_api, api) = patient.api().await;
@@ -723,7 +711,7 @@ async fn sigterm_finishes_calls_in_flight_or_releases_them_at_the_deadline() {
 #[tokio::test]
 async fn the_redis_queue_holds_one_entry_per_waiting_task() {
     use volcengine_ai_server::queue::{redis::RedisQueue, Queue};
-    let Some((_, redis)) = services() else { return };
+    let (_, redis) = services();
     let client = redis::Client::open(redis).expect("client");
     let q = RedisQueue::connect(&client, &unique_name(), "c1", Duration::from_secs(60))
         .await

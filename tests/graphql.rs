@@ -610,3 +610,14 @@ async fn task_user_is_loaded_in_one_batch_per_page() {
         "no per-task lookups"
     );
 }
+
+#[tokio::test]
+async fn an_oversized_graphql_body_is_413_and_changes_nothing() {
+    let s = TestServer::start_with(|c| c.max_body_bytes = 64 * 1024).await;
+    let user = gql_user(&s, "big@example.com").await;
+    let big = json!({"query": CREATE_TASK, "variables": {"input": {"userId": user, "prompt": "p".repeat(100 * 1024)}}});
+    let (status, r) = s.post("/graphql", big).await;
+    assert_eq!(status, 413, "{r}");
+    assert_eq!(r["errors"][0]["extensions"]["code"], "BAD_USER_INPUT");
+    assert_eq!(s.stats_total().await, 0);
+}

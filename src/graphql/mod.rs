@@ -92,12 +92,18 @@ pub async fn post_handler(
 ) -> Response {
     let body = match body {
         Ok(b) => b,
-        Err(_) => {
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             return gql_error_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 AppError::PayloadTooLarge {
                     limit: state.config.max_body_bytes,
                 },
+            )
+        }
+        Err(_) => {
+            return gql_error_response(
+                StatusCode::BAD_REQUEST,
+                AppError::InvalidJson("the request body could not be read".into()),
             )
         }
     };
