@@ -191,8 +191,12 @@ async fn provider(
 ) -> Result<(Arc<dyn ImageProvider>, Option<emulator::Emulator>), StartError> {
     match &config.volcengine_api_key {
         Some(key) => {
-            let client =
-                ArkClient::new(&config.volcengine_endpoint, key, config.ai_timeout, "ark")?;
+            let client = ArkClient::new(
+                &config.volcengine_endpoint,
+                key.expose(),
+                config.ai_timeout,
+                "ark",
+            )?;
             Ok((Arc::new(client), None))
         }
         None => {
@@ -253,11 +257,31 @@ pub async fn start_with(
     let config = Arc::new(config);
     let backends_background = backends.background;
     let pacer = backends.pacer;
+    if let Some(addr) = listener.as_ref().and_then(|l| l.local_addr().ok()) {
+        if config.admin_api_key.is_none() && !addr.ip().is_loopback() {
+            return Err(StartError::Setup(format!(
+                "refusing to listen on {addr} without API keys: set ADMIN_API_KEY (at least {} \
+                 characters) to serve beyond this machine, or HOST=127.0.0.1",
+                crate::config::MIN_ADMIN_KEY_LEN
+            )));
+        }
+        if config.admin_api_key.is_none() {
+            tracing::warn!(%addr, "AUTH OFF: no ADMIN_API_KEY set; every local caller acts as the admin (loopback only)");
+        } else {
+            tracing::info!(%addr, "auth on: requests need an API key");
+        }
+    }
     let service = Arc::new(Service {
+        auth: crate::auth::Authenticator::new(
+            config.admin_api_key.as_ref().map(|k| k.expose()),
+            backends.store.clone(),
+        ),
         store: backends.store,
         queue: backends.queue,
         events: backends.events,
         catalog: Arc::new(Catalog::new(&config.model_ids)),
+        limits: crate::service::Limits::from_config(&config),
+        pacer: pacer.clone(),
     });
     let (provider, emulator) = if role.runs_worker() {
         let (p, e) = provider(&config, &shutdown).await?;
@@ -317,10 +341,14 @@ pub async fn start_with(
             service: service.clone(),
             public_base: public_base.clone(),
             resync: config.subscription_resync,
+            sockets: Default::default(),
+            max_sockets_per_key: config.ws_max_connections_per_key,
+            max_subscriptions: config.ws_max_subscriptions,
         });
         let state = AppState {
             service: service.clone(),
-            schema: graphql::build_schema(Some(ctx), &config),
+            schema: graphql::build_schema(Some(ctx.clone()), &config),
+            gql: ctx,
             config: config.clone(),
             public_base: public_base.clone(),
             provider_mode,

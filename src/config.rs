@@ -58,6 +58,38 @@ pub struct ConfigError {
     pub reason: String,
 }
 
+/// A secret from the environment. `Debug` never shows it, so logging a config cannot leak it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Secret(s.to_string())
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Secret(s)
+    }
+}
+
+/// Admin keys shorter than this are refused: the admin key is the one secret that opens
+/// everything.
+pub const MIN_ADMIN_KEY_LEN: usize = 16;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Pretty,
@@ -95,7 +127,22 @@ pub struct Config {
     /// Namespace of every Redis key and channel, so several deployments can share one Redis.
     pub redis_prefix: String,
     /// `None`: sandbox mode against the in-process emulator.
-    pub volcengine_api_key: Option<String>,
+    pub volcengine_api_key: Option<Secret>,
+    /// The operator's key; auth is off (and only a loopback bind allowed) without it.
+    pub admin_api_key: Option<Secret>,
+    /// Tasks a user key may submit per minute, on average (a token bucket shared by all api
+    /// processes in distributed mode).
+    pub user_submit_per_minute: u32,
+    /// How many submits a user key may make at once above the average rate.
+    pub user_submit_burst: u32,
+    /// Pending plus processing tasks a user may have at a time.
+    pub user_max_in_flight: u64,
+    /// How long an idempotency key keeps answering with its first task.
+    pub idempotency_ttl: Duration,
+    /// Open WebSocket connections per API key (per api process).
+    pub ws_max_connections_per_key: usize,
+    /// Active subscriptions per WebSocket connection.
+    pub ws_max_subscriptions: usize,
     pub volcengine_endpoint: String,
     pub volcengine_region: String,
     pub ai_timeout: Duration,
@@ -140,6 +187,13 @@ impl Default for Config {
             redis_url: None,
             redis_prefix: "vas".into(),
             volcengine_api_key: None,
+            admin_api_key: None,
+            user_submit_per_minute: 120,
+            user_submit_burst: 20,
+            user_max_in_flight: 100,
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+            ws_max_connections_per_key: 32,
+            ws_max_subscriptions: 200,
             volcengine_endpoint: DEFAULT_ENDPOINT.into(),
             volcengine_region: "cn-beijing".into(),
             ai_timeout: Duration::from_secs(120),
@@ -426,7 +480,47 @@ impl Config {
             redis_prefix,
             volcengine_api_key: env
                 .raw(&["VOLCENGINE_API_KEY", "ARK_API_KEY"])
-                .map(|(_, v)| v),
+                .map(|(_, v)| Secret(v)),
+            admin_api_key: match env.raw(&["ADMIN_API_KEY"]) {
+                None => None,
+                Some((var, v)) if v.trim().chars().count() < MIN_ADMIN_KEY_LEN => {
+                    return Err(ConfigError {
+                        var,
+                        value: "[redacted]".into(),
+                        reason: format!("must be at least {MIN_ADMIN_KEY_LEN} characters"),
+                    })
+                }
+                Some((var, v)) if !v.trim().chars().all(|c| c.is_ascii_graphic()) => {
+                    return Err(ConfigError {
+                        var,
+                        value: "[redacted]".into(),
+                        reason: "must be printable ASCII without spaces".into(),
+                    })
+                }
+                Some((_, v)) => Some(Secret(v.trim().to_string())),
+            },
+            user_submit_per_minute: env.parse(
+                &["USER_SUBMIT_PER_MINUTE"],
+                d.user_submit_per_minute,
+                positive,
+            )?,
+            user_submit_burst: env.parse(&["USER_SUBMIT_BURST"], d.user_submit_burst, positive)?,
+            user_max_in_flight: env.parse(
+                &["USER_MAX_IN_FLIGHT"],
+                d.user_max_in_flight,
+                positive,
+            )?,
+            idempotency_ttl: env.duration(&["IDEMPOTENCY_TTL"], d.idempotency_ttl, ms(1000))?,
+            ws_max_connections_per_key: env.parse(
+                &["WS_MAX_CONNECTIONS_PER_KEY"],
+                d.ws_max_connections_per_key,
+                positive,
+            )?,
+            ws_max_subscriptions: env.parse(
+                &["WS_MAX_SUBSCRIPTIONS"],
+                d.ws_max_subscriptions,
+                positive,
+            )?,
             volcengine_endpoint,
             volcengine_region: env.string(&["VOLCENGINE_REGION"], &d.volcengine_region),
             ai_timeout: env.duration(&["AI_TIMEOUT"], d.ai_timeout, ms(100))?,
@@ -522,7 +616,11 @@ mod tests {
             ("VOLCENGINE_ENDPOINT", "http://127.0.0.1:9/"),
         ])
         .expect("aliases");
-        assert_eq!(c.volcengine_api_key.as_deref(), Some("k"));
+        assert_eq!(c.volcengine_api_key.as_ref().map(Secret::expose), Some("k"));
+        assert!(
+            !format!("{c:?}").contains("\"k\""),
+            "the key must not show in Debug"
+        );
         assert_eq!(c.mongo_url.as_deref(), Some("mongodb://x"));
         assert_eq!(c.ai_timeout, Duration::from_secs(30));
         assert_eq!(c.volcengine_endpoint, "http://127.0.0.1:9");

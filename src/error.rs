@@ -48,8 +48,12 @@ pub enum AppError {
     Forbidden(String),
     #[error("request body exceeds {limit} bytes")]
     PayloadTooLarge { limit: usize },
-    #[error("too many requests; retry after {retry_after_secs} s")]
-    RateLimited { retry_after_secs: u64 },
+    /// A per-user limit was hit; `reason` says which (safe to show).
+    #[error("{reason}; retry after {retry_after_secs} s")]
+    RateLimited {
+        retry_after_secs: u64,
+        reason: String,
+    },
     /// A backend is unreachable. The detail is for logs only.
     #[error("service temporarily unavailable")]
     Unavailable(String),

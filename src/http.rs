@@ -23,6 +23,8 @@ use crate::service::Service;
 pub struct AppState {
     pub service: Arc<Service>,
     pub schema: AppSchema,
+    /// What the schema's resolvers share; the WebSocket handler counts sockets on it.
+    pub gql: Arc<graphql::Ctx>,
     pub config: Arc<Config>,
     pub public_base: String,
     pub provider_mode: &'static str,

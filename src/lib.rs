@@ -2,6 +2,7 @@
 //! generation. See `docs/architecture.md` for the design and `README.md` to run it.
 
 pub mod app;
+pub mod auth;
 pub mod bench;
 pub mod config;
 pub mod domain;

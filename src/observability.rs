@@ -63,8 +63,15 @@ pub async fn track_http(req: Request, next: Next) -> Response {
     resp
 }
 
-/// `GET /metrics`: refreshes the gauges read from the store, then renders.
-pub async fn render(State(s): State<AppState>) -> Response {
+/// `GET /metrics`: refreshes the gauges read from the store, then renders. With auth on it
+/// needs the admin key (Prometheus: `authorization: {credentials: …}` in the scrape config).
+pub async fn render(State(s): State<AppState>, caller: crate::rest::Caller) -> Response {
+    if !caller.0.is_admin() {
+        return crate::rest::envelope::ApiError::from(crate::error::AppError::Forbidden(
+            "metrics need the admin key".into(),
+        ))
+        .into_response();
+    }
     let Some(handle) = handle() else {
         return (
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -72,7 +79,7 @@ pub async fn render(State(s): State<AppState>) -> Response {
         )
             .into_response();
     };
-    match s.service.queue_stats().await {
+    match s.service.queue_stats(&caller.0).await {
         Ok(stats) => {
             for (status, n) in &stats.by_status {
                 metrics::gauge!("tasks", "status" => status.clone()).set(*n as f64);

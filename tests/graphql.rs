@@ -12,7 +12,7 @@ use common::{Proto, TestServer, WsClient, WsEvent, TASK_UPDATED};
 use serde_json::{json, Value};
 
 use volcengine_ai_server::app::Backends;
-use volcengine_ai_server::domain::{Task, TaskStatus, User};
+use volcengine_ai_server::domain::{ApiKey, Task, TaskStatus, User};
 use volcengine_ai_server::store::{ImageBlob, InsertOutcome, Store, StoreError, TaskQuery};
 
 const CREATE_USER: &str =
@@ -546,6 +546,30 @@ impl Store for Counting {
     }
     async fn status_counts(&self) -> Result<HashMap<TaskStatus, u64>, StoreError> {
         self.inner.status_counts().await
+    }
+    async fn count_active_tasks(&self, u: &str) -> Result<u64, StoreError> {
+        self.inner.count_active_tasks(u).await
+    }
+    async fn release_idempotency_key(&self, u: &str, k: &str, t: &str) -> Result<(), StoreError> {
+        self.inner.release_idempotency_key(u, k, t).await
+    }
+    async fn insert_api_key(&self, k: &ApiKey) -> Result<(), StoreError> {
+        self.inner.insert_api_key(k).await
+    }
+    async fn get_api_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError> {
+        self.inner.get_api_key(id).await
+    }
+    async fn find_api_key(&self, h: &str) -> Result<Option<ApiKey>, StoreError> {
+        self.inner.find_api_key(h).await
+    }
+    async fn list_api_keys(&self, u: &str) -> Result<Vec<ApiKey>, StoreError> {
+        self.inner.list_api_keys(u).await
+    }
+    async fn revoke_api_key(&self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
+        self.inner.revoke_api_key(id, at).await
+    }
+    async fn touch_api_key(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.inner.touch_api_key(id, at).await
     }
     async fn put_image(&self, i: &ImageBlob) -> Result<(), StoreError> {
         self.inner.put_image(i).await

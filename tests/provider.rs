@@ -37,7 +37,7 @@ async fn server(endpoint: &str, key: &str, max_attempts: u32) -> TestServer {
     let (endpoint, key) = (endpoint.to_string(), key.to_string());
     TestServer::start_with(move |c| {
         c.volcengine_endpoint = endpoint;
-        c.volcengine_api_key = Some(key);
+        c.volcengine_api_key = Some(key.into());
         c.max_attempts = max_attempts;
     })
     .await

@@ -2,10 +2,12 @@
 //! catalogue of image models. Nothing here does I/O; the service layer persists what these
 //! functions compute.
 
+pub mod api_key;
 pub mod models;
 pub mod task;
 pub mod user;
 
+pub use api_key::ApiKey;
 pub use models::{Catalog, ModelFamily, ModelSpec, SizeRule};
 pub use task::{
     ImageParams, StoredImage, Task, TaskError, TaskResult, TaskStatus, TransitionError,

@@ -35,7 +35,9 @@ pub fn to_gql(e: AppError) -> async_graphql::Error {
                     .collect();
                 ext.set("details", details);
             }
-            AppError::RateLimited { retry_after_secs } => ext.set("retryAfter", *retry_after_secs),
+            AppError::RateLimited {
+                retry_after_secs, ..
+            } => ext.set("retryAfter", *retry_after_secs),
             _ => {}
         }
     })

@@ -11,15 +11,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_graphql::dataloader::DataLoader;
-use async_graphql::http::{GraphiQLSource, ALL_WEBSOCKET_PROTOCOLS};
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use async_graphql::http::{GraphiQLSource, WebSocketProtocols, WsMessage, ALL_WEBSOCKET_PROTOCOLS};
 use async_graphql::{Data, Schema};
-use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
 use axum::body::Bytes;
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use axum::extract::{FromRequestParts, Request, State, WebSocketUpgrade};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
+use futures::{SinkExt, StreamExt};
 
+use crate::auth::Principal;
 use crate::config::Config;
 use crate::error::AppError;
 use crate::http::AppState;
@@ -36,6 +43,10 @@ pub struct Ctx {
     pub public_base: String,
     /// How long a subscription waits for an event before re-reading the store.
     pub resync: Duration,
+    /// Open WebSocket connections per API key (this process).
+    pub sockets: Mutex<HashMap<String, usize>>,
+    pub max_sockets_per_key: usize,
+    pub max_subscriptions: usize,
 }
 
 pub fn build_schema(ctx: Option<Arc<Ctx>>, cfg: &Config) -> AppSchema {
@@ -86,10 +97,39 @@ fn gql_error_response(status: StatusCode, e: AppError) -> Response {
         .into_response()
 }
 
+/// The caller of an HTTP GraphQL request, or the error answer to send instead.
+async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Principal, Response> {
+    let value = match headers.get(header::AUTHORIZATION) {
+        None => None,
+        Some(v) => match v.to_str() {
+            Ok(v) => Some(v),
+            Err(_) => {
+                return Err(gql_error_response(
+                    StatusCode::UNAUTHORIZED,
+                    AppError::Unauthenticated(
+                        "the Authorization header is not readable text".into(),
+                    ),
+                ))
+            }
+        },
+    };
+    state
+        .service
+        .auth
+        .authenticate(value)
+        .await
+        .map_err(|e| gql_error_response(StatusCode::UNAUTHORIZED, e))
+}
+
 pub async fn post_handler(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
+    let who = match caller(&state, &headers).await {
+        Ok(p) => p,
+        Err(resp) => return resp,
+    };
     let body = match body {
         Ok(b) => b,
         Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
@@ -116,7 +156,10 @@ pub async fn post_handler(
             )
         }
     };
-    let resp = state.schema.execute(req.data(request_data(&state))).await;
+    let resp = state
+        .schema
+        .execute(req.data(request_data(&state)).data(who))
+        .await;
     Json(with_codes(resp)).into_response()
 }
 
@@ -131,10 +174,22 @@ pub async fn get_handler(State(state): State<AppState>, req: Request) -> Respons
         return ws_handler(State(state), req).await;
     }
     if let Some(q) = req.uri().query().filter(|q| q.contains("query=")) {
+        let who = match caller(&state, req.headers()).await {
+            Ok(p) => p,
+            Err(resp) => return resp,
+        };
         let parsed = async_graphql::http::parse_query_string(q);
         return match parsed {
+            // A GET must not change anything (it can be triggered by a link or an <img>).
+            Ok(r) if r.query.trim_start().starts_with("mutation") => gql_error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                AppError::invalid("query", "mutations must be sent with POST"),
+            ),
             Ok(r) => {
-                let resp = state.schema.execute(r.data(request_data(&state))).await;
+                let resp = state
+                    .schema
+                    .execute(r.data(request_data(&state)).data(who))
+                    .await;
                 Json(with_codes(resp)).into_response()
             }
             Err(e) => gql_error_response(
@@ -153,32 +208,235 @@ pub async fn get_handler(State(state): State<AppState>, req: Request) -> Respons
     .into_response()
 }
 
+/// Counts one connection's subscriptions against `WS_MAX_SUBSCRIPTIONS`.
+pub struct SubscriptionSlots {
+    used: Arc<AtomicUsize>,
+    max: usize,
+}
+
+/// One subscription's place on its connection, given back when its stream is dropped.
+pub struct SubscriptionSlot(Arc<AtomicUsize>);
+
+impl SubscriptionSlot {
+    /// `None` outside a WebSocket connection (nothing to count).
+    pub fn take(c: &async_graphql::Context<'_>) -> Result<Option<SubscriptionSlot>, AppError> {
+        let Some(slots) = c.data_opt::<SubscriptionSlots>() else {
+            return Ok(None);
+        };
+        if slots.used.fetch_add(1, Ordering::SeqCst) >= slots.max {
+            slots.used.fetch_sub(1, Ordering::SeqCst);
+            return Err(AppError::RateLimited {
+                retry_after_secs: 1,
+                reason: format!(
+                    "this connection already has {} subscriptions, the most allowed",
+                    slots.max
+                ),
+            });
+        }
+        Ok(Some(SubscriptionSlot(slots.used.clone())))
+    }
+}
+
+impl Drop for SubscriptionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A connection's place in its key's `WS_MAX_CONNECTIONS_PER_KEY`.
+struct SocketSlot {
+    ctx: Arc<Ctx>,
+    key: String,
+}
+
+impl SocketSlot {
+    /// The admin (an operator's tooling, or anyone while auth is off) is not capped.
+    fn take(ctx: &Arc<Ctx>, who: &Principal) -> Option<Option<SocketSlot>> {
+        if who.is_admin() {
+            return Some(None);
+        }
+        let key = who.label();
+        let mut map = ctx.sockets.lock().ok()?;
+        let n = map.entry(key.clone()).or_insert(0);
+        if *n >= ctx.max_sockets_per_key {
+            return None;
+        }
+        *n += 1;
+        Some(Some(SocketSlot {
+            ctx: ctx.clone(),
+            key,
+        }))
+    }
+}
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.ctx.sockets.lock() {
+            if let Some(n) = map.get_mut(&self.key) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    map.remove(&self.key);
+                }
+            }
+        }
+    }
+}
+
+/// How long a new socket may take to send `connection_init` (graphql-ws closes with 4408).
+const INIT_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub async fn ws_handler(State(state): State<AppState>, req: Request) -> Response {
     let (mut parts, _) = req.into_parts();
-    let protocol = match GraphQLProtocol::from_request_parts(&mut parts, &state).await {
-        Ok(p) => p,
-        Err(_) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                "expected Sec-WebSocket-Protocol graphql-transport-ws or graphql-ws",
-            )
-                .into_response()
-        }
+    let protocol = parts
+        .headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.split(',')
+                .find_map(|p| WebSocketProtocols::from_str(p.trim()).ok())
+        });
+    let Some(protocol) = protocol else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "expected Sec-WebSocket-Protocol graphql-transport-ws or graphql-ws",
+        )
+            .into_response();
     };
     let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
         Ok(u) => u,
         Err(e) => return e.into_response(),
     };
-    let schema = state.schema.clone();
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
-        .on_upgrade(move |stream| async move {
-            let _open = crate::observability::GaugeGuard::new("websocket_connections");
-            let mut data = Data::default();
-            data.insert(request_data(&state));
-            GraphQLWebSocket::new(stream, schema, protocol)
-                .with_data(data)
-                .serve()
-                .await
-        })
+        .on_upgrade(move |socket| serve_socket(state, socket, protocol))
+}
+
+/// What a socket's first message was, when it is not a usable `connection_init`.
+enum Refusal {
+    /// Close code and reason (graphql-transport-ws); the legacy protocol gets a
+    /// `connection_error` message first.
+    Close(u16, String),
+    /// The client went away.
+    Gone,
+}
+
+/// Authenticates the `connection_init` payload before the GraphQL session starts, so a socket
+/// without a valid key never reaches a resolver: 4401 for a subscribe before init, 4403 for a
+/// bad key, 4408 for no init in time, 4429 for too many sockets on one key.
+async fn admit_socket(
+    state: &AppState,
+    ctx: &Arc<Ctx>,
+    socket: &mut WebSocket,
+) -> Result<(Vec<u8>, Principal, Option<SocketSlot>), Refusal> {
+    let first = loop {
+        match tokio::time::timeout(INIT_TIMEOUT, socket.recv()).await {
+            Err(_) => {
+                return Err(Refusal::Close(
+                    4408,
+                    "Connection initialisation timeout".into(),
+                ))
+            }
+            Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => {
+                return Err(Refusal::Gone)
+            }
+            Ok(Some(Ok(Message::Text(t)))) => break t.as_bytes().to_vec(),
+            Ok(Some(Ok(Message::Binary(b)))) => break b.to_vec(),
+            Ok(Some(Ok(_))) => continue,
+        }
+    };
+    let msg: serde_json::Value = serde_json::from_slice(&first)
+        .map_err(|_| Refusal::Close(4400, "Invalid message received".into()))?;
+    match msg.get("type").and_then(|t| t.as_str()) {
+        Some("connection_init") => {}
+        Some("subscribe") | Some("start") => {
+            return Err(Refusal::Close(4401, "Unauthorized".into()))
+        }
+        _ => return Err(Refusal::Close(4400, "expected connection_init".into())),
+    }
+    let payload = msg.get("payload");
+    let credential = ["authorization", "Authorization", "apiKey"]
+        .iter()
+        .find_map(|k| payload.and_then(|p| p.get(*k)).and_then(|v| v.as_str()));
+    let who = state
+        .service
+        .auth
+        .authenticate(credential)
+        .await
+        .map_err(|e| match e {
+            AppError::Unauthenticated(m) => Refusal::Close(4403, format!("Forbidden: {m}")),
+            other => {
+                other.log_internal();
+                Refusal::Close(1011, other.public_message())
+            }
+        })?;
+    let slot = SocketSlot::take(ctx, &who).ok_or_else(|| {
+        Refusal::Close(
+            4429,
+            format!(
+                "Too many connections: at most {} per API key",
+                ctx.max_sockets_per_key
+            ),
+        )
+    })?;
+    Ok((first, who, slot))
+}
+
+async fn serve_socket(state: AppState, mut socket: WebSocket, protocol: WebSocketProtocols) {
+    let _open = crate::observability::GaugeGuard::new("websocket_connections");
+    let ctx = state.gql.clone();
+    let (first, who, _slot) = match admit_socket(&state, &ctx, &mut socket).await {
+        Ok(ok) => ok,
+        Err(Refusal::Gone) => return,
+        Err(Refusal::Close(code, reason)) => {
+            tracing::info!(code, reason = %reason, "websocket refused");
+            if protocol == WebSocketProtocols::SubscriptionsTransportWS {
+                let err =
+                    serde_json::json!({"type": "connection_error", "payload": {"message": reason}});
+                let _ = socket.send(Message::Text(err.to_string().into())).await;
+            }
+            let _ = socket
+                .send(Message::Close(Some(CloseFrame {
+                    code,
+                    reason: reason.into(),
+                })))
+                .await;
+            return;
+        }
+    };
+    let mut data = Data::default();
+    data.insert(request_data(&state));
+    data.insert(who);
+    data.insert(SubscriptionSlots {
+        used: Arc::new(AtomicUsize::new(0)),
+        max: ctx.max_subscriptions,
+    });
+    let (mut sink, stream) = socket.split();
+    let input = futures::stream::iter([first]).chain(
+        stream
+            .take_while(|m| {
+                futures::future::ready(matches!(m, Ok(m) if !matches!(m, Message::Close(_))))
+            })
+            .filter_map(|m| {
+                futures::future::ready(match m {
+                    Ok(Message::Text(t)) => Some(t.as_bytes().to_vec()),
+                    Ok(Message::Binary(b)) => Some(b.to_vec()),
+                    _ => None,
+                })
+            }),
+    );
+    let mut session = async_graphql::http::WebSocket::new(state.schema.clone(), input, protocol)
+        .connection_data(data);
+    while let Some(msg) = session.next().await {
+        let frame = match msg {
+            WsMessage::Text(t) => Message::Text(t.into()),
+            // The session's own closes: a second init (4429) or a bad frame.
+            WsMessage::Close(code, reason) => Message::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            })),
+        };
+        if sink.send(frame).await.is_err() {
+            break;
+        }
+    }
 }

@@ -10,13 +10,14 @@ use futures::stream::{BoxStream, Stream, StreamExt};
 
 use super::error::GqlResultExt;
 use super::types::{
-    CreateImageTaskInput, CreateUserInput, ImageModel, Task, TaskStatus, TotalCount,
-    UpdateUserInput, User,
+    ApiKey, CreateImageTaskInput, CreateUserInput, CreatedApiKey, ImageModel, Task, TaskStatus,
+    TotalCount, UpdateUserInput, User,
 };
 use super::Ctx;
+use crate::auth::Principal;
 use crate::domain;
 use crate::error::AppError;
-use crate::events::{Channel, Event};
+use crate::events::Event;
 use crate::service::{CreateImageTask, CreateUser, Service, UpdateUser};
 
 pub type TaskConnection = Connection<String, Task, TotalCount>;
@@ -24,6 +25,11 @@ pub type UserConnection = Connection<String, User, TotalCount>;
 
 fn ctx<'a>(c: &Context<'a>) -> async_graphql::Result<&'a Arc<Ctx>> {
     c.data::<Arc<Ctx>>()
+}
+
+/// The caller, put in every request's data by the HTTP and WebSocket handlers.
+fn who<'a>(c: &Context<'a>) -> async_graphql::Result<&'a Principal> {
+    c.data::<Principal>()
 }
 
 fn first(n: Option<i32>) -> Option<i64> {
@@ -58,7 +64,12 @@ pub struct Query;
 #[Object]
 impl Query {
     async fn user(&self, c: &Context<'_>, id: ID) -> async_graphql::Result<Option<User>> {
-        Ok(ctx(c)?.service.find_user(&id).await.gql()?.map(User))
+        Ok(ctx(c)?
+            .service
+            .find_user(who(c)?, &id)
+            .await
+            .gql()?
+            .map(User))
     }
 
     async fn user_by_email(
@@ -66,7 +77,12 @@ impl Query {
         c: &Context<'_>,
         email: String,
     ) -> async_graphql::Result<Option<User>> {
-        Ok(ctx(c)?.service.user_by_email(&email).await.gql()?.map(User))
+        Ok(ctx(c)?
+            .service
+            .user_by_email(who(c)?, &email)
+            .await
+            .gql()?
+            .map(User))
     }
 
     /// All users, in creation order.
@@ -78,19 +94,28 @@ impl Query {
     ) -> async_graphql::Result<UserConnection> {
         let page = ctx(c)?
             .service
-            .list_users(after.as_deref(), self::first(first))
+            .list_users(who(c)?, after.as_deref(), self::first(first))
             .await
             .gql()?;
         Ok(connection(page, &after, |u| u.id.clone(), User))
     }
 
-    /// The user the request's API key belongs to (null without such a key).
-    async fn me(&self) -> Option<User> {
-        None
+    /// The user the request's API key belongs to (null for the admin key, and without auth).
+    async fn me(&self, c: &Context<'_>) -> async_graphql::Result<Option<User>> {
+        let who = who(c)?;
+        match who.user_id() {
+            None => Ok(None),
+            Some(id) => Ok(ctx(c)?.service.find_user(who, id).await.gql()?.map(User)),
+        }
     }
 
     async fn task(&self, c: &Context<'_>, id: ID) -> async_graphql::Result<Option<Task>> {
-        Ok(ctx(c)?.service.find_task(&id).await.gql()?.map(task))
+        Ok(ctx(c)?
+            .service
+            .find_task(who(c)?, &id)
+            .await
+            .gql()?
+            .map(task))
     }
 
     /// Tasks, newest first.
@@ -105,6 +130,7 @@ impl Query {
         let page = ctx(c)?
             .service
             .list_tasks(
+                who(c)?,
                 user_id.as_ref().map(|u| u.0.as_str()),
                 status.map(Into::into),
                 after.as_deref(),
@@ -114,6 +140,20 @@ impl Query {
             .await
             .gql()?;
         Ok(connection(page, &after, |t| t.id.clone(), task))
+    }
+
+    /// API keys of `userId` (admin), or of the caller's own user (user key).
+    async fn api_keys(
+        &self,
+        c: &Context<'_>,
+        user_id: Option<ID>,
+    ) -> async_graphql::Result<Vec<ApiKey>> {
+        let keys = ctx(c)?
+            .service
+            .list_api_keys(who(c)?, user_id.as_ref().map(|u| u.0.as_str()))
+            .await
+            .gql()?;
+        Ok(keys.into_iter().map(ApiKey).collect())
     }
 
     /// Models that can be asked for, with their limits.
@@ -140,10 +180,13 @@ impl Mutation {
     ) -> async_graphql::Result<User> {
         let u = ctx(c)?
             .service
-            .create_user(CreateUser {
-                email: input.email,
-                name: input.name,
-            })
+            .create_user(
+                who(c)?,
+                CreateUser {
+                    email: input.email,
+                    name: input.name,
+                },
+            )
             .await
             .gql()?;
         Ok(User(u))
@@ -158,6 +201,7 @@ impl Mutation {
         let u = ctx(c)?
             .service
             .update_user(
+                who(c)?,
                 &id,
                 UpdateUser {
                     email: input.email,
@@ -171,7 +215,7 @@ impl Mutation {
 
     /// Deletes the user with its tasks and images.
     async fn delete_user(&self, c: &Context<'_>, id: ID) -> async_graphql::Result<bool> {
-        ctx(c)?.service.delete_user(&id).await.gql()?;
+        ctx(c)?.service.delete_user(who(c)?, &id).await.gql()?;
         Ok(true)
     }
 
@@ -182,21 +226,24 @@ impl Mutation {
     ) -> async_graphql::Result<Task> {
         let (t, _) = ctx(c)?
             .service
-            .create_image_task(CreateImageTask {
-                user_id: input.user_id.map(|i| i.0),
-                prompt: input.prompt,
-                model: input.model,
-                size: input.size,
-                seed: input.seed,
-                guidance_scale: input.guidance_scale,
-                watermark: input.watermark,
-                images: input.images.unwrap_or_default(),
-                n: input.n,
-                quality: None,
-                style: None,
-                options: None,
-                idempotency_key: input.idempotency_key,
-            })
+            .create_image_task(
+                who(c)?,
+                CreateImageTask {
+                    user_id: input.user_id.map(|i| i.0),
+                    prompt: input.prompt,
+                    model: input.model,
+                    size: input.size,
+                    seed: input.seed,
+                    guidance_scale: input.guidance_scale,
+                    watermark: input.watermark,
+                    images: input.images.unwrap_or_default(),
+                    n: input.n,
+                    quality: None,
+                    style: None,
+                    options: None,
+                    idempotency_key: input.idempotency_key,
+                },
+            )
             .await
             .gql()?;
         Ok(task(t))
@@ -204,18 +251,42 @@ impl Mutation {
 
     /// Cancels a pending or processing task.
     async fn cancel_task(&self, c: &Context<'_>, id: ID) -> async_graphql::Result<Task> {
-        Ok(task(ctx(c)?.service.cancel_task(&id).await.gql()?))
+        Ok(task(ctx(c)?.service.cancel_task(who(c)?, &id).await.gql()?))
     }
 
     /// Runs a failed or cancelled task again.
     async fn retry_task(&self, c: &Context<'_>, id: ID) -> async_graphql::Result<Task> {
-        Ok(task(ctx(c)?.service.retry_task(&id).await.gql()?))
+        Ok(task(ctx(c)?.service.retry_task(who(c)?, &id).await.gql()?))
     }
 
     /// Deletes a finished task and its stored images.
     async fn delete_task(&self, c: &Context<'_>, id: ID) -> async_graphql::Result<bool> {
-        ctx(c)?.service.delete_task(&id).await.gql()?;
+        ctx(c)?.service.delete_task(who(c)?, &id).await.gql()?;
         Ok(true)
+    }
+
+    /// Makes an API key for a user (admin only). The answer holds the secret, once.
+    async fn create_api_key(
+        &self,
+        c: &Context<'_>,
+        user_id: ID,
+        name: Option<String>,
+    ) -> async_graphql::Result<CreatedApiKey> {
+        let (key, secret) = ctx(c)?
+            .service
+            .create_api_key(who(c)?, &user_id, name.as_deref())
+            .await
+            .gql()?;
+        Ok(CreatedApiKey {
+            key: secret,
+            api_key: ApiKey(key),
+        })
+    }
+
+    /// Revokes a key: the admin any key, a user its own. Requests with it fail from then on.
+    async fn revoke_api_key(&self, c: &Context<'_>, id: ID) -> async_graphql::Result<ApiKey> {
+        let key = ctx(c)?.service.revoke_api_key(who(c)?, &id).await.gql()?;
+        Ok(ApiKey(key))
     }
 }
 
@@ -231,16 +302,23 @@ impl Subscription {
         id: ID,
     ) -> async_graphql::Result<impl Stream<Item = Task>> {
         let ctx = ctx(c)?.clone();
+        let who = who(c)?;
+        crate::service::check_id("id", &id).gql()?;
+        let slot = super::SubscriptionSlot::take(c).gql()?;
         // Listen first, then read: an update between the two is then seen, never lost.
         let events = ctx
             .service
             .events
-            .subscribe(Channel::Task(id.0.clone()))
+            .subscribe(crate::events::Channel::Task(id.0.clone()))
             .await
             .map_err(AppError::from)
             .gql()?;
-        let snapshot = ctx.service.get_task(&id).await.gql()?;
-        let open = crate::observability::GaugeGuard::new("graphql_subscriptions");
+        // Someone else's task is answered as missing: nothing of it is ever sent.
+        let snapshot = ctx.service.get_task(who, &id).await.gql()?;
+        let open = (
+            crate::observability::GaugeGuard::new("graphql_subscriptions"),
+            slot,
+        );
         Ok(
             follow(ctx.service.clone(), snapshot, events, ctx.resync).map(move |t| {
                 let _ = &open;
@@ -249,20 +327,19 @@ impl Subscription {
         )
     }
 
-    /// Every change of the tasks of `userId` (all users' tasks when omitted).
+    /// Every change of the caller's tasks; the admin names a user with `userId` or, leaving it
+    /// out, follows all users' tasks.
     async fn tasks_updated(
         &self,
         c: &Context<'_>,
         user_id: Option<ID>,
     ) -> async_graphql::Result<impl Stream<Item = Task>> {
         let ctx = ctx(c)?.clone();
-        let channel = match user_id {
-            Some(u) => {
-                crate::service::check_id("userId", &u).gql()?;
-                Channel::User(u.0)
-            }
-            None => Channel::All,
-        };
+        let channel = ctx
+            .service
+            .task_channel(who(c)?, user_id.as_ref().map(|u| u.0.as_str()))
+            .gql()?;
+        let slot = super::SubscriptionSlot::take(c).gql()?;
         let events = ctx
             .service
             .events
@@ -270,7 +347,10 @@ impl Subscription {
             .await
             .map_err(AppError::from)
             .gql()?;
-        let open = crate::observability::GaugeGuard::new("graphql_subscriptions");
+        let open = (
+            crate::observability::GaugeGuard::new("graphql_subscriptions"),
+            slot,
+        );
         Ok(events.filter_map(move |e| {
             let _ = &open;
             async move {

@@ -80,6 +80,12 @@ impl Task {
     }
     /// The owner, loaded in one batch for all tasks of a response.
     async fn user(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<User>> {
+        // A task reaches a caller only through the service's visibility rule, so its owner is
+        // the caller (or the admin asks); checked again so the loader can never leak a user.
+        let who = ctx.data::<crate::auth::Principal>()?;
+        if who.user_id().is_some_and(|own| own != self.0.user_id) {
+            return Ok(None);
+        }
         let loader = ctx.data::<DataLoader<UserLoader>>()?;
         Ok(loader.load_one(self.0.user_id.clone()).await?.map(User))
     }
@@ -310,4 +316,57 @@ pub struct CreateImageTaskInput {
 pub struct TotalCount {
     /// Items matching the filter, across all pages.
     pub total_count: u64,
+}
+
+pub struct ApiKey(pub domain::ApiKey);
+
+/// An API key of a user. The secret itself is never shown again after `createApiKey`.
+#[Object]
+impl ApiKey {
+    async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+    async fn user_id(&self) -> ID {
+        ID(self.0.user_id.clone())
+    }
+    /// A label chosen at creation.
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    /// The first characters of the secret, to tell keys apart.
+    async fn prefix(&self) -> &str {
+        &self.0.prefix
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+    /// Last time the key authenticated a request (recorded at most once a minute).
+    async fn last_used_at(&self) -> Option<DateTime<Utc>> {
+        self.0.last_used_at
+    }
+    async fn revoked_at(&self) -> Option<DateTime<Utc>> {
+        self.0.revoked_at
+    }
+    /// Not revoked.
+    async fn active(&self) -> bool {
+        self.0.is_active()
+    }
+}
+
+/// A new key with its secret, shown only in this answer.
+pub struct CreatedApiKey {
+    pub key: String,
+    pub api_key: ApiKey,
+}
+
+#[Object]
+impl CreatedApiKey {
+    /// The secret: send it as `Authorization: Bearer <key>`. Store it now; it cannot be shown
+    /// again.
+    async fn key(&self) -> &str {
+        &self.key
+    }
+    async fn api_key(&self) -> &ApiKey {
+        &self.api_key
+    }
 }

@@ -26,6 +26,28 @@ pub struct LimiterError(pub String);
 pub trait Pacer: Send + Sync + 'static {
     /// Reserves `cost` of the key's schedule and says how long to wait for the reserved slot.
     async fn reserve(&self, key: &str, cost: Duration) -> Result<Duration, LimiterError>;
+
+    /// A token bucket in GCRA form, for admission rather than pacing: lets one request through
+    /// when fewer than `burst` are ahead of the key's schedule (one every `interval`), and
+    /// otherwise refuses without reserving anything, saying how long until one would pass.
+    async fn admit(
+        &self,
+        key: &str,
+        interval: Duration,
+        burst: u32,
+    ) -> Result<Option<Duration>, LimiterError>;
+}
+
+/// GCRA admission on one schedule: the new theoretical arrival time, or the wait when refused.
+fn gcra_admit(tat: f64, now: f64, interval: f64, burst: u32) -> Result<f64, f64> {
+    let next = tat.max(now) + interval;
+    let ahead = next - now;
+    let limit = interval * f64::from(burst.max(1));
+    if ahead > limit {
+        Err(ahead - limit)
+    } else {
+        Ok(next)
+    }
 }
 
 /// One process's schedule (the embedded default).
@@ -56,6 +78,27 @@ impl Pacer for MemoryPacer {
         *tat = start + cost.as_secs_f64() * 1000.0;
         Ok(Duration::from_secs_f64((start - now).max(0.0) / 1000.0))
     }
+
+    async fn admit(
+        &self,
+        key: &str,
+        interval: Duration,
+        burst: u32,
+    ) -> Result<Option<Duration>, LimiterError> {
+        let now = self.epoch.elapsed().as_secs_f64() * 1000.0;
+        let mut map = self
+            .tat_ms
+            .lock()
+            .map_err(|_| LimiterError("mutex poisoned".into()))?;
+        let tat = map.get(key).copied().unwrap_or(now);
+        match gcra_admit(tat, now, interval.as_secs_f64() * 1000.0, burst) {
+            Ok(next) => {
+                map.insert(key.to_string(), next);
+                Ok(None)
+            }
+            Err(wait) => Ok(Some(Duration::from_secs_f64(wait / 1000.0))),
+        }
+    }
 }
 
 /// The schedule in Redis, shared by all worker processes; Redis's clock is the only clock.
@@ -63,6 +106,7 @@ pub struct RedisPacer {
     conn: redis::aio::ConnectionManager,
     prefix: String,
     script: redis::Script,
+    admit: redis::Script,
 }
 
 const RESERVE: &str = r"
@@ -75,12 +119,30 @@ redis.call('SET', KEYS[1], tostring(next), 'PX', math.ceil(next - now) + 60000)
 return tostring(tat - now)
 ";
 
+/// The same rule as `gcra_admit`, in one atomic step on Redis's clock. Returns the wait in ms,
+/// or -1 when admitted.
+const ADMIT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local interval = tonumber(ARGV[1])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local next = tat + interval
+local limit = interval * tonumber(ARGV[2])
+if next - now > limit then
+  return tostring(next - now - limit)
+end
+redis.call('SET', KEYS[1], tostring(next), 'PX', math.ceil(next - now) + 1000)
+return '-1'
+";
+
 impl RedisPacer {
     pub fn new(conn: redis::aio::ConnectionManager, prefix: &str) -> RedisPacer {
         RedisPacer {
             conn,
             prefix: prefix.to_string(),
             script: redis::Script::new(RESERVE),
+            admit: redis::Script::new(ADMIT),
         }
     }
 }
@@ -100,6 +162,27 @@ impl Pacer for RedisPacer {
             .parse()
             .map_err(|_| LimiterError(format!("bad reply {wait}")))?;
         Ok(Duration::from_secs_f64(ms.max(0.0) / 1000.0))
+    }
+
+    async fn admit(
+        &self,
+        key: &str,
+        interval: Duration,
+        burst: u32,
+    ) -> Result<Option<Duration>, LimiterError> {
+        let mut c = self.conn.clone();
+        let wait: String = self
+            .admit
+            .key(format!("{}:ratelimit:{key}", self.prefix))
+            .arg(interval.as_secs_f64() * 1000.0)
+            .arg(burst.max(1))
+            .invoke_async(&mut c)
+            .await
+            .map_err(|e| LimiterError(e.to_string()))?;
+        let ms: f64 = wait
+            .parse()
+            .map_err(|_| LimiterError(format!("bad reply {wait}")))?;
+        Ok((ms >= 0.0).then(|| Duration::from_secs_f64(ms / 1000.0)))
     }
 }
 
@@ -243,6 +326,20 @@ mod tests {
             .collect();
         assert_eq!(ms, vec![0, 100, 200, 400]);
         assert_eq!(p.reserve("other", step).await.expect("r"), Duration::ZERO);
+    }
+
+    #[test]
+    fn admission_lets_a_burst_through_then_refuses_with_the_wait() {
+        let (interval, burst) = (100.0, 3);
+        let mut tat = 0.0;
+        for _ in 0..3 {
+            tat = gcra_admit(tat, 0.0, interval, burst).expect("within the burst");
+        }
+        let wait = gcra_admit(tat, 0.0, interval, burst).expect_err("over the burst");
+        assert!((wait - 100.0).abs() < 1e-9, "wait {wait}");
+        // A refusal reserves nothing: once the wait has passed, one more goes through.
+        assert!(gcra_admit(tat, 100.0, interval, burst).is_ok());
+        assert!(gcra_admit(tat, 99.0, interval, burst).is_err());
     }
 
     #[test]

@@ -71,7 +71,10 @@ impl IntoResponse for ApiError {
             body["path"] = json!(p);
         }
         let mut resp = (status_of(&e), Json(body)).into_response();
-        if let AppError::RateLimited { retry_after_secs } = e {
+        if let AppError::RateLimited {
+            retry_after_secs, ..
+        } = e
+        {
             if let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string()) {
                 resp.headers_mut().insert(header::RETRY_AFTER, v);
             }

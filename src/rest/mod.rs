@@ -5,10 +5,36 @@ pub mod envelope;
 pub mod tasks;
 pub mod users;
 
-use axum::routing::{get, post};
+pub mod keys;
+
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+use axum::routing::{delete, get, post};
 use axum::Router;
 
+use crate::auth::Principal;
+use crate::error::AppError;
 use crate::http::AppState;
+use envelope::ApiError;
+
+/// The authenticated caller of a request (`Authorization: Bearer <key>`); a missing or bad key
+/// is answered 401 in the REST envelope before the handler runs.
+pub struct Caller(pub Principal);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, s: &AppState) -> Result<Self, ApiError> {
+        let value = match parts.headers.get(header::AUTHORIZATION) {
+            None => None,
+            Some(v) => Some(v.to_str().map_err(|_| {
+                AppError::Unauthenticated("the Authorization header is not readable text".into())
+            })?),
+        };
+        Ok(Caller(s.service.auth.authenticate(value).await?))
+    }
+}
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -29,4 +55,10 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/tasks/{task_id}/cancel", post(tasks::cancel))
         .route("/api/v1/tasks/{task_id}/retry", post(tasks::retry))
         .route("/api/v1/queue/stats", get(tasks::queue_stats))
+        .route(
+            "/api/v1/users/{id}/api-keys",
+            post(keys::create).get(keys::list),
+        )
+        .route("/api/v1/api-keys", get(keys::list_own))
+        .route("/api/v1/api-keys/{key_id}", delete(keys::revoke))
 }

@@ -6,6 +6,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::envelope::{ok, ok_with, ApiJson, ApiResult};
+use super::Caller;
+use crate::auth::Principal;
 use crate::domain::{Task, TaskStatus, TASK_KIND_IMAGE};
 use crate::error::AppError;
 use crate::http::{image_url, rfc3339, AppState};
@@ -134,8 +136,8 @@ fn idempotency_key(h: &HeaderMap) -> Result<Option<String>, AppError> {
     }
 }
 
-async fn create(s: &AppState, input: CreateImageTask) -> ApiResult {
-    let (t, created) = s.service.create_image_task(input).await?;
+async fn create(s: &AppState, who: &Principal, input: CreateImageTask) -> ApiResult {
+    let (t, created) = s.service.create_image_task(who, input).await?;
     let mut data = task_json(&t, &s.public_base);
     data["message"] = json!("image generation task created");
     let mut resp = ok(StatusCode::CREATED, data, Some("task created"))?;
@@ -148,15 +150,17 @@ async fn create(s: &AppState, input: CreateImageTask) -> ApiResult {
 
 pub async fn create_image(
     State(s): State<AppState>,
+    Caller(who): Caller,
     headers: HeaderMap,
     ApiJson(b): ApiJson<ImageBody>,
 ) -> ApiResult {
     let key = idempotency_key(&headers)?;
-    create(&s, b.into_input(key)).await
+    create(&s, &who, b.into_input(key)).await
 }
 
 pub async fn create_generic(
     State(s): State<AppState>,
+    Caller(who): Caller,
     headers: HeaderMap,
     ApiJson(b): ApiJson<GenericBody>,
 ) -> ApiResult {
@@ -175,11 +179,15 @@ pub async fn create_generic(
     let mut input = b.input;
     input.model = b.model.or(input.model);
     input.user_id = b.user_id.or(input.user_id);
-    create(&s, input.into_input(key)).await
+    create(&s, &who, input.into_input(key)).await
 }
 
-pub async fn get(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult {
-    let t = s.service.get_task(&id).await?;
+pub async fn get(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let t = s.service.get_task(&who, &id).await?;
     ok(StatusCode::OK, task_json(&t, &s.public_base), None)
 }
 
@@ -194,6 +202,7 @@ pub fn parse_limit(q: &HashMap<String, String>) -> Result<Option<i64>, AppError>
 
 pub async fn list_for_user(
     State(s): State<AppState>,
+    Caller(who): Caller,
     Path(user_id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult {
@@ -218,11 +227,12 @@ pub async fn list_for_user(
             })
         })
         .transpose()?;
-    s.service.get_user(&user_id).await?;
+    s.service.get_user(&who, &user_id).await?;
     let cursor = q.get("cursor").filter(|c| !c.is_empty());
     let page = s
         .service
         .list_tasks(
+            &who,
             Some(&user_id),
             status,
             cursor.map(String::as_str),
@@ -253,8 +263,12 @@ pub async fn list_for_user(
     )
 }
 
-pub async fn cancel(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult {
-    let t = s.service.cancel_task(&id).await?;
+pub async fn cancel(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let t = s.service.cancel_task(&who, &id).await?;
     ok(
         StatusCode::OK,
         task_json(&t, &s.public_base),
@@ -262,8 +276,12 @@ pub async fn cancel(State(s): State<AppState>, Path(id): Path<String>) -> ApiRes
     )
 }
 
-pub async fn retry(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult {
-    let t = s.service.retry_task(&id).await?;
+pub async fn retry(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let t = s.service.retry_task(&who, &id).await?;
     ok(
         StatusCode::OK,
         task_json(&t, &s.public_base),
@@ -271,8 +289,12 @@ pub async fn retry(State(s): State<AppState>, Path(id): Path<String>) -> ApiResu
     )
 }
 
-pub async fn delete(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult {
-    let t = s.service.delete_task(&id).await?;
+pub async fn delete(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let t = s.service.delete_task(&who, &id).await?;
     ok(
         StatusCode::OK,
         json!({"task_id": t.id, "deleted": true}),
@@ -280,7 +302,7 @@ pub async fn delete(State(s): State<AppState>, Path(id): Path<String>) -> ApiRes
     )
 }
 
-pub async fn queue_stats(State(s): State<AppState>) -> ApiResult {
-    let stats = s.service.queue_stats().await?;
+pub async fn queue_stats(State(s): State<AppState>, Caller(who): Caller) -> ApiResult {
+    let stats = s.service.queue_stats(&who).await?;
     ok(StatusCode::OK, stats, None)
 }

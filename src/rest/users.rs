@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::envelope::{ok, ok_with, ApiJson, ApiResult};
+use super::Caller;
 use crate::domain::User;
 use crate::error::AppError;
 use crate::http::AppState;
@@ -44,31 +45,43 @@ pub fn user_json(u: &User) -> UserJson<'_> {
     }
 }
 
-pub async fn create(State(s): State<AppState>, ApiJson(b): ApiJson<CreateBody>) -> ApiResult {
+pub async fn create(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    ApiJson(b): ApiJson<CreateBody>,
+) -> ApiResult {
     let u = s
         .service
-        .create_user(CreateUser {
-            email: b.email,
-            name: b.name,
-        })
+        .create_user(
+            &who,
+            CreateUser {
+                email: b.email,
+                name: b.name,
+            },
+        )
         .await?;
     ok(StatusCode::CREATED, user_json(&u), Some("user created"))
 }
 
-pub async fn get(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult {
-    let u = s.service.get_user(&id).await?;
+pub async fn get(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let u = s.service.get_user(&who, &id).await?;
     ok(StatusCode::OK, user_json(&u), None)
 }
 
 /// `?email=` finds one user; without it, lists users (`?limit=&cursor=`).
 pub async fn find(
     State(s): State<AppState>,
+    Caller(who): Caller,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult {
     if let Some(email) = q.get("email") {
         let u = s
             .service
-            .user_by_email(email)
+            .user_by_email(&who, email)
             .await?
             .ok_or_else(|| AppError::NotFound("user not found".into()))?;
         return ok(StatusCode::OK, user_json(&u), None);
@@ -76,7 +89,7 @@ pub async fn find(
     let limit = super::tasks::parse_limit(&q)?;
     let page = s
         .service
-        .list_users(q.get("cursor").map(String::as_str), limit)
+        .list_users(&who, q.get("cursor").map(String::as_str), limit)
         .await?;
     let next = page
         .has_more
@@ -91,6 +104,7 @@ pub async fn find(
 
 pub async fn update(
     State(s): State<AppState>,
+    Caller(who): Caller,
     Path(id): Path<String>,
     ApiJson(b): ApiJson<UpdateBody>,
 ) -> ApiResult {
@@ -100,6 +114,7 @@ pub async fn update(
     let u = s
         .service
         .update_user(
+            &who,
             &id,
             UpdateUser {
                 email: b.email,
@@ -110,7 +125,11 @@ pub async fn update(
     ok(StatusCode::OK, user_json(&u), Some("user updated"))
 }
 
-pub async fn delete(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult {
-    s.service.delete_user(&id).await?;
+pub async fn delete(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> ApiResult {
+    s.service.delete_user(&who, &id).await?;
     ok(StatusCode::OK, json!({"id": id}), Some("user deleted"))
 }

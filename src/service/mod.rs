@@ -10,9 +10,11 @@ use chrono::Utc;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::domain::{self, Catalog, ImageParams, Task, TaskStatus, User};
+use crate::auth::{Authenticator, Principal};
+use crate::domain::{self, ApiKey, Catalog, ImageParams, Task, TaskStatus, User};
 use crate::error::AppError;
-use crate::events::Events;
+use crate::events::{Channel, Events};
+use crate::provider::limiter::Pacer;
 use crate::queue::Queue;
 use crate::store::{InsertOutcome, Store, TaskQuery};
 use validate::Problems;
@@ -70,6 +72,58 @@ pub struct Service {
     pub queue: Arc<dyn Queue>,
     pub events: Arc<dyn Events>,
     pub catalog: Arc<Catalog>,
+    pub auth: Authenticator,
+    pub limits: Limits,
+    /// Admission buckets for user submits; shared across processes in distributed mode.
+    pub pacer: Arc<dyn Pacer>,
+}
+
+/// What one user may ask of the service; the admin is not limited.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub submit_per_minute: u32,
+    pub submit_burst: u32,
+    pub max_in_flight: u64,
+    pub idempotency_ttl: std::time::Duration,
+}
+
+impl Limits {
+    pub fn from_config(c: &crate::config::Config) -> Limits {
+        Limits {
+            submit_per_minute: c.user_submit_per_minute,
+            submit_burst: c.user_submit_burst,
+            max_in_flight: c.user_max_in_flight,
+            idempotency_ttl: c.idempotency_ttl,
+        }
+    }
+}
+
+/// A user key acting on another user's record, or on something only the admin may do.
+fn forbidden(what: &str) -> AppError {
+    AppError::Forbidden(format!("this API key may not {what}"))
+}
+
+fn require_admin(p: &Principal, what: &str) -> Result<(), AppError> {
+    if p.is_admin() {
+        Ok(())
+    } else {
+        Err(forbidden(what))
+    }
+}
+
+/// The admin reaches every user; a user key only its own.
+fn require_user(p: &Principal, user_id: &str) -> Result<(), AppError> {
+    match p.user_id() {
+        None => Ok(()),
+        Some(own) if own == user_id => Ok(()),
+        Some(_) => Err(forbidden("act on another user")),
+    }
+}
+
+/// Whether `p` may see the task. Other users' tasks are answered as missing, not forbidden, so
+/// task ids cannot be probed for existence.
+pub fn may_see_task(p: &Principal, t: &Task) -> bool {
+    p.user_id().is_none_or(|own| own == t.user_id)
 }
 
 /// Rejects ids that cannot exist before they reach a query.
@@ -95,7 +149,8 @@ pub fn page_limit(limit: Option<i64>) -> Result<usize, AppError> {
 impl Service {
     // ---- users ----
 
-    pub async fn create_user(&self, input: CreateUser) -> Result<User, AppError> {
+    pub async fn create_user(&self, who: &Principal, input: CreateUser) -> Result<User, AppError> {
+        require_admin(who, "create users")?;
         let mut p = Problems::default();
         let email = validate::email(&mut p, "email", &input.email);
         let name = validate::name(&mut p, "name", &input.name);
@@ -113,31 +168,48 @@ impl Service {
         Ok(user)
     }
 
-    pub async fn get_user(&self, id: &str) -> Result<User, AppError> {
+    pub async fn get_user(&self, who: &Principal, id: &str) -> Result<User, AppError> {
         check_id("id", id)?;
+        require_user(who, id)?;
         self.store
             .get_user(id)
             .await?
             .ok_or_else(|| AppError::NotFound("user not found".into()))
     }
 
-    pub async fn find_user(&self, id: &str) -> Result<Option<User>, AppError> {
+    pub async fn find_user(&self, who: &Principal, id: &str) -> Result<Option<User>, AppError> {
         check_id("id", id)?;
+        require_user(who, id)?;
         Ok(self.store.get_user(id).await?)
     }
 
-    pub async fn user_by_email(&self, email: &str) -> Result<Option<User>, AppError> {
+    /// A user key may look up only its own email: anything else is forbidden whether or not
+    /// the address exists, so keys cannot be used to probe for other users.
+    pub async fn user_by_email(
+        &self,
+        who: &Principal,
+        email: &str,
+    ) -> Result<Option<User>, AppError> {
         let mut p = Problems::default();
         let email = validate::email(&mut p, "email", email);
         p.into_result()?;
+        if let Some(own) = who.user_id() {
+            let me = self.store.get_user(own).await?;
+            return match me {
+                Some(u) if User::email_key(&u.email) == User::email_key(&email) => Ok(Some(u)),
+                _ => Err(forbidden("look up other users")),
+            };
+        }
         Ok(self.store.get_user_by_email(&email).await?)
     }
 
     pub async fn list_users(
         &self,
+        who: &Principal,
         after: Option<&str>,
         limit: Option<i64>,
     ) -> Result<Page<User>, AppError> {
+        require_admin(who, "list users")?;
         let limit = page_limit(limit)?;
         if let Some(a) = after {
             check_id("after", a)?;
@@ -153,13 +225,19 @@ impl Service {
         })
     }
 
-    pub async fn update_user(&self, id: &str, input: UpdateUser) -> Result<User, AppError> {
+    pub async fn update_user(
+        &self,
+        who: &Principal,
+        id: &str,
+        input: UpdateUser,
+    ) -> Result<User, AppError> {
         check_id("id", id)?;
+        require_user(who, id)?;
         let mut p = Problems::default();
         let email = input.email.map(|e| validate::email(&mut p, "email", &e));
         let name = input.name.map(|n| validate::name(&mut p, "name", &n));
         p.into_result()?;
-        let mut user = self.get_user(id).await?;
+        let mut user = self.get_user(who, id).await?;
         if let Some(e) = email {
             user.email = e;
         }
@@ -173,8 +251,9 @@ impl Service {
         Ok(user)
     }
 
-    pub async fn delete_user(&self, id: &str) -> Result<(), AppError> {
+    pub async fn delete_user(&self, who: &Principal, id: &str) -> Result<(), AppError> {
         check_id("id", id)?;
+        require_user(who, id)?;
         if self.store.delete_user(id).await? {
             tracing::info!(user_id = %id, "user deleted with its tasks");
             Ok(())
@@ -189,8 +268,16 @@ impl Service {
     /// logged, not returned: the task is stored and the reconciler will run it.
     pub async fn create_image_task(
         &self,
-        input: CreateImageTask,
+        who: &Principal,
+        mut input: CreateImageTask,
     ) -> Result<(Task, bool), AppError> {
+        // A user key submits for its own user; naming another is refused after validation.
+        let own = who.user_id().map(str::to_string);
+        if let Some(own) = &own {
+            if input.user_id.as_deref().is_none_or(|u| u.trim().is_empty()) {
+                input.user_id = Some(own.clone());
+            }
+        }
         let mut p = Problems::default();
         let model = match input
             .model
@@ -275,6 +362,12 @@ impl Service {
                 "validation passed without values".into(),
             ));
         };
+        if own.as_ref().is_some_and(|o| *o != user_id) {
+            return Err(forbidden("create tasks for another user"));
+        }
+        if let Principal::User { .. } = who {
+            self.admit_submit(&user_id).await?;
+        }
         if self.store.get_user(&user_id).await?.is_none() {
             return Err(AppError::Validation(vec![crate::error::FieldError::new(
                 "user_id",
@@ -302,17 +395,14 @@ impl Service {
             idem.map(|k| (k.to_string(), request_hash(&input))),
             now,
         );
-        match self.store.insert_task(&task).await? {
-            InsertOutcome::Inserted => {}
-            InsertOutcome::Existing(existing) => {
-                return if existing.request_hash == task.request_hash {
-                    Ok((*existing, false))
-                } else {
-                    Err(AppError::Conflict(
-                        "idempotency key was already used with a different request".into(),
-                    ))
-                };
-            }
+        if let Some(existing) = self.insert_new_task(&task, now).await? {
+            return if existing.request_hash == task.request_hash {
+                Ok((existing, false))
+            } else {
+                Err(AppError::Conflict(
+                    "idempotency key was already used with a different request".into(),
+                ))
+            };
         }
         tracing::info!(task_id = %task.id, user_id = %task.user_id, model = %task.model, "task accepted");
         if let Err(e) = self.queue.enqueue(&task.id, None).await {
@@ -322,19 +412,95 @@ impl Service {
         Ok((task, true))
     }
 
-    pub async fn get_task(&self, id: &str) -> Result<Task, AppError> {
-        self.find_task(id)
+    /// Inserts a new task; with its idempotency key already taken (and not expired), the task
+    /// holding it. An expired key is released and taken over.
+    async fn insert_new_task(
+        &self,
+        task: &Task,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<Option<Task>, AppError> {
+        for _ in 0..3 {
+            match self.store.insert_task(task).await? {
+                InsertOutcome::Inserted => return Ok(None),
+                InsertOutcome::Existing(existing) => {
+                    let ttl = chrono::Duration::from_std(self.limits.idempotency_ttl)
+                        .unwrap_or(chrono::Duration::MAX);
+                    if existing.created_at + ttl > now {
+                        return Ok(Some(*existing));
+                    }
+                    let (Some(key), user) = (&task.idempotency_key, &task.user_id) else {
+                        return Ok(Some(*existing));
+                    };
+                    tracing::info!(task_id = %existing.id, "idempotency key expired; releasing it");
+                    self.store
+                        .release_idempotency_key(user, key, &existing.id)
+                        .await?;
+                }
+            }
+        }
+        Err(AppError::Conflict(
+            "idempotency key is being reused concurrently; try again".into(),
+        ))
+    }
+
+    /// The per-user submit rate (a token bucket) and in-flight quota.
+    async fn admit_submit(&self, user_id: &str) -> Result<(), AppError> {
+        let l = &self.limits;
+        let interval =
+            std::time::Duration::from_secs_f64(60.0 / f64::from(l.submit_per_minute.max(1)));
+        match self
+            .pacer
+            .admit(&format!("submit:{user_id}"), interval, l.submit_burst)
+            .await
+        {
+            Ok(None) => {}
+            Ok(Some(wait)) => {
+                metrics::counter!("rate_limited_total", "limit" => "submit_rate").increment(1);
+                return Err(AppError::RateLimited {
+                    retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+                    reason: format!(
+                        "submit rate limit reached ({} per minute, bursts of {})",
+                        l.submit_per_minute, l.submit_burst
+                    ),
+                });
+            }
+            // Admission is a guard against abuse, not a correctness rule: with the limiter's
+            // backend down the request goes on (the in-flight quota below still holds).
+            Err(e) => tracing::warn!(error = %e, "submit rate limiter unavailable; admitting"),
+        }
+        let active = self.store.count_active_tasks(user_id).await?;
+        if active >= l.max_in_flight {
+            metrics::counter!("rate_limited_total", "limit" => "in_flight").increment(1);
+            return Err(AppError::RateLimited {
+                retry_after_secs: 5,
+                reason: format!(
+                    "{active} tasks are pending or processing, the most a user may have is {}",
+                    l.max_in_flight
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    pub async fn get_task(&self, who: &Principal, id: &str) -> Result<Task, AppError> {
+        self.find_task(who, id)
             .await?
             .ok_or_else(|| AppError::NotFound("task not found".into()))
     }
 
-    pub async fn find_task(&self, id: &str) -> Result<Option<Task>, AppError> {
+    pub async fn find_task(&self, who: &Principal, id: &str) -> Result<Option<Task>, AppError> {
         check_id("id", id)?;
-        Ok(self.store.get_task(id).await?)
+        Ok(self
+            .store
+            .get_task(id)
+            .await?
+            .filter(|t| may_see_task(who, t)))
     }
 
+    /// A user key lists its own tasks (`user_id` may be left out); the admin anyone's, or all.
     pub async fn list_tasks(
         &self,
+        who: &Principal,
         user_id: Option<&str>,
         status: Option<TaskStatus>,
         before_id: Option<&str>,
@@ -344,7 +510,9 @@ impl Service {
         let limit = page_limit(limit)?;
         if let Some(u) = user_id {
             check_id("user_id", u)?;
+            require_user(who, u)?;
         }
+        let user_id = user_id.or(who.user_id());
         if let Some(c) = before_id {
             check_id("cursor", c)?;
         }
@@ -370,11 +538,12 @@ impl Service {
     /// task in between.
     async fn user_transition(
         &self,
+        who: &Principal,
         id: &str,
         change: impl Fn(&Task) -> Result<Task, domain::TransitionError>,
     ) -> Result<Task, AppError> {
         for _ in 0..8 {
-            let current = self.get_task(id).await?;
+            let current = self.get_task(who, id).await?;
             let next = change(&current).map_err(|e| AppError::Conflict(format!("{e}")))?;
             if let Some(t) = self.commit(&current, next).await? {
                 return Ok(t);
@@ -385,14 +554,18 @@ impl Service {
         ))
     }
 
-    pub async fn cancel_task(&self, id: &str) -> Result<Task, AppError> {
-        let t = self.user_transition(id, |t| t.cancel(Utc::now())).await?;
+    pub async fn cancel_task(&self, who: &Principal, id: &str) -> Result<Task, AppError> {
+        let t = self
+            .user_transition(who, id, |t| t.cancel(Utc::now()))
+            .await?;
         tracing::info!(task_id = %t.id, "task cancelled");
         Ok(t)
     }
 
-    pub async fn retry_task(&self, id: &str) -> Result<Task, AppError> {
-        let t = self.user_transition(id, |t| t.retry(Utc::now())).await?;
+    pub async fn retry_task(&self, who: &Principal, id: &str) -> Result<Task, AppError> {
+        let t = self
+            .user_transition(who, id, |t| t.retry(Utc::now()))
+            .await?;
         tracing::info!(task_id = %t.id, "task retried");
         if let Err(e) = self.queue.enqueue(&t.id, None).await {
             tracing::warn!(task_id = %t.id, error = %e, "enqueue failed; the reconciler will pick the task up");
@@ -401,8 +574,8 @@ impl Service {
     }
 
     /// Deletes a finished task and its images. Running tasks must be cancelled first.
-    pub async fn delete_task(&self, id: &str) -> Result<Task, AppError> {
-        let t = self.get_task(id).await?;
+    pub async fn delete_task(&self, who: &Principal, id: &str) -> Result<Task, AppError> {
+        let t = self.get_task(who, id).await?;
         if !t.status.is_terminal() {
             return Err(AppError::Conflict(format!(
                 "a {} task cannot be deleted; cancel it first",
@@ -440,7 +613,80 @@ impl Service {
         }
     }
 
-    pub async fn queue_stats(&self) -> Result<QueueStats, AppError> {
+    /// The event channel a subscription to every task change of `user_id` listens on: a user
+    /// key only its own (the default), the admin any user's or, without one, all.
+    pub fn task_channel(
+        &self,
+        who: &Principal,
+        user_id: Option<&str>,
+    ) -> Result<Channel, AppError> {
+        if let Some(u) = user_id {
+            check_id("userId", u)?;
+            require_user(who, u)?;
+        }
+        Ok(match user_id.or(who.user_id()) {
+            Some(u) => Channel::User(u.to_string()),
+            None => Channel::All,
+        })
+    }
+
+    // ---- API keys ----
+
+    /// Makes a key for a user (admin only). The secret is in the answer and nowhere else.
+    pub async fn create_api_key(
+        &self,
+        who: &Principal,
+        user_id: &str,
+        name: Option<&str>,
+    ) -> Result<(ApiKey, String), AppError> {
+        require_admin(who, "create API keys")?;
+        check_id("user_id", user_id)?;
+        let mut p = Problems::default();
+        let name = validate::key_name(&mut p, name.unwrap_or("default"));
+        p.into_result()?;
+        if self.store.get_user(user_id).await?.is_none() {
+            return Err(AppError::NotFound("user not found".into()));
+        }
+        let (key, secret) = ApiKey::generate(user_id, &name, Utc::now());
+        self.store.insert_api_key(&key).await?;
+        tracing::info!(user_id = %user_id, key_id = %key.id, "API key created");
+        Ok((key, secret))
+    }
+
+    pub async fn list_api_keys(
+        &self,
+        who: &Principal,
+        user_id: Option<&str>,
+    ) -> Result<Vec<ApiKey>, AppError> {
+        let user_id = match (user_id, who.user_id()) {
+            (Some(u), _) => u,
+            (None, Some(own)) => own,
+            (None, None) => return Err(AppError::invalid("user_id", "user_id is required")),
+        };
+        check_id("user_id", user_id)?;
+        require_user(who, user_id)?;
+        Ok(self.store.list_api_keys(user_id).await?)
+    }
+
+    /// Revokes a key: the admin any, a user its own. Takes effect at once in this process and
+    /// within the authenticator's cache time in the others.
+    pub async fn revoke_api_key(&self, who: &Principal, id: &str) -> Result<ApiKey, AppError> {
+        check_id("id", id)?;
+        let not_found = || AppError::NotFound("API key not found".into());
+        let key = self.store.get_api_key(id).await?.ok_or_else(not_found)?;
+        if who.user_id().is_some_and(|own| own != key.user_id) {
+            return Err(not_found());
+        }
+        if !self.store.revoke_api_key(id, Utc::now()).await? {
+            return Err(not_found());
+        }
+        self.auth.forget(&key);
+        tracing::info!(user_id = %key.user_id, key_id = %key.id, "API key revoked");
+        self.store.get_api_key(id).await?.ok_or_else(not_found)
+    }
+
+    pub async fn queue_stats(&self, who: &Principal) -> Result<QueueStats, AppError> {
+        require_admin(who, "read queue statistics")?;
         let counts = self.store.status_counts().await?;
         let depth = self.queue.depth().await?;
         let by_status: HashMap<String, u64> = TaskStatus::ALL

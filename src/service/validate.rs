@@ -105,6 +105,18 @@ pub fn short_text(p: &mut Problems, field: &str, v: Option<String>) -> Option<St
     v
 }
 
+/// An API key's label: 1 to 64 printable characters.
+pub fn key_name(p: &mut Problems, v: &str) -> String {
+    let v = v.trim().to_string();
+    if v.is_empty() || v.chars().count() > MAX_SHORT_TEXT || v.chars().any(char::is_control) {
+        p.push(
+            "name",
+            format!("must be 1 to {MAX_SHORT_TEXT} printable characters"),
+        );
+    }
+    v
+}
+
 pub fn reference_image(p: &mut Problems, index: usize, url: &str) {
     let field = format!("image[{index}]");
     if let Some(rest) = url.strip_prefix("data:") {

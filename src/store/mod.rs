@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::domain::{Task, TaskStatus, User};
+use crate::domain::{ApiKey, Task, TaskStatus, User};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -74,7 +74,8 @@ pub trait Store: Send + Sync + 'static {
     async fn count_users(&self) -> Result<u64, StoreError>;
     /// Replaces a user record; `false` when it does not exist. `Conflict` on a taken email.
     async fn update_user(&self, user: &User) -> Result<bool, StoreError>;
-    /// Deletes the user with its tasks and their images; `false` when it did not exist.
+    /// Deletes the user with its tasks, their images and its API keys; `false` when it did not
+    /// exist.
     async fn delete_user(&self, id: &str) -> Result<bool, StoreError>;
 
     /// Inserts a new task. With an idempotency key already used by the same user, nothing is
@@ -111,6 +112,28 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a task and its images; `false` when it did not exist.
     async fn delete_task(&self, id: &str) -> Result<bool, StoreError>;
     async fn status_counts(&self) -> Result<HashMap<TaskStatus, u64>, StoreError>;
+
+    /// Counts the user's pending and processing tasks (the in-flight quota).
+    async fn count_active_tasks(&self, user_id: &str) -> Result<u64, StoreError>;
+    /// Frees an expired idempotency key held by `task_id`, so a new task may take it. Nothing
+    /// happens when another task holds it by now.
+    async fn release_idempotency_key(
+        &self,
+        user_id: &str,
+        key: &str,
+        task_id: &str,
+    ) -> Result<(), StoreError>;
+
+    async fn insert_api_key(&self, key: &ApiKey) -> Result<(), StoreError>;
+    async fn get_api_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError>;
+    /// The key whose secret hashes to `hash`, revoked or not.
+    async fn find_api_key(&self, hash: &str) -> Result<Option<ApiKey>, StoreError>;
+    /// The user's keys, oldest first.
+    async fn list_api_keys(&self, user_id: &str) -> Result<Vec<ApiKey>, StoreError>;
+    /// Marks the key revoked at `at` unless it already is; `false` when it does not exist.
+    async fn revoke_api_key(&self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError>;
+    /// Records a use. Touches only `last_used_at`, so it can never undo a revocation.
+    async fn touch_api_key(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError>;
 
     async fn put_image(&self, image: &ImageBlob) -> Result<(), StoreError>;
     async fn get_image(&self, id: &str) -> Result<Option<ImageBlob>, StoreError>;

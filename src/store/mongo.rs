@@ -19,13 +19,14 @@ use mongodb::options::{ClientOptions, GridFsBucketOptions, IndexOptions, WriteCo
 use mongodb::{Client, Collection, Database, IndexModel};
 
 use super::{ImageBlob, InsertOutcome, Store, StoreError, TaskQuery};
-use crate::domain::{Task, TaskStatus, User};
+use crate::domain::{ApiKey, Task, TaskStatus, User};
 
 pub struct MongoStore {
     db: Database,
     users: Collection<Document>,
     tasks: Collection<Document>,
     idempotency: Collection<Document>,
+    api_keys: Collection<Document>,
     images: GridFsBucket,
     /// Per-task write locks, for servers whose conditional update is not atomic.
     locks: Option<Collection<Document>>,
@@ -161,6 +162,7 @@ impl MongoStore {
             users: db.collection("users"),
             tasks: db.collection("tasks"),
             idempotency: db.collection("idempotency_keys"),
+            api_keys: db.collection("api_keys"),
             images: db.gridfs_bucket(
                 GridFsBucketOptions::builder()
                     .bucket_name("images".to_string())
@@ -259,6 +261,19 @@ impl MongoStore {
         }
         self.idempotency
             .create_index(IndexModel::builder().keys(doc! {"task_id": 1}).build())
+            .await
+            .map_err(backend)?;
+        self.api_keys
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! {"hash": 1})
+                    .options(IndexOptions::builder().unique(true).build())
+                    .build(),
+            )
+            .await
+            .map_err(backend)?;
+        self.api_keys
+            .create_index(IndexModel::builder().keys(doc! {"user_id": 1}).build())
             .await
             .map_err(backend)?;
         Ok(())
@@ -406,6 +421,10 @@ impl Store for MongoStore {
             .delete_many(doc! {"user_id": id})
             .await
             .map_err(backend)?;
+        self.api_keys
+            .delete_many(doc! {"user_id": id})
+            .await
+            .map_err(backend)?;
         let r = self
             .users
             .delete_one(doc! {"_id": id})
@@ -502,6 +521,94 @@ impl Store for MongoStore {
             filter.insert("status", s.as_str());
         }
         self.tasks.count_documents(filter).await.map_err(backend)
+    }
+
+    async fn count_active_tasks(&self, user_id: &str) -> Result<u64, StoreError> {
+        self.tasks
+            .count_documents(
+                doc! {"user_id": user_id, "status": {"$in": ["pending", "processing"]}},
+            )
+            .await
+            .map_err(backend)
+    }
+
+    async fn release_idempotency_key(
+        &self,
+        user_id: &str,
+        key: &str,
+        task_id: &str,
+    ) -> Result<(), StoreError> {
+        self.idempotency
+            .delete_one(doc! {"_id": idem_id(user_id, key), "task_id": task_id})
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn insert_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+        let mut d = encode(key)?;
+        d.insert("_id", key.id.clone());
+        match self.api_keys.insert_one(d).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_duplicate(&e) => {
+                Err(StoreError::Conflict("API key already exists".into()))
+            }
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn get_api_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError> {
+        self.api_keys
+            .find_one(doc! {"_id": id})
+            .await
+            .map_err(backend)?
+            .map(decode)
+            .transpose()
+    }
+
+    async fn find_api_key(&self, hash: &str) -> Result<Option<ApiKey>, StoreError> {
+        self.api_keys
+            .find_one(doc! {"hash": hash})
+            .await
+            .map_err(backend)?
+            .map(decode)
+            .transpose()
+    }
+
+    async fn list_api_keys(&self, user_id: &str) -> Result<Vec<ApiKey>, StoreError> {
+        let cursor = self
+            .api_keys
+            .find(doc! {"user_id": user_id})
+            .sort(doc! {"_id": 1})
+            .await
+            .map_err(backend)?;
+        collect(cursor).await
+    }
+
+    async fn revoke_api_key(&self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
+        let r = self
+            .api_keys
+            .update_one(
+                doc! {"_id": id, "revoked_at": Bson::Null},
+                doc! {"$set": {"revoked_at": crate::http::rfc3339(at)}},
+            )
+            .await
+            .map_err(backend)?;
+        if r.matched_count == 1 {
+            return Ok(true);
+        }
+        Ok(self.get_api_key(id).await?.is_some())
+    }
+
+    async fn touch_api_key(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.api_keys
+            .update_one(
+                doc! {"_id": id},
+                doc! {"$set": {"last_used_at": crate::http::rfc3339(at)}},
+            )
+            .await
+            .map_err(backend)?;
+        Ok(())
     }
 
     async fn replace_task(

@@ -16,7 +16,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{ImageBlob, InsertOutcome, Store, StoreError, TaskQuery};
 use crate::config::SyncMode;
-use crate::domain::{Task, TaskStatus, User};
+use crate::domain::{ApiKey, Task, TaskStatus, User};
 
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
@@ -52,6 +52,14 @@ CREATE TABLE IF NOT EXISTS images (
     data BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS images_by_task ON images (task_id);
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    hash TEXT NOT NULL UNIQUE,
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS api_keys_by_user ON api_keys (user_id, id);
+CREATE INDEX IF NOT EXISTS tasks_active ON tasks (user_id, status);
 ";
 
 fn backend(e: rusqlite::Error) -> StoreError {
@@ -306,6 +314,8 @@ impl Store for SqliteStore {
             .map_err(backend)?;
             tx.execute("DELETE FROM tasks WHERE user_id = ?1", [&id])
                 .map_err(backend)?;
+            tx.execute("DELETE FROM api_keys WHERE user_id = ?1", [&id])
+                .map_err(backend)?;
             let n = tx
                 .execute("DELETE FROM users WHERE id = ?1", [&id])
                 .map_err(backend)?;
@@ -521,6 +531,124 @@ impl Store for SqliteStore {
                 .map_err(backend)?;
             tx.commit().map_err(backend)?;
             Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn count_active_tasks(&self, user_id: &str) -> Result<u64, StoreError> {
+        let id = user_id.to_string();
+        self.run(move |c| {
+            c.prepare_cached(
+                "SELECT COUNT(*) FROM tasks WHERE user_id = ?1 \
+                 AND status IN ('pending', 'processing')",
+            )
+            .and_then(|mut s| s.query_row([id], |r| r.get::<_, i64>(0)))
+            .map(|n| n as u64)
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn release_idempotency_key(
+        &self,
+        user_id: &str,
+        key: &str,
+        task_id: &str,
+    ) -> Result<(), StoreError> {
+        let (u, k, t) = (user_id.to_string(), key.to_string(), task_id.to_string());
+        self.run(move |c| {
+            c.prepare_cached(
+                "UPDATE tasks SET idem_key = NULL, \
+                 doc = json_set(doc, '$.idempotency_key', NULL) \
+                 WHERE id = ?1 AND user_id = ?2 AND idem_key = ?3",
+            )
+            .and_then(|mut s| s.execute(params![t, u, k]))
+            .map(|_| ())
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn insert_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+        let (id, user, hash, doc) = (
+            key.id.clone(),
+            key.user_id.clone(),
+            key.hash.clone(),
+            to_json(key)?,
+        );
+        self.run(move |c| {
+            c.prepare_cached(
+                "INSERT INTO api_keys (id, user_id, hash, doc) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .and_then(|mut s| s.execute(params![id, user, hash, doc]))
+            .map(|_| ())
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::Conflict("API key already exists".into())
+                } else {
+                    backend(e)
+                }
+            })
+        })
+        .await
+    }
+
+    async fn get_api_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError> {
+        let id = id.to_string();
+        self.run(move |c| {
+            let mut s = c
+                .prepare_cached("SELECT doc FROM api_keys WHERE id = ?1")
+                .map_err(backend)?;
+            Ok(collect_docs(&mut s, [id])?.pop())
+        })
+        .await
+    }
+
+    async fn find_api_key(&self, hash: &str) -> Result<Option<ApiKey>, StoreError> {
+        let hash = hash.to_string();
+        self.run(move |c| {
+            let mut s = c
+                .prepare_cached("SELECT doc FROM api_keys WHERE hash = ?1")
+                .map_err(backend)?;
+            Ok(collect_docs(&mut s, [hash])?.pop())
+        })
+        .await
+    }
+
+    async fn list_api_keys(&self, user_id: &str) -> Result<Vec<ApiKey>, StoreError> {
+        let id = user_id.to_string();
+        self.run(move |c| {
+            let mut s = c
+                .prepare_cached("SELECT doc FROM api_keys WHERE user_id = ?1 ORDER BY id")
+                .map_err(backend)?;
+            collect_docs(&mut s, [id])
+        })
+        .await
+    }
+
+    async fn revoke_api_key(&self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
+        let (id, at) = (id.to_string(), crate::http::rfc3339(at));
+        self.run(move |c| {
+            c.prepare_cached(
+                "UPDATE api_keys SET doc = json_set(doc, '$.revoked_at', \
+                 COALESCE(json_extract(doc, '$.revoked_at'), ?2)) WHERE id = ?1",
+            )
+            .and_then(|mut s| s.execute(params![id, at]))
+            .map(|n| n == 1)
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn touch_api_key(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+        let (id, at) = (id.to_string(), crate::http::rfc3339(at));
+        self.run(move |c| {
+            c.prepare_cached(
+                "UPDATE api_keys SET doc = json_set(doc, '$.last_used_at', ?2) WHERE id = ?1",
+            )
+            .and_then(|mut s| s.execute(params![id, at]))
+            .map(|_| ())
+            .map_err(backend)
         })
         .await
     }

@@ -250,6 +250,45 @@ pub struct WsClient {
 
 impl WsClient {
     pub async fn connect(base: &str, path: &str, proto: Proto) -> WsClient {
+        WsClient::connect_with(base, path, proto, json!({}))
+            .await
+            .unwrap_or_else(|code| panic!("socket refused with {code:?}"))
+    }
+
+    /// Opens a socket and sends `connection_init` with `payload`; `Err` carries the close code
+    /// when the server refuses the connection.
+    pub async fn connect_with(
+        base: &str,
+        path: &str,
+        proto: Proto,
+        payload: Value,
+    ) -> Result<WsClient, Option<u16>> {
+        let mut c = WsClient::open(base, path, proto).await;
+        c.send(json!({"type": "connection_init", "payload": payload}))
+            .await;
+        loop {
+            let msg = tokio::time::timeout(PATIENCE, c.ws.next())
+                .await
+                .expect("ws message in time");
+            match msg {
+                None | Some(Err(_)) => return Err(None),
+                Some(Ok(Message::Close(f))) => return Err(f.map(|f| u16::from(f.code))),
+                Some(Ok(Message::Text(t))) => {
+                    let m: Value = serde_json::from_str(&t).expect("json frame");
+                    match m["type"].as_str() {
+                        Some("connection_ack") => return Ok(c),
+                        // The legacy protocol says why before it closes.
+                        Some("ka") | Some("connection_error") => continue,
+                        other => panic!("expected connection_ack, got {other:?}: {m}"),
+                    }
+                }
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// A raw socket with the subprotocol negotiated and nothing sent yet.
+    pub async fn open(base: &str, path: &str, proto: Proto) -> WsClient {
         let url = format!("{}{}", base.replacen("http", "ws", 1), path);
         let mut req = url.into_client_request().expect("ws request");
         req.headers_mut().insert(
@@ -265,21 +304,29 @@ impl WsClient {
                 .and_then(|v| v.to_str().ok()),
             Some(proto.name())
         );
-        let mut c = WsClient { ws, proto };
-        c.send(json!({"type": "connection_init", "payload": {}}))
-            .await;
-        loop {
-            let m = c.recv_json().await;
-            match m["type"].as_str() {
-                Some("connection_ack") => break,
-                Some("ka") => continue,
-                other => panic!("expected connection_ack, got {other:?}: {m}"),
-            }
-        }
-        c
+        WsClient { ws, proto }
     }
 
-    async fn send(&mut self, v: Value) {
+    /// The close code the server ends the socket with (skipping any other frames).
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            let msg = tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .expect("ws message in time");
+            match msg {
+                None | Some(Err(_)) => return None,
+                Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// Waits up to `within` for a frame; `None` when nothing came.
+    pub async fn quiet_for(&mut self, within: Duration) -> Option<Value> {
+        tokio::time::timeout(within, self.recv_json()).await.ok()
+    }
+
+    pub async fn send(&mut self, v: Value) {
         self.ws
             .send(Message::Text(v.to_string().into()))
             .await

@@ -1,0 +1,98 @@
+//! API key routes (not in the old server): the admin makes keys for users; a key's owner or the
+//! admin lists and revokes them. The secret appears once, in the create answer.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use super::envelope::{ok, parse_json, ApiResult};
+use super::Caller;
+use crate::domain::ApiKey;
+use crate::http::{rfc3339, AppState};
+
+#[derive(Deserialize, Default)]
+pub struct CreateBody {
+    name: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct KeyJson<'a> {
+    id: &'a str,
+    user_id: &'a str,
+    name: &'a str,
+    prefix: &'a str,
+    created_at: String,
+    last_used_at: Option<String>,
+    revoked_at: Option<String>,
+    active: bool,
+}
+
+pub fn key_json(k: &ApiKey) -> KeyJson<'_> {
+    KeyJson {
+        id: &k.id,
+        user_id: &k.user_id,
+        name: &k.name,
+        prefix: &k.prefix,
+        created_at: rfc3339(k.created_at),
+        last_used_at: k.last_used_at.map(rfc3339),
+        revoked_at: k.revoked_at.map(rfc3339),
+        active: k.is_active(),
+    }
+}
+
+pub async fn create(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(user_id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    // The body is optional: `{"name": …}` or nothing at all.
+    let name = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        parse_json::<CreateBody>(&body)?.name
+    };
+    let (key, secret) = s
+        .service
+        .create_api_key(&who, &user_id, name.as_deref())
+        .await?;
+    let mut data = serde_json::to_value(key_json(&key)).unwrap_or_default();
+    data["key"] = serde_json::Value::String(secret);
+    ok(
+        StatusCode::CREATED,
+        data,
+        Some("API key created; the key is shown only this once"),
+    )
+}
+
+pub async fn list(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(user_id): Path<String>,
+) -> ApiResult {
+    let keys = s.service.list_api_keys(&who, Some(&user_id)).await?;
+    ok(
+        StatusCode::OK,
+        keys.iter().map(key_json).collect::<Vec<_>>(),
+        None,
+    )
+}
+
+/// The caller's own keys (a user key only).
+pub async fn list_own(State(s): State<AppState>, Caller(who): Caller) -> ApiResult {
+    let keys = s.service.list_api_keys(&who, None).await?;
+    ok(
+        StatusCode::OK,
+        keys.iter().map(key_json).collect::<Vec<_>>(),
+        None,
+    )
+}
+
+pub async fn revoke(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(key_id): Path<String>,
+) -> ApiResult {
+    let key = s.service.revoke_api_key(&who, &key_id).await?;
+    ok(StatusCode::OK, key_json(&key), Some("API key revoked"))
+}
