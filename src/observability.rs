@@ -63,7 +63,11 @@ pub async fn track_http(req: Request, next: Next) -> Response {
     resp
 }
 
-/// `GET /metrics`: refreshes the gauges read from the store, then renders.
+/// Prometheus metrics
+///
+/// Refreshes the gauges read from the store, then renders the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn render(State(s): State<AppState>) -> Response {
     let Some(handle) = handle() else {
         return (

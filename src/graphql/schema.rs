@@ -55,12 +55,15 @@ fn connection<I, N: async_graphql::OutputType>(
 
 pub struct Query;
 
+/// Reads: users, tasks and the model catalogue.
 #[Object]
 impl Query {
+    /// The user with this id (null if none).
     async fn user(&self, c: &Context<'_>, id: ID) -> async_graphql::Result<Option<User>> {
         Ok(ctx(c)?.service.find_user(&id).await.gql()?.map(User))
     }
 
+    /// The user with this email, compared regardless of case (null if none).
     async fn user_by_email(
         &self,
         c: &Context<'_>,
@@ -89,6 +92,7 @@ impl Query {
         None
     }
 
+    /// The task with this id (null if none).
     async fn task(&self, c: &Context<'_>, id: ID) -> async_graphql::Result<Option<Task>> {
         Ok(ctx(c)?.service.find_task(&id).await.gql()?.map(task))
     }
@@ -131,8 +135,10 @@ impl Query {
 
 pub struct Mutation;
 
+/// Changes: users and tasks.
 #[Object]
 impl Mutation {
+    /// Creates a user; the email must be unused (`CONFLICT` otherwise).
     async fn create_user(
         &self,
         c: &Context<'_>,
@@ -149,6 +155,7 @@ impl Mutation {
         Ok(User(u))
     }
 
+    /// Changes a user's email and/or name.
     async fn update_user(
         &self,
         c: &Context<'_>,
@@ -175,6 +182,7 @@ impl Mutation {
         Ok(true)
     }
 
+    /// Submits a prompt; answers at once with the `PENDING` task. Follow it with `taskUpdated`.
     async fn create_image_task(
         &self,
         c: &Context<'_>,
@@ -221,6 +229,7 @@ impl Mutation {
 
 pub struct Subscription;
 
+/// Live task updates over WebSocket (`/graphql/ws`).
 #[Subscription]
 impl Subscription {
     /// The task's current state first, then every newer version in order; completes after a
