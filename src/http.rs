@@ -61,6 +61,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(crate::observability::render))
         .route("/openapi.json", get(crate::rest::openapi::spec))
         .merge(crate::rest::routes())
+        .merge(crate::console::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))

@@ -4,6 +4,7 @@
 pub mod app;
 pub mod bench;
 pub mod config;
+pub mod console;
 
 pub mod domain;
 pub mod emulator;
