@@ -2,6 +2,7 @@
 //! generation. See `docs/architecture.md` for the design and `README.md` to run it.
 
 pub mod app;
+pub mod banner;
 pub mod bench;
 pub mod config;
 pub mod console;
@@ -13,6 +14,7 @@ pub mod events;
 pub mod graphql;
 pub mod http;
 pub mod observability;
+pub mod progress;
 pub mod provider;
 pub mod queue;
 pub mod rest;
