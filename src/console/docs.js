@@ -48,7 +48,7 @@ function operation(method, path, op) {
   if (op.description) box.append(prose(op.description));
   if (op.parameters?.length) {
     box.append(el("h4", {}, "Parameters"), el("table", {}, el("tbody", {}, op.parameters.map((p) =>
-      el("tr", {}, el("td", {}, el("code", {}, p.name), p.required ? " *" : ""), el("td", {}, p.in), el("td", {}, typeOf(p.schema)), el("td", {}, p.description || ""))))));
+      el("tr", {}, el("td", {}, el("code", {}, p.name), p.required ? " *" : ""), el("td", {}, p.in), el("td", {}, typeOf(p.schema)), el("td", {}, prose(p.description)))))));
   }
   const body = op.requestBody?.content?.["application/json"];
   if (body) box.append(el("h4", {}, "Request body"), el("p", {}, typeOf(body.schema)), op.requestBody.description ? prose(op.requestBody.description) : "");
