@@ -158,6 +158,7 @@ pub async fn pipeline(a: PipelineArgs) -> Result<PipelineReport, String> {
     );
 
     let mut last_report = Instant::now();
+    let bar = crate::progress::bar(a.tasks as u64, "completed");
     let (completed, failed) = loop {
         let stats: Value = http
             .get(format!("{base}/api/v1/queue/stats"))
@@ -172,10 +173,14 @@ pub async fn pipeline(a: PipelineArgs) -> Result<PipelineReport, String> {
             by["completed"].as_u64().unwrap_or(0),
             by["failed"].as_u64().unwrap_or(0),
         );
+        bar.set_position(done + failed);
+        bar.set_message(format!("{failed} failed"));
         if (done + failed) as usize >= a.tasks {
+            bar.finish_and_clear();
             break (done, failed);
         }
-        if last_report.elapsed() >= Duration::from_secs(10) {
+        // Without a terminal (a log file, CI) a line every 10 s replaces the bar.
+        if !crate::progress::interactive() && last_report.elapsed() >= Duration::from_secs(10) {
             let mins = started.elapsed().as_secs_f64() / 60.0;
             eprintln!(
                 "bench: {done}/{} completed, {failed} failed, {:.0} images/min so far",
@@ -293,10 +298,11 @@ where
 {
     let make = Arc::new(make);
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let bar = crate::progress::bar(total as u64, name);
     let started = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..connections.max(1) {
-        let (make, next) = (make.clone(), next.clone());
+        let (make, next, bar) = (make.clone(), next.clone(), bar.clone());
         set.spawn(async move {
             let mut lat = Vec::new();
             loop {
@@ -307,6 +313,7 @@ where
                 let t = Instant::now();
                 make(i).await?;
                 lat.push(t.elapsed());
+                bar.inc(1);
             }
         });
     }
@@ -314,6 +321,7 @@ where
     while let Some(r) = set.join_next().await {
         all.extend(r.map_err(|e| e.to_string())??);
     }
+    bar.finish_and_clear();
     Ok(summarize(name, all, started.elapsed()))
 }
 

@@ -8,11 +8,16 @@ use crate::events::EventsError;
 use crate::queue::QueueError;
 use crate::store::StoreError;
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One invalid input field, as listed in a `VALIDATION_FAILED` answer's `details`.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
+    /// The offending field, e.g. `prompt` or `input.size`.
     pub field: String,
+    /// What is wrong with it.
     pub message: String,
+    /// The value received, when it can be shown.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub value: Option<serde_json::Value>,
 }
 

@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::domain::StoredImage;
 use crate::error::AppError;
 use crate::graphql::{self, AppSchema};
-use crate::rest::envelope::ApiError;
+use crate::rest::envelope::{ApiError, ErrorBody};
 use crate::service::Service;
 
 #[derive(Clone)]
@@ -61,7 +61,9 @@ pub fn router(state: AppState) -> Router {
         .route("/graphql/ws", get(graphql::ws_handler))
         .route("/images/{file}", get(image))
         .route("/metrics", get(crate::observability::render))
+        .route("/openapi.json", get(crate::rest::openapi::spec))
         .merge(crate::rest::routes())
+        .merge(crate::console::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
@@ -70,7 +72,13 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn health(State(s): State<AppState>) -> Response {
+/// Liveness
+///
+/// Always 200 while the process serves HTTP; tells the provider mode (`ark` or `sandbox`),
+/// the deployment mode and the backends.
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, description = "`{status: \"ok\", provider, mode, store, queue, events, version, uptime_seconds}`", body = Object)))]
+pub async fn health(State(s): State<AppState>) -> Response {
     Json(json!({
         "status": "ok",
         "service": "volcengine-ai-server",
@@ -85,8 +93,15 @@ async fn health(State(s): State<AppState>) -> Response {
     .into_response()
 }
 
+/// Readiness
+///
 /// Ready when every backend answers; 503 naming the ones that do not.
-async fn ready(State(s): State<AppState>) -> Response {
+#[utoipa::path(get, path = "/ready", tag = "operations",
+    responses(
+        (status = 200, description = "`{status: \"ready\", store: \"ok\", queue: \"ok\", events: \"ok\"}`", body = Object),
+        (status = 503, description = "Some backend is `unavailable`", body = Object),
+    ))]
+pub async fn ready(State(s): State<AppState>) -> Response {
     let store = s.service.store.ping().await.map_err(|e| e.to_string());
     let queue = s.service.queue.ping().await.map_err(|e| e.to_string());
     let events = s.service.events.ping().await.map_err(|e| e.to_string());
@@ -114,8 +129,18 @@ async fn ready(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Serves stored image bytes. Content never changes under an id, so it caches forever.
-async fn image(
+/// A stored image
+///
+/// The bytes of a generated image, under the URL handed out in `result.image_url`. Content
+/// never changes under an id, so it is cacheable forever (`ETag`, `If-None-Match` → 304).
+#[utoipa::path(get, path = "/images/{file}", tag = "images",
+    params(("file" = String, Path, description = "`<image id>.<ext>`, e.g. `0192….png`")),
+    responses(
+        (status = 200, description = "The image", content_type = "image/png"),
+        (status = 304, description = "Not modified (`If-None-Match`)"),
+        (status = 404, description = "No such image", body = ErrorBody),
+    ))]
+pub async fn image(
     State(s): State<AppState>,
     Path(file): Path<String>,
     headers: HeaderMap,

@@ -3,8 +3,11 @@
 
 pub mod app;
 pub mod auth;
+pub mod banner;
 pub mod bench;
 pub mod config;
+pub mod console;
+
 pub mod domain;
 pub mod emulator;
 pub mod error;
@@ -12,6 +15,7 @@ pub mod events;
 pub mod graphql;
 pub mod http;
 pub mod observability;
+pub mod progress;
 pub mod provider;
 pub mod queue;
 pub mod rest;

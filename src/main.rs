@@ -146,6 +146,48 @@ async fn signal(token: CancellationToken) {
     token.cancel();
 }
 
+/// The start-up banner: an aligned block on stderr for a person, or, with `LOG_FORMAT=json`,
+/// one structured log line (a block of text would break a JSON log stream).
+fn print_banner(config: &Config, role: Role, running: &app::Running) {
+    let role = match role {
+        Role::Serve => "serve",
+        Role::Api => "api",
+        Role::Worker => "worker",
+    };
+    let b = volcengine_ai_server::banner::build(
+        config,
+        role,
+        running.addr,
+        &running.public_base,
+        running.provider_mode,
+    );
+    match config.log_format {
+        LogFormat::Pretty => eprint!("\n{}\n", b.render()),
+        LogFormat::Json => tracing::info!(
+            role,
+            mode = if config.is_distributed() {
+                "distributed"
+            } else {
+                "embedded"
+            },
+            provider_mode = running.provider_mode,
+            listening = b.get("listening"),
+            public_url = b.get("public URL"),
+            console = b.get("console"),
+            docs = b.get("REST docs"),
+            graphiql = b.get("GraphiQL"),
+            storage = b.get("storage"),
+            queue = b.get("queue"),
+            events = b.get("events"),
+            provider = b.get("provider"),
+            pacing = b.get("pacing"),
+            auth = b.get("auth"),
+            "{}",
+            b.title
+        ),
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -198,7 +240,7 @@ async fn main() -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {} (EMULATOR_ADDR)", a.addr))?;
         let token = CancellationToken::new();
-        emulator::serve(
+        let emu = emulator::serve(
             EmulatorConfig {
                 latency: a.latency,
                 latency_jitter: a.latency_jitter,
@@ -220,7 +262,29 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
         tracing::info!(addr = %a.addr, "Ark emulator listening: POST /api/v3/images/generations, GET /emulator/stats");
+        // A live count of what the emulator answered, for a person watching a failure drill.
+        let bar = volcengine_ai_server::progress::spinner("emulator");
+        let watch = {
+            let (emu, bar, token) = (emu.clone(), bar.clone(), token.clone());
+            tokio::spawn(async move {
+                while !bar.is_hidden() && !token.is_cancelled() {
+                    let s = emu.stats();
+                    let mut by: Vec<_> = s.by_status.iter().collect();
+                    by.sort();
+                    let by: Vec<String> = by.iter().map(|(k, v)| format!("{k}×{v}")).collect();
+                    bar.set_message(format!(
+                        "{} requests, {} images [{}]",
+                        s.requests,
+                        s.images,
+                        by.join(" ")
+                    ));
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            })
+        };
         signal(token).await;
+        bar.finish_and_clear();
+        watch.abort();
         return Ok(());
     }
 
@@ -240,21 +304,7 @@ async fn main() -> anyhow::Result<()> {
         )
     };
     let running = app::start(config.clone(), listener, role).await?;
-    let mode = if config.is_distributed() {
-        "distributed"
-    } else {
-        "embedded"
-    };
-    match running.addr {
-        Some(a) => tracing::info!(
-            %mode,
-            provider = running.provider_mode,
-            data_dir = %config.data_dir.display(),
-            "volcengine-ai-server listening on http://{a} (GraphiQL: {}/graphql, REST: {}/api/v1, health: {}/health)",
-            running.public_base, running.public_base, running.public_base
-        ),
-        None => tracing::info!(%mode, provider = running.provider_mode, "worker running"),
-    }
+    print_banner(&config, role, &running);
     signal(running.shutdown_token()).await;
     running.shutdown(config.shutdown_timeout).await;
     tracing::info!("stopped");

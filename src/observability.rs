@@ -63,8 +63,13 @@ pub async fn track_http(req: Request, next: Next) -> Response {
     resp
 }
 
-/// `GET /metrics`: refreshes the gauges read from the store, then renders. With auth on it
-/// needs the admin key (Prometheus: `authorization: {credentials: …}` in the scrape config).
+/// Prometheus metrics
+///
+/// Refreshes the gauges read from the store, then renders the text exposition format. With
+/// auth on it needs the admin key (Prometheus: `authorization: {credentials: …}` in the scrape
+/// config).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn render(State(s): State<AppState>, caller: crate::rest::Caller) -> Response {
     if !caller.0.is_admin() {
         return crate::rest::envelope::ApiError::from(crate::error::AppError::Forbidden(

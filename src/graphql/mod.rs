@@ -121,6 +121,18 @@ async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Principal, Resp
         .map_err(|e| gql_error_response(StatusCode::UNAUTHORIZED, e))
 }
 
+/// GraphQL
+///
+/// Queries and mutations; the schema is `schema.graphql` (or introspection). Subscriptions run
+/// over WebSocket at `/graphql/ws` (`graphql-transport-ws` or `graphql-ws`). A browser's
+/// `GET /graphql` opens GraphiQL.
+#[utoipa::path(post, path = "/graphql", tag = "graphql",
+    request_body(content = Object, description = "`{query, variables?, operationName?}`"),
+    responses(
+        (status = 200, description = "`{data, errors?}`; errors carry `extensions.code`", body = Object),
+        (status = 400, description = "The body is not a GraphQL request", body = Object),
+        (status = 413, description = "Body too large", body = Object),
+    ))]
 pub async fn post_handler(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -438,5 +450,46 @@ async fn serve_socket(state: AppState, mut socket: WebSocket, protocol: WebSocke
         if sink.send(frame).await.is_err() {
             break;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `schema.graphql` is the GraphQL documentation, so every type, field, input field and enum
+    /// value we define must say what it is. Built-in types (`__*`, scalars) and the connection
+    /// and edge types async-graphql generates (whose description it does not let us set) are
+    /// exempt as types; their fields are not.
+    #[tokio::test]
+    async fn every_type_and_field_has_a_description() {
+        let schema = build_schema(None, &Config::default());
+        let q = "{ __schema { types { name kind description
+            fields { name description } inputFields { name description }
+            enumValues { name description } } } }";
+        let resp = schema.execute(q).await;
+        assert!(resp.errors.is_empty(), "{:?}", resp.errors);
+        let data = resp.data.into_json().expect("introspection JSON");
+        let mut missing = Vec::new();
+        for t in data["__schema"]["types"].as_array().expect("types") {
+            let name = t["name"].as_str().unwrap_or_default();
+            let builtin = name.starts_with("__")
+                || matches!(name, "String" | "Int" | "Float" | "Boolean" | "ID");
+            if builtin {
+                continue;
+            }
+            let generated = name.ends_with("Connection") || name.ends_with("Edge");
+            if !generated && t["description"].as_str().unwrap_or_default().is_empty() {
+                missing.push(name.to_string());
+            }
+            for list in ["fields", "inputFields", "enumValues"] {
+                for f in t[list].as_array().into_iter().flatten() {
+                    if f["description"].as_str().unwrap_or_default().is_empty() {
+                        missing.push(format!("{name}.{}", f["name"].as_str().unwrap_or("?")));
+                    }
+                }
+            }
+        }
+        assert!(missing.is_empty(), "no description: {missing:?}");
     }
 }

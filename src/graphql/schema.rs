@@ -61,8 +61,10 @@ fn connection<I, N: async_graphql::OutputType>(
 
 pub struct Query;
 
+/// Reads: users, tasks and the model catalogue.
 #[Object]
 impl Query {
+    /// The user with this id (null if none).
     async fn user(&self, c: &Context<'_>, id: ID) -> async_graphql::Result<Option<User>> {
         Ok(ctx(c)?
             .service
@@ -72,6 +74,7 @@ impl Query {
             .map(User))
     }
 
+    /// The user with this email, compared regardless of case (null if none).
     async fn user_by_email(
         &self,
         c: &Context<'_>,
@@ -109,6 +112,7 @@ impl Query {
         }
     }
 
+    /// The task with this id (null if none).
     async fn task(&self, c: &Context<'_>, id: ID) -> async_graphql::Result<Option<Task>> {
         Ok(ctx(c)?
             .service
@@ -171,8 +175,10 @@ impl Query {
 
 pub struct Mutation;
 
+/// Changes: users and tasks.
 #[Object]
 impl Mutation {
+    /// Creates a user; the email must be unused (`CONFLICT` otherwise).
     async fn create_user(
         &self,
         c: &Context<'_>,
@@ -192,6 +198,7 @@ impl Mutation {
         Ok(User(u))
     }
 
+    /// Changes a user's email and/or name.
     async fn update_user(
         &self,
         c: &Context<'_>,
@@ -219,6 +226,7 @@ impl Mutation {
         Ok(true)
     }
 
+    /// Submits a prompt; answers at once with the `PENDING` task. Follow it with `taskUpdated`.
     async fn create_image_task(
         &self,
         c: &Context<'_>,
@@ -292,6 +300,7 @@ impl Mutation {
 
 pub struct Subscription;
 
+/// Live task updates over WebSocket (`/graphql/ws`).
 #[Subscription]
 impl Subscription {
     /// The task's current state first, then every newer version in order; completes after a

@@ -11,12 +11,18 @@ use super::loader::UserLoader;
 use super::Ctx;
 use crate::domain::{self, ModelSpec, SizeRule, StoredImage};
 
+/// Where a task is in its life: `PENDING` → `PROCESSING` → `COMPLETED`, `FAILED` or `CANCELLED`.
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
 pub enum TaskStatus {
+    /// Waiting for a worker (new, or a retry after a retryable error).
     Pending,
+    /// A worker is calling the provider.
     Processing,
+    /// The images are stored; `result` holds them.
     Completed,
+    /// A final error or the attempt budget exhausted; `error` says why. `retryTask` runs it again.
     Failed,
+    /// Cancelled by a user. `retryTask` runs it again.
     Cancelled,
 }
 
@@ -49,18 +55,23 @@ pub struct User(pub domain::User);
 /// A person or application that owns tasks.
 #[Object]
 impl User {
+    /// Stable id (a UUID).
     async fn id(&self) -> ID {
         ID(self.0.id.clone())
     }
+    /// Email address, unique regardless of case.
     async fn email(&self) -> &str {
         &self.0.email
     }
+    /// Display name (2 to 50 characters).
     async fn name(&self) -> &str {
         &self.0.name
     }
+    /// When the user was created.
     async fn created_at(&self) -> DateTime<Utc> {
         self.0.created_at
     }
+    /// When the user was last changed.
     async fn updated_at(&self) -> DateTime<Utc> {
         self.0.updated_at
     }
@@ -72,9 +83,11 @@ pub struct Task(pub Arc<domain::Task>);
 /// An image generation task and its current state.
 #[Object]
 impl Task {
+    /// Stable id (a UUID), returned at once by `createImageTask`.
     async fn id(&self) -> ID {
         ID(self.0.id.clone())
     }
+    /// Id of the owner.
     async fn user_id(&self) -> ID {
         ID(self.0.user_id.clone())
     }
@@ -93,21 +106,27 @@ impl Task {
     async fn model(&self) -> &str {
         &self.0.model
     }
+    /// The text the image is generated from.
     async fn prompt(&self) -> &str {
         &self.0.prompt
     }
+    /// Requested size: `WxH`, or a tier such as `2K`.
     async fn size(&self) -> &str {
         &self.0.params.size
     }
+    /// Random seed sent to the provider (models that support one).
     async fn seed(&self) -> Option<i64> {
         self.0.params.seed
     }
+    /// How closely the image follows the prompt (models that support it).
     async fn guidance_scale(&self) -> Option<f64> {
         self.0.params.guidance_scale
     }
+    /// Whether the provider adds its "AI generated" watermark.
     async fn watermark(&self) -> bool {
         self.0.params.watermark
     }
+    /// Current state; `taskUpdated` reports every change.
     async fn status(&self) -> TaskStatus {
         self.0.status.into()
     }
@@ -119,6 +138,7 @@ impl Task {
     async fn attempts(&self) -> u32 {
         self.0.attempts
     }
+    /// The stored images, once `COMPLETED`.
     async fn result(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<ImageResult>> {
         let base = &ctx.data::<Arc<Ctx>>()?.public_base;
         Ok(self.0.result.as_ref().map(|r| ImageResult {
@@ -143,15 +163,19 @@ impl Task {
     async fn provider_request_id(&self) -> Option<&str> {
         self.0.provider_request_id.as_deref()
     }
+    /// When the task was submitted.
     async fn created_at(&self) -> DateTime<Utc> {
         self.0.created_at
     }
+    /// When the task last changed.
     async fn updated_at(&self) -> DateTime<Utc> {
         self.0.updated_at
     }
+    /// When a worker last started calling the provider for it.
     async fn started_at(&self) -> Option<DateTime<Utc>> {
         self.0.started_at
     }
+    /// When it reached a terminal state.
     async fn completed_at(&self) -> Option<DateTime<Utc>> {
         self.0.completed_at
     }
@@ -161,6 +185,7 @@ impl Task {
 #[derive(SimpleObject)]
 #[graphql(complex)]
 pub struct ImageResult {
+    /// Every image generated, in the provider's order.
     pub images: Vec<Image>,
 }
 
@@ -178,14 +203,19 @@ impl ImageResult {
 /// One stored image.
 #[derive(SimpleObject)]
 pub struct Image {
+    /// Id of the stored image (the file name in its URL).
     pub id: ID,
     /// Served by this server; stays valid after the provider's link expired.
     pub url: String,
     /// The provider's link (valid for 24 hours after generation).
     pub provider_url: Option<String>,
+    /// Width in pixels.
     pub width: u32,
+    /// Height in pixels.
     pub height: u32,
+    /// Size of the stored file in bytes.
     pub bytes: u64,
+    /// MIME type, e.g. `image/png`.
     pub content_type: String,
 }
 
@@ -203,18 +233,20 @@ impl Image {
     }
 }
 
+/// Why a task failed (or why its last attempt failed while a retry waits).
 #[derive(SimpleObject)]
 pub struct TaskError {
     /// Provider error code (e.g. `InputTextSensitiveContentDetected`) or ours.
     pub code: String,
+    /// Human-readable explanation.
     pub message: String,
     /// Whether the cause may pass on another attempt.
     pub retryable: bool,
 }
 
-/// A model that can be asked for, with its limits.
 pub struct ImageModel(pub ModelSpec);
 
+/// A model that can be asked for, with its limits.
 #[Object]
 impl ImageModel {
     /// Provider model id.
@@ -225,9 +257,11 @@ impl ImageModel {
     async fn name(&self) -> &str {
         &self.0.name
     }
+    /// Human-readable name, e.g. `Seedream 3.0`.
     async fn display_name(&self) -> &str {
         &self.0.display_name
     }
+    /// Other accepted names (older friendly names).
     async fn aliases(&self) -> &[String] {
         &self.0.aliases
     }
@@ -239,6 +273,7 @@ impl ImageModel {
             domain::ModelFamily::Seedream4 => "multi_image",
         }
     }
+    /// Size used when a task gives none.
     async fn default_size(&self) -> &str {
         &self.0.default_size
     }
@@ -253,46 +288,61 @@ impl ImageModel {
             SizeRule::Adaptive => None,
         }
     }
+    /// Greatest `width × height` accepted for `WxH` sizes (null: only `adaptive`).
     async fn max_pixels(&self) -> Option<u64> {
         match self.0.size_rule {
             SizeRule::Pixels { max_pixels, .. } => Some(max_pixels),
             SizeRule::Adaptive => None,
         }
     }
+    /// Whether `seed` is accepted.
     async fn supports_seed(&self) -> bool {
         self.0.supports_seed
     }
+    /// Whether `guidanceScale` is accepted.
     async fn supports_guidance_scale(&self) -> bool {
         self.0.supports_guidance
     }
+    /// Fewest reference images a task must give (1 for image editing).
     async fn min_reference_images(&self) -> u32 {
         self.0.min_reference_images
     }
+    /// Most reference images a task may give.
     async fn max_reference_images(&self) -> u32 {
         self.0.max_reference_images
     }
+    /// Most images one task can produce (`n`).
     async fn max_output_images(&self) -> u32 {
         self.0.max_output_images
     }
+    /// Longest prompt accepted, in characters.
     async fn max_prompt_length(&self) -> usize {
         self.0.max_prompt_chars
     }
 }
 
+/// A new user.
 #[derive(InputObject)]
 pub struct CreateUserInput {
+    /// Valid address of at most 100 characters, unique regardless of case.
     pub email: String,
+    /// 2 to 50 characters.
     pub name: String,
 }
 
+/// Changes to a user; omitted fields stay as they are.
 #[derive(InputObject)]
 pub struct UpdateUserInput {
+    /// New email (same rules as on creation).
     pub email: Option<String>,
+    /// New name (same rules as on creation).
     pub name: Option<String>,
 }
 
+/// A new image generation task.
 #[derive(InputObject)]
 pub struct CreateImageTaskInput {
+    /// What to draw; not blank, at most the model's `maxPromptLength`.
     pub prompt: String,
     /// Owner of the task.
     pub user_id: Option<ID>,
@@ -300,8 +350,11 @@ pub struct CreateImageTaskInput {
     pub model: Option<String>,
     /// `WxH`, or a tier (`2K`) where the model has tiers.
     pub size: Option<String>,
+    /// Random seed, for models with `supportsSeed`.
     pub seed: Option<i64>,
+    /// Prompt adherence, for models with `supportsGuidanceScale`.
     pub guidance_scale: Option<f64>,
+    /// Add the provider's watermark (default false).
     pub watermark: Option<bool>,
     /// Reference images (http(s) or data URLs) for image-to-image models.
     pub images: Option<Vec<String>>,
@@ -323,9 +376,11 @@ pub struct ApiKey(pub domain::ApiKey);
 /// An API key of a user. The secret itself is never shown again after `createApiKey`.
 #[Object]
 impl ApiKey {
+    /// The key's id (not the secret): what `revokeApiKey` takes.
     async fn id(&self) -> ID {
         ID(self.0.id.clone())
     }
+    /// The user the key acts as.
     async fn user_id(&self) -> ID {
         ID(self.0.user_id.clone())
     }
@@ -337,6 +392,7 @@ impl ApiKey {
     async fn prefix(&self) -> &str {
         &self.0.prefix
     }
+    /// When the key was made.
     async fn created_at(&self) -> DateTime<Utc> {
         self.0.created_at
     }
@@ -344,6 +400,7 @@ impl ApiKey {
     async fn last_used_at(&self) -> Option<DateTime<Utc>> {
         self.0.last_used_at
     }
+    /// When the key was revoked; null while it works.
     async fn revoked_at(&self) -> Option<DateTime<Utc>> {
         self.0.revoked_at
     }
@@ -359,6 +416,7 @@ pub struct CreatedApiKey {
     pub api_key: ApiKey,
 }
 
+/// The answer to `createApiKey`.
 #[Object]
 impl CreatedApiKey {
     /// The secret: send it as `Authorization: Bearer <key>`. Store it now; it cannot be shown
@@ -366,6 +424,7 @@ impl CreatedApiKey {
     async fn key(&self) -> &str {
         &self.key
     }
+    /// The stored record of the new key.
     async fn api_key(&self) -> &ApiKey {
         &self.api_key
     }

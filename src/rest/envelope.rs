@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::{json, Value};
+use utoipa::ToSchema;
 
 use crate::error::{AppError, FieldError};
 use crate::http::AppState;
@@ -54,22 +54,41 @@ impl From<AppError> for ApiError {
     }
 }
 
+/// The error envelope on the wire (and in the OpenAPI document).
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Always `false`.
+    pub success: bool,
+    /// Short human text, e.g. `validation failed`.
+    pub error: &'static str,
+    /// Detail; never internals for `INTERNAL`.
+    pub message: String,
+    /// `VALIDATION_FAILED`, `INVALID_JSON`, `UNAUTHENTICATED`, `FORBIDDEN`, `NOT_FOUND`,
+    /// `CONFLICT`, `PAYLOAD_TOO_LARGE`, `RATE_LIMITED`, `UNAVAILABLE` or `INTERNAL`.
+    pub code: &'static str,
+    /// The invalid fields of a `VALIDATION_FAILED` answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<Vec<FieldError>>,
+    /// The requested path, on an unknown route.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let e = self.error;
         e.log_internal();
-        let mut body = json!({
-            "success": false,
-            "error": short(&e),
-            "message": e.public_message(),
-            "code": e.code(),
-        });
-        if let AppError::Validation(fields) = &e {
-            body["details"] = json!(fields);
-        }
-        if let Some(p) = self.path {
-            body["path"] = json!(p);
-        }
+        let body = ErrorBody {
+            success: false,
+            error: short(&e),
+            message: e.public_message(),
+            code: e.code(),
+            details: match &e {
+                AppError::Validation(fields) => Some(fields.clone()),
+                _ => None,
+            },
+            path: self.path,
+        };
         let mut resp = (status_of(&e), Json(body)).into_response();
         if let AppError::RateLimited {
             retry_after_secs, ..
@@ -85,20 +104,41 @@ impl IntoResponse for ApiError {
 
 pub type ApiResult = Result<Response, ApiError>;
 
+/// The success envelope on the wire (and in the OpenAPI document).
+#[derive(Serialize, ToSchema)]
+pub struct Envelope<T> {
+    /// Always `true`.
+    pub success: bool,
+    pub data: T,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A page of a list, with its paging information beside `data`.
+#[derive(Serialize, ToSchema)]
+pub struct Paged<T, P> {
+    /// Always `true`.
+    pub success: bool,
+    pub data: Vec<T>,
+    pub pagination: P,
+}
+
 pub fn ok(status: StatusCode, data: impl Serialize, message: Option<&str>) -> ApiResult {
-    let mut body = json!({ "success": true, "data": data });
-    if let Some(m) = message {
-        body["message"] = json!(m);
-    }
+    let body = Envelope {
+        success: true,
+        data,
+        message: message.map(str::to_string),
+    };
     Ok((status, Json(body)).into_response())
 }
 
-/// Like `ok`, with extra top-level fields beside `data` (paging).
-pub fn ok_with(data: impl Serialize, extra: Value) -> ApiResult {
-    let mut body = json!({ "success": true, "data": data });
-    if let (Some(b), Value::Object(x)) = (body.as_object_mut(), extra) {
-        b.extend(x);
-    }
+/// A page: `data` plus `pagination`.
+pub fn ok_page<T: Serialize, P: Serialize>(data: Vec<T>, pagination: P) -> ApiResult {
+    let body = Paged {
+        success: true,
+        data,
+        pagination,
+    };
     Ok((StatusCode::OK, Json(body)).into_response())
 }
 

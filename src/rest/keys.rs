@@ -4,18 +4,21 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-use super::envelope::{ok, parse_json, ApiResult};
+use super::envelope::{ok, parse_json, ApiResult, Envelope, ErrorBody};
 use super::Caller;
 use crate::domain::ApiKey;
 use crate::http::{rfc3339, AppState};
 
-#[derive(Deserialize, Default)]
+/// Optional label of a new key.
+#[derive(Deserialize, Default, ToSchema)]
 pub struct CreateBody {
     name: Option<String>,
 }
 
-#[derive(Serialize)]
+/// An API key without its secret.
+#[derive(Serialize, ToSchema)]
 pub struct KeyJson<'a> {
     id: &'a str,
     user_id: &'a str,
@@ -40,6 +43,18 @@ pub fn key_json(k: &ApiKey) -> KeyJson<'_> {
     }
 }
 
+/// Create an API key (admin)
+///
+/// The answer's `data.key` is the secret, shown only this once; send it as
+/// `Authorization: Bearer <key>`.
+#[utoipa::path(post, path = "/api/v1/users/{id}/api-keys", tag = "keys",
+    params(("id" = String, Path, description = "User id")),
+    request_body(content = Option<CreateBody>, description = "Optional `{name}`"),
+    responses(
+        (status = 201, description = "The key with its secret in `data.key`", body = Envelope<KeyJson>),
+        (status = 403, description = "Not the admin key", body = ErrorBody),
+        (status = 404, description = "No such user", body = ErrorBody),
+    ))]
 pub async fn create(
     State(s): State<AppState>,
     Caller(who): Caller,
@@ -65,6 +80,13 @@ pub async fn create(
     )
 }
 
+/// List a user's API keys
+#[utoipa::path(get, path = "/api/v1/users/{id}/api-keys", tag = "keys",
+    params(("id" = String, Path, description = "User id")),
+    responses(
+        (status = 200, description = "Keys, oldest first, without secrets", body = Envelope<Vec<KeyJson>>),
+        (status = 403, description = "Another user's keys", body = ErrorBody),
+    ))]
 pub async fn list(
     State(s): State<AppState>,
     Caller(who): Caller,
@@ -78,7 +100,14 @@ pub async fn list(
     )
 }
 
-/// The caller's own keys (a user key only).
+/// List the caller's own API keys
+///
+/// For a user key; the admin names a user instead.
+#[utoipa::path(get, path = "/api/v1/api-keys", tag = "keys",
+    responses(
+        (status = 200, description = "Keys, oldest first, without secrets", body = Envelope<Vec<KeyJson>>),
+        (status = 400, description = "The admin key has no keys of its own", body = ErrorBody),
+    ))]
 pub async fn list_own(State(s): State<AppState>, Caller(who): Caller) -> ApiResult {
     let keys = s.service.list_api_keys(&who, None).await?;
     ok(
@@ -88,6 +117,15 @@ pub async fn list_own(State(s): State<AppState>, Caller(who): Caller) -> ApiResu
     )
 }
 
+/// Revoke an API key
+///
+/// The admin any key, a user its own. Requests with it are refused from then on.
+#[utoipa::path(delete, path = "/api/v1/api-keys/{key_id}", tag = "keys",
+    params(("key_id" = String, Path, description = "Key id")),
+    responses(
+        (status = 200, description = "The revoked key", body = Envelope<KeyJson>),
+        (status = 404, description = "No such key (or another user's)", body = ErrorBody),
+    ))]
 pub async fn revoke(
     State(s): State<AppState>,
     Caller(who): Caller,

@@ -2,6 +2,7 @@
 //! (`rest-compat.md`). Handlers translate and call the service; no business rule lives here.
 
 pub mod envelope;
+pub mod openapi;
 pub mod tasks;
 pub mod users;
 
@@ -46,10 +47,10 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/ai/image/task", post(tasks::create_image))
         .route("/api/v1/ai/image/result/{task_id}", get(tasks::get))
         .route("/api/v1/ai/tasks", post(tasks::create_generic))
-        .route("/api/v1/ai/tasks/{task_id}", get(tasks::get))
+        .route("/api/v1/ai/tasks/{task_id}", get(tasks::get_ai_task))
         .route(
             "/api/v1/tasks/{task_id}",
-            get(tasks::get).delete(tasks::delete),
+            get(tasks::get_task).delete(tasks::delete),
         )
         .route("/api/v1/tasks/user/{user_id}", get(tasks::list_for_user))
         .route("/api/v1/tasks/{task_id}/cancel", post(tasks::cancel))

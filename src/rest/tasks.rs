@@ -2,10 +2,11 @@ use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 
-use super::envelope::{ok, ok_with, ApiJson, ApiResult};
+use super::envelope::{ok, ok_page, ApiJson, ApiResult, Envelope, ErrorBody, Paged};
 use super::Caller;
 use crate::auth::Principal;
 use crate::domain::{Task, TaskStatus, TASK_KIND_IMAGE};
@@ -14,39 +15,82 @@ use crate::http::{image_url, rfc3339, AppState};
 use crate::service::CreateImageTask;
 
 /// One image or several: the old server took `image` as a string, Seedream 4.x takes a list.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum OneOrMany {
     One(String),
     Many(Vec<String>),
 }
 
-#[derive(Deserialize, Default)]
+/// An image task request (`POST /api/v1/ai/image/task`, and `input` of the generic create).
+#[derive(Deserialize, Default, ToSchema)]
+#[schema(example = json!({"prompt": "一只可爱的小猫咪在花园里玩耍", "user_id": "0192…", "model": "doubao-seedream-3.0-t2i", "size": "1024x1024"}))]
 pub struct ImageBody {
+    /// Required, not blank, at most the model's prompt limit.
     #[serde(default)]
     prompt: String,
+    /// Owner; required, must exist.
     user_id: Option<String>,
+    /// Friendly name (`doubao-seedream-3.0-t2i`) or provider model id; default Seedream 3.0.
     model: Option<String>,
+    /// `WxH` within the model's limits (or a tier such as `2K`); default `1024x1024`.
     size: Option<String>,
+    /// Accepted for compatibility and echoed back.
     quality: Option<String>,
+    /// Accepted for compatibility and echoed back.
     style: Option<String>,
+    /// Output images; above 1 only where the model can make several.
     n: Option<i64>,
+    /// Accepted for compatibility and echoed back.
+    #[schema(value_type = Option<Object>)]
     options: Option<Value>,
+    /// Random seed (models that support one).
     seed: Option<i64>,
+    /// Prompt adherence (models that support it).
     guidance_scale: Option<f64>,
+    /// Add the provider's watermark (default false).
     watermark: Option<bool>,
+    /// Reference image(s): URL or data URL, for image-to-image models.
     image: Option<OneOrMany>,
+    /// More reference images.
     images: Option<Vec<String>>,
 }
 
-#[derive(Deserialize)]
+/// The generic task request (`POST /api/v1/ai/tasks`).
+#[derive(Deserialize, ToSchema)]
 pub struct GenericBody {
+    /// `image_generation` (the only type; `image` is accepted too).
     #[serde(rename = "type", default)]
     kind: Option<String>,
+    /// Overrides `input.model`.
     model: Option<String>,
+    /// Overrides `input.user_id`.
     user_id: Option<String>,
+    /// The image request.
     #[serde(default)]
     input: ImageBody,
+}
+
+/// Paging of `GET /api/v1/tasks/user/{user_id}`.
+#[derive(Serialize, ToSchema)]
+pub struct TaskPagination {
+    limit: i64,
+    offset: usize,
+    /// Items on this page.
+    count: usize,
+    /// Items matching the filter, across all pages.
+    total: u64,
+    has_more: bool,
+    /// Pass as `cursor` for the next page.
+    next_cursor: Option<String>,
+}
+
+/// `data` of a task deletion.
+#[derive(Serialize, ToSchema)]
+pub struct Deleted {
+    task_id: String,
+    /// Always `true`.
+    deleted: bool,
 }
 
 impl ImageBody {
@@ -75,55 +119,134 @@ impl ImageBody {
     }
 }
 
-/// The snake_case task shape of the old server.
-pub fn task_json(t: &Task, base: &str) -> Value {
-    let result = t.result.as_ref().map(|r| {
-        let images: Vec<Value> = r
+/// One stored image in the REST task shape.
+#[derive(Serialize, ToSchema)]
+pub struct ImageJson {
+    /// Id of the stored image.
+    id: String,
+    /// Served by this server; never expires.
+    url: String,
+    /// The provider's link (valid for 24 hours after generation).
+    provider_url: Option<String>,
+    width: u32,
+    height: u32,
+    /// Size of the stored file in bytes.
+    bytes: u64,
+    /// MIME type, e.g. `image/png`.
+    content_type: String,
+}
+
+/// The images of a completed task.
+#[derive(Serialize, ToSchema)]
+pub struct ResultJson {
+    /// URL of the first image (what old clients read as `.data.result.image_url`).
+    image_url: Option<String>,
+    images: Vec<ImageJson>,
+}
+
+/// Why a task failed, or why its last attempt failed while a retry waits.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorJson {
+    /// Provider error code (e.g. `InputTextSensitiveContentDetected`) or ours.
+    code: String,
+    message: String,
+    /// Whether the cause may pass on another attempt.
+    retryable: bool,
+}
+
+/// The snake_case task shape of the old server (rest-compat.md). A struct rather than `json!`
+/// so the OpenAPI schema is derived from the very type that is serialised.
+#[derive(Serialize, ToSchema)]
+pub struct TaskJson {
+    /// The task id (the old server's name for it).
+    task_id: String,
+    /// The task id again, as generic clients expect.
+    id: String,
+    user_id: String,
+    /// Always `image_generation`.
+    #[serde(rename = "type")]
+    kind: String,
+    /// Provider model id.
+    model: String,
+    prompt: String,
+    size: String,
+    quality: Option<String>,
+    style: Option<String>,
+    n: u32,
+    seed: Option<i64>,
+    guidance_scale: Option<f64>,
+    watermark: bool,
+    /// `pending`, `processing`, `completed`, `failed` or `cancelled`.
+    #[schema(value_type = String, example = "pending")]
+    status: TaskStatus,
+    /// Grows by one with every change.
+    version: i64,
+    /// Provider calls started.
+    attempts: u32,
+    /// Set once completed.
+    result: Option<ResultJson>,
+    /// Set when failed (or while a retry after an error waits).
+    error: Option<ErrorJson>,
+    provider_request_id: Option<String>,
+    /// When a pending retry may start (RFC 3339).
+    next_attempt_at: Option<String>,
+    /// RFC 3339, UTC.
+    created_at: String,
+    updated_at: String,
+    started_at: Option<String>,
+    completed_at: Option<String>,
+}
+
+pub fn task_json(t: &Task, base: &str) -> TaskJson {
+    let result = t.result.as_ref().map(|r| ResultJson {
+        image_url: r.images.first().map(|i| image_url(base, i)),
+        images: r
             .images
             .iter()
-            .map(|i| {
-                json!({
-                    "id": i.id,
-                    "url": image_url(base, i),
-                    "provider_url": i.provider_url,
-                    "width": i.width,
-                    "height": i.height,
-                    "bytes": i.bytes,
-                    "content_type": i.content_type,
-                })
+            .map(|i| ImageJson {
+                id: i.id.clone(),
+                url: image_url(base, i),
+                provider_url: i.provider_url.clone(),
+                width: i.width,
+                height: i.height,
+                bytes: i.bytes,
+                content_type: i.content_type.clone(),
             })
-            .collect();
-        json!({
-            "image_url": r.images.first().map(|i| image_url(base, i)),
-            "images": images,
-        })
+            .collect(),
     });
-    json!({
-        "task_id": t.id,
-        "id": t.id,
-        "user_id": t.user_id,
-        "type": t.kind,
-        "model": t.model,
-        "prompt": t.prompt,
-        "size": t.params.size,
-        "quality": t.params.quality,
-        "style": t.params.style,
-        "n": t.params.n,
-        "seed": t.params.seed,
-        "guidance_scale": t.params.guidance_scale,
-        "watermark": t.params.watermark,
-        "status": t.status,
-        "version": t.version,
-        "attempts": t.attempts,
-        "result": result,
-        "error": t.error,
-        "provider_request_id": t.provider_request_id,
-        "next_attempt_at": t.not_before.filter(|_| t.status == TaskStatus::Pending).map(rfc3339),
-        "created_at": rfc3339(t.created_at),
-        "updated_at": rfc3339(t.updated_at),
-        "started_at": t.started_at.map(rfc3339),
-        "completed_at": t.completed_at.map(rfc3339),
-    })
+    TaskJson {
+        task_id: t.id.clone(),
+        id: t.id.clone(),
+        user_id: t.user_id.clone(),
+        kind: t.kind.clone(),
+        model: t.model.clone(),
+        prompt: t.prompt.clone(),
+        size: t.params.size.clone(),
+        quality: t.params.quality.clone(),
+        style: t.params.style.clone(),
+        n: t.params.n,
+        seed: t.params.seed,
+        guidance_scale: t.params.guidance_scale,
+        watermark: t.params.watermark,
+        status: t.status,
+        version: t.version,
+        attempts: t.attempts,
+        result,
+        error: t.error.as_ref().map(|e| ErrorJson {
+            code: e.code.clone(),
+            message: e.message.clone(),
+            retryable: e.retryable,
+        }),
+        provider_request_id: t.provider_request_id.clone(),
+        next_attempt_at: t
+            .not_before
+            .filter(|_| t.status == TaskStatus::Pending)
+            .map(rfc3339),
+        created_at: rfc3339(t.created_at),
+        updated_at: rfc3339(t.updated_at),
+        started_at: t.started_at.map(rfc3339),
+        completed_at: t.completed_at.map(rfc3339),
+    }
 }
 
 fn idempotency_key(h: &HeaderMap) -> Result<Option<String>, AppError> {
@@ -138,7 +261,8 @@ fn idempotency_key(h: &HeaderMap) -> Result<Option<String>, AppError> {
 
 async fn create(s: &AppState, who: &Principal, input: CreateImageTask) -> ApiResult {
     let (t, created) = s.service.create_image_task(who, input).await?;
-    let mut data = task_json(&t, &s.public_base);
+    let mut data = serde_json::to_value(task_json(&t, &s.public_base))
+        .map_err(|e| AppError::Internal(format!("task JSON: {e}")))?;
     data["message"] = json!("image generation task created");
     let mut resp = ok(StatusCode::CREATED, data, Some("task created"))?;
     if !created {
@@ -148,6 +272,21 @@ async fn create(s: &AppState, who: &Principal, input: CreateImageTask) -> ApiRes
     Ok(resp)
 }
 
+/// Create an image task
+///
+/// Answers at once with the `pending` task; poll `GET /api/v1/ai/image/result/{task_id}` or
+/// subscribe to `taskUpdated` over GraphQL. The same `Idempotency-Key` from the same user returns
+/// the same task (header `Idempotent-Replayed: true`); with a different body it is 409.
+#[utoipa::path(post, path = "/api/v1/ai/image/task", tag = "tasks",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the task created with this key")),
+    request_body = ImageBody,
+    responses(
+        (status = 201, description = "Task created (`data.message` says so too)", body = Envelope<TaskJson>),
+        (status = 400, description = "`VALIDATION_FAILED` or `INVALID_JSON`", body = ErrorBody),
+        (status = 409, description = "Idempotency key reused with another body", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 503, description = "A backend is unreachable", body = ErrorBody),
+    ))]
 pub async fn create_image(
     State(s): State<AppState>,
     Caller(who): Caller,
@@ -158,6 +297,18 @@ pub async fn create_image(
     create(&s, &who, b.into_input(key)).await
 }
 
+/// Create a task (generic form)
+///
+/// `{type: "image_generation", model, user_id, input: {prompt, size, …}}`; otherwise as
+/// `POST /api/v1/ai/image/task`.
+#[utoipa::path(post, path = "/api/v1/ai/tasks", tag = "tasks",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the task created with this key")),
+    request_body = GenericBody,
+    responses(
+        (status = 201, description = "Task created", body = Envelope<TaskJson>),
+        (status = 400, description = "`VALIDATION_FAILED` (also for an unsupported `type`) or `INVALID_JSON`", body = ErrorBody),
+        (status = 409, description = "Idempotency key reused with another body", body = ErrorBody),
+    ))]
 pub async fn create_generic(
     State(s): State<AppState>,
     Caller(who): Caller,
@@ -182,6 +333,16 @@ pub async fn create_generic(
     create(&s, &who, input.into_input(key)).await
 }
 
+/// Get a task (poll)
+///
+/// `data.status` is `pending`, `processing`, `completed`, `failed` or `cancelled`; when
+/// completed `data.result.image_url` is the stored image, when failed `data.error` says why.
+#[utoipa::path(get, path = "/api/v1/ai/image/result/{task_id}", tag = "tasks",
+    params(("task_id" = String, Path, description = "Task id")),
+    responses(
+        (status = 200, description = "The task", body = Envelope<TaskJson>),
+        (status = 404, description = "No such task", body = ErrorBody),
+    ))]
 pub async fn get(
     State(s): State<AppState>,
     Caller(who): Caller,
@@ -189,6 +350,32 @@ pub async fn get(
 ) -> ApiResult {
     let t = s.service.get_task(&who, &id).await?;
     ok(StatusCode::OK, task_json(&t, &s.public_base), None)
+}
+
+/// Get a task (generic route)
+///
+/// The same task as `GET /api/v1/ai/image/result/{task_id}`.
+#[utoipa::path(get, path = "/api/v1/ai/tasks/{task_id}", tag = "tasks",
+    params(("task_id" = String, Path, description = "Task id")),
+    responses(
+        (status = 200, description = "The task", body = Envelope<TaskJson>),
+        (status = 404, description = "No such task", body = ErrorBody),
+    ))]
+pub async fn get_ai_task(state: State<AppState>, who: Caller, id: Path<String>) -> ApiResult {
+    get(state, who, id).await
+}
+
+/// Get a task (detail route)
+///
+/// The same task as `GET /api/v1/ai/image/result/{task_id}`.
+#[utoipa::path(get, path = "/api/v1/tasks/{task_id}", tag = "tasks",
+    params(("task_id" = String, Path, description = "Task id")),
+    responses(
+        (status = 200, description = "The task", body = Envelope<TaskJson>),
+        (status = 404, description = "No such task", body = ErrorBody),
+    ))]
+pub async fn get_task(state: State<AppState>, who: Caller, id: Path<String>) -> ApiResult {
+    get(state, who, id).await
 }
 
 pub fn parse_limit(q: &HashMap<String, String>) -> Result<Option<i64>, AppError> {
@@ -200,6 +387,22 @@ pub fn parse_limit(q: &HashMap<String, String>) -> Result<Option<i64>, AppError>
         .transpose()
 }
 
+/// List a user's tasks
+///
+/// Newest first. Page with `cursor` (the `next_cursor` of the previous page) or `offset`.
+#[utoipa::path(get, path = "/api/v1/tasks/user/{user_id}", tag = "tasks",
+    params(
+        ("user_id" = String, Path, description = "User id"),
+        ("limit" = Option<i64>, Query, description = "Page size, default 20, at most 100"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("offset" = Option<usize>, Query, description = "Items to skip (instead of a cursor)"),
+        ("status" = Option<String>, Query, description = "pending, processing, completed, failed or cancelled"),
+    ),
+    responses(
+        (status = 200, description = "A page of tasks", body = Paged<TaskJson, TaskPagination>),
+        (status = 400, description = "Invalid paging or status", body = ErrorBody),
+        (status = 404, description = "No such user", body = ErrorBody),
+    ))]
 pub async fn list_for_user(
     State(s): State<AppState>,
     Caller(who): Caller,
@@ -245,24 +448,34 @@ pub async fn list_for_user(
         .then(|| page.items.last().map(|t| t.id.clone()))
         .flatten();
     let count = page.items.len();
-    let data: Vec<Value> = page
+    let data: Vec<TaskJson> = page
         .items
         .iter()
         .map(|t| task_json(t, &s.public_base))
         .collect();
-    ok_with(
+    ok_page(
         data,
-        json!({"pagination": {
-            "limit": limit.unwrap_or(crate::service::DEFAULT_PAGE as i64),
-            "offset": offset,
-            "count": count,
-            "total": page.total,
-            "has_more": page.has_more,
-            "next_cursor": next,
-        }}),
+        TaskPagination {
+            limit: limit.unwrap_or(crate::service::DEFAULT_PAGE as i64),
+            offset,
+            count,
+            total: page.total,
+            has_more: page.has_more,
+            next_cursor: next,
+        },
     )
 }
 
+/// Cancel a task
+///
+/// A pending or processing task becomes `cancelled`; a provider call in flight is abandoned.
+#[utoipa::path(post, path = "/api/v1/tasks/{task_id}/cancel", tag = "tasks",
+    params(("task_id" = String, Path, description = "Task id")),
+    responses(
+        (status = 200, description = "The cancelled task", body = Envelope<TaskJson>),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 409, description = "The task is already finished", body = ErrorBody),
+    ))]
 pub async fn cancel(
     State(s): State<AppState>,
     Caller(who): Caller,
@@ -276,6 +489,16 @@ pub async fn cancel(
     )
 }
 
+/// Retry a task
+///
+/// A failed or cancelled task goes back to `pending` with its attempts reset.
+#[utoipa::path(post, path = "/api/v1/tasks/{task_id}/retry", tag = "tasks",
+    params(("task_id" = String, Path, description = "Task id")),
+    responses(
+        (status = 200, description = "The task, pending again", body = Envelope<TaskJson>),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 409, description = "The task is not failed or cancelled", body = ErrorBody),
+    ))]
 pub async fn retry(
     State(s): State<AppState>,
     Caller(who): Caller,
@@ -289,6 +512,16 @@ pub async fn retry(
     )
 }
 
+/// Delete a task
+///
+/// Only a finished task; its stored images go with it.
+#[utoipa::path(delete, path = "/api/v1/tasks/{task_id}", tag = "tasks",
+    params(("task_id" = String, Path, description = "Task id")),
+    responses(
+        (status = 200, description = "Deleted", body = Envelope<Deleted>),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 409, description = "The task is still pending or processing", body = ErrorBody),
+    ))]
 pub async fn delete(
     State(s): State<AppState>,
     Caller(who): Caller,
@@ -297,11 +530,22 @@ pub async fn delete(
     let t = s.service.delete_task(&who, &id).await?;
     ok(
         StatusCode::OK,
-        json!({"task_id": t.id, "deleted": true}),
+        Deleted {
+            task_id: t.id,
+            deleted: true,
+        },
         Some("task deleted"),
     )
 }
 
+/// Queue statistics
+///
+/// Queue depth and tasks by status.
+#[utoipa::path(get, path = "/api/v1/queue/stats", tag = "tasks",
+    responses(
+        (status = 200, description = "`data.by_status`, `data.total`, queue depth", body = Envelope<Object>),
+        (status = 503, description = "A backend is unreachable", body = ErrorBody),
+    ))]
 pub async fn queue_stats(State(s): State<AppState>, Caller(who): Caller) -> ApiResult {
     let stats = s.service.queue_stats(&who).await?;
     ok(StatusCode::OK, stats, None)

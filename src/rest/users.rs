@@ -3,36 +3,59 @@ use std::collections::HashMap;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use utoipa::ToSchema;
 
-use super::envelope::{ok, ok_with, ApiJson, ApiResult};
+use super::envelope::{ok, ok_page, ApiJson, ApiResult, Envelope, ErrorBody};
 use super::Caller;
 use crate::domain::User;
 use crate::error::AppError;
 use crate::http::AppState;
 use crate::service::{CreateUser, UpdateUser};
 
-#[derive(Deserialize)]
+/// A new user.
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"email": "alice@example.com", "name": "Alice"}))]
 pub struct CreateBody {
+    /// Valid, at most 100 characters, unique regardless of case.
     #[serde(default)]
     email: String,
+    /// 2 to 50 characters.
     #[serde(default)]
     name: String,
 }
 
-#[derive(Deserialize)]
+/// Changes to a user: `email` and/or `name` (same rules as on creation).
+#[derive(Deserialize, ToSchema)]
 pub struct UpdateBody {
     email: Option<String>,
     name: Option<String>,
 }
 
-#[derive(Serialize)]
+/// A user.
+#[derive(Serialize, ToSchema)]
 pub struct UserJson<'a> {
     id: &'a str,
     email: &'a str,
     name: &'a str,
+    /// RFC 3339, UTC.
     created_at: String,
     updated_at: String,
+}
+
+/// Paging of `GET /api/v1/users`.
+#[derive(Serialize, ToSchema)]
+pub struct UserPagination {
+    has_more: bool,
+    /// Pass as `cursor` for the next page.
+    next_cursor: Option<String>,
+    /// All users.
+    total: u64,
+}
+
+/// `data` of a user deletion.
+#[derive(Serialize, ToSchema)]
+pub struct DeletedUser {
+    id: String,
 }
 
 pub fn user_json(u: &User) -> UserJson<'_> {
@@ -45,6 +68,14 @@ pub fn user_json(u: &User) -> UserJson<'_> {
     }
 }
 
+/// Create a user
+#[utoipa::path(post, path = "/api/v1/users", tag = "users",
+    request_body = CreateBody,
+    responses(
+        (status = 201, description = "Created", body = Envelope<UserJson>),
+        (status = 400, description = "`VALIDATION_FAILED` or `INVALID_JSON`", body = ErrorBody),
+        (status = 409, description = "The email is taken", body = ErrorBody),
+    ))]
 pub async fn create(
     State(s): State<AppState>,
     Caller(who): Caller,
@@ -63,6 +94,13 @@ pub async fn create(
     ok(StatusCode::CREATED, user_json(&u), Some("user created"))
 }
 
+/// Get a user
+#[utoipa::path(get, path = "/api/v1/users/{id}", tag = "users",
+    params(("id" = String, Path, description = "User id")),
+    responses(
+        (status = 200, description = "The user", body = Envelope<UserJson>),
+        (status = 404, description = "No such user", body = ErrorBody),
+    ))]
 pub async fn get(
     State(s): State<AppState>,
     Caller(who): Caller,
@@ -72,7 +110,20 @@ pub async fn get(
     ok(StatusCode::OK, user_json(&u), None)
 }
 
-/// `?email=` finds one user; without it, lists users (`?limit=&cursor=`).
+/// Find a user by email, or list users
+///
+/// With `?email=` the answer's `data` is that user (404 if none); without it, a page of users
+/// in creation order with `pagination` beside `data`.
+#[utoipa::path(get, path = "/api/v1/users", tag = "users",
+    params(
+        ("email" = Option<String>, Query, description = "Find the user with this email"),
+        ("limit" = Option<i64>, Query, description = "Page size when listing"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "The user (with `email`), or a page of users", body = Envelope<UserJson>),
+        (status = 404, description = "No user has this email", body = ErrorBody),
+    ))]
 pub async fn find(
     State(s): State<AppState>,
     Caller(who): Caller,
@@ -96,12 +147,26 @@ pub async fn find(
         .then(|| page.items.last().map(|u| u.id.clone()))
         .flatten();
     let data: Vec<_> = page.items.iter().map(user_json).collect();
-    ok_with(
+    ok_page(
         data,
-        json!({"pagination": {"has_more": page.has_more, "next_cursor": next, "total": page.total}}),
+        UserPagination {
+            has_more: page.has_more,
+            next_cursor: next,
+            total: page.total,
+        },
     )
 }
 
+/// Update a user
+#[utoipa::path(put, path = "/api/v1/users/{id}", tag = "users",
+    params(("id" = String, Path, description = "User id")),
+    request_body = UpdateBody,
+    responses(
+        (status = 200, description = "The updated user", body = Envelope<UserJson>),
+        (status = 400, description = "Invalid fields, or neither given", body = ErrorBody),
+        (status = 404, description = "No such user", body = ErrorBody),
+        (status = 409, description = "The email is taken", body = ErrorBody),
+    ))]
 pub async fn update(
     State(s): State<AppState>,
     Caller(who): Caller,
@@ -125,11 +190,20 @@ pub async fn update(
     ok(StatusCode::OK, user_json(&u), Some("user updated"))
 }
 
+/// Delete a user
+///
+/// With the user's tasks and stored images.
+#[utoipa::path(delete, path = "/api/v1/users/{id}", tag = "users",
+    params(("id" = String, Path, description = "User id")),
+    responses(
+        (status = 200, description = "Deleted", body = Envelope<DeletedUser>),
+        (status = 404, description = "No such user", body = ErrorBody),
+    ))]
 pub async fn delete(
     State(s): State<AppState>,
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> ApiResult {
     s.service.delete_user(&who, &id).await?;
-    ok(StatusCode::OK, json!({"id": id}), Some("user deleted"))
+    ok(StatusCode::OK, DeletedUser { id }, Some("user deleted"))
 }

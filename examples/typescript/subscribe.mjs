@@ -1,0 +1,91 @@
+// Create an image task over GraphQL, then follow it live with the `taskUpdated` subscription
+// (graphql-transport-ws, via the `graphql-ws` library) until it completes, and download the image.
+//
+//   npm ci && API_URL=http://127.0.0.1:8080 node subscribe.mjs "a red fox in snow"
+//
+// API_KEY (optional) is sent as `Authorization: Bearer` over HTTP and in connection_init over
+// WebSocket. Exits non-zero if the task does not complete.
+import { createClient } from "graphql-ws";
+import WebSocket from "ws";
+
+const base = (process.env.API_URL ?? "http://127.0.0.1:8080").replace(/\/$/, "");
+const key = process.env.API_KEY ?? "";
+const prompt = process.argv[2] ?? "a red fox in snow";
+const email = process.env.USER_EMAIL ?? "example@example.com";
+const auth = key ? { authorization: `Bearer ${key}` } : {};
+
+async function gql(query, variables) {
+  const resp = await fetch(`${base}/graphql`, {
+    method: "POST",
+    headers: { "content-type": "application/json", ...auth },
+    body: JSON.stringify({ query, variables }),
+  });
+  const body = await resp.json();
+  if (!resp.ok || body.errors?.length) {
+    throw new Error(`GraphQL ${resp.status}: ${JSON.stringify(body.errors ?? body)}`);
+  }
+  return body.data;
+}
+
+// The key's own user when it has one; otherwise a user found or created by email.
+async function userId() {
+  const { me } = await gql("{ me { id } }");
+  if (me) return me.id;
+  const { userByEmail } = await gql("query($e: String!) { userByEmail(email: $e) { id } }", { e: email });
+  if (userByEmail) return userByEmail.id;
+  const { createUser } = await gql(
+    "mutation($i: CreateUserInput!) { createUser(input: $i) { id } }",
+    { i: { email, name: "Example" } },
+  );
+  return createUser.id;
+}
+
+const uid = await userId();
+const { createImageTask: task } = await gql(
+  "mutation($i: CreateImageTaskInput!) { createImageTask(input: $i) { id status } }",
+  { i: { userId: uid, prompt, size: "1024x1024" } },
+);
+console.log(`task ${task.id}: ${task.status}`);
+
+const client = createClient({
+  url: `${base.replace(/^http/, "ws")}/graphql/ws`,
+  webSocketImpl: WebSocket,
+  connectionParams: auth,
+  lazy: true,
+});
+
+// `taskUpdated` sends the current state first, then each change, and completes after the end.
+const final = await new Promise((resolve, reject) => {
+  let last = null;
+  const timer = setTimeout(() => reject(new Error("no terminal state within 120 s")), 120_000);
+  client.subscribe(
+    {
+      query: `subscription($id: ID!) {
+        taskUpdated(id: $id) { status version result { imageUrl } error { code message } }
+      }`,
+      variables: { id: task.id },
+    },
+    {
+      next: ({ data, errors }) => {
+        if (errors?.length) return reject(new Error(JSON.stringify(errors)));
+        last = data.taskUpdated;
+        console.log(`task ${task.id}: ${last.status} (version ${last.version})`);
+      },
+      error: (e) => { clearTimeout(timer); reject(e instanceof Error ? e : new Error(JSON.stringify(e))); },
+      complete: () => { clearTimeout(timer); resolve(last); },
+    },
+  );
+});
+await client.dispose();
+
+if (final?.status !== "COMPLETED") {
+  console.error(`task ended ${final?.status}: ${JSON.stringify(final?.error)}`);
+  process.exit(1);
+}
+const img = await fetch(final.result.imageUrl);
+const bytes = (await img.arrayBuffer()).byteLength;
+if (!img.ok || bytes === 0) {
+  console.error(`image download failed: HTTP ${img.status}, ${bytes} bytes`);
+  process.exit(1);
+}
+console.log(`image: ${final.result.imageUrl} (${img.headers.get("content-type")}, ${bytes} bytes)`);

@@ -1,0 +1,92 @@
+//! The OpenAPI 3.1 document of the REST surface, generated from the handlers' `#[utoipa::path]`
+//! attributes and the response types they serialise, and served at `/openapi.json`. GraphQL is
+//! documented by `schema.graphql`; only its HTTP endpoint appears here.
+
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use utoipa::OpenApi;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "volcengine-ai-server REST API",
+        description = "The legacy REST routes of the older server (unchanged shapes), operations \
+endpoints and stored images. Successful answers are `{success: true, data, message?}`; errors \
+are `{success: false, error, message, code, details?}`. Live updates: GraphQL subscription \
+`taskUpdated` at `/graphql/ws` (see `schema.graphql`)."
+    ),
+    paths(
+        super::users::create,
+        super::users::find,
+        super::users::get,
+        super::users::update,
+        super::users::delete,
+        super::tasks::create_image,
+        super::tasks::get,
+        super::tasks::create_generic,
+        super::tasks::get_ai_task,
+        super::tasks::get_task,
+        super::tasks::delete,
+        super::tasks::list_for_user,
+        super::tasks::cancel,
+        super::tasks::retry,
+        super::tasks::queue_stats,
+        crate::http::health,
+        crate::http::ready,
+        crate::http::image,
+        crate::observability::render,
+        crate::graphql::post_handler,
+        super::keys::create,
+        super::keys::list,
+        super::keys::list_own,
+        super::keys::revoke,
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    tags(
+        (name = "users", description = "Users own tasks"),
+        (name = "tasks", description = "Image generation tasks: create, poll, list, cancel, retry, delete"),
+        (name = "images", description = "Generated images, stored by this server"),
+        (name = "operations", description = "Health, readiness, metrics"),
+        (name = "graphql", description = "The GraphQL endpoint (schema in schema.graphql)"),
+        (name = "keys", description = "API keys: the admin makes them; owners list and revoke"),
+    )
+)]
+pub struct ApiDoc;
+
+/// Every route takes `Authorization: Bearer <key>` (the admin key or a user's key); without
+/// `ADMIN_API_KEY` configured the server runs on loopback with auth off.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An API key: the admin key or a user's key"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The document as JSON. Built per request: it is small and the route is rarely hit, so a cache
+/// would only add state.
+pub fn document() -> Result<String, serde_json::Error> {
+    ApiDoc::openapi().to_pretty_json()
+}
+
+/// `GET /openapi.json`.
+pub async fn spec() -> Response {
+    match document() {
+        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        Err(e) => super::envelope::ApiError::from(crate::error::AppError::Internal(format!(
+            "OpenAPI document: {e}"
+        )))
+        .into_response(),
+    }
+}
