@@ -56,6 +56,7 @@ fn config_example_documents_the_real_defaults() {
     );
     for documented_only_in_comments in [
         "VOLCENGINE_API_KEY",
+        "ADMIN_API_KEY",
         "MONGO_URL",
         "REDIS_URL",
         "PUBLIC_BASE_URL",
