@@ -173,7 +173,7 @@ fn query_string() -> impl Strategy<Value = String> {
     )
     .prop_map(|kv| {
         kv.into_iter()
-            .map(|(k, v)| format!("{k}={}", v.replace('&', "").replace('=', "")))
+            .map(|(k, v)| format!("{k}={}", v.replace(['&', '='], "")))
             .collect::<Vec<_>>()
             .join("&")
     })
