@@ -157,6 +157,8 @@ pub struct Config {
     /// After SIGTERM, how long in-flight provider calls may run before their tasks are released.
     pub shutdown_timeout: Duration,
     pub max_body_bytes: usize,
+    /// Longest an HTTP request may take (WebSocket sessions are not limited); 408 beyond.
+    pub request_timeout: Duration,
     pub subscription_resync: Duration,
     pub graphql_max_depth: usize,
     pub graphql_max_complexity: usize,
@@ -207,6 +209,7 @@ impl Default for Config {
             retry_max_delay: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(30),
             max_body_bytes: 16 * 1024 * 1024,
+            request_timeout: Duration::from_secs(60),
             subscription_resync: Duration::from_secs(15),
             graphql_max_depth: 12,
             graphql_max_complexity: 1000,
@@ -550,6 +553,7 @@ impl Config {
                     Ok(())
                 }
             })?,
+            request_timeout: env.duration(&["REQUEST_TIMEOUT"], d.request_timeout, ms(100))?,
             subscription_resync: env.duration(
                 &["SUBSCRIPTION_RESYNC"],
                 d.subscription_resync,

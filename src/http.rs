@@ -67,6 +67,11 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        // Bounds slow clients (a trickled body holds a connection and a task otherwise).
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            state.config.request_timeout,
+        ))
         .layer(axum::middleware::from_fn(crate::observability::track_http))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
