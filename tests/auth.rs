@@ -1120,3 +1120,75 @@ async fn without_keys_the_server_refuses_to_listen_beyond_loopback() {
         .expect("with a key it starts");
     running.shutdown(Duration::from_secs(2)).await;
 }
+
+#[tokio::test]
+async fn without_keys_cross_site_browser_requests_are_refused() {
+    let s = TestServer::start().await;
+    let host = s.base.trim_start_matches("http://").to_string();
+    let body = json!({"email": "csrf@example.com", "name": "Cross Site"});
+    let evil = s
+        .send(
+            s.http
+                .post(s.url("/api/v1/users"))
+                .header("origin", "http://evil.example")
+                .header("content-type", "text/plain")
+                .body(body.to_string()),
+        )
+        .await;
+    assert_eq!(evil.0, 403, "{:?}", evil.1);
+    let (_, list) = s.get("/api/v1/users").await;
+    assert_eq!(
+        list["pagination"]["total"], 0,
+        "nothing was created: {list}"
+    );
+    // The console (same origin) and non-browser clients (no Origin) are served.
+    let same = s
+        .send(
+            s.http
+                .post(s.url("/api/v1/users"))
+                .header("origin", format!("http://{host}"))
+                .json(&body),
+        )
+        .await;
+    assert_eq!(same.0, 201, "{:?}", same.1);
+    // A page's WebSocket to the local server is refused before the upgrade.
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{host}/graphql/ws")
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        "graphql-transport-ws".parse().expect("h"),
+    );
+    req.headers_mut()
+        .insert("origin", "http://evil.example".parse().expect("h"));
+    assert!(tokio_tungstenite::connect_async(req).await.is_err());
+}
+
+#[tokio::test]
+async fn graphql_over_get_never_runs_a_mutation() {
+    let s = TestServer::start().await;
+    for doc in [
+        "mutation { createUser(input: {email: \"g@example.com\", name: \"Get Get\"}) { id } }",
+        "query A { me { id } } mutation B { createUser(input: {email: \"g@example.com\", name: \"Get Get\"}) { id } }",
+    ] {
+        let resp = s
+            .http
+            .get(s.url("/graphql"))
+            .query(&[("query", doc), ("operationName", "B")])
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(resp.status().as_u16(), 405, "{doc}");
+    }
+    let (_, list) = s.get("/api/v1/users").await;
+    assert_eq!(list["pagination"]["total"], 0, "{list}");
+    let resp = s
+        .http
+        .get(s.url("/graphql"))
+        .query(&[("query", "{ imageModels { id } }")])
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(resp.status().as_u16(), 200);
+}

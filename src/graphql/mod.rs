@@ -193,7 +193,7 @@ pub async fn get_handler(State(state): State<AppState>, req: Request) -> Respons
         let parsed = async_graphql::http::parse_query_string(q);
         return match parsed {
             // A GET must not change anything (it can be triggered by a link or an <img>).
-            Ok(r) if r.query.trim_start().starts_with("mutation") => gql_error_response(
+            Ok(r) if has_mutation(&r.query) => gql_error_response(
                 StatusCode::METHOD_NOT_ALLOWED,
                 AppError::invalid("query", "mutations must be sent with POST"),
             ),
@@ -218,6 +218,21 @@ pub async fn get_handler(State(state): State<AppState>, req: Request) -> Respons
             .finish(),
     )
     .into_response()
+}
+
+/// Whether a document holds a mutation (GET must not run one, whichever operation is named).
+fn has_mutation(query: &str) -> bool {
+    use async_graphql::parser::types::{DocumentOperations, OperationType};
+    match async_graphql::parser::parse_query(query) {
+        Ok(doc) => match &doc.operations {
+            DocumentOperations::Single(op) => op.node.ty == OperationType::Mutation,
+            DocumentOperations::Multiple(ops) => {
+                ops.values().any(|op| op.node.ty == OperationType::Mutation)
+            }
+        },
+        // Unparsable: execution reports the syntax error.
+        Err(_) => false,
+    }
 }
 
 /// Counts one connection's subscriptions against `WS_MAX_SUBSCRIPTIONS`.
