@@ -1192,3 +1192,57 @@ async fn graphql_over_get_never_runs_a_mutation() {
         .expect("get");
     assert_eq!(resp.status().as_u16(), 200);
 }
+
+#[tokio::test]
+async fn sockets_per_key_and_subscriptions_per_socket_are_capped() {
+    let w = World::start(|c| {
+        c.ws_max_connections_per_key = 2;
+        c.ws_max_subscriptions = 2;
+    })
+    .await;
+    let init = json!({"authorization": format!("Bearer {}", w.alice_key)});
+    let mut first =
+        WsClient::connect_with(&w.s.base, "/graphql/ws", Proto::TransportWs, init.clone())
+            .await
+            .expect("first socket");
+    let second = WsClient::connect_with(&w.s.base, "/graphql/ws", Proto::TransportWs, init.clone())
+        .await
+        .expect("second socket");
+    let third =
+        WsClient::connect_with(&w.s.base, "/graphql/ws", Proto::TransportWs, init.clone()).await;
+    assert_eq!(third.err(), Some(Some(4429)), "a third socket on one key");
+    // Bob's key and the admin have room of their own.
+    let bob = json!({"authorization": format!("Bearer {}", w.bob_key)});
+    assert!(
+        WsClient::connect_with(&w.s.base, "/graphql/ws", Proto::TransportWs, bob)
+            .await
+            .is_ok()
+    );
+    // A closed socket gives its place back.
+    drop(second);
+    let mut again = None;
+    for _ in 0..50 {
+        match WsClient::connect_with(&w.s.base, "/graphql/ws", Proto::TransportWs, init.clone())
+            .await
+        {
+            Ok(c) => {
+                again = Some(c);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert!(again.is_some(), "the closed socket's place came back");
+
+    let sub = "subscription { tasksUpdated { id } }";
+    first.subscribe("a", sub, json!({})).await;
+    first.subscribe("b", sub, json!({})).await;
+    first.subscribe("c", sub, json!({})).await;
+    match first.next_event().await {
+        WsEvent::Error { id, payload } => {
+            assert_eq!(id, "c");
+            assert_eq!(err_code(&payload), "RATE_LIMITED", "{payload}");
+        }
+        other => panic!("expected the third subscription refused, got {other:?}"),
+    }
+}
