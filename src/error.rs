@@ -4,6 +4,9 @@
 
 use serde::Serialize;
 
+/// Longest input value an error repeats back.
+const MAX_ECHO_CHARS: usize = 200;
+
 use crate::events::EventsError;
 use crate::queue::QueueError;
 use crate::store::StoreError;
@@ -31,8 +34,20 @@ impl FieldError {
     }
 
     pub fn with_value(mut self, value: impl Serialize) -> FieldError {
-        // A value that cannot be shown is simply not shown.
-        self.value = serde_json::to_value(value).ok();
+        // A value that cannot be shown is simply not shown; a long one is cut, so an error never
+        // echoes a huge input back.
+        self.value = serde_json::to_value(value).ok().map(|v| match v {
+            serde_json::Value::String(s) if s.chars().count() > MAX_ECHO_CHARS => {
+                serde_json::Value::String(
+                    s.chars().take(MAX_ECHO_CHARS).chain(['…']).collect(),
+                )
+            }
+            serde_json::Value::String(s) => serde_json::Value::String(s),
+            other if other.to_string().len() > MAX_ECHO_CHARS => {
+                serde_json::Value::String("(too long to show)".into())
+            }
+            other => other,
+        });
         self
     }
 }
@@ -136,5 +151,19 @@ impl From<QueueError> for AppError {
 impl From<EventsError> for AppError {
     fn from(e: EventsError) -> Self {
         AppError::Unavailable(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_values_are_cut_before_they_are_echoed() {
+        let e = FieldError::new("model", "unknown").with_value("m".repeat(10_000));
+        let shown = e.value.and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        assert_eq!(shown.chars().count(), MAX_ECHO_CHARS + 1);
+        let e = FieldError::new("size", "bad").with_value("512x512");
+        assert_eq!(e.value, Some(serde_json::json!("512x512")));
     }
 }
