@@ -248,7 +248,9 @@ pub async fn start_with(
                 "the API role needs a listening socket".into(),
             ))
         }
-        (false, _) => None,
+        // A worker may get a listener too: operations endpoints only (health, readiness, its
+        // own metrics, which hold the provider calls).
+        (false, l) => l,
     };
     let shutdown = CancellationToken::new();
     if crate::observability::handle().is_none() {
@@ -354,7 +356,11 @@ pub async fn start_with(
             provider_mode,
             started: Instant::now(),
         };
-        let router = http::router(state);
+        let router = if role.runs_api() {
+            http::router(state)
+        } else {
+            http::ops_router(state)
+        };
         let stop = shutdown.clone();
         Some(tokio::spawn(async move {
             axum::serve(listener, router)

@@ -109,6 +109,9 @@ pub enum SyncMode {
 pub struct Config {
     pub host: IpAddr,
     pub port: u16,
+    /// Where a `worker` process serves `/health`, `/ready` and `/metrics` (on `HOST`); none when
+    /// unset.
+    pub worker_http_port: Option<u16>,
     /// Base of the URLs this server hands out for images; derived from the bound address when
     /// unset.
     pub public_base_url: Option<String>,
@@ -178,6 +181,7 @@ impl Default for Config {
         Config {
             host: IpAddr::from([127, 0, 0, 1]),
             port: 8080,
+            worker_http_port: None,
             public_base_url: None,
             data_dir: PathBuf::from("./data"),
             embedded_sync: SyncMode::Normal,
@@ -471,6 +475,14 @@ impl Config {
         Ok(Config {
             host: env.parse(&["HOST"], d.host, |_| Ok(()))?,
             port: env.parse(&["PORT"], d.port, |_| Ok(()))?,
+            worker_http_port: match env.raw(&["WORKER_HTTP_PORT"]) {
+                None => None,
+                Some((var, value)) => Some(value.trim().parse().map_err(|_| ConfigError {
+                    var,
+                    value,
+                    reason: "must be a port number".into(),
+                })?),
+            },
             public_base_url,
             data_dir: PathBuf::from(env.string(&["DATA_DIR"], "./data")),
             embedded_sync,

@@ -38,9 +38,7 @@ impl FieldError {
         // echoes a huge input back.
         self.value = serde_json::to_value(value).ok().map(|v| match v {
             serde_json::Value::String(s) if s.chars().count() > MAX_ECHO_CHARS => {
-                serde_json::Value::String(
-                    s.chars().take(MAX_ECHO_CHARS).chain(['…']).collect(),
-                )
+                serde_json::Value::String(s.chars().take(MAX_ECHO_CHARS).chain(['…']).collect())
             }
             serde_json::Value::String(s) => serde_json::Value::String(s),
             other if other.to_string().len() > MAX_ECHO_CHARS => {
@@ -161,7 +159,10 @@ mod tests {
     #[test]
     fn long_values_are_cut_before_they_are_echoed() {
         let e = FieldError::new("model", "unknown").with_value("m".repeat(10_000));
-        let shown = e.value.and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        let shown = e
+            .value
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
         assert_eq!(shown.chars().count(), MAX_ECHO_CHARS + 1);
         let e = FieldError::new("size", "bad").with_value("512x512");
         assert_eq!(e.value, Some(serde_json::json!("512x512")));

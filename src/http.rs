@@ -81,6 +81,18 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// What a `worker` process serves when given `WORKER_HTTP_PORT`: health, readiness and its
+/// metrics (provider calls, limiter waits), for orchestrators and Prometheus.
+pub fn ops_router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(crate::observability::render))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn(crate::observability::track_http))
+        .with_state(state)
+}
+
 /// Liveness
 ///
 /// Always 200 while the process serves HTTP; tells the provider mode (`ark` or `sandbox`),

@@ -293,16 +293,25 @@ async fn main() -> anyhow::Result<()> {
         Command::Worker => Role::Worker,
         _ => Role::Serve,
     };
-    let listener = if role == Role::Worker {
-        None
-    } else {
-        let addr = SocketAddr::new(config.host, config.port);
-        Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr} (HOST, PORT)"))?,
-        )
-    };
+    let listener =
+        if role == Role::Worker {
+            match config.worker_http_port {
+                None => None,
+                Some(port) => {
+                    let addr = SocketAddr::new(config.host, port);
+                    Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                        format!("cannot listen on {addr} (HOST, WORKER_HTTP_PORT)")
+                    })?)
+                }
+            }
+        } else {
+            let addr = SocketAddr::new(config.host, config.port);
+            Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (HOST, PORT)"))?,
+            )
+        };
     let running = app::start(config.clone(), listener, role).await?;
     print_banner(&config, role, &running);
     signal(running.shutdown_token()).await;

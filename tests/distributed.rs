@@ -738,3 +738,48 @@ async fn the_redis_queue_holds_one_entry_per_waiting_task() {
     assert_eq!(ids, ["task-b".to_string(), "task-a".to_string()]);
     assert_eq!(q.depth().await.expect("depth"), 0);
 }
+
+#[tokio::test]
+async fn a_worker_serves_health_readiness_and_its_provider_metrics() {
+    let (mongo, redis) = services();
+    let (_emu, url, _stop) = emulator(Duration::from_millis(50)).await;
+    let ops = free_port();
+    let d = Deployment::new(
+        &mongo,
+        &redis,
+        &url,
+        &[("WORKER_HTTP_PORT", ops.to_string().as_str())],
+    );
+    let (_api, base) = d.api().await;
+    let _worker = d.worker();
+    let worker = format!("http://127.0.0.1:{ops}");
+    wait_ready(&worker).await;
+    let http = reqwest::Client::new();
+    let user = create_user(&http, &base).await;
+    let id = create_task(&http, &base, &user, "a worker's metrics").await;
+    wait_all_completed(&http, &base, std::slice::from_ref(&id)).await;
+    let health: Value = http
+        .get(format!("{worker}/health"))
+        .send()
+        .await
+        .expect("health")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(health["status"], "ok", "{health}");
+    let metrics = http
+        .get(format!("{worker}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(metrics.contains("provider_calls_total"), "{metrics}");
+    let r = http
+        .get(format!("{worker}/api/v1/users/{user}"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status().as_u16(), 404, "a worker serves no API");
+}
