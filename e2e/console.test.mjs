@@ -2,14 +2,20 @@
 //
 //   VAS_BIN=../target/debug/volcengine-ai-server node --test console.test.mjs
 //
-// Starts the service (embedded default, sandbox provider, one worker slot so a second task
-// visibly waits), drives the console as a person would, and checks what they would see: the
-// statuses arriving live over the `taskUpdated` subscription (recorded WebSocket frames, and no
-// HTTP polling meanwhile), the image loaded and not blank on a screenshot, the gallery, cancel
-// and retry, and an invalid key sent back to sign-in.
+// Starts the service with auth on (ADMIN_API_KEY set; embedded default, sandbox provider, one
+// worker slot so a second task visibly waits), makes a user and a user key through the admin
+// REST routes, and drives the console as a person would: a wrong key refused by a real 401 and
+// forgotten, a refused key on the WebSocket (real close 4403), the user's key straight to the
+// user's view, the statuses arriving live over the `taskUpdated` subscription (recorded WebSocket
+// frames, the key in connection_init, and no HTTP polling meanwhile), the image loaded and not
+// blank on a screenshot, the gallery, cancel and retry, a key revoked mid-session (refused over
+// HTTP, and over the WebSocket when it reconnects after a server restart: 4403 shown as "Invalid
+// key"), the admin key picking a user. One more scenario runs a second server without keys
+// (loopback, auth off) and signs in with an empty key.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
@@ -19,8 +25,14 @@ import { chromium } from "playwright-core";
 const BIN = resolve(process.env.VAS_BIN ?? "../target/debug/volcengine-ai-server");
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const WAIT = 60_000;
+const ADMIN_KEY = `admin-${randomBytes(16).toString("hex")}`;
+/** Well-formed (the user key prefix and length) but no such key. */
+const WRONG_KEY = `vas_${"0".repeat(64)}`;
+const EMAIL = "console@example.com";
 
-let server, base, dataDir, profileDir, context, serverLog = "";
+let server, base, profileDir, context;
+/** The console user, its key (secret) and a second key of it that a test revokes. */
+let user, userKey, spareKey;
 
 const freePort = () => new Promise((ok, fail) => {
   const s = createServer().listen(0, "127.0.0.1", () => {
@@ -29,35 +41,62 @@ const freePort = () => new Promise((ok, fail) => {
   }).on("error", fail);
 });
 
-async function waitHealthy(url) {
+/**
+ * Starts the binary on a free loopback port (or `again`'s port and data: a restart); `env` is
+ * added to the test defaults.
+ */
+async function startServer(env, latency, again) {
+  const port = again ? new URL(again.url).port : await freePort();
+  const url = `http://127.0.0.1:${port}`;
+  const dataDir = again?.dataDir ?? mkdtempSync(join(tmpdir(), "vas-e2e-data-"));
+  const full = { ...process.env, HOST: "127.0.0.1", PORT: String(port), DATA_DIR: dataDir,
+    SANDBOX_LATENCY: latency, WORKER_CONCURRENCY: "1", LOG_LEVEL: "warn", PUBLIC_BASE_URL: url, ...env };
+  // The sandbox provider runs only without a provider key; auth is on only with ADMIN_API_KEY.
+  for (const k of ["VOLCENGINE_API_KEY", "ARK_API_KEY", "MONGO_URL", "MONGODB_URI", "REDIS_URL"]) delete full[k];
+  if (!env.ADMIN_API_KEY) delete full.ADMIN_API_KEY;
+  const proc = spawn(BIN, ["serve"], { env: full, stdio: ["ignore", "pipe", "pipe"] });
+  const s = { proc, url, dataDir, env, latency, log: "" };
+  proc.stdout.on("data", (d) => { s.log += d; });
+  proc.stderr.on("data", (d) => { s.log += d; });
   const deadline = Date.now() + WAIT;
-  while (Date.now() < deadline) {
-    if (server.exitCode !== null) throw new Error(`server exited ${server.exitCode}:\n${serverLog}`);
+  for (;;) {
+    if (proc.exitCode !== null) throw new Error(`server exited ${proc.exitCode}:\n${s.log}`);
     try {
-      if ((await fetch(`${url}/health`)).ok) return;
+      if ((await fetch(`${url}/health`)).ok) return s;
     } catch { /* not listening yet */ }
+    if (Date.now() > deadline) throw new Error(`no /health within ${WAIT} ms:\n${s.log}`);
     await new Promise((r) => setTimeout(r, 100));
   }
-  throw new Error(`no /health within ${WAIT} ms:\n${serverLog}`);
+}
+
+async function stopServer(s, { keepData = false } = {}) {
+  if (s?.proc.exitCode === null) {
+    s.proc.kill("SIGTERM");
+    await new Promise((r) => s.proc.once("exit", r));
+  }
+  if (s && !keepData) rmSync(s.dataDir, { recursive: true, force: true });
+}
+
+/** A REST call with the admin key; returns `data` of the envelope. */
+async function admin(method, path, body) {
+  const resp = await fetch(`${base}${path}`, {
+    method,
+    headers: { authorization: `Bearer ${ADMIN_KEY}`, ...(body ? { "content-type": "application/json" } : {}) },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  const json = await resp.json();
+  assert.ok(resp.ok, `${method} ${path}: HTTP ${resp.status} ${JSON.stringify(json)}`);
+  return json.data;
 }
 
 before(async () => {
-  const port = await freePort();
-  base = `http://127.0.0.1:${port}`;
-  dataDir = mkdtempSync(join(tmpdir(), "vas-e2e-data-"));
+  server = await startServer({ ADMIN_API_KEY: ADMIN_KEY }, "2s");
+  base = server.url;
+  user = await admin("POST", "/api/v1/users", { email: EMAIL, name: "Console User" });
+  userKey = (await admin("POST", `/api/v1/users/${user.id}/api-keys`, { name: "console e2e" })).key;
+  spareKey = await admin("POST", `/api/v1/users/${user.id}/api-keys`, { name: "revoked in e2e" });
+  assert.match(userKey, /^vas_/);
   profileDir = mkdtempSync(join(tmpdir(), "vas-e2e-chromium-"));
-  const env = { ...process.env, HOST: "127.0.0.1", PORT: String(port), DATA_DIR: dataDir,
-    SANDBOX_LATENCY: "2s", WORKER_CONCURRENCY: "1", LOG_LEVEL: "warn", PUBLIC_BASE_URL: base };
-  // The sandbox provider runs only without a key.
-  delete env.VOLCENGINE_API_KEY;
-  delete env.ARK_API_KEY;
-  delete env.MONGO_URL;
-  delete env.MONGODB_URI;
-  delete env.REDIS_URL;
-  server = spawn(BIN, ["serve"], { env, stdio: ["ignore", "pipe", "pipe"] });
-  server.stdout.on("data", (d) => { serverLog += d; });
-  server.stderr.on("data", (d) => { serverLog += d; });
-  await waitHealthy(base);
   context = await chromium.launchPersistentContext(profileDir, {
     executablePath: CHROMIUM,
     headless: true,
@@ -69,19 +108,38 @@ before(async () => {
 
 after(async () => {
   await context?.close();
-  if (server && server.exitCode === null) {
-    server.kill("SIGTERM");
-    await new Promise((r) => server.once("exit", r));
-  }
-  rmSync(dataDir, { recursive: true, force: true });
-  rmSync(profileDir, { recursive: true, force: true });
+  await stopServer(server);
+  if (profileDir) rmSync(profileDir, { recursive: true, force: true });
 });
+
+/** A page on the console's sign-in view with nothing remembered (the profile is shared). */
+async function signedOutPage(url = base) {
+  const page = await context.newPage();
+  page.on("pageerror", (e) => assert.fail(`page error: ${e.message}`));
+  await page.goto(`${url}/`);
+  await page.evaluate(() => localStorage.clear());
+  await page.reload();
+  await page.locator("#signin-view").waitFor();
+  return page;
+}
+
+async function signIn(page, key) {
+  await page.fill("#api-key", key);
+  await page.click("#signin-btn");
+}
 
 /** Recorded `taskUpdated` payloads received over WebSocket, and GraphQL operations over HTTP. */
 function record(page) {
   const frames = [];
   const ops = [];
+  const inits = [];
   page.on("websocket", (ws) => {
+    ws.on("framesent", ({ payload }) => {
+      try {
+        const msg = JSON.parse(payload);
+        if (msg.type === "connection_init") inits.push(msg.payload);
+      } catch { /* not JSON */ }
+    });
     ws.on("framereceived", ({ payload }) => {
       try {
         const msg = JSON.parse(payload);
@@ -95,7 +153,7 @@ function record(page) {
       ops.push(r.postDataJSON()?.operationName ?? "(anonymous)");
     }
   });
-  return { frames, ops, statusesOf: (id) => frames.filter((t) => t.id === id).map((t) => t.status) };
+  return { frames, ops, inits, statusesOf: (id) => frames.filter((t) => t.id === id).map((t) => t.status) };
 }
 
 const dedupe = (xs) => xs.filter((x, i) => x !== xs[i - 1]);
@@ -122,42 +180,58 @@ async function pixelSpread(page, png) {
   }, `data:image/png;base64,${png.toString("base64")}`);
 }
 
-test("an invalid key is refused and sends the user back to sign-in", async () => {
-  const page = await context.newPage();
-  // The server under test runs without keys (they are another issue's work); answer as a
-  // server with keys answers a wrong one, so the console's handling of it is what is tested.
-  await page.route("**/graphql", (route) => {
-    if (route.request().headers().authorization === "Bearer wrong-key") {
-      return route.fulfill({ status: 401, contentType: "application/json",
-        body: JSON.stringify({ data: null, errors: [{ message: "invalid API key", extensions: { code: "UNAUTHENTICATED" } }] }) });
-    }
-    return route.continue();
-  });
-  await page.goto(`${base}/`);
-  await page.locator("#signin-view").waitFor();
-  await page.fill("#api-key", "wrong-key");
-  await page.click("#signin-btn");
+test("the server runs with auth: no key is a 401", async () => {
+  const resp = await fetch(`${base}/graphql`, { method: "POST", headers: { "content-type": "application/json" },
+    body: JSON.stringify({ query: "{ me { id } }" }) });
+  assert.equal(resp.status, 401);
+  assert.equal((await resp.json()).errors?.[0]?.extensions?.code, "UNAUTHENTICATED");
+});
+
+test("a wrong key is refused by the server (401), forgotten, and sends the user back to sign-in", async () => {
+  const page = await signedOutPage();
+  const statuses = [];
+  page.on("response", (r) => { if (new URL(r.url()).pathname === "/graphql") statuses.push(r.status()); });
+  await signIn(page, WRONG_KEY);
   await page.locator("#signin-error", { hasText: "Invalid key" }).waitFor({ timeout: WAIT });
+  assert.deepEqual(statuses, [401], "the server itself answered 401");
   assert.equal(await page.locator("#signin-view").isVisible(), true);
+  assert.equal(await page.locator("#app-view").isVisible(), false);
   assert.equal(await page.evaluate(() => localStorage.getItem("vas.apiKey")), null, "a refused key is forgotten");
+  assert.equal(await page.inputValue("#api-key"), "", "and cleared from the form");
   await page.close();
 });
 
-test("sign in, submit, watch the task live, see the image, browse, cancel and retry", async () => {
-  const page = await context.newPage();
-  const rec = record(page);
-  page.on("pageerror", (e) => assert.fail(`page error: ${e.message}`));
+test("the WebSocket client sends the key in connection_init and reports a refused key (4403)", async () => {
+  const page = await signedOutPage();
+  const sent = [];
+  page.on("websocket", (ws) => ws.on("framesent", ({ payload }) => { try { sent.push(JSON.parse(payload)); } catch { /* */ } }));
+  const got = await page.evaluate(async (key) => {
+    const { SubscriptionClient } = await import("/console/ws.js");
+    return new Promise((done) => {
+      const c = new SubscriptionClient(`ws://${location.host}/graphql/ws`, () => key, {
+        onAuthError: (reason, code) => done({ reason, code }),
+      });
+      c.subscribe("subscription S($id: ID!) { taskUpdated(id: $id) { id } }", { id: "none" },
+        { next: () => done({ unexpected: "next" }), error: (e) => done({ unexpected: e }) });
+      setTimeout(() => done({ unexpected: "no close within 10 s" }), 10_000);
+    });
+  }, WRONG_KEY);
+  for (let i = 0; i < 50 && sent.length === 0; i++) await new Promise((r) => setTimeout(r, 100));
+  assert.equal(got.code, 4403, JSON.stringify(got));
+  assert.match(got.reason, /Forbidden/);
+  assert.deepEqual(sent[0], { type: "connection_init", payload: { authorization: `Bearer ${WRONG_KEY}` } });
+  await page.close();
+});
 
-  // Sign in with an empty key (the server runs without auth), then pick a new user.
-  await page.goto(`${base}/`);
-  await page.fill("#api-key", "");
-  await page.click("#signin-btn");
-  await page.locator("#user-view").waitFor({ timeout: WAIT });
-  await page.fill("#user-email", "console@example.com");
-  await page.fill("#user-name", "Console User");
-  await page.click("#user-btn");
+test("sign in with a user's key, submit, watch the task live, see the image, browse, cancel and retry", async () => {
+  const page = await signedOutPage();
+  const rec = record(page);
+
+  // A user's key goes straight to the user's view: nothing to pick, no user to create.
+  await signIn(page, userKey);
   await page.locator("#app-view").waitFor({ timeout: WAIT });
-  assert.match(await page.textContent("#who"), /console@example\.com/);
+  assert.equal(await page.locator("#user-view").isVisible(), false);
+  assert.equal(await page.textContent("#who"), `Console User <${EMAIL}>`);
   const models = await page.locator("#model option").count();
   assert.ok(models >= 1, "models come from imageModels");
   assert.ok(await page.locator("#size option").count() >= 1, "sizes for the chosen model");
@@ -180,6 +254,7 @@ test("sign in, submit, watch the task live, see the image, browse, cancel and re
     "the statuses arrived as taskUpdated frames over the WebSocket");
   assert.deepEqual(rec.ops.slice(opsAtSubmit), [], "no HTTP request while watching (no polling)");
   assert.ok(rec.statusesOf(first).includes("COMPLETED"), "the first task was followed live too");
+  assert.deepEqual(rec.inits, [{ authorization: `Bearer ${userKey}` }], "one socket, the key in connection_init");
 
   // The image loads and is a picture, not a blank box, on a screenshot.
   const img = page.locator("#current-image");
@@ -226,6 +301,80 @@ test("sign in, submit, watch the task live, see the image, browse, cancel and re
     await page.locator(`#gallery [data-task-id="${id}"][data-status="COMPLETED"]`).waitFor({ timeout: WAIT });
   }
   await page.close();
+});
+
+test("a key revoked during a session sends the user back to sign-in", async () => {
+  const page = await signedOutPage();
+  await signIn(page, spareKey.key);
+  await page.locator("#app-view").waitFor({ timeout: WAIT });
+  await admin("DELETE", `/api/v1/api-keys/${spareKey.id}`);
+  await page.click("#refresh");
+  await page.locator("#signin-error", { hasText: "Invalid key" }).waitFor({ timeout: WAIT });
+  assert.equal(await page.evaluate(() => localStorage.getItem("vas.apiKey")), null);
+  await page.close();
+});
+
+test("the admin key names no user: the admin picks one by email and sees its tasks", async () => {
+  const page = await signedOutPage();
+  await signIn(page, ADMIN_KEY);
+  await page.locator("#user-view").waitFor({ timeout: WAIT });
+  await page.fill("#user-email", EMAIL);
+  await page.click("#user-btn");
+  await page.locator("#app-view").waitFor({ timeout: WAIT });
+  assert.equal(await page.textContent("#who"), `admin, as Console User <${EMAIL}>`);
+  await page.locator('#gallery [data-status="COMPLETED"]').first().waitFor({ timeout: WAIT });
+  await page.close();
+});
+
+test("a key refused when the WebSocket reconnects (4403) sends the user back to sign-in", async () => {
+  const key = await admin("POST", `/api/v1/users/${user.id}/api-keys`, { name: "refused on reconnect" });
+  const page = await signedOutPage();
+  const rec = record(page);
+  await signIn(page, key.key);
+  await page.locator("#app-view").waitFor({ timeout: WAIT });
+  await page.fill("#prompt", "a kite over the dunes");
+  await page.click("#submit");
+  await page.locator("#conn", { hasText: "live" }).waitFor({ timeout: WAIT });
+  // Revoke the key (a socket is authenticated once, at connection_init, so the open one stays),
+  // then restart the server on the same port and data: the console reconnects to keep following
+  // the task, sends the revoked key in connection_init, the server closes the socket with 4403,
+  // and the console signs out with no HTTP request in between.
+  await admin("DELETE", `/api/v1/api-keys/${key.id}`);
+  const opsBefore = rec.ops.length;
+  await stopServer(server, { keepData: true });
+  await page.locator("#conn", { hasText: "disconnected" }).waitFor({ timeout: WAIT });
+  server = await startServer(server.env, server.latency, server);
+  await page.locator("#signin-error", { hasText: "Invalid key" }).waitFor({ timeout: WAIT });
+  assert.deepEqual(rec.ops.slice(opsBefore), [], "refused over the WebSocket, not by an HTTP call");
+  assert.ok(rec.inits.length >= 2 && rec.inits.every((p) => p.authorization === `Bearer ${key.key}`),
+    "the key was sent again on the reconnect");
+  assert.equal(await page.evaluate(() => localStorage.getItem("vas.apiKey")), null);
+  await page.close();
+});
+
+test("without ADMIN_API_KEY (loopback, auth off) an empty key signs in as the admin", async () => {
+  const open = await startServer({}, "300ms");
+  try {
+    const page = await signedOutPage(open.url);
+    const rec = record(page);
+    await signIn(page, "");
+    await page.locator("#user-view").waitFor({ timeout: WAIT });
+    await page.fill("#user-email", "open@example.com");
+    await page.fill("#user-name", "Open User");
+    await page.click("#user-btn");
+    await page.locator("#app-view").waitFor({ timeout: WAIT });
+    assert.equal(await page.textContent("#who"), "admin, as Open User <open@example.com>");
+    await page.fill("#prompt", "a paper boat on a pond");
+    await page.click("#submit");
+    await page.locator("#current[data-task-id]").waitFor({ timeout: WAIT });
+    const id = await page.getAttribute("#current", "data-task-id");
+    await page.locator("#current-status", { hasText: "COMPLETED" }).waitFor({ timeout: WAIT });
+    assert.equal(dedupe(rec.statusesOf(id)).at(-1), "COMPLETED", "followed over the subscription");
+    assert.deepEqual(rec.inits, [{}], "no key in connection_init");
+    await page.close();
+  } finally {
+    await stopServer(open);
+  }
 });
 
 test("the REST docs page renders every operation of /openapi.json", async () => {

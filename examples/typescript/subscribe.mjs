@@ -3,8 +3,12 @@
 //
 //   npm ci && API_URL=http://127.0.0.1:8080 node subscribe.mjs "a red fox in snow"
 //
-// API_KEY (optional) is sent as `Authorization: Bearer` over HTTP and in connection_init over
-// WebSocket. Exits non-zero if the task does not complete.
+//   API_URL=… API_KEY=vas_… node subscribe.mjs "a red fox in snow"
+//
+// API_KEY (optional; none when the server runs without keys) is sent as `Authorization: Bearer`
+// over HTTP and in the connection_init payload over WebSocket. A user's key submits for its own
+// user (`me`); with the admin key, or none, the user USER_EMAIL is found or created. Exits
+// non-zero if the task does not complete.
 import { createClient } from "graphql-ws";
 import WebSocket from "ws";
 
@@ -27,7 +31,7 @@ async function gql(query, variables) {
   return body.data;
 }
 
-// The key's own user when it has one; otherwise a user found or created by email.
+// A user's key: its own user. The admin key (or none): a user found or created by email.
 async function userId() {
   const { me } = await gql("{ me { id } }");
   if (me) return me.id;

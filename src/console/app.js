@@ -1,6 +1,10 @@
-// The console: sign in with an API key, pick or create the user when the key names none,
-// submit prompts, follow each task live over the `taskUpdated` subscription (never by polling),
-// and browse, cancel and retry the user's tasks.
+// The console: sign in with an API key, submit prompts, follow each task live over the
+// `taskUpdated` subscription (never by polling), and browse, cancel and retry the user's tasks.
+//
+// A user's key goes straight to that user (`me`). The admin key (or no key, when the server runs
+// without keys, loopback only) names no user: the admin picks one by email or creates it. A key
+// the server refuses (HTTP 401, or the WebSocket closed with 4403) is forgotten and the console
+// returns to sign-in.
 
 import { createApi, AuthError } from "./api.js";
 import { SubscriptionClient } from "./ws.js";
@@ -24,6 +28,8 @@ const store = {
 const api = createApi(() => store.key || "");
 let ws = null;
 let user = null;
+/** true when signed in with the admin key (or none): a user is picked, not given by the key */
+let asAdmin = false;
 let models = [];
 let currentId = null;
 /** id → latest task seen (by version) */
@@ -45,8 +51,10 @@ function signOut(reason = "") {
   tasks.clear();
   history.clear();
   user = null;
+  asAdmin = false;
   currentId = null;
   store.key = null;
+  $("api-key").value = "";
   store.userId = null;
   $("who").textContent = "";
   $("conn").textContent = "";
@@ -56,29 +64,39 @@ function signOut(reason = "") {
   show("signin-view");
 }
 
+/** The server refused the key (or wants one): forget it and go back to sign-in. */
+function refused() {
+  signOut(store.key ? "Invalid key: sign in again." : "This server needs an API key: sign in with one.");
+}
+
 /** Runs an API call; an invalid key sends the user back to sign-in, other errors go to `errorEl`. */
 async function guarded(errorEl, fn) {
   errorEl.textContent = "";
   try {
     return await fn();
   } catch (e) {
-    if (e instanceof AuthError) signOut("Invalid key: sign in again.");
+    if (e instanceof AuthError) refused();
     else errorEl.textContent = e.message;
     return undefined;
   }
 }
 
 async function signIn(key) {
+  ws?.close();
   store.key = key;
   const wsUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/graphql/ws`;
+  // The key goes in connection_init; a refused one closes the socket with 4403.
   ws = new SubscriptionClient(wsUrl, () => store.key || "", {
-    onAuthError: () => signOut("Invalid key: sign in again."),
+    onAuthError: refused,
     onState: (s) => { $("conn").textContent = s === "connected" ? "● live" : s; },
   });
   const data = await guarded($("signin-error"), () => api.gql("Boot",
     "query Boot { me { id email name } imageModels { name displayName defaultSize sizeTiers minPixels maxPixels minReferenceImages } }"));
   if (!data) return;
   models = data.imageModels.filter((m) => m.minReferenceImages === 0);
+  $("signin-error").textContent = "";
+  // A user's key: its own user, nothing to pick.
+  asAdmin = !data.me;
   if (data.me) return enter(data.me);
   const remembered = store.userId;
   if (remembered) {
@@ -107,7 +125,7 @@ async function chooseUser(email, name) {
 function enter(u) {
   user = u;
   store.userId = u.id;
-  $("who").textContent = `${u.name} <${u.email}>`;
+  $("who").textContent = `${asAdmin ? "admin, as " : ""}${u.name} <${u.email}>`;
   fillModels();
   show("app-view");
   loadGallery();

@@ -2,6 +2,8 @@
 // enough for the console's subscriptions: one socket, lazily opened, the API key in the
 // connection_init payload, and every active subscription sent again after a reconnect
 // (`taskUpdated` starts with the current state, so nothing is missed across the gap).
+// A key the server refuses closes the socket with 4403 (4401 for a subscribe before init): the
+// console treats both like an HTTP 401, back to sign-in.
 
 const AUTH_CLOSE_CODES = new Set([4401, 4403]);
 
@@ -9,7 +11,7 @@ export class SubscriptionClient {
   /**
    * @param {string} url ws:// or wss:// URL of /graphql/ws
    * @param {() => string} getKey the API key ('' for none)
-   * @param {{onAuthError: (reason: string) => void, onState?: (s: string) => void}} hooks
+   * @param {{onAuthError: (reason: string, code?: number) => void, onState?: (s: string) => void}} hooks
    */
   constructor(url, getKey, hooks) {
     this.url = url;
@@ -77,7 +79,7 @@ export class SubscriptionClient {
       this.hooks.onState?.("disconnected");
       if (AUTH_CLOSE_CODES.has(ev.code)) {
         this.subs.clear();
-        this.hooks.onAuthError(ev.reason || "invalid key");
+        this.hooks.onAuthError(ev.reason || "invalid key", ev.code);
         return;
       }
       if (this.closedByUs || this.subs.size === 0) return;
