@@ -338,6 +338,20 @@ pub async fn ws_handler(State(state): State<AppState>, req: Request) -> Response
         .on_upgrade(move |socket| serve_socket(state, socket, protocol))
 }
 
+/// A socket past its handshake.
+struct Admitted {
+    /// The `connection_init` frame, replayed into the GraphQL session.
+    first: Vec<u8>,
+    who: Principal,
+    /// Kept to check the key again while the socket stays open.
+    credential: Option<String>,
+    _slot: Option<SocketSlot>,
+}
+
+/// How often an open socket's user key is checked again, so a revoked key does not keep
+/// receiving events on sockets it opened before.
+const RECHECK_EVERY: Duration = Duration::from_secs(10);
+
 /// What a socket's first message was, when it is not a usable `connection_init`.
 enum Refusal {
     /// Close code and reason (graphql-transport-ws); the legacy protocol gets a
@@ -354,7 +368,7 @@ async fn admit_socket(
     state: &AppState,
     ctx: &Arc<Ctx>,
     socket: &mut WebSocket,
-) -> Result<(Vec<u8>, Principal, Option<SocketSlot>), Refusal> {
+) -> Result<Admitted, Refusal> {
     let first = loop {
         match tokio::time::timeout(INIT_TIMEOUT, socket.recv()).await {
             Err(_) => {
@@ -405,13 +419,18 @@ async fn admit_socket(
             ),
         )
     })?;
-    Ok((first, who, slot))
+    Ok(Admitted {
+        first,
+        who,
+        credential: credential.map(str::to_string),
+        _slot: slot,
+    })
 }
 
 async fn serve_socket(state: AppState, mut socket: WebSocket, protocol: WebSocketProtocols) {
     let _open = crate::observability::GaugeGuard::new("websocket_connections");
     let ctx = state.gql.clone();
-    let (first, who, _slot) = match admit_socket(&state, &ctx, &mut socket).await {
+    let admitted = match admit_socket(&state, &ctx, &mut socket).await {
         Ok(ok) => ok,
         Err(Refusal::Gone) => return,
         Err(Refusal::Close(code, reason)) => {
@@ -432,13 +451,13 @@ async fn serve_socket(state: AppState, mut socket: WebSocket, protocol: WebSocke
     };
     let mut data = Data::default();
     data.insert(request_data(&state));
-    data.insert(who);
+    data.insert(admitted.who.clone());
     data.insert(SubscriptionSlots {
         used: Arc::new(AtomicUsize::new(0)),
         max: ctx.max_subscriptions,
     });
     let (mut sink, stream) = socket.split();
-    let input = futures::stream::iter([first]).chain(
+    let input = futures::stream::iter([admitted.first.clone()]).chain(
         stream
             .take_while(|m| {
                 futures::future::ready(matches!(m, Ok(m) if !matches!(m, Message::Close(_))))
@@ -453,7 +472,29 @@ async fn serve_socket(state: AppState, mut socket: WebSocket, protocol: WebSocke
     );
     let mut session = async_graphql::http::WebSocket::new(state.schema.clone(), input, protocol)
         .connection_data(data);
-    while let Some(msg) = session.next().await {
+    let mut recheck = tokio::time::interval(RECHECK_EVERY);
+    recheck.tick().await;
+    loop {
+        let msg = tokio::select! {
+            msg = session.next() => match msg {
+                Some(m) => m,
+                None => break,
+            },
+            _ = recheck.tick(), if !admitted.who.is_admin() => {
+                let still = state.service.auth.authenticate(admitted.credential.as_deref()).await;
+                if let Err(AppError::Unauthenticated(m)) = still {
+                    tracing::info!(who = %admitted.who.label(), "closing a socket whose key no longer works");
+                    let _ = sink
+                        .send(Message::Close(Some(CloseFrame {
+                            code: 4403,
+                            reason: format!("Forbidden: {m}").into(),
+                        })))
+                        .await;
+                    break;
+                }
+                continue;
+            }
+        };
         let frame = match msg {
             WsMessage::Text(t) => Message::Text(t.into()),
             // The session's own closes: a second init (4429) or a bad frame.
