@@ -1239,11 +1239,12 @@ async fn sockets_per_key_and_subscriptions_per_socket_are_capped() {
     first.subscribe("b", sub, json!({})).await;
     first.subscribe("c", sub, json!({})).await;
     match first.next_event().await {
+        // The three start concurrently: whichever comes third is the one refused.
         WsEvent::Error { id, payload } => {
-            assert_eq!(id, "c");
+            assert!(["a", "b", "c"].contains(&id.as_str()), "{id}");
             assert_eq!(err_code(&payload), "RATE_LIMITED", "{payload}");
         }
-        other => panic!("expected the third subscription refused, got {other:?}"),
+        other => panic!("expected one subscription refused, got {other:?}"),
     }
 }
 
