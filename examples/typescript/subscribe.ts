@@ -1,9 +1,11 @@
 // Create an image task over GraphQL, then follow it live with the `taskUpdated` subscription
 // (graphql-transport-ws, via the `graphql-ws` library) until it completes, and download the image.
 //
-//   npm ci && API_URL=http://127.0.0.1:8080 node subscribe.mjs "a red fox in snow"
+//   npm ci && npm run build && API_URL=http://127.0.0.1:8080 node dist/subscribe.js "a red fox"
 //
-//   API_URL=… API_KEY=vas_… node subscribe.mjs "a red fox in snow"
+//   API_URL=… API_KEY=vas_… node dist/subscribe.js "a red fox in snow"
+//
+// `npm run build` type-checks (strict) and compiles with `tsc`.
 //
 // API_KEY (optional; none when the server runs without keys) is sent as `Authorization: Bearer`
 // over HTTP and in the connection_init payload over WebSocket. A user's key submits for its own
@@ -12,32 +14,50 @@
 import { createClient } from "graphql-ws";
 import WebSocket from "ws";
 
+/** The fields of `Task` this example asks for (see schema.graphql). */
+interface TaskState {
+  status: "PENDING" | "PROCESSING" | "COMPLETED" | "FAILED" | "CANCELLED";
+  version: number;
+  result: { imageUrl: string } | null;
+  error: { code: string; message: string } | null;
+}
+
+interface GqlError {
+  message: string;
+  extensions?: { code?: string };
+}
+
 const base = (process.env.API_URL ?? "http://127.0.0.1:8080").replace(/\/$/, "");
 const key = process.env.API_KEY ?? "";
 const prompt = process.argv[2] ?? "a red fox in snow";
 const email = process.env.USER_EMAIL ?? "example@example.com";
-const auth = key ? { authorization: `Bearer ${key}` } : {};
+const auth: Record<string, string> = key ? { authorization: `Bearer ${key}` } : {};
 
-async function gql(query, variables) {
+async function gql<T>(query: string, variables?: Record<string, unknown>): Promise<T> {
   const resp = await fetch(`${base}/graphql`, {
     method: "POST",
     headers: { "content-type": "application/json", ...auth },
     body: JSON.stringify({ query, variables }),
   });
-  const body = await resp.json();
-  if (!resp.ok || body.errors?.length) {
+  const body = (await resp.json()) as { data?: T; errors?: GqlError[] };
+  if (!resp.ok || body.errors?.length || body.data === undefined) {
     throw new Error(`GraphQL ${resp.status}: ${JSON.stringify(body.errors ?? body)}`);
   }
   return body.data;
 }
 
 // A user's key: its own user. The admin key (or none): a user found or created by email.
-async function userId() {
-  const { me } = await gql("{ me { id } }");
+type Id = { id: string } | null;
+
+async function userId(): Promise<string> {
+  const { me } = await gql<{ me: Id }>("{ me { id } }");
   if (me) return me.id;
-  const { userByEmail } = await gql("query($e: String!) { userByEmail(email: $e) { id } }", { e: email });
+  const { userByEmail } = await gql<{ userByEmail: Id }>(
+    "query($e: String!) { userByEmail(email: $e) { id } }",
+    { e: email },
+  );
   if (userByEmail) return userByEmail.id;
-  const { createUser } = await gql(
+  const { createUser } = await gql<{ createUser: { id: string } }>(
     "mutation($i: CreateUserInput!) { createUser(input: $i) { id } }",
     { i: { email, name: "Example" } },
   );
@@ -45,7 +65,7 @@ async function userId() {
 }
 
 const uid = await userId();
-const { createImageTask: task } = await gql(
+const { createImageTask: task } = await gql<{ createImageTask: { id: string; status: string } }>(
   "mutation($i: CreateImageTaskInput!) { createImageTask(input: $i) { id status } }",
   { i: { userId: uid, prompt, size: "1024x1024" } },
 );
@@ -59,10 +79,10 @@ const client = createClient({
 });
 
 // `taskUpdated` sends the current state first, then each change, and completes after the end.
-const final = await new Promise((resolve, reject) => {
-  let last = null;
+const final = await new Promise<TaskState | null>((resolve, reject) => {
+  let last: TaskState | null = null;
   const timer = setTimeout(() => reject(new Error("no terminal state within 120 s")), 120_000);
-  client.subscribe(
+  client.subscribe<{ taskUpdated: TaskState }>(
     {
       query: `subscription($id: ID!) {
         taskUpdated(id: $id) { status version result { imageUrl } error { code message } }
@@ -71,18 +91,18 @@ const final = await new Promise((resolve, reject) => {
     },
     {
       next: ({ data, errors }) => {
-        if (errors?.length) return reject(new Error(JSON.stringify(errors)));
+        if (errors?.length || !data) return reject(new Error(JSON.stringify(errors)));
         last = data.taskUpdated;
         console.log(`task ${task.id}: ${last.status} (version ${last.version})`);
       },
-      error: (e) => { clearTimeout(timer); reject(e instanceof Error ? e : new Error(JSON.stringify(e))); },
+      error: (e: unknown) => { clearTimeout(timer); reject(e instanceof Error ? e : new Error(JSON.stringify(e))); },
       complete: () => { clearTimeout(timer); resolve(last); },
     },
   );
 });
 await client.dispose();
 
-if (final?.status !== "COMPLETED") {
+if (final?.status !== "COMPLETED" || !final.result) {
   console.error(`task ended ${final?.status}: ${JSON.stringify(final?.error)}`);
   process.exit(1);
 }
