@@ -6,6 +6,7 @@
 //! | `http_requests_total`, `http_request_duration_seconds` | counter, histogram | `method`, `route`, `status` |
 //! | `tasks` | gauge (at scrape, from the store) | `status` |
 //! | `queue_depth` | gauge (at scrape) | |
+//! | `queue_oldest_pending_age_seconds` | gauge (at scrape) | |
 //! | `task_transitions_total` | counter | `status` (the new one) |
 //! | `provider_calls_total`, `provider_call_duration_seconds` | counter, histogram | `model`, `outcome`, `code` |
 //! | `rate_limiter_wait_seconds` | histogram | `model` |
@@ -90,6 +91,8 @@ pub async fn render(State(s): State<AppState>, caller: crate::rest::Caller) -> R
                 metrics::gauge!("tasks", "status" => status.clone()).set(*n as f64);
             }
             metrics::gauge!("queue_depth").set(stats.queue_depth as f64);
+            metrics::gauge!("queue_oldest_pending_age_seconds")
+                .set(stats.oldest_pending_age_seconds);
         }
         Err(e) => tracing::warn!(error = %e, "metrics: task counts unavailable"),
     }

@@ -1278,3 +1278,21 @@ async fn revoking_a_key_closes_the_sockets_it_opened() {
     // Checked again every few seconds: the socket ends with 4403 instead of living on.
     assert_eq!(ws.close_code().await, Some(4403));
 }
+
+#[tokio::test]
+async fn queue_stats_tell_how_long_the_oldest_pending_task_has_waited() {
+    // Two worker slots busy for minutes: the third task waits.
+    let w = World::start(|_| {}).await;
+    for _ in 0..3 {
+        w.alice_task(false).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, stats) = w.call(Who::Admin, "GET", "/api/v1/queue/stats", None).await;
+    let age = stats["data"]["oldest_pending_age_seconds"]
+        .as_f64()
+        .expect("age");
+    assert!(age >= 0.2, "{stats}");
+    let (_, metrics) = w.call(Who::Admin, "GET", "/metrics", None).await;
+    let text = metrics.as_str().unwrap_or_default();
+    assert!(text.contains("queue_oldest_pending_age_seconds "), "{text}");
+}

@@ -59,6 +59,11 @@ async fn metrics_describe_requests_tasks_provider_calls_and_sockets() {
     );
     assert_eq!(value(&text, "queue_depth"), Some(0.0), "{text}");
     assert_eq!(
+        value(&text, "queue_oldest_pending_age_seconds"),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
         value(&text, r#"task_transitions_total{status="completed"}"#),
         Some(1.0),
         "{text}"

@@ -62,6 +62,8 @@ pub struct Page<T> {
 #[derive(Debug, Clone, Serialize)]
 pub struct QueueStats {
     pub queue_depth: u64,
+    /// How long the oldest pending task has waited since it was created (0 without any).
+    pub oldest_pending_age_seconds: f64,
     pub in_flight: u64,
     pub by_status: HashMap<String, u64>,
     pub total: u64,
@@ -693,8 +695,13 @@ impl Service {
             .iter()
             .map(|s| (s.as_str().to_string(), counts.get(s).copied().unwrap_or(0)))
             .collect();
+        let oldest = self.store.oldest_pending().await?;
+        let age = oldest
+            .map(|t| (Utc::now() - t.created_at).num_milliseconds().max(0) as f64 / 1000.0)
+            .unwrap_or(0.0);
         Ok(QueueStats {
             queue_depth: depth,
+            oldest_pending_age_seconds: age,
             in_flight: counts.get(&TaskStatus::Processing).copied().unwrap_or(0),
             total: by_status.values().sum(),
             by_status,

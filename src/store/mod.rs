@@ -107,6 +107,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
     /// Pending tasks due at `now` and processing tasks whose lease ran out, oldest first.
     async fn due_tasks(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Task>, StoreError>;
+    /// The pending task created first (the queue's oldest wait), if any.
+    async fn oldest_pending(&self) -> Result<Option<Task>, StoreError>;
     /// Processing tasks, whoever holds them (crash recovery of the embedded single process).
     async fn processing_tasks(&self, limit: usize) -> Result<Vec<Task>, StoreError>;
     /// Deletes a task and its images; `false` when it did not exist.

@@ -667,6 +667,16 @@ impl Store for MongoStore {
         collect(cursor).await
     }
 
+    async fn oldest_pending(&self) -> Result<Option<Task>, StoreError> {
+        self.tasks
+            .find_one(doc! {"status": "pending"})
+            .sort(doc! {"_id": 1})
+            .await
+            .map_err(backend)?
+            .map(decode)
+            .transpose()
+    }
+
     async fn processing_tasks(&self, limit: usize) -> Result<Vec<Task>, StoreError> {
         let cursor = self
             .tasks

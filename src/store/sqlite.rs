@@ -508,6 +508,18 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn oldest_pending(&self) -> Result<Option<Task>, StoreError> {
+        self.run(|c| {
+            let mut s = c
+                .prepare_cached(
+                    "SELECT doc FROM tasks WHERE status = 'pending' ORDER BY id LIMIT 1",
+                )
+                .map_err(backend)?;
+            Ok(collect_docs(&mut s, [])?.pop())
+        })
+        .await
+    }
+
     async fn processing_tasks(&self, limit: usize) -> Result<Vec<Task>, StoreError> {
         self.run(move |c| {
             let mut s = c
