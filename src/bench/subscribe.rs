@@ -336,6 +336,9 @@ pub async fn subscribe(a: SubscribeArgs) -> Result<SubscribeReport, String> {
         ("WORKER_CONCURRENCY", in_flight.to_string()),
         ("PROVIDER_CONCURRENCY", in_flight.to_string()),
         ("AI_TIMEOUT", format!("{}s", a.latency.as_secs() + 120)),
+        // A quiet subscriber re-reads the store every SUBSCRIPTION_RESYNC (15 s); ten thousand
+        // of those falling into the burst would be measured as delivery delay.
+        ("SUBSCRIPTION_RESYNC", "1h".into()),
     ])
     .await?;
     let result = async {
@@ -364,7 +367,12 @@ pub async fn subscribe(a: SubscribeArgs) -> Result<SubscribeReport, String> {
                 async move {
                     let r = http
                         .post(format!("{base}/api/v1/ai/image/task"))
-                        .json(&json!({"prompt": format!("subscribed {i}"), "user_id": user}))
+                        // The smallest size: the emulator renders each image as the worker
+                        // downloads it, in this process, and that would spread the burst.
+                        .json(
+                            &json!({"prompt": format!("subscribed {i}"), "user_id": user,
+                                      "size": "512x512"}),
+                        )
                         .send()
                         .await
                         .map_err(|e| e.to_string())?;

@@ -109,7 +109,19 @@ fn writer_loop(conn: Connection, jobs: mpsc::Receiver<WriteJob>, lock: File) {
             continue;
         }
         let mut finishes = Vec::with_capacity(batch.len());
+        // Some errors (a full disk, an I/O error) make SQLite roll the whole transaction back by
+        // itself; a SAVEPOINT after that would open a transaction of its own and commit the
+        // rest of the batch one by one, while its callers are told it failed.
+        let mut lost: Option<String> = None;
         for job in batch {
+            if lost.is_none() && conn.is_autocommit() {
+                lost = Some("the transaction was rolled back by an earlier error".into());
+            }
+            if let Some(e) = &lost {
+                let (_, finish) = job(Err(e));
+                finishes.push(finish);
+                continue;
+            }
             if let Err(e) = step("SAVEPOINT w") {
                 let (_, finish) = job(Err(&format!("savepoint: {e}")));
                 finishes.push(finish);
@@ -127,8 +139,14 @@ fn writer_loop(conn: Connection, jobs: mpsc::Receiver<WriteJob>, lock: File) {
                 finishes.push(finish);
             }
         }
-        let committed = step("COMMIT").map_err(|e| format!("commit: {e}"));
-        if committed.is_err() {
+        let committed = match lost {
+            Some(e) => Err(e),
+            None if conn.is_autocommit() => {
+                Err("the transaction was rolled back by an earlier error".into())
+            }
+            None => step("COMMIT").map_err(|e| format!("commit: {e}")),
+        };
+        if committed.is_err() && !conn.is_autocommit() {
             let _ = conn.execute_batch("ROLLBACK");
         }
         let err = committed.err();
