@@ -61,7 +61,7 @@ impl SubscribeReport {
 
 /// Raises the soft open-files limit to the hard one: ten thousand sockets on each side exceed
 /// the usual soft limit of 1024. The child process inherits the raised limit.
-pub fn raise_nofile_limit() -> Result<u64, String> {
+pub fn raise_nofile_limit() -> Result<libc::rlim_t, String> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -78,7 +78,7 @@ pub fn raise_nofile_limit() -> Result<u64, String> {
             }
         }
     }
-    Ok(lim.rlim_cur as u64)
+    Ok(lim.rlim_cur)
 }
 
 /// VmRSS of a process, in KiB.
@@ -300,7 +300,7 @@ async fn subscriber(
 pub async fn subscribe(a: SubscribeArgs) -> Result<SubscribeReport, String> {
     let nofile = raise_nofile_limit()?;
     // Each subscriber holds one socket here and one in the service, plus the provider calls.
-    let needed = (a.subscribers + a.tasks + 256) as u64;
+    let needed = (a.subscribers + a.tasks + 256) as libc::rlim_t;
     if nofile < needed {
         return Err(format!(
             "open-files limit {nofile} is below the {needed} this run needs; raise the hard limit (ulimit -Hn)"
