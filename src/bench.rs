@@ -13,10 +13,25 @@ use crate::app::{self, Backends, Role};
 use crate::config::Config;
 use crate::emulator::{self, EmulatorConfig};
 
+pub mod distributed;
+pub mod subscribe;
+
+/// Where the service under test keeps its state.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Backend {
+    Embedded,
+    /// MongoDB + Redis; each run uses a database and key prefix of its own.
+    Distributed {
+        mongo_url: String,
+        redis_url: String,
+    },
+}
+
 #[derive(Debug, Clone)]
 pub struct PipelineArgs {
     pub tasks: usize,
-    /// The emulator's images-per-minute limit, and the pace the service is configured with.
+    /// The emulator's images-per-minute limit, and the pace the service is configured with;
+    /// 0 for no limit (then the figure is tasks per second through the worker).
     pub ipm: u32,
     pub latency: Duration,
     /// Concurrent HTTP clients submitting.
@@ -34,6 +49,9 @@ pub struct PipelineReport {
     pub elapsed: Duration,
     pub achieved_ipm: f64,
     pub ratio: f64,
+    /// Without a limit: the store work of one task's life (insert, claim, image, completion)
+    /// done directly at the worker's concurrency, in tasks per second.
+    pub store_floor: Option<Measure>,
 }
 
 /// The service under test: the embedded default in a fresh data folder, with one user.
@@ -43,18 +61,37 @@ struct UnderTest {
     user: String,
     store: Arc<dyn crate::store::Store>,
     dir: std::path::PathBuf,
+    /// The run's MongoDB database and Redis key prefix (distributed only).
+    namespace: String,
 }
 
 impl UnderTest {
     async fn start(
         mut config: Config,
         role: Role,
+        backend: &Backend,
         client: &reqwest::Client,
     ) -> Result<UnderTest, String> {
-        let dir = std::env::temp_dir().join(format!("vas-bench-{}", uuid::Uuid::new_v4()));
+        let run = uuid::Uuid::new_v4().simple().to_string();
+        let dir = std::env::temp_dir().join(format!("vas-bench-{run}"));
+        let namespace = format!("vas_bench_{}", &run[..12]);
         config.data_dir = dir.clone();
         config.log_level = "warn".into();
-        let backends = Backends::embedded(&config).map_err(|e| e.to_string())?;
+        let backends = match backend {
+            Backend::Embedded => Backends::embedded(&config).map_err(|e| e.to_string())?,
+            Backend::Distributed {
+                mongo_url,
+                redis_url,
+            } => {
+                config.mongo_url = Some(mongo_url.clone());
+                config.redis_url = Some(redis_url.clone());
+                config.mongo_database = namespace.clone();
+                config.redis_prefix = namespace.clone();
+                Backends::distributed(&config, mongo_url, redis_url)
+                    .await
+                    .map_err(|e| e.to_string())?
+            }
+        };
         let store = backends.store.clone();
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
@@ -79,6 +116,7 @@ impl UnderTest {
             user,
             store,
             dir,
+            namespace,
         })
     }
 
@@ -103,7 +141,7 @@ pub async fn pipeline(a: PipelineArgs) -> Result<PipelineReport, String> {
         EmulatorConfig {
             latency: a.latency,
             api_key: Some("bench".into()),
-            images_per_minute: Some(a.ipm),
+            images_per_minute: (a.ipm > 0).then_some(a.ipm),
             ..EmulatorConfig::default()
         },
         emu_listener,
@@ -112,13 +150,20 @@ pub async fn pipeline(a: PipelineArgs) -> Result<PipelineReport, String> {
     .await
     .map_err(|e| e.to_string())?;
 
-    // Enough calls in flight to keep the pace through the latency, with headroom.
-    let in_flight = ((f64::from(a.ipm) / 60.0 * a.latency.as_secs_f64()) * 1.5).ceil() as usize + 4;
+    let unlimited = a.ipm == 0;
+    // Enough calls in flight to keep the pace through the latency, with headroom; without a
+    // limit, as many as the clients submitting.
+    let in_flight = if unlimited {
+        a.clients.clamp(4, 1024)
+    } else {
+        ((f64::from(a.ipm) / 60.0 * a.latency.as_secs_f64()) * 1.5).ceil() as usize + 4
+    };
     let config = Config {
         volcengine_endpoint: emu_url,
         volcengine_api_key: Some("bench".into()),
         provider_ipm: crate::config::ProviderIpm {
-            all: Some(a.ipm),
+            // "No limit" still paces, at a rate no run reaches.
+            all: Some(if unlimited { 100_000_000 } else { a.ipm }),
             ..Default::default()
         },
         worker_concurrency: in_flight,
@@ -131,7 +176,12 @@ pub async fn pipeline(a: PipelineArgs) -> Result<PipelineReport, String> {
         .pool_max_idle_per_host(a.clients)
         .build()
         .map_err(|e| e.to_string())?;
-    let service = UnderTest::start(config, Role::Serve, &http).await?;
+    let store_floor = if unlimited {
+        Some(lifecycle_floor(a.tasks, in_flight, &http).await?)
+    } else {
+        None
+    };
+    let service = UnderTest::start(config, Role::Serve, &Backend::Embedded, &http).await?;
     let base = service.base.clone();
 
     let started = Instant::now();
@@ -209,7 +259,67 @@ pub async fn pipeline(a: PipelineArgs) -> Result<PipelineReport, String> {
         elapsed,
         achieved_ipm,
         ratio: ideal / (elapsed.as_secs_f64() / 60.0),
+        store_floor,
     })
+}
+
+/// The store work of one task's life done directly, on a store of its own: insert, the claim,
+/// the image bytes (a PNG as the emulator makes), the completion.
+async fn lifecycle_floor(
+    tasks: usize,
+    concurrency: usize,
+    http: &reqwest::Client,
+) -> Result<Measure, String> {
+    let floor = UnderTest::start(Config::default(), Role::Api, &Backend::Embedded, http).await?;
+    let png = Arc::new(emulator::image::render_png("floor", 0, 1024, 1024)?);
+    let (store, user) = (floor.store.clone(), floor.user.clone());
+    let m = drive(
+        "store work of a task's life, direct (store floor)",
+        tasks,
+        concurrency,
+        move |i| {
+            let (store, user, png) = (store.clone(), user.clone(), png.clone());
+            async move {
+                let e = |e: crate::store::StoreError| e.to_string();
+                let t = floor_task(&user, &format!("lifecycle {i}"));
+                store.insert_task(&t).await.map_err(e)?;
+                let now = chrono::Utc::now();
+                let started = t
+                    .start("floor", now + chrono::Duration::seconds(60), now)
+                    .map_err(|e| e.to_string())?;
+                store
+                    .replace_task(&started, t.version, t.status)
+                    .await
+                    .map_err(e)?;
+                let blob = crate::store::ImageBlob {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    task_id: t.id.clone(),
+                    content_type: "image/png".into(),
+                    data: png.to_vec(),
+                };
+                store.put_image(&blob).await.map_err(e)?;
+                let image = crate::domain::StoredImage {
+                    id: blob.id,
+                    provider_url: None,
+                    width: 1024,
+                    height: 1024,
+                    bytes: png.len() as u64,
+                    content_type: blob.content_type,
+                };
+                let done = started
+                    .complete(vec![image], None, chrono::Utc::now())
+                    .map_err(|e| e.to_string())?;
+                store
+                    .replace_task(&done, started.version, started.status)
+                    .await
+                    .map_err(e)?;
+                Ok(())
+            }
+        },
+    )
+    .await?;
+    floor.stop().await;
+    Ok(m)
 }
 
 /// The shortest possible run at exactly the limit: one image every `60/ipm` s, the last one
@@ -220,6 +330,26 @@ fn ideal_minutes(tasks: usize, ipm: u32, latency: Duration) -> f64 {
 }
 
 pub fn print_pipeline(a: &PipelineArgs, r: &PipelineReport) {
+    if let Some(floor) = &r.store_floor {
+        let per_second = r.completed as f64 / r.elapsed.as_secs_f64();
+        println!(
+            "pipeline benchmark: {} tasks submitted at once by {} clients, provider without limit or latency ({:?})",
+            a.tasks, a.clients, a.latency
+        );
+        println!("  completed            {}", r.completed);
+        println!("  failed               {}", r.failed);
+        println!("  provider requests    {}", r.provider_requests);
+        println!("  elapsed              {:.2} s", r.elapsed.as_secs_f64());
+        println!(
+            "  through the worker   {per_second:.0} tasks/s = {:.2} of the store floor",
+            per_second / floor.per_second
+        );
+        println!(
+            "  store floor          {:.0} tasks/s  ({})",
+            floor.per_second, floor.name
+        );
+        return;
+    }
     println!(
         "pipeline benchmark: {} tasks submitted at once by {} clients",
         a.tasks, a.clients
@@ -258,6 +388,9 @@ pub struct HttpArgs {
     pub requests: usize,
     /// Concurrent connections.
     pub connections: usize,
+    pub backend: Backend,
+    /// Tasks stored (directly, before the polls) besides those the submits create.
+    pub preload: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -269,19 +402,22 @@ pub struct Measure {
     pub p99: Duration,
 }
 
+/// The `q` quantile of sorted durations (nearest rank).
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    sorted
+        .get(((sorted.len() as f64 * q).ceil() as usize).saturating_sub(1))
+        .copied()
+        .unwrap_or_default()
+}
+
 fn summarize(name: &str, mut lat: Vec<Duration>, elapsed: Duration) -> Measure {
     lat.sort();
-    let pick = |q: f64| {
-        lat.get(((lat.len() as f64 * q).ceil() as usize).saturating_sub(1))
-            .copied()
-            .unwrap_or_default()
-    };
     Measure {
         name: name.to_string(),
         requests: lat.len(),
         per_second: lat.len() as f64 / elapsed.as_secs_f64(),
-        p50: pick(0.50),
-        p99: pick(0.99),
+        p50: percentile(&lat, 0.50),
+        p99: percentile(&lat, 0.99),
     }
 }
 
@@ -379,7 +515,7 @@ pub async fn http(a: HttpArgs) -> Result<Vec<(Measure, Option<(String, f64)>)>, 
         .await?
     };
 
-    let service = UnderTest::start(Config::default(), Role::Api, &client).await?;
+    let service = UnderTest::start(Config::default(), Role::Api, &a.backend, &client).await?;
     let (base, user, store) = (
         service.base.clone(),
         service.user.clone(),
@@ -392,20 +528,8 @@ pub async fn http(a: HttpArgs) -> Result<Vec<(Measure, Option<(String, f64)>)>, 
         drive("store insert, direct (store floor)", n, c, move |i| {
             let (store, user) = (store.clone(), user.clone());
             async move {
-                let t = crate::domain::Task::new_pending(
-                    user,
-                    "doubao-seedream-3-0-t2i-250415".into(),
-                    format!("floor {i}"),
-                    crate::domain::ImageParams {
-                        size: "1024x1024".into(),
-                        n: 1,
-                        ..Default::default()
-                    },
-                    None,
-                    chrono::Utc::now(),
-                );
                 store
-                    .insert_task(&t)
+                    .insert_task(&floor_task(&user, &format!("floor {i}")))
                     .await
                     .map(|_| ())
                     .map_err(|e| e.to_string())
@@ -413,6 +537,18 @@ pub async fn http(a: HttpArgs) -> Result<Vec<(Measure, Option<(String, f64)>)>, 
         })
         .await?
     };
+    // Backend floor (distributed): the same MongoDB insert and Redis enqueue, by a minimal client.
+    let backend_floor = match &a.backend {
+        Backend::Embedded => None,
+        Backend::Distributed {
+            mongo_url,
+            redis_url,
+        } => Some(
+            distributed::backend_floor(mongo_url, redis_url, &service.namespace, &user, n, c)
+                .await?,
+        ),
+    };
+    let submit_floor = backend_floor.as_ref().unwrap_or(&store_floor).clone();
 
     let rest_submit = {
         let (client, base, user) = (client.clone(), base.clone(), user.clone());
@@ -446,40 +582,71 @@ pub async fn http(a: HttpArgs) -> Result<Vec<(Measure, Option<(String, f64)>)>, 
         .await?
     };
 
-    // Poll one existing task, as polling clients do.
-    let task: Value = client
-        .post(format!("{base}/api/v1/ai/image/task"))
-        .json(&json!({"prompt": "polled", "user_id": user}))
-        .send()
-        .await
-        .map_err(|e| e.to_string())?
-        .json()
-        .await
-        .map_err(|e| e.to_string())?;
-    let task_id = task["data"]["task_id"]
-        .as_str()
-        .ok_or("no task id")?
-        .to_string();
+    // Polls go round the preloaded tasks (each poll a different row, as many clients polling
+    // their own tasks do), or to one task without a preload.
+    let mut ids = Vec::with_capacity(a.preload.max(1));
+    if a.preload > 0 {
+        let started = Instant::now();
+        let tasks: Vec<crate::domain::Task> = (0..a.preload)
+            .map(|i| floor_task(&user, &format!("stored {i}")))
+            .collect();
+        ids.extend(tasks.iter().map(|t| t.id.clone()));
+        let tasks = Arc::new(tasks);
+        let (store, tasks2) = (store.clone(), tasks.clone());
+        drive("preload", a.preload, c, move |i| {
+            let (store, tasks) = (store.clone(), tasks2.clone());
+            async move {
+                store
+                    .insert_task(&tasks[i])
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        })
+        .await?;
+        eprintln!(
+            "bench: {} tasks preloaded in {:.1}s",
+            a.preload,
+            started.elapsed().as_secs_f64()
+        );
+    } else {
+        let task: Value = client
+            .post(format!("{base}/api/v1/ai/image/task"))
+            .json(&json!({"prompt": "polled", "user_id": user}))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        ids.push(
+            task["data"]["task_id"]
+                .as_str()
+                .ok_or("no task id")?
+                .to_string(),
+        );
+    }
+    let ids = Arc::new(ids);
     let rest_poll = {
-        let url = format!("{base}/api/v1/ai/image/result/{task_id}");
-        let client = client.clone();
+        let (client, base, ids) = (client.clone(), base.clone(), ids.clone());
         drive(
             "REST poll GET /api/v1/ai/image/result/:id",
             n,
             c,
-            move |_| {
-                let (client, url) = (client.clone(), url.clone());
+            move |i| {
+                let url = format!("{base}/api/v1/ai/image/result/{}", ids[i % ids.len()]);
+                let client = client.clone();
                 async move { expect_status(client.get(url).send().await, 200).await }
             },
         )
         .await?
     };
     let gql_poll = {
-        let (client, base) = (client.clone(), base.clone());
-        let body = json!({"query": "query($id: ID!) { task(id: $id) { id status version result { imageUrl } } }",
-                          "variables": {"id": task_id}});
-        drive("GraphQL poll task(id)", n, c, move |_| {
-            let (client, base, body) = (client.clone(), base.clone(), body.clone());
+        let (client, base, ids) = (client.clone(), base.clone(), ids.clone());
+        drive("GraphQL poll task(id)", n, c, move |i| {
+            let body = json!({"query": "query($id: ID!) { task(id: $id) { id status version result { imageUrl } } }",
+                              "variables": {"id": ids[i % ids.len()]}});
+            let (client, base) = (client.clone(), base.clone());
             async move {
                 expect_status(
                     client
@@ -494,27 +661,55 @@ pub async fn http(a: HttpArgs) -> Result<Vec<(Measure, Option<(String, f64)>)>, 
         })
         .await?
     };
+    if let Backend::Distributed { mongo_url, .. } = &a.backend {
+        distributed::drop_database(mongo_url, &service.namespace).await;
+    }
     service.stop().await;
 
     let ratio =
         |m: &Measure, base: &Measure| Some((base.name.clone(), m.per_second / base.per_second));
-    Ok(vec![
-        (http_floor.clone(), None),
-        (store_floor.clone(), None),
-        (rest_submit.clone(), ratio(&rest_submit, &store_floor)),
-        (gql_submit.clone(), ratio(&gql_submit, &store_floor)),
+    let mut rows = vec![(http_floor.clone(), None), (store_floor.clone(), None)];
+    if let Some(b) = &backend_floor {
+        rows.push((b.clone(), None));
+    }
+    rows.extend([
+        (rest_submit.clone(), ratio(&rest_submit, &submit_floor)),
+        (gql_submit.clone(), ratio(&gql_submit, &submit_floor)),
         (rest_poll.clone(), ratio(&rest_poll, &http_floor)),
         (gql_poll.clone(), ratio(&gql_poll, &http_floor)),
-    ])
+    ]);
+    Ok(rows)
+}
+
+/// A pending task as a submit stores it.
+fn floor_task(user: &str, prompt: &str) -> crate::domain::Task {
+    crate::domain::Task::new_pending(
+        user.to_string(),
+        "doubao-seedream-3-0-t2i-250415".into(),
+        prompt.to_string(),
+        crate::domain::ImageParams {
+            size: "1024x1024".into(),
+            n: 1,
+            ..Default::default()
+        },
+        None,
+        chrono::Utc::now(),
+    )
 }
 
 pub fn print_http(a: &HttpArgs, rows: &[(Measure, Option<(String, f64)>)]) {
     println!(
-        "HTTP benchmark: {} requests per scenario over {} connections (embedded default, API role)",
-        a.requests, a.connections
+        "HTTP benchmark: {} requests per scenario over {} connections ({}, API role, {} tasks preloaded)",
+        a.requests,
+        a.connections,
+        match a.backend {
+            Backend::Embedded => "embedded default",
+            Backend::Distributed { .. } => "MongoDB + Redis",
+        },
+        a.preload
     );
     println!(
-        "{:<46} {:>10} {:>9} {:>9}  ratio to baseline",
+        "{:<60} {:>10} {:>9} {:>9}  ratio to baseline",
         "scenario", "req/s", "p50 ms", "p99 ms"
     );
     for (m, r) in rows {
@@ -523,7 +718,7 @@ pub fn print_http(a: &HttpArgs, rows: &[(Measure, Option<(String, f64)>)]) {
             None => "(baseline)".into(),
         };
         println!(
-            "{:<46} {:>10.0} {:>9.2} {:>9.2}  {ratio}",
+            "{:<60} {:>10.0} {:>9.2} {:>9.2}  {ratio}",
             m.name,
             m.per_second,
             m.p50.as_secs_f64() * 1000.0,

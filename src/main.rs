@@ -59,6 +59,30 @@ enum BenchCommand {
         requests: usize,
         #[arg(long, default_value_t = 64)]
         connections: usize,
+        /// `embedded` (SQLite) or `distributed` (MongoDB + Redis; adds the backend floor).
+        #[arg(long, default_value = "embedded", value_parser = ["embedded", "distributed"])]
+        backend: String,
+        #[arg(long, env = "MONGO_URL")]
+        mongo_url: Option<String>,
+        #[arg(long, env = "REDIS_URL")]
+        redis_url: Option<String>,
+        /// Tasks stored before the polls, which then go round them.
+        #[arg(long, default_value_t = 0)]
+        preload: usize,
+    },
+    /// WebSocket `taskUpdated` subscribers on a service run as a child process: its resident
+    /// memory per subscriber, and the delivery delay when the tasks complete in one burst.
+    Subscribe {
+        #[arg(long, default_value_t = 10000)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 1000)]
+        tasks: usize,
+        /// How long the emulator holds each call (every subscriber must connect meanwhile).
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        latency: Duration,
+        /// WebSocket handshakes in flight at once.
+        #[arg(long, default_value_t = 64)]
+        connect_concurrency: usize,
     },
 }
 
@@ -216,15 +240,54 @@ async fn main() -> anyhow::Result<()> {
         volcengine_ai_server::bench::print_pipeline(&args, &report);
         return Ok(());
     }
-    if let Command::Bench(BenchCommand::Http {
-        requests,
-        connections,
+    if let Command::Bench(BenchCommand::Subscribe {
+        subscribers,
+        tasks,
+        latency,
+        connect_concurrency,
     }) = command
     {
         init_tracing("warn", LogFormat::Pretty);
+        let report = volcengine_ai_server::bench::subscribe::subscribe(
+            volcengine_ai_server::bench::subscribe::SubscribeArgs {
+                subscribers,
+                tasks,
+                latency,
+                connect_concurrency,
+            },
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
+        volcengine_ai_server::bench::subscribe::print_subscribe(&report);
+        return Ok(());
+    }
+    if let Command::Bench(BenchCommand::Http {
+        requests,
+        connections,
+        backend,
+        mongo_url,
+        redis_url,
+        preload,
+    }) = command
+    {
+        init_tracing("warn", LogFormat::Pretty);
+        let backend = match (backend.as_str(), mongo_url, redis_url) {
+            ("embedded", _, _) => volcengine_ai_server::bench::Backend::Embedded,
+            (_, Some(mongo_url), Some(redis_url)) => {
+                volcengine_ai_server::bench::Backend::Distributed {
+                    mongo_url,
+                    redis_url,
+                }
+            }
+            _ => anyhow::bail!(
+                "--backend distributed needs --mongo-url and --redis-url (or MONGO_URL and REDIS_URL)"
+            ),
+        };
         let args = volcengine_ai_server::bench::HttpArgs {
             requests,
             connections,
+            backend,
+            preload,
         };
         let rows = volcengine_ai_server::bench::http(args.clone())
             .await

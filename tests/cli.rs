@@ -223,3 +223,100 @@ fn with_json_logs_the_banner_is_one_structured_line() {
     }
     assert!(found, "no banner line: {stdout}");
 }
+
+#[test]
+fn bench_pipeline_without_a_limit_smoke_run() {
+    let out = bin()
+        .args([
+            "bench",
+            "pipeline",
+            "--tasks",
+            "20",
+            "--ipm",
+            "0",
+            "--latency",
+            "0s",
+            "--clients",
+            "4",
+        ])
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("completed            20"), "{stdout}");
+    assert!(stdout.contains("failed               0"), "{stdout}");
+    assert!(stdout.contains("tasks/s"), "{stdout}");
+    assert!(stdout.contains("store floor"), "{stdout}");
+}
+
+#[test]
+fn bench_http_with_preloaded_tasks_smoke_run() {
+    let out = bin()
+        .args([
+            "bench",
+            "http",
+            "--requests",
+            "20",
+            "--connections",
+            "2",
+            "--preload",
+            "50",
+        ])
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("50 tasks preloaded"), "{stdout}");
+    assert!(stdout.contains("REST poll"), "{stdout}");
+}
+
+#[test]
+fn bench_http_distributed_needs_its_urls() {
+    let out = bin()
+        .args(["bench", "http", "--backend", "distributed"])
+        .env_remove("MONGO_URL")
+        .env_remove("REDIS_URL")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--mongo-url"), "{err}");
+}
+
+#[test]
+fn bench_subscribe_smoke_run() {
+    let out = bin()
+        .args([
+            "bench",
+            "subscribe",
+            "--subscribers",
+            "20",
+            "--tasks",
+            "5",
+            "--latency",
+            "2s",
+        ])
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every subscriber saw its task's terminal state, none of them before all were connected.
+    assert!(
+        stdout.contains("received COMPLETED     20 of 20"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("completed early        0"), "{stdout}");
+    assert!(stdout.contains("per subscriber"), "{stdout}");
+}

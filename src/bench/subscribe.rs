@@ -1,0 +1,544 @@
+//! `bench subscribe`: many `taskUpdated` WebSocket subscribers on one service process, run as a
+//! child process (`volcengine-ai-server serve`) so that its resident memory is read from
+//! `/proc/<pid>/status` without the load generator's own. The provider is the emulator, in this
+//! process, holding every call for `latency`: the tasks are submitted and claimed first, the
+//! subscribers connect while the calls are held, and then the tasks complete in one burst.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use super::{expect_status, percentile};
+use crate::emulator::{self, EmulatorConfig};
+
+#[derive(Debug, Clone)]
+pub struct SubscribeArgs {
+    pub subscribers: usize,
+    /// Tasks completing in the burst; subscriber `i` follows task `i % tasks`.
+    pub tasks: usize,
+    /// How long the emulator holds each call: long enough for every subscriber to connect.
+    pub latency: Duration,
+    /// WebSocket handshakes in flight at once while connecting.
+    pub connect_concurrency: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubscribeReport {
+    pub subscribers: usize,
+    pub tasks: usize,
+    pub connect_time: Duration,
+    /// VmRSS of the service process before and after the subscribers connected, in KiB.
+    pub rss_before_kib: u64,
+    pub rss_after_kib: u64,
+    /// Subscribers that saw their task's terminal `COMPLETED` state.
+    pub received_completed: usize,
+    /// Terminal states that arrived before the last subscriber had connected (the emulator's
+    /// latency was too short for a clean burst).
+    pub early: usize,
+    /// From the task's `updatedAt` (set by the worker as it stores the change) to the arrival of
+    /// the `COMPLETED` message at the subscriber.
+    pub delay_p50: Duration,
+    pub delay_p99: Duration,
+    pub delay_max: Duration,
+    /// From the first to the last task completion (`updatedAt`), i.e. how much of a burst it was.
+    pub burst_spread: Duration,
+}
+
+impl SubscribeReport {
+    pub fn rss_per_subscriber_kib(&self) -> f64 {
+        self.rss_after_kib.saturating_sub(self.rss_before_kib) as f64
+            / self.subscribers.max(1) as f64
+    }
+}
+
+/// Raises the soft open-files limit to the hard one: ten thousand sockets on each side exceed
+/// the usual soft limit of 1024. The child process inherits the raised limit.
+pub fn raise_nofile_limit() -> Result<libc::rlim_t, String> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Err(format!("getrlimit: {}", std::io::Error::last_os_error()));
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(format!("setrlimit: {}", std::io::Error::last_os_error()));
+            }
+        }
+    }
+    Ok(lim.rlim_cur)
+}
+
+/// VmRSS of a process, in KiB.
+pub fn rss_kib(pid: u32) -> Result<u64, String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| format!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// The service as a child process on a free port, killed when dropped.
+struct Child {
+    process: tokio::process::Child,
+    base: String,
+    dir: std::path::PathBuf,
+}
+
+impl Child {
+    async fn start(env: &[(&str, String)]) -> Result<Child, String> {
+        let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
+        // The port is free now; the child binds it a moment later (a race only with another
+        // process binding the same random port in between).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| e.to_string())?
+            .port();
+        let dir = std::env::temp_dir().join(format!("vas-bench-{}", uuid::Uuid::new_v4()));
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.arg("serve")
+            .current_dir(std::env::temp_dir())
+            .env("HOST", "127.0.0.1")
+            .env("PORT", port.to_string())
+            .env("DATA_DIR", &dir)
+            .env("LOG_LEVEL", "warn")
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let process = cmd.spawn().map_err(|e| format!("start the service: {e}"))?;
+        let base = format!("http://127.0.0.1:{port}");
+        Ok(Child { process, base, dir })
+    }
+
+    fn pid(&self) -> Result<u32, String> {
+        self.process.id().ok_or_else(|| "the service exited".into())
+    }
+
+    async fn wait_ready(&mut self, http: &reqwest::Client) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.process.try_wait() {
+                return Err(format!("the service exited at start: {status}"));
+            }
+            if let Ok(r) = http.get(format!("{}/ready", self.base)).send().await {
+                if r.status().is_success() {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err("the service did not become ready within 30 s".into())
+    }
+
+    async fn stop(mut self) {
+        let _ = self.process.kill().await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+const SUBSCRIPTION: &str =
+    "subscription($id: ID!) { taskUpdated(id: $id) { id status version updatedAt } }";
+
+/// What one subscriber saw.
+#[derive(Default)]
+struct Seen {
+    /// Arrival of the `COMPLETED` message, and the task's `updatedAt` in it.
+    completed: Option<(SystemTime, SystemTime)>,
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// Connects from a loopback source address of its own (127.0.0.2 and up, spread over `i`) so
+/// that many sockets, and runs repeated within the TIME_WAIT period, do not exhaust the
+/// ephemeral ports of one source address.
+async fn connect(addr: SocketAddr, url: &str, i: usize) -> Result<Ws, String> {
+    let source = Ipv4Addr::new(127, 0, 1 + (i / 250 % 250) as u8, 2 + (i % 250) as u8);
+    let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    socket
+        .bind(SocketAddr::new(IpAddr::V4(source), 0))
+        .map_err(|e| format!("bind {source}: {e}"))?;
+    let stream = socket
+        .connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let mut req = url.into_client_request().map_err(|e| e.to_string())?;
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        axum::http::HeaderValue::from_static("graphql-transport-ws"),
+    );
+    // tungstenite zeroes its whole read buffer (128 KiB by default) on every read; small
+    // messages need little, and ten thousand sockets would otherwise cost 1.3 GB here.
+    let config =
+        tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096);
+    let (ws, _) = tokio_tungstenite::client_async_with_config(req, stream, Some(config))
+        .await
+        .map_err(|e| format!("websocket handshake: {e}"))?;
+    Ok(ws)
+}
+
+async fn next_json(ws: &mut Ws) -> Result<Value, String> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => {
+                return serde_json::from_str(&t).map_err(|e| format!("frame: {e}"))
+            }
+            Some(Ok(Message::Ping(p))) => {
+                ws.send(Message::Pong(p)).await.map_err(|e| e.to_string())?
+            }
+            Some(Ok(Message::Close(f))) => return Err(format!("closed: {f:?}")),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err("socket ended".into()),
+        }
+    }
+}
+
+/// Connects, subscribes, waits for the first state (the subscription is then in place) and
+/// signals `ready`; then waits for the terminal state.
+async fn subscriber(
+    addr: SocketAddr,
+    url: String,
+    i: usize,
+    task_id: String,
+    connecting: Arc<Semaphore>,
+    ready: tokio::sync::mpsc::Sender<Result<(), String>>,
+    stop: CancellationToken,
+) -> Result<Seen, String> {
+    let setup = async {
+        let _permit = connecting.acquire().await.map_err(|e| e.to_string())?;
+        let mut ws = connect(addr, &url, i).await?;
+        ws.send(Message::Text(
+            json!({"type": "connection_init", "payload": {}})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .map_err(|e| e.to_string())?;
+        loop {
+            let m = next_json(&mut ws).await?;
+            match m["type"].as_str() {
+                Some("connection_ack") => break,
+                Some("ping") | Some("pong") | Some("ka") => continue,
+                other => return Err(format!("expected connection_ack, got {other:?}")),
+            }
+        }
+        ws.send(Message::Text(
+            json!({"id": "1", "type": "subscribe",
+                   "payload": {"query": SUBSCRIPTION, "variables": {"id": task_id}}})
+            .to_string()
+            .into(),
+        ))
+        .await
+        .map_err(|e| e.to_string())?;
+        Ok::<_, String>(ws)
+    };
+    let mut ws = match setup.await {
+        Ok(ws) => ws,
+        Err(e) => {
+            let _ = ready.send(Err(e.clone())).await;
+            return Err(e);
+        }
+    };
+    let mut seen = Seen::default();
+    let mut first = true;
+    loop {
+        let m = tokio::select! {
+            _ = stop.cancelled() => break,
+            m = next_json(&mut ws) => m,
+        };
+        let arrived = SystemTime::now();
+        let m = match m {
+            Ok(m) => m,
+            Err(e) => {
+                if first {
+                    let _ = ready.send(Err(e.clone())).await;
+                }
+                return Err(e);
+            }
+        };
+        match m["type"].as_str() {
+            Some("next") => {
+                let t = &m["payload"]["data"]["taskUpdated"];
+                if t["status"] == "COMPLETED" {
+                    let updated = t["updatedAt"]
+                        .as_str()
+                        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+                        .map(SystemTime::from)
+                        .ok_or_else(|| format!("no updatedAt in {m}"))?;
+                    seen.completed = Some((arrived, updated));
+                }
+                if first {
+                    first = false;
+                    let _ = ready.send(Ok(())).await;
+                }
+            }
+            Some("complete") => break,
+            Some("error") => return Err(format!("subscription error: {m}")),
+            _ => {}
+        }
+    }
+    let _ = ws.close(None).await;
+    Ok(seen)
+}
+
+pub async fn subscribe(a: SubscribeArgs) -> Result<SubscribeReport, String> {
+    let nofile = raise_nofile_limit()?;
+    // Each subscriber holds one socket here and one in the service, plus the provider calls.
+    let needed = (a.subscribers + a.tasks + 256) as libc::rlim_t;
+    if nofile < needed {
+        return Err(format!(
+            "open-files limit {nofile} is below the {needed} this run needs; raise the hard limit (ulimit -Hn)"
+        ));
+    }
+    let tasks = a.tasks.max(1);
+    let stop = CancellationToken::new();
+    let emu_listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let emu_url = format!(
+        "http://{}",
+        emu_listener.local_addr().map_err(|e| e.to_string())?
+    );
+    let _emu = emulator::serve(
+        EmulatorConfig {
+            latency: a.latency,
+            api_key: Some("bench".into()),
+            ..EmulatorConfig::default()
+        },
+        emu_listener,
+        stop.clone(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+
+    let in_flight = tasks.min(1024);
+    let mut child = Child::start(&[
+        ("VOLCENGINE_ENDPOINT", emu_url),
+        ("VOLCENGINE_API_KEY", "bench".into()),
+        // No pacing: the burst is the point, and the emulator has no limit here.
+        ("PROVIDER_IPM", "100000000".into()),
+        ("WORKER_CONCURRENCY", in_flight.to_string()),
+        ("PROVIDER_CONCURRENCY", in_flight.to_string()),
+        ("AI_TIMEOUT", format!("{}s", a.latency.as_secs() + 120)),
+        // A quiet subscriber re-reads the store every SUBSCRIPTION_RESYNC (15 s); ten thousand
+        // of those falling into the burst would be measured as delivery delay.
+        ("SUBSCRIPTION_RESYNC", "1h".into()),
+    ])
+    .await?;
+    let result = async {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .build()
+            .map_err(|e| e.to_string())?;
+        child.wait_ready(&http).await?;
+        let base = child.base.clone();
+        let user: Value = http
+            .post(format!("{base}/api/v1/users"))
+            .json(&json!({"email": "bench@example.com", "name": "Bench"}))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        let user = user["data"]["id"].as_str().ok_or("no user id")?.to_string();
+        let ids = Arc::new(std::sync::Mutex::new(vec![String::new(); tasks]));
+        {
+            let (http, base, user, ids) = (http.clone(), base.clone(), user.clone(), ids.clone());
+            super::drive("submit", tasks, 32, move |i| {
+                let (http, base, user, ids) =
+                    (http.clone(), base.clone(), user.clone(), ids.clone());
+                async move {
+                    let r = http
+                        .post(format!("{base}/api/v1/ai/image/task"))
+                        // The smallest size: the emulator renders each image as the worker
+                        // downloads it, in this process, and that would spread the burst.
+                        .json(
+                            &json!({"prompt": format!("subscribed {i}"), "user_id": user,
+                                      "size": "512x512"}),
+                        )
+                        .send()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if r.status().as_u16() != 201 {
+                        return expect_status(Ok(r), 201).await;
+                    }
+                    let body: Value = r.json().await.map_err(|e| e.to_string())?;
+                    let id = body["data"]["task_id"].as_str().ok_or("no task id")?;
+                    if let Ok(mut ids) = ids.lock() {
+                        ids[i] = id.to_string();
+                    }
+                    Ok(())
+                }
+            })
+            .await?;
+        }
+        let ids: Vec<String> = ids.lock().map_err(|e| e.to_string())?.clone();
+        // Every call in flight before the baseline, so that the memory measured after is the
+        // subscribers' only.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let stats: Value = http
+                .get(format!("{base}/api/v1/queue/stats"))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?
+                .json()
+                .await
+                .map_err(|e| e.to_string())?;
+            let processing = stats["data"]["by_status"]["processing"]
+                .as_u64()
+                .unwrap_or(0);
+            if processing as usize >= tasks.min(in_flight) {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("only {processing} of {tasks} tasks were claimed"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let pid = child.pid()?;
+        let rss_before_kib = rss_kib(pid)?;
+
+        let addr: SocketAddr = base
+            .trim_start_matches("http://")
+            .parse()
+            .map_err(|e| format!("service address: {e}"))?;
+        let url = format!("ws://{addr}/graphql/ws");
+        let connecting = Arc::new(Semaphore::new(a.connect_concurrency.max(1)));
+        let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(1024);
+        let done = CancellationToken::new();
+        let started = Instant::now();
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..a.subscribers {
+            set.spawn(subscriber(
+                addr,
+                url.clone(),
+                i,
+                ids[i % tasks].clone(),
+                connecting.clone(),
+                ready_tx.clone(),
+                done.clone(),
+            ));
+        }
+        drop(ready_tx);
+        let mut connected = 0;
+        while connected < a.subscribers {
+            match ready_rx.recv().await {
+                Some(Ok(())) => connected += 1,
+                Some(Err(e)) => {
+                    done.cancel();
+                    return Err(format!("subscriber {connected} failed: {e}"));
+                }
+                None => break,
+            }
+        }
+        let all_connected_at = SystemTime::now();
+        let connect_time = started.elapsed();
+        // Let the service settle (buffers allocated on the first message, then reused).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rss_after_kib = rss_kib(pid)?;
+        eprintln!(
+            "bench: {} subscribers connected in {:.2}s; waiting for the burst",
+            a.subscribers,
+            connect_time.as_secs_f64()
+        );
+
+        let wait = a.latency + Duration::from_secs(60);
+        let collected = tokio::time::timeout(wait, async {
+            let mut seen = Vec::with_capacity(a.subscribers);
+            while let Some(r) = set.join_next().await {
+                seen.push(r.map_err(|e| e.to_string())??);
+            }
+            Ok::<_, String>(seen)
+        })
+        .await;
+        done.cancel();
+        let seen = match collected {
+            Ok(s) => s?,
+            Err(_) => return Err(format!("not every subscriber finished within {wait:?}")),
+        };
+        let mut delays = Vec::with_capacity(seen.len());
+        let (mut early, mut first_update, mut last_update) = (0, None, None);
+        for (arrived, updated) in seen.iter().filter_map(|s| s.completed) {
+            if updated < all_connected_at {
+                early += 1;
+            }
+            first_update = Some(first_update.map_or(updated, |f: SystemTime| f.min(updated)));
+            last_update = Some(last_update.map_or(updated, |l: SystemTime| l.max(updated)));
+            delays.push(arrived.duration_since(updated).unwrap_or_default());
+        }
+        delays.sort();
+        Ok(SubscribeReport {
+            subscribers: a.subscribers,
+            tasks,
+            connect_time,
+            rss_before_kib,
+            rss_after_kib,
+            received_completed: delays.len(),
+            early,
+            delay_p50: percentile(&delays, 0.50),
+            delay_p99: percentile(&delays, 0.99),
+            delay_max: delays.last().copied().unwrap_or_default(),
+            burst_spread: match (first_update, last_update) {
+                (Some(f), Some(l)) => l.duration_since(f).unwrap_or_default(),
+                _ => Duration::ZERO,
+            },
+        })
+    }
+    .await;
+    child.stop().await;
+    stop.cancel();
+    result
+}
+
+pub fn print_subscribe(r: &SubscribeReport) {
+    println!(
+        "subscription benchmark: {} taskUpdated subscribers (graphql-transport-ws, one socket each) on {} tasks, service in a child process",
+        r.subscribers, r.tasks
+    );
+    println!(
+        "  connected in           {:.2} s",
+        r.connect_time.as_secs_f64()
+    );
+    println!(
+        "  service VmRSS          {:.1} MiB before, {:.1} MiB with the subscribers: +{:.1} MiB = {:.1} KiB per subscriber",
+        r.rss_before_kib as f64 / 1024.0,
+        r.rss_after_kib as f64 / 1024.0,
+        r.rss_after_kib.saturating_sub(r.rss_before_kib) as f64 / 1024.0,
+        r.rss_per_subscriber_kib()
+    );
+    println!(
+        "  received COMPLETED     {} of {}",
+        r.received_completed, r.subscribers
+    );
+    println!("  completed early        {}  (before every subscriber was connected; raise --latency if not 0)", r.early);
+    println!(
+        "  burst                  {} tasks completed within {:.0} ms",
+        r.tasks,
+        r.burst_spread.as_secs_f64() * 1000.0
+    );
+    println!(
+        "  delivery delay         p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms  (task updatedAt -> message at the client)",
+        r.delay_p50.as_secs_f64() * 1000.0,
+        r.delay_p99.as_secs_f64() * 1000.0,
+        r.delay_max.as_secs_f64() * 1000.0
+    );
+}
