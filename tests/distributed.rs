@@ -373,15 +373,25 @@ async fn a_worker_killed_mid_call_loses_no_task() {
         .iter()
         .filter(|t| t["attempts"].as_i64() > Some(1))
         .count();
+    // Every repeated call is a recorded attempt: on a loaded machine a survivor's heartbeat can
+    // also miss its lease, and that task then runs again too (at least once, never silently).
+    let extra_attempts: i64 = tasks
+        .iter()
+        .map(|t| t["attempts"].as_i64().unwrap_or(1) - 1)
+        .sum();
     eprintln!(
         "kill -9 worker: 8 tasks in flight, {recovered} recovered from the dead worker, all completed {:.2}s after the kill (lease 2s, provider latency 3s); duplicate provider calls {}",
         killed_at.elapsed().as_secs_f64(),
         duplicates(&emu)
     );
+    assert!(
+        recovered >= 4,
+        "the dead worker's 4 calls ran again: {recovered}"
+    );
     assert_eq!(
-        duplicates(&emu) as usize,
-        recovered,
-        "only the dead worker's calls are repeated"
+        duplicates(&emu) as i64,
+        extra_attempts,
+        "every repeated provider call is a recorded attempt"
     );
 }
 
