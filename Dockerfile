@@ -15,6 +15,8 @@ RUN apt-get update \
 COPY --from=build /src/target/release/volcengine-ai-server /usr/local/bin/volcengine-ai-server
 USER app
 WORKDIR /data
+# Listening on 0.0.0.0 needs ADMIN_API_KEY (the server refuses to start there without keys):
+#   docker run -e ADMIN_API_KEY=… -p 127.0.0.1:8080:8080 volcengine-ai-server
 ENV HOST=0.0.0.0 PORT=8080 DATA_DIR=/data LOG_FORMAT=json
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s CMD curl -fsS http://127.0.0.1:8080/health || exit 1
