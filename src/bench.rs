@@ -126,29 +126,45 @@ impl UnderTest {
     }
 }
 
-/// Submits `tasks` at once to an embedded service whose provider (the emulator) allows `ipm`
-/// images per minute after `latency` each, and measures the images per minute achieved.
-pub async fn pipeline(a: PipelineArgs) -> Result<PipelineReport, String> {
-    let stop = CancellationToken::new();
-    let emu_listener = TcpListener::bind("127.0.0.1:0")
+/// The Ark emulator on a free loopback port, with the key the bench's service is configured
+/// with; its URL beside it.
+pub(crate) async fn start_emulator(
+    config: EmulatorConfig,
+    stop: &CancellationToken,
+) -> Result<(emulator::Emulator, String), String> {
+    let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| e.to_string())?;
-    let emu_url = format!(
+    let url = format!(
         "http://{}",
-        emu_listener.local_addr().map_err(|e| e.to_string())?
+        listener.local_addr().map_err(|e| e.to_string())?
     );
     let emu = emulator::serve(
         EmulatorConfig {
-            latency: a.latency,
             api_key: Some("bench".into()),
-            images_per_minute: (a.ipm > 0).then_some(a.ipm),
-            ..EmulatorConfig::default()
+            ..config
         },
-        emu_listener,
+        listener,
         stop.clone(),
     )
     .await
     .map_err(|e| e.to_string())?;
+    Ok((emu, url))
+}
+
+/// Submits `tasks` at once to an embedded service whose provider (the emulator) allows `ipm`
+/// images per minute after `latency` each, and measures the images per minute achieved.
+pub async fn pipeline(a: PipelineArgs) -> Result<PipelineReport, String> {
+    let stop = CancellationToken::new();
+    let (emu, emu_url) = start_emulator(
+        EmulatorConfig {
+            latency: a.latency,
+            images_per_minute: (a.ipm > 0).then_some(a.ipm),
+            ..EmulatorConfig::default()
+        },
+        &stop,
+    )
+    .await?;
 
     let unlimited = a.ipm == 0;
     // Enough calls in flight to keep the pace through the latency, with headroom; without a

@@ -10,14 +10,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::TcpSocket;
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use super::{expect_status, percentile};
-use crate::emulator::{self, EmulatorConfig};
+use crate::emulator::EmulatorConfig;
 
 #[derive(Debug, Clone)]
 pub struct SubscribeArgs {
@@ -308,24 +308,14 @@ pub async fn subscribe(a: SubscribeArgs) -> Result<SubscribeReport, String> {
     }
     let tasks = a.tasks.max(1);
     let stop = CancellationToken::new();
-    let emu_listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| e.to_string())?;
-    let emu_url = format!(
-        "http://{}",
-        emu_listener.local_addr().map_err(|e| e.to_string())?
-    );
-    let _emu = emulator::serve(
+    let (_emu, emu_url) = super::start_emulator(
         EmulatorConfig {
             latency: a.latency,
-            api_key: Some("bench".into()),
             ..EmulatorConfig::default()
         },
-        emu_listener,
-        stop.clone(),
+        &stop,
     )
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
 
     let in_flight = tasks.min(1024);
     let mut child = Child::start(&[
