@@ -160,6 +160,7 @@ pub async fn pipeline(a: PipelineArgs) -> Result<PipelineReport, String> {
         EmulatorConfig {
             latency: a.latency,
             images_per_minute: (a.ipm > 0).then_some(a.ipm),
+            reuse_images: true,
             ..EmulatorConfig::default()
         },
         &stop,

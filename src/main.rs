@@ -137,6 +137,10 @@ struct EmulatorArgs {
     /// Lifetime of generated image URLs.
     #[arg(long, env = "EMULATOR_URL_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
     url_ttl: Duration,
+    /// Render one PNG per size and serve it for every image (load tests: keeps the rendering
+    /// off the cores of the service under test).
+    #[arg(long, env = "EMULATOR_REUSE_IMAGES")]
+    reuse_images: bool,
 }
 
 fn init_tracing(level: &str, format: LogFormat) {
@@ -324,6 +328,7 @@ async fn main() -> anyhow::Result<()> {
                 sensitive_words: a.sensitive_words,
                 url_ttl: a.url_ttl,
                 model_ids: config.model_ids.clone(),
+                reuse_images: a.reuse_images,
             },
             listener,
             token.clone(),

@@ -212,13 +212,13 @@ async fn next_json(ws: &mut Ws) -> Result<Value, String> {
 /// Connects, subscribes, waits for the first state (the subscription is then in place) and
 /// signals `ready`; then waits for the terminal state.
 async fn subscriber(
-    addr: SocketAddr,
-    url: String,
+    (addr, url): (SocketAddr, String),
     i: usize,
     task_id: String,
     connecting: Arc<Semaphore>,
     ready: tokio::sync::mpsc::Sender<Result<(), String>>,
     stop: CancellationToken,
+    held: Held,
 ) -> Result<Seen, String> {
     let setup = async {
         let _permit = connecting.acquire().await.map_err(|e| e.to_string())?;
@@ -252,15 +252,39 @@ async fn subscriber(
         Ok(ws) => ws,
         Err(e) => {
             let _ = ready.send(Err(e.clone())).await;
+            stop.cancel();
             return Err(e);
         }
     };
+    let outcome = receive(&mut ws, &ready, &stop).await;
+    // Sockets stay open until every subscriber has its answer: ten thousand closing handshakes
+    // in the burst would be measured as delivery delay of the others.
+    if held.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+        held.1.cancel();
+    }
+    tokio::select! {
+        _ = held.1.cancelled() => {}
+        _ = stop.cancelled() => {}
+    }
+    let _ = ws.close(None).await;
+    outcome
+}
+
+/// Subscribers not finished yet, and the token cancelled when none is left.
+type Held = Arc<(std::sync::atomic::AtomicUsize, CancellationToken)>;
+
+/// Reads the subscription's messages until its `complete` (signalling `ready` on the first).
+async fn receive(
+    ws: &mut Ws,
+    ready: &tokio::sync::mpsc::Sender<Result<(), String>>,
+    stop: &CancellationToken,
+) -> Result<Seen, String> {
     let mut seen = Seen::default();
     let mut first = true;
     loop {
         let m = tokio::select! {
             _ = stop.cancelled() => break,
-            m = next_json(&mut ws) => m,
+            m = next_json(ws) => m,
         };
         let arrived = SystemTime::now();
         let m = match m {
@@ -293,7 +317,6 @@ async fn subscriber(
             _ => {}
         }
     }
-    let _ = ws.close(None).await;
     Ok(seen)
 }
 
@@ -311,6 +334,7 @@ pub async fn subscribe(a: SubscribeArgs) -> Result<SubscribeReport, String> {
     let (_emu, emu_url) = super::start_emulator(
         EmulatorConfig {
             latency: a.latency,
+            reuse_images: true,
             ..EmulatorConfig::default()
         },
         &stop,
@@ -417,15 +441,19 @@ pub async fn subscribe(a: SubscribeArgs) -> Result<SubscribeReport, String> {
         let done = CancellationToken::new();
         let started = Instant::now();
         let mut set = tokio::task::JoinSet::new();
+        let held: Held = Arc::new((
+            std::sync::atomic::AtomicUsize::new(a.subscribers),
+            CancellationToken::new(),
+        ));
         for i in 0..a.subscribers {
             set.spawn(subscriber(
-                addr,
-                url.clone(),
+                (addr, url.clone()),
                 i,
                 ids[i % tasks].clone(),
                 connecting.clone(),
                 ready_tx.clone(),
                 done.clone(),
+                held.clone(),
             ));
         }
         drop(ready_tx);

@@ -56,6 +56,10 @@ pub struct EmulatorConfig {
     /// How long generated image URLs stay valid (Ark: 24 h).
     pub url_ttl: Duration,
     pub model_ids: ModelIds,
+    /// Render one PNG per size and serve it for every image of that size. For benchmarks: a
+    /// real provider's CDN renders nothing on the cores of the service under test, while a
+    /// burst of a thousand downloads rendered here would.
+    pub reuse_images: bool,
 }
 
 impl Default for EmulatorConfig {
@@ -75,6 +79,7 @@ impl Default for EmulatorConfig {
             sensitive_words: vec!["sensitive-content".into()],
             url_ttl: Duration::from_secs(24 * 3600),
             model_ids: ModelIds::default(),
+            reuse_images: false,
         }
     }
 }
@@ -108,6 +113,8 @@ struct Inner {
     /// Requests generating now, per model.
     in_flight: Mutex<HashMap<String, usize>>,
     issued: Mutex<HashMap<String, Issued>>,
+    /// Rendered images by size, with `reuse_images`.
+    rendered: Mutex<HashMap<(u32, u32), Bytes>>,
 }
 
 #[derive(Clone)]
@@ -195,6 +202,7 @@ impl Emulator {
             window: Mutex::default(),
             in_flight: Mutex::default(),
             issued: Mutex::default(),
+            rendered: Mutex::default(),
         }))
     }
 
@@ -557,8 +565,28 @@ async fn image(State(emu): State<Emulator>, Path(name): Path<String>) -> Respons
         )
             .into_response();
     };
+    let reuse = emu.0.cfg.reuse_images;
+    if reuse {
+        if let Some(png) = emu
+            .0
+            .rendered
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&(w, h)).cloned())
+        {
+            return ([("content-type", "image/png")], png).into_response();
+        }
+    }
     match tokio::task::spawn_blocking(move || image::render_png(&seed, index, w, h)).await {
-        Ok(Ok(png)) => ([("content-type", "image/png")], png).into_response(),
+        Ok(Ok(png)) => {
+            let png = Bytes::from(png);
+            if reuse {
+                if let Ok(mut m) = emu.0.rendered.lock() {
+                    m.insert((w, h), png.clone());
+                }
+            }
+            ([("content-type", "image/png")], png).into_response()
+        }
         _ => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
 }

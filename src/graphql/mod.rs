@@ -501,17 +501,41 @@ async fn serve_socket(state: AppState, mut socket: WebSocket, protocol: WebSocke
                 continue;
             }
         };
-        let frame = match msg {
-            WsMessage::Text(t) => Message::Text(t.into()),
-            // The session's own closes: a second init (4429) or a bad frame.
-            WsMessage::Close(code, reason) => Message::Close(Some(CloseFrame {
-                code,
-                reason: reason.into(),
-            })),
-        };
-        if sink.send(frame).await.is_err() {
+        // Whatever else is ready goes out in the same write (a terminal state's `next` and the
+        // `complete` after it): one system call instead of one per message.
+        let mut ended = false;
+        let mut frames = vec![frame(msg)];
+        while frames.len() < 16 {
+            match futures::FutureExt::now_or_never(session.next()) {
+                Some(Some(m)) => frames.push(frame(m)),
+                Some(None) => {
+                    ended = true;
+                    break;
+                }
+                None => break,
+            }
+        }
+        let mut failed = false;
+        for f in frames {
+            if sink.feed(f).await.is_err() {
+                failed = true;
+                break;
+            }
+        }
+        if failed || sink.flush().await.is_err() || ended {
             break;
         }
+    }
+}
+
+fn frame(msg: WsMessage) -> Message {
+    match msg {
+        WsMessage::Text(t) => Message::Text(t.into()),
+        // The session's own closes: a second init (4429) or a bad frame.
+        WsMessage::Close(code, reason) => Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        })),
     }
 }
 
