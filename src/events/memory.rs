@@ -14,7 +14,11 @@ use super::{Channel, Event, Events, EventsError};
 use crate::domain::Task;
 
 /// Events a slow subscriber may fall behind before it is told of a gap and re-reads the store.
+/// The buffer is allocated whole when the channel is created (~48 bytes a slot), so a task's
+/// channel, which sees a handful of versions in the task's life, gets a small one: with one
+/// subscriber per task, 256 slots were 12 KiB of each subscriber's memory.
 const CHANNEL_CAPACITY: usize = 256;
+const TASK_CHANNEL_CAPACITY: usize = 16;
 
 type Channels = HashMap<Channel, broadcast::Sender<Event>>;
 
@@ -56,9 +60,13 @@ impl Events for MemoryEvents {
                 // Channels whose subscribers all left without a publish since.
                 channels.retain(|_, tx| tx.receiver_count() > 0);
             }
+            let capacity = match channel {
+                Channel::Task(_) => TASK_CHANNEL_CAPACITY,
+                Channel::User(_) | Channel::All => CHANNEL_CAPACITY,
+            };
             channels
                 .entry(channel)
-                .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
+                .or_insert_with(|| broadcast::channel(capacity).0)
                 .subscribe()
         };
         Ok(BroadcastStream::new(rx)

@@ -38,8 +38,9 @@ pub type AppSchema = Schema<Query, Mutation, Subscription>;
 
 /// tungstenite's default read buffer is 128 KiB and it zeroes all of it on each read, so every
 /// open socket kept 128 KiB resident (1.3 GB for 10,000 subscribers). Clients send a few small
-/// messages; the buffer still grows for a larger frame.
-const SOCKET_READ_BUFFER: usize = 4096;
+/// messages (an init, a subscribe of a few hundred bytes, pongs); the buffer still grows for a
+/// larger frame, which then takes a few more reads.
+const SOCKET_READ_BUFFER: usize = 1024;
 
 /// What resolvers need, shared by every request.
 pub struct Ctx {
