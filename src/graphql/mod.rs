@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod loader;
+mod parse_cache;
 pub mod schema;
 pub mod types;
 
@@ -58,7 +59,8 @@ pub struct Ctx {
 pub fn build_schema(ctx: Option<Arc<Ctx>>, cfg: &Config) -> AppSchema {
     let mut b = Schema::build(Query, Mutation, Subscription)
         .limit_depth(cfg.graphql_max_depth)
-        .limit_complexity(cfg.graphql_max_complexity);
+        .limit_complexity(cfg.graphql_max_complexity)
+        .extension(parse_cache::ParseCache::default());
     if !cfg.graphql_introspection {
         b = b.disable_introspection();
     }
