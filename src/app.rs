@@ -310,6 +310,7 @@ pub async fn start_with(
         catalog: Arc::new(Catalog::new(&config.model_ids)),
         limits: crate::service::Limits::from_config(&config),
         pacer: pacer.clone(),
+        known_users: Default::default(),
     });
     let (provider, emulator) = if role.runs_worker() {
         let (p, e) = provider(&config, &shutdown).await?;

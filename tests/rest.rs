@@ -112,6 +112,14 @@ async fn users_crud_with_case_insensitive_unique_email() {
     assert_eq!((status, none["code"].clone()), (404, json!("NOT_FOUND")));
 
     let other = s.create_user("other@example.com").await;
+    // A submit remembers that its user exists; deleting the user must forget that at once.
+    let (status, task) = s
+        .post(
+            "/api/v1/ai/image/task",
+            json!({"prompt": "before the deletion", "user_id": other}),
+        )
+        .await;
+    assert_eq!(status, 201, "{task}");
     let (status, upd) = s
         .send(
             s.http
@@ -138,6 +146,17 @@ async fn users_crud_with_case_insensitive_unique_email() {
     assert_eq!(status, 200);
     let (status, gone) = s.get(&format!("/api/v1/users/{other}")).await;
     assert_eq!((status, gone["code"].clone()), (404, json!("NOT_FOUND")));
+    let (status, refused) = s
+        .post(
+            "/api/v1/ai/image/task",
+            json!({"prompt": "after the deletion", "user_id": other}),
+        )
+        .await;
+    assert_eq!(
+        (status, refused["code"].clone()),
+        (400, json!("VALIDATION_FAILED")),
+        "{refused}"
+    );
     let (status, list) = s.get("/api/v1/users").await;
     assert_eq!(status, 200);
     assert_eq!(list["data"].as_array().map(Vec::len), Some(1));

@@ -78,6 +78,44 @@ pub struct Service {
     pub limits: Limits,
     /// Admission buckets for user submits; shared across processes in distributed mode.
     pub pacer: Arc<dyn Pacer>,
+    pub known_users: KnownUsers,
+}
+
+/// Users recently seen to exist. Every submit checks its user, and on MongoDB that read was a
+/// round trip as dear as the insert itself. A deletion in this process is seen at once; one in
+/// another `api` process after at most `KNOWN_USER_TTL`, during which a submit for that user
+/// can still be accepted (its task is then stored under a user that no longer exists, as one
+/// accepted just before the deletion would be).
+#[derive(Default)]
+pub struct KnownUsers(std::sync::Mutex<HashMap<String, std::time::Instant>>);
+
+const KNOWN_USER_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+/// Entries kept at most; the map starts over when full.
+const KNOWN_USERS_MAX: usize = 100_000;
+
+impl KnownUsers {
+    fn fresh(&self, id: &str) -> bool {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|m| m.get(id).map(|seen| seen.elapsed() < KNOWN_USER_TTL))
+            .unwrap_or(false)
+    }
+
+    fn remember(&self, id: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            if m.len() >= KNOWN_USERS_MAX {
+                m.clear();
+            }
+            m.insert(id.to_string(), std::time::Instant::now());
+        }
+    }
+
+    fn forget(&self, id: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(id);
+        }
+    }
 }
 
 /// What one user may ask of the service; the admin is not limited.
@@ -256,7 +294,10 @@ impl Service {
     pub async fn delete_user(&self, who: &Principal, id: &str) -> Result<(), AppError> {
         check_id("id", id)?;
         require_user(who, id)?;
-        if self.store.delete_user(id).await? {
+        let deleted = self.store.delete_user(id).await?;
+        // After the deletion: a submit checking the user meanwhile may have remembered it.
+        self.known_users.forget(id);
+        if deleted {
             tracing::info!(user_id = %id, "user deleted with its tasks");
             Ok(())
         } else {
@@ -370,12 +411,15 @@ impl Service {
         if let Principal::User { .. } = who {
             self.admit_submit(&user_id).await?;
         }
-        if self.store.get_user(&user_id).await?.is_none() {
-            return Err(AppError::Validation(vec![crate::error::FieldError::new(
-                "user_id",
-                "user not found",
-            )
-            .with_value(&user_id)]));
+        if !self.known_users.fresh(&user_id) {
+            if self.store.get_user(&user_id).await?.is_none() {
+                return Err(AppError::Validation(vec![crate::error::FieldError::new(
+                    "user_id",
+                    "user not found",
+                )
+                .with_value(&user_id)]));
+            }
+            self.known_users.remember(&user_id);
         }
 
         let now = Utc::now();
