@@ -644,6 +644,14 @@ pub async fn http(a: HttpArgs) -> Result<Vec<(Measure, Option<(String, f64)>)>, 
         );
     }
     let ids = Arc::new(ids);
+    // Distributed polls are judged against the same read done directly in MongoDB.
+    let poll_floor = match &a.backend {
+        Backend::Embedded => None,
+        Backend::Distributed { mongo_url, .. } => {
+            Some(distributed::poll_floor(mongo_url, &service.namespace, ids.clone(), n, c).await?)
+        }
+    };
+    let poll_base = poll_floor.as_ref().unwrap_or(&http_floor).clone();
     let rest_poll = {
         let (client, base, ids) = (client.clone(), base.clone(), ids.clone());
         drive(
@@ -692,8 +700,13 @@ pub async fn http(a: HttpArgs) -> Result<Vec<(Measure, Option<(String, f64)>)>, 
     rows.extend([
         (rest_submit.clone(), ratio(&rest_submit, &submit_floor)),
         (gql_submit.clone(), ratio(&gql_submit, &submit_floor)),
-        (rest_poll.clone(), ratio(&rest_poll, &http_floor)),
-        (gql_poll.clone(), ratio(&gql_poll, &http_floor)),
+    ]);
+    if let Some(p) = &poll_floor {
+        rows.push((p.clone(), None));
+    }
+    rows.extend([
+        (rest_poll.clone(), ratio(&rest_poll, &poll_base)),
+        (gql_poll.clone(), ratio(&gql_poll, &poll_base)),
     ]);
     Ok(rows)
 }

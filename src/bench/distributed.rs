@@ -83,3 +83,33 @@ pub async fn drop_database(mongo_url: &str, namespace: &str) {
         }
     }
 }
+
+/// The backend floor of a distributed poll: `find_one` by `_id` in the service's own tasks
+/// collection, by a minimal client at the same concurrency, over the same ids the polls ask for.
+pub async fn poll_floor(
+    mongo_url: &str,
+    namespace: &str,
+    ids: std::sync::Arc<Vec<String>>,
+    n: usize,
+    c: usize,
+) -> Result<Measure, String> {
+    let mongo = mongo_client(mongo_url).await?;
+    let tasks = mongo.database(namespace).collection::<Document>("tasks");
+    drive(
+        "MongoDB find_one by _id, minimal client (poll floor)",
+        n,
+        c,
+        move |i| {
+            let (tasks, id) = (tasks.clone(), ids[i % ids.len()].clone());
+            async move {
+                tasks
+                    .find_one(mongodb::bson::doc! {"_id": id})
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map(|_| ())
+                    .ok_or_else(|| "poll floor: task not found".to_string())
+            }
+        },
+    )
+    .await
+}
