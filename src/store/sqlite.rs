@@ -168,12 +168,15 @@ fn writer_loop(
 }
 
 /// How long the checkpointer lets commits gather before copying them into the database file.
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+/// Short: a WAL that runs far ahead of the checkpoint makes every read search a larger index.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Copies committed WAL frames into the database file on a thread and connection of its own.
 /// SQLite's automatic checkpoint would run inside the writer's COMMIT whenever the WAL passes
 /// 1,000 pages, copying and syncing while every write of the next batch waits: it was the 25 ms
-/// tail of a submit. A PASSIVE checkpoint never blocks the writer nor the readers.
+/// tail of a submit. A PASSIVE checkpoint never blocks the writer nor the readers. (Tried and
+/// left out: a TRUNCATE checkpoint once writes pause, to empty the WAL; it makes starting
+/// readers wait on its lock, and the poll p99 doubled.)
 struct Checkpointer {
     nudges: Option<mpsc::SyncSender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -186,7 +189,6 @@ impl Checkpointer {
         let thread = std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
             .spawn(move || {
-                crate::sys::lower_thread_priority();
                 while rx.recv().is_ok() {
                     std::thread::sleep(CHECKPOINT_EVERY);
                     while rx.try_recv().is_ok() {}
