@@ -21,5 +21,4 @@ pub mod queue;
 pub mod rest;
 pub mod service;
 pub mod store;
-pub mod sys;
 pub mod worker;

@@ -125,22 +125,15 @@ impl Worker {
 
     /// Starts the processing loops and the reconciler; they stop taking work when `shutdown` is
     /// cancelled and finish the attempt in hand.
-    /// Starts the worker's loops and reconciler, on `runtime` if given (else the current one).
-    pub fn spawn(
-        self: Arc<Self>,
-        shutdown: CancellationToken,
-        runtime: Option<&tokio::runtime::Handle>,
-    ) -> tokio::task::JoinSet<()> {
-        let current = tokio::runtime::Handle::current();
-        let rt = runtime.unwrap_or(&current);
+    pub fn spawn(self: Arc<Self>, shutdown: CancellationToken) -> tokio::task::JoinSet<()> {
         let mut set = tokio::task::JoinSet::new();
         for _ in 0..self.cfg.concurrency {
             let w = self.clone();
             let stop = shutdown.clone();
-            set.spawn_on(async move { w.run_loop(stop).await }, rt);
+            set.spawn(async move { w.run_loop(stop).await });
         }
         let w = self.clone();
-        set.spawn_on(async move { reconciler::run(w, shutdown).await }, rt);
+        set.spawn(async move { reconciler::run(w, shutdown).await });
         set
     }
 
