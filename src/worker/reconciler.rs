@@ -46,6 +46,11 @@ async fn recover_orphans(worker: &Worker) -> Result<usize, crate::error::AppErro
         }
         let mut progressed = false;
         for task in batch {
+            // This worker's loops start at the same time and may already hold a task: that one
+            // is not an orphan, and requeueing it would call the provider for it twice.
+            if task.lease_owner.as_deref() == Some(worker.id()) {
+                continue;
+            }
             let now = Utc::now();
             if let Ok(next) = task.requeue(None, now, now) {
                 if svc.commit(&task, next).await?.is_some() {
