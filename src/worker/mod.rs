@@ -127,17 +127,29 @@ impl Worker {
     /// cancelled and finish the attempt in hand.
     pub fn spawn(self: Arc<Self>, shutdown: CancellationToken) -> tokio::task::JoinSet<()> {
         let mut set = tokio::task::JoinSet::new();
+        // The loops take work only once the start-up orphan recovery is done: a task they
+        // claimed before it ran would look orphaned to it, be requeued, and be called twice.
+        let (recovered, ready) = tokio::sync::watch::channel(!self.cfg.recover_orphans_at_start);
         for _ in 0..self.cfg.concurrency {
             let w = self.clone();
-            let stop = shutdown.clone();
-            set.spawn(async move { w.run_loop(stop).await });
+            let (stop, ready) = (shutdown.clone(), ready.clone());
+            set.spawn(async move { w.run_loop(stop, ready).await });
         }
         let w = self.clone();
-        set.spawn(async move { reconciler::run(w, shutdown).await });
+        set.spawn(async move { reconciler::run(w, shutdown, recovered).await });
         set
     }
 
-    async fn run_loop(&self, shutdown: CancellationToken) {
+    async fn run_loop(
+        &self,
+        shutdown: CancellationToken,
+        mut ready: tokio::sync::watch::Receiver<bool>,
+    ) {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            // An error means the reconciler is gone (shutting down); the loop then goes on.
+            _ = ready.wait_for(|recovered| *recovered) => {}
+        }
         loop {
             let delivery = tokio::select! {
                 _ = shutdown.cancelled() => return,

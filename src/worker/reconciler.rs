@@ -11,7 +11,13 @@ use crate::domain::TaskStatus;
 
 const BATCH: usize = 500;
 
-pub async fn run(worker: Arc<Worker>, shutdown: CancellationToken) {
+/// Recovers orphans first (when configured), then tells the loops they may take work through
+/// `recovered`, then reconciles on its interval.
+pub async fn run(
+    worker: Arc<Worker>,
+    shutdown: CancellationToken,
+    recovered: tokio::sync::watch::Sender<bool>,
+) {
     if worker.cfg.recover_orphans_at_start {
         match recover_orphans(&worker).await {
             Ok(0) => {}
@@ -22,6 +28,7 @@ pub async fn run(worker: Arc<Worker>, shutdown: CancellationToken) {
             Err(e) => tracing::error!(error = %e, "orphan recovery failed"),
         }
     }
+    recovered.send_replace(true);
     let mut tick = tokio::time::interval(worker.cfg.reconcile_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -46,11 +53,6 @@ async fn recover_orphans(worker: &Worker) -> Result<usize, crate::error::AppErro
         }
         let mut progressed = false;
         for task in batch {
-            // This worker's loops start at the same time and may already hold a task: that one
-            // is not an orphan, and requeueing it would call the provider for it twice.
-            if task.lease_owner.as_deref() == Some(worker.id()) {
-                continue;
-            }
             let now = Utc::now();
             if let Ok(next) = task.requeue(None, now, now) {
                 if svc.commit(&task, next).await?.is_some() {
