@@ -5,6 +5,7 @@ pub mod app;
 pub mod auth;
 pub mod banner;
 pub mod bench;
+pub mod cache;
 pub mod config;
 pub mod console;
 

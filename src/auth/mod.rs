@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use sha2::{Digest, Sha256};
 
+use crate::cache::TtlCache;
 use crate::domain::api_key::{hash_secret, KEY_PREFIX};
 use crate::domain::ApiKey;
 use crate::error::AppError;
@@ -58,15 +59,11 @@ const TOUCH_EVERY: Duration = Duration::from_secs(60);
 /// Bounds the cache against a flood of random keys (each miss is one store lookup anyway).
 const CACHE_MAX: usize = 10_000;
 
-struct Cached {
-    key: Option<ApiKey>,
-    fetched: Instant,
-}
-
 pub struct Authenticator {
     admin_hash: Option<[u8; 32]>,
     store: Arc<dyn Store>,
-    cache: Mutex<HashMap<String, Cached>>,
+    /// Keys (or their absence) by hash.
+    cache: TtlCache<Option<ApiKey>>,
     touched: Mutex<HashMap<String, Instant>>,
 }
 
@@ -75,7 +72,7 @@ impl Authenticator {
         Authenticator {
             admin_hash: admin_key.map(|k| Sha256::digest(k.as_bytes()).into()),
             store,
-            cache: Mutex::default(),
+            cache: TtlCache::new(CACHE_TTL, CACHE_MAX),
             touched: Mutex::default(),
         }
     }
@@ -129,27 +126,11 @@ impl Authenticator {
     }
 
     async fn lookup(&self, hash: &str) -> Result<Option<ApiKey>, AppError> {
-        if let Ok(cache) = self.cache.lock() {
-            if let Some(c) = cache.get(hash).filter(|c| c.fetched.elapsed() < CACHE_TTL) {
-                return Ok(c.key.clone());
-            }
+        if let Some(key) = self.cache.get(hash) {
+            return Ok(key);
         }
         let key = self.store.find_api_key(hash).await?;
-        if let Ok(mut cache) = self.cache.lock() {
-            if cache.len() >= CACHE_MAX {
-                cache.retain(|_, c| c.fetched.elapsed() < CACHE_TTL);
-                if cache.len() >= CACHE_MAX {
-                    cache.clear();
-                }
-            }
-            cache.insert(
-                hash.to_string(),
-                Cached {
-                    key: key.clone(),
-                    fetched: Instant::now(),
-                },
-            );
-        }
+        self.cache.insert(hash, key.clone());
         Ok(key)
     }
 
@@ -176,9 +157,7 @@ impl Authenticator {
 
     /// Drops a key from this process's cache (after a revocation here).
     pub fn forget(&self, key: &ApiKey) {
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.remove(&key.hash);
-        }
+        self.cache.remove(&key.hash);
     }
 }
 

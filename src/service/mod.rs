@@ -11,6 +11,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::auth::{Authenticator, Principal};
+use crate::cache::TtlCache;
 use crate::domain::{self, ApiKey, Catalog, ImageParams, Task, TaskStatus, User};
 use crate::error::AppError;
 use crate::events::{Channel, Events};
@@ -86,35 +87,14 @@ pub struct Service {
 /// another `api` process after at most `KNOWN_USER_TTL`, during which a submit for that user
 /// can still be accepted (its task is then stored under a user that no longer exists, as one
 /// accepted just before the deletion would be).
-#[derive(Default)]
-pub struct KnownUsers(std::sync::Mutex<HashMap<String, std::time::Instant>>);
+pub struct KnownUsers(TtlCache<()>);
 
 const KNOWN_USER_TTL: std::time::Duration = std::time::Duration::from_secs(5);
-/// Entries kept at most; the map starts over when full.
 const KNOWN_USERS_MAX: usize = 100_000;
 
-impl KnownUsers {
-    fn fresh(&self, id: &str) -> bool {
-        self.0
-            .lock()
-            .ok()
-            .and_then(|m| m.get(id).map(|seen| seen.elapsed() < KNOWN_USER_TTL))
-            .unwrap_or(false)
-    }
-
-    fn remember(&self, id: &str) {
-        if let Ok(mut m) = self.0.lock() {
-            if m.len() >= KNOWN_USERS_MAX {
-                m.clear();
-            }
-            m.insert(id.to_string(), std::time::Instant::now());
-        }
-    }
-
-    fn forget(&self, id: &str) {
-        if let Ok(mut m) = self.0.lock() {
-            m.remove(id);
-        }
+impl Default for KnownUsers {
+    fn default() -> Self {
+        KnownUsers(TtlCache::new(KNOWN_USER_TTL, KNOWN_USERS_MAX))
     }
 }
 
@@ -296,7 +276,7 @@ impl Service {
         require_user(who, id)?;
         let deleted = self.store.delete_user(id).await?;
         // After the deletion: a submit checking the user meanwhile may have remembered it.
-        self.known_users.forget(id);
+        self.known_users.0.remove(id);
         if deleted {
             tracing::info!(user_id = %id, "user deleted with its tasks");
             Ok(())
@@ -411,7 +391,7 @@ impl Service {
         if let Principal::User { .. } = who {
             self.admit_submit(&user_id).await?;
         }
-        if !self.known_users.fresh(&user_id) {
+        if self.known_users.0.get(&user_id).is_none() {
             if self.store.get_user(&user_id).await?.is_none() {
                 return Err(AppError::Validation(vec![crate::error::FieldError::new(
                     "user_id",
@@ -419,7 +399,7 @@ impl Service {
                 )
                 .with_value(&user_id)]));
             }
-            self.known_users.remember(&user_id);
+            self.known_users.0.insert(&user_id, ());
         }
 
         let now = Utc::now();
