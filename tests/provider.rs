@@ -426,3 +426,54 @@ async fn a_model_the_provider_does_not_know_fails_at_once() {
         .is_some_and(|r| r.len() == 53));
     assert_eq!(emu.stats().requests, 1);
 }
+
+/// `reuse_images` (load tests): every image of a size is the same real PNG, rendered once even
+/// when the first downloads come together; without it each prompt has a picture of its own.
+#[tokio::test]
+async fn reused_images_are_one_png_per_size() {
+    async fn downloads(reuse: bool) -> Vec<Vec<u8>> {
+        let (_emu, url, _stop) = emulator(EmulatorConfig {
+            latency: Duration::ZERO,
+            reuse_images: reuse,
+            ..emu_cfg()
+        })
+        .await;
+        let http = reqwest::Client::new();
+        let mut urls = Vec::new();
+        for prompt in ["a cat", "a dog", "a boat"] {
+            let r: serde_json::Value = http
+                .post(format!("{url}/api/v3/images/generations"))
+                .bearer_auth(KEY)
+                .json(
+                    &json!({"model": "doubao-seedream-3-0-t2i-250415", "prompt": prompt,
+                              "size": "512x512"}),
+                )
+                .send()
+                .await
+                .expect("post")
+                .json()
+                .await
+                .expect("json");
+            urls.push(r["data"][0]["url"].as_str().expect("url").to_string());
+        }
+        let fetches = urls.iter().map(|u| {
+            let http = http.clone();
+            async move {
+                let r = http.get(u).send().await.expect("get");
+                assert_eq!(r.status(), 200);
+                r.bytes().await.expect("bytes").to_vec()
+            }
+        });
+        futures::future::join_all(fetches).await
+    }
+    let reused = downloads(true).await;
+    assert_eq!(
+        imagesize::blob_size(&reused[0])
+            .map(|s| (s.width, s.height))
+            .ok(),
+        Some((512, 512))
+    );
+    assert!(reused.iter().all(|png| *png == reused[0]));
+    let own = downloads(false).await;
+    assert_ne!(own[0], own[1]);
+}

@@ -114,8 +114,11 @@ struct Inner {
     in_flight: Mutex<HashMap<String, usize>>,
     issued: Mutex<HashMap<String, Issued>>,
     /// Rendered images by size, with `reuse_images`.
-    rendered: Mutex<HashMap<(u32, u32), Bytes>>,
+    rendered: Mutex<HashMap<(u32, u32), OneRender>>,
 }
+
+/// One size's image, rendered by whichever download comes first while the others wait.
+type OneRender = Arc<tokio::sync::OnceCell<Bytes>>;
 
 #[derive(Clone)]
 pub struct Emulator(Arc<Inner>);
@@ -565,29 +568,27 @@ async fn image(State(emu): State<Emulator>, Path(name): Path<String>) -> Respons
         )
             .into_response();
     };
-    let reuse = emu.0.cfg.reuse_images;
-    if reuse {
-        if let Some(png) = emu
-            .0
-            .rendered
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&(w, h)).cloned())
-        {
-            return ([("content-type", "image/png")], png).into_response();
+    let render = move || async move {
+        match tokio::task::spawn_blocking(move || image::render_png(&seed, index, w, h)).await {
+            Ok(Ok(png)) => Ok(Bytes::from(png)),
+            _ => Err(()),
         }
-    }
-    match tokio::task::spawn_blocking(move || image::render_png(&seed, index, w, h)).await {
-        Ok(Ok(png)) => {
-            let png = Bytes::from(png);
-            if reuse {
-                if let Ok(mut m) = emu.0.rendered.lock() {
-                    m.insert((w, h), png.clone());
-                }
-            }
-            ([("content-type", "image/png")], png).into_response()
-        }
-        _ => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    };
+    // With `reuse_images`, concurrent first downloads of a size wait for one rendering.
+    let shared = emu
+        .0
+        .cfg
+        .reuse_images
+        .then(|| emu.0.rendered.lock().ok())
+        .flatten()
+        .map(|mut m| m.entry((w, h)).or_default().clone());
+    let png = match shared {
+        Some(cell) => cell.get_or_try_init(render).await.cloned(),
+        None => render().await,
+    };
+    match png {
+        Ok(png) => ([("content-type", "image/png")], png).into_response(),
+        Err(()) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
 }
 

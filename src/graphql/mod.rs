@@ -518,14 +518,13 @@ async fn serve_socket(state: AppState, mut socket: WebSocket, protocol: WebSocke
                 None => break,
             }
         }
-        let mut failed = false;
-        for f in frames {
-            if sink.feed(f).await.is_err() {
-                failed = true;
-                break;
+        let sent = async {
+            for f in frames {
+                sink.feed(f).await?;
             }
-        }
-        if failed || sink.flush().await.is_err() || ended {
+            sink.flush().await
+        };
+        if sent.await.is_err() || ended {
             break;
         }
     }
