@@ -148,6 +148,32 @@ pub struct Running {
     background: CancellationToken,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     workers: Option<(Arc<Worker>, tokio::task::JoinSet<()>)>,
+    /// The worker's own threads when it shares the process with the API (see `worker_runtime`).
+    worker_runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Dropping a runtime waits for its threads, which async code must not do.
+        if let Some(rt) = self.worker_runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// In one process with the API, the worker runs on threads of its own, at a lower scheduling
+/// priority. On one shared runtime a burst of completions (downloads, image writes) queued ahead
+/// of the API's requests and subscription messages; as separate, nicer threads the worker gets
+/// the cores the API leaves idle, and a request or a task update waiting to go out gets a core
+/// at once. Throughput is the provider's anyway (a few images a second).
+fn worker_runtime() -> Result<tokio::runtime::Runtime, std::io::Error> {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("worker")
+        .on_thread_start(crate::sys::lower_thread_priority)
+        .enable_all()
+        .build()
 }
 
 impl Running {
@@ -309,6 +335,10 @@ pub async fn start_with(
         (None, None) => format!("http://{}:{}", config.host, config.port),
     };
 
+    let worker_rt = match (&provider, role) {
+        (Some(_), Role::Serve) => Some(worker_runtime()?),
+        _ => None,
+    };
     let workers = provider.map(|provider| {
         let limiter = Arc::new(ProviderLimiter::new(
             &service.catalog,
@@ -335,7 +365,9 @@ pub async fn start_with(
             concurrency = config.worker_concurrency,
             "worker started"
         );
-        let set = worker.clone().spawn(shutdown.clone());
+        let set = worker
+            .clone()
+            .spawn(shutdown.clone(), worker_rt.as_ref().map(|rt| rt.handle()));
         (worker, set)
     });
 
@@ -347,6 +379,7 @@ pub async fn start_with(
             sockets: Default::default(),
             max_sockets_per_key: config.ws_max_connections_per_key,
             max_subscriptions: config.ws_max_subscriptions,
+            documents: Default::default(),
         });
         let state = AppState {
             service: service.clone(),
@@ -382,5 +415,6 @@ pub async fn start_with(
         background: backends_background,
         server,
         workers,
+        worker_runtime: worker_rt,
     })
 }

@@ -15,6 +15,7 @@ use crate::emulator::{self, EmulatorConfig};
 
 pub mod distributed;
 pub mod subscribe;
+pub mod ws_floor;
 
 /// Where the service under test keeps its state.
 #[derive(Debug, Clone, PartialEq)]
@@ -288,7 +289,7 @@ async fn lifecycle_floor(
     http: &reqwest::Client,
 ) -> Result<Measure, String> {
     let floor = UnderTest::start(Config::default(), Role::Api, &Backend::Embedded, http).await?;
-    let png = Arc::new(emulator::image::render_png("floor", 0, 1024, 1024)?);
+    let png = bytes::Bytes::from(emulator::image::render_png("floor", 0, 1024, 1024)?);
     let (store, user) = (floor.store.clone(), floor.user.clone());
     let m = drive(
         "store work of a task's life, direct (store floor)",
@@ -312,7 +313,7 @@ async fn lifecycle_floor(
                     id: uuid::Uuid::new_v4().to_string(),
                     task_id: t.id.clone(),
                     content_type: "image/png".into(),
-                    data: png.to_vec(),
+                    data: png.clone(),
                 };
                 store.put_image(&blob).await.map_err(e)?;
                 let image = crate::domain::StoredImage {

@@ -22,4 +22,5 @@ pub mod queue;
 pub mod rest;
 pub mod service;
 pub mod store;
+pub mod sys;
 pub mod worker;

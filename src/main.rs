@@ -89,6 +89,14 @@ enum BenchCommand {
         #[arg(long, default_value_t = 64)]
         connect_concurrency: usize,
     },
+    /// The bare WebSocket server `bench subscribe` measures its delivery floor on (run by it).
+    #[command(hide = true)]
+    DeliveryFloor {
+        #[arg(long, env = "HOST", default_value = "127.0.0.1")]
+        host: std::net::IpAddr,
+        #[arg(long, env = "PORT")]
+        port: u16,
+    },
 }
 
 #[derive(clap::Args)]
@@ -247,6 +255,13 @@ async fn main() -> anyhow::Result<()> {
             .await
             .map_err(anyhow::Error::msg)?;
         volcengine_ai_server::bench::print_pipeline(&args, &report);
+        return Ok(());
+    }
+    if let Command::Bench(BenchCommand::DeliveryFloor { host, port }) = command {
+        init_tracing("warn", LogFormat::Pretty);
+        volcengine_ai_server::bench::ws_floor::serve(SocketAddr::new(host, port))
+            .await
+            .map_err(anyhow::Error::msg)?;
         return Ok(());
     }
     if let Command::Bench(BenchCommand::Subscribe {

@@ -11,6 +11,8 @@
 //! | `provider_calls_total`, `provider_call_duration_seconds` | counter, histogram | `model`, `outcome`, `code` |
 //! | `rate_limiter_wait_seconds` | histogram | `model` |
 //! | `websocket_connections`, `graphql_subscriptions` | gauge | |
+//! | `task_event_lag_seconds` | histogram: a change's `updated_at` to its publication | `status` (the new one) |
+//! | `subscription_update_lag_seconds` | histogram: a change's `updated_at` to its hand-over to a subscriber's socket | |
 
 use std::sync::OnceLock;
 use std::time::Instant;

@@ -30,14 +30,9 @@ pub struct SubscribeArgs {
     pub connect_concurrency: usize,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct SubscribeReport {
-    pub subscribers: usize,
-    pub tasks: usize,
-    pub connect_time: Duration,
-    /// VmRSS of the service process before and after the subscribers connected, in KiB.
-    pub rss_before_kib: u64,
-    pub rss_after_kib: u64,
+/// How the terminal states reached the subscribers.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Delivery {
     /// Subscribers that saw their task's terminal `COMPLETED` state.
     pub received_completed: usize,
     /// Terminal states that arrived before the last subscriber had connected (the emulator's
@@ -50,6 +45,30 @@ pub struct SubscribeReport {
     pub delay_max: Duration,
     /// From the first to the last task completion (`updatedAt`), i.e. how much of a burst it was.
     pub burst_spread: Duration,
+    /// CPU time from the last subscriber connected to the last terminal state received: of the
+    /// server process (the service: API and worker) and of this process (the subscribers).
+    pub server_cpu: Duration,
+    pub client_cpu: Duration,
+    /// The server's CPU in the same span by thread name (live threads only).
+    pub server_threads: Vec<(String, Duration)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubscribeReport {
+    pub subscribers: usize,
+    pub tasks: usize,
+    pub connect_time: Duration,
+    /// VmRSS of the service process before and after the subscribers connected, in KiB.
+    pub rss_before_kib: u64,
+    pub rss_after_kib: u64,
+    pub service: Delivery,
+    /// Inside the service (its `/metrics`): a change's `updatedAt` to its publication, and to
+    /// its hand-over to each subscriber's socket.
+    pub publish_lag: Option<Lag>,
+    pub handover_lag: Option<Lag>,
+    /// The same subscribers on the bare WebSocket server of `ws_floor`, its tasks completing
+    /// evenly over the service's burst spread: the baseline of the delivery delay.
+    pub floor: Delivery,
 }
 
 impl SubscribeReport {
@@ -57,6 +76,53 @@ impl SubscribeReport {
         self.rss_after_kib.saturating_sub(self.rss_before_kib) as f64
             / self.subscribers.max(1) as f64
     }
+}
+
+/// A latency histogram of the service's `/metrics`, summarised.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lag {
+    pub count: u64,
+    pub mean: Duration,
+    /// Upper bounds of the buckets the 50th and 99th percentiles fall in.
+    pub p50_at_most: f64,
+    pub p99_at_most: f64,
+}
+
+/// Reads histogram `name` from a Prometheus text exposition; `labels` as rendered before `le`
+/// (e.g. `status="completed",`), empty for none.
+pub fn histogram(text: &str, name: &str, labels: &str) -> Option<Lag> {
+    let value = |suffix: &str| {
+        let series = match labels {
+            "" => format!("{name}{suffix} "),
+            l => format!("{name}{suffix}{{{}}} ", l.trim_end_matches(',')),
+        };
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    let (sum, count) = (value("_sum")?, value("_count")?);
+    let bucket_prefix = format!("{name}_bucket{{{labels}le=\"");
+    let buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix(&bucket_prefix))
+        .filter_map(|l| {
+            let (le, rest) = l.split_once("\"}")?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            Some((le, rest.trim().parse().ok()?))
+        })
+        .collect();
+    let at = |q: f64| {
+        buckets
+            .iter()
+            .find(|(_, n)| *n >= q * count)
+            .map_or(f64::INFINITY, |(le, _)| *le)
+    };
+    Some(Lag {
+        count: count as u64,
+        mean: Duration::from_secs_f64(if count > 0.0 { sum / count } else { 0.0 }),
+        p50_at_most: at(0.50),
+        p99_at_most: at(0.99),
+    })
 }
 
 /// Raises the soft open-files limit to the hard one: ten thousand sockets on each side exceed
@@ -92,6 +158,55 @@ pub fn rss_kib(pid: u32) -> Result<u64, String> {
         .ok_or_else(|| format!("no VmRSS in /proc/{pid}/status"))
 }
 
+/// CPU time (user + system) a process has used so far: `/proc/<pid>/stat`, or `self`.
+pub fn cpu_time(pid: Option<u32>) -> Result<Duration, String> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/stat"),
+        None => "/proc/self/stat".into(),
+    };
+    let stat = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+    // Fields after the command name (which is in parentheses and may hold spaces); utime and
+    // stime are the 14th and 15th fields of the line, in clock ticks.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| format!("unexpected {path}"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+    let (Some(user), Some(system)) = (ticks(11), ticks(12)) else {
+        return Err(format!("no utime/stime in {path}"));
+    };
+    // SAFETY: sysconf only reads a system constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok(Duration::from_secs_f64((user + system) as f64 / hz))
+}
+
+/// CPU time of a process's live threads, summed by thread name (`tokio-rt-worker`, `worker`,
+/// `sqlite-writer`, …).
+pub fn cpu_by_thread(pid: u32) -> Result<std::collections::BTreeMap<String, Duration>, String> {
+    let dir = format!("/proc/{pid}/task");
+    let mut out = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(&dir).map_err(|e| format!("{dir}: {e}"))? {
+        let Ok(entry) = entry else { continue };
+        let path = entry.path().join("stat");
+        // A thread may have ended since the listing.
+        let Ok(stat) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_string();
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        // SAFETY: sysconf only reads a system constant.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        *out.entry(name).or_default() +=
+            Duration::from_secs_f64((ticks(11) + ticks(12)) as f64 / hz);
+    }
+    Ok(out)
+}
+
 /// The service as a child process on a free port, killed when dropped.
 struct Child {
     process: tokio::process::Child,
@@ -100,7 +215,17 @@ struct Child {
 }
 
 impl Child {
-    async fn start(env: &[(&str, String)]) -> Result<Child, String> {
+    /// `volcengine-ai-server serve`, configured by `env`.
+    async fn service(env: &[(&str, String)]) -> Result<Child, String> {
+        Child::start(&["serve"], env).await
+    }
+
+    /// The delivery floor (`bench delivery-floor`).
+    async fn floor() -> Result<Child, String> {
+        Child::start(&["bench", "delivery-floor"], &[]).await
+    }
+
+    async fn start(args: &[&str], env: &[(&str, String)]) -> Result<Child, String> {
         let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
         // The port is free now; the child binds it a moment later (a race only with another
         // process binding the same random port in between).
@@ -110,7 +235,7 @@ impl Child {
             .port();
         let dir = std::env::temp_dir().join(format!("vas-bench-{}", uuid::Uuid::new_v4()));
         let mut cmd = tokio::process::Command::new(exe);
-        cmd.arg("serve")
+        cmd.args(args)
             .current_dir(std::env::temp_dir())
             .env("HOST", "127.0.0.1")
             .env("PORT", port.to_string())
@@ -342,7 +467,7 @@ pub async fn subscribe(a: SubscribeArgs) -> Result<SubscribeReport, String> {
     .await?;
 
     let in_flight = tasks.min(1024);
-    let mut child = Child::start(&[
+    let mut child = Child::service(&[
         ("VOLCENGINE_ENDPOINT", emu_url),
         ("VOLCENGINE_API_KEY", "bench".into()),
         // No pacing: the burst is the point, and the emulator has no limit here.
@@ -435,6 +560,102 @@ pub async fn subscribe(a: SubscribeArgs) -> Result<SubscribeReport, String> {
             .trim_start_matches("http://")
             .parse()
             .map_err(|e| format!("service address: {e}"))?;
+        let crowd = Crowd::connect(pid, addr, &ids, &a).await?;
+        // Let the service settle (buffers allocated on the first message, then reused).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rss_after_kib = rss_kib(pid)?;
+        eprintln!(
+            "bench: {} subscribers connected in {:.2}s; waiting for the burst",
+            a.subscribers,
+            crowd.connect_time.as_secs_f64()
+        );
+        let connect_time = crowd.connect_time;
+        let service = crowd.collect(a.latency + Duration::from_secs(60)).await?;
+        let metrics = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .text()
+            .await
+            .map_err(|e| e.to_string())?;
+        let lags = (
+            histogram(&metrics, "task_event_lag_seconds", "status=\"completed\","),
+            histogram(&metrics, "subscription_update_lag_seconds", ""),
+        );
+        Ok((connect_time, rss_before_kib, rss_after_kib, service, lags))
+    }
+    .await;
+    child.stop().await;
+    stop.cancel();
+    let (connect_time, rss_before_kib, rss_after_kib, service, (publish_lag, handover_lag)) =
+        result?;
+    let floor = floor(&a, service.burst_spread).await?;
+    Ok(SubscribeReport {
+        subscribers: a.subscribers,
+        tasks,
+        connect_time,
+        rss_before_kib,
+        rss_after_kib,
+        service,
+        publish_lag,
+        handover_lag,
+        floor,
+    })
+}
+
+/// The same subscribers on the bare WebSocket server (`ws_floor`), its tasks completing evenly
+/// over `spread`.
+async fn floor(a: &SubscribeArgs, spread: Duration) -> Result<Delivery, String> {
+    let mut child = Child::floor().await?;
+    let result = async {
+        let http = reqwest::Client::new();
+        child.wait_ready(&http).await?;
+        let addr: SocketAddr = child
+            .base
+            .trim_start_matches("http://")
+            .parse()
+            .map_err(|e| format!("floor address: {e}"))?;
+        let ids: Vec<String> = (0..a.tasks.max(1)).map(|k| format!("floor-{k}")).collect();
+        let crowd = Crowd::connect(child.pid()?, addr, &ids, a).await?;
+        eprintln!("bench: the same subscribers on the delivery floor; its burst");
+        expect_status(
+            http.post(format!("{}/burst", child.base))
+                .json(&json!({"spread_ms": spread.as_millis() as u64}))
+                .send()
+                .await,
+            202,
+        )
+        .await?;
+        crowd.collect(spread + Duration::from_secs(60)).await
+    }
+    .await;
+    child.stop().await;
+    result
+}
+
+/// Subscribers connected, each waiting for its task's terminal state.
+struct Crowd {
+    set: tokio::task::JoinSet<Result<Seen, String>>,
+    done: CancellationToken,
+    connect_time: Duration,
+    all_connected_at: SystemTime,
+    /// CPU used by the server and by this process when the last subscriber had connected.
+    cpu_at_connected: (Duration, Duration),
+    threads_at_connected: std::collections::BTreeMap<String, Duration>,
+    server: u32,
+    held: Held,
+}
+
+impl Crowd {
+    /// `a.subscribers` sockets on `addr`, subscriber `i` following `ids[i % ids.len()]`;
+    /// returns once every one has its subscription's first message.
+    async fn connect(
+        server: u32,
+        addr: SocketAddr,
+        ids: &[String],
+        a: &SubscribeArgs,
+    ) -> Result<Crowd, String> {
         let url = format!("ws://{addr}/graphql/ws");
         let connecting = Arc::new(Semaphore::new(a.connect_concurrency.max(1)));
         let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(1024);
@@ -449,7 +670,7 @@ pub async fn subscribe(a: SubscribeArgs) -> Result<SubscribeReport, String> {
             set.spawn(subscriber(
                 (addr, url.clone()),
                 i,
-                ids[i % tasks].clone(),
+                ids[i % ids.len()].clone(),
                 connecting.clone(),
                 ready_tx.clone(),
                 done.clone(),
@@ -468,27 +689,50 @@ pub async fn subscribe(a: SubscribeArgs) -> Result<SubscribeReport, String> {
                 None => break,
             }
         }
-        let all_connected_at = SystemTime::now();
-        let connect_time = started.elapsed();
-        // Let the service settle (buffers allocated on the first message, then reused).
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let rss_after_kib = rss_kib(pid)?;
-        eprintln!(
-            "bench: {} subscribers connected in {:.2}s; waiting for the burst",
-            a.subscribers,
-            connect_time.as_secs_f64()
-        );
+        Ok(Crowd {
+            set,
+            done,
+            connect_time: started.elapsed(),
+            all_connected_at: SystemTime::now(),
+            cpu_at_connected: (cpu_time(Some(server))?, cpu_time(None)?),
+            threads_at_connected: cpu_by_thread(server)?,
+            server,
+            held,
+        })
+    }
 
-        let wait = a.latency + Duration::from_secs(60);
+    /// Waits (at most `wait`) for every subscriber's terminal state.
+    async fn collect(mut self, wait: Duration) -> Result<Delivery, String> {
+        let set = &mut self.set;
+        let (held, server) = (self.held.clone(), self.server);
+        let mut cpu = None;
         let collected = tokio::time::timeout(wait, async {
-            let mut seen = Vec::with_capacity(a.subscribers);
+            // The CPU of the delivery only: the sockets close after the last answer.
+            tokio::select! {
+                _ = held.1.cancelled() => {}
+                _ = self.done.cancelled() => {}
+            }
+            cpu = Some((cpu_time(Some(server))?, cpu_time(None)?, cpu_by_thread(server)?));
+            let mut seen = Vec::new();
             while let Some(r) = set.join_next().await {
                 seen.push(r.map_err(|e| e.to_string())??);
             }
             Ok::<_, String>(seen)
         })
         .await;
-        done.cancel();
+        let (server_cpu, client_cpu, threads) = cpu.unwrap_or_else(|| {
+            let (s, c) = self.cpu_at_connected;
+            (s, c, self.threads_at_connected.clone())
+        });
+        let server_threads = threads
+            .into_iter()
+            .map(|(name, t)| {
+                let before = self.threads_at_connected.get(&name).copied();
+                (name, t.saturating_sub(before.unwrap_or_default()))
+            })
+            .filter(|(_, t)| !t.is_zero())
+            .collect();
+        self.done.cancel();
         let seen = match collected {
             Ok(s) => s?,
             Err(_) => return Err(format!("not every subscriber finished within {wait:?}")),
@@ -496,7 +740,7 @@ pub async fn subscribe(a: SubscribeArgs) -> Result<SubscribeReport, String> {
         let mut delays = Vec::with_capacity(seen.len());
         let (mut early, mut first_update, mut last_update) = (0, None, None);
         for (arrived, updated) in seen.iter().filter_map(|s| s.completed) {
-            if updated < all_connected_at {
+            if updated < self.all_connected_at {
                 early += 1;
             }
             first_update = Some(first_update.map_or(updated, |f: SystemTime| f.min(updated)));
@@ -504,12 +748,7 @@ pub async fn subscribe(a: SubscribeArgs) -> Result<SubscribeReport, String> {
             delays.push(arrived.duration_since(updated).unwrap_or_default());
         }
         delays.sort();
-        Ok(SubscribeReport {
-            subscribers: a.subscribers,
-            tasks,
-            connect_time,
-            rss_before_kib,
-            rss_after_kib,
+        Ok(Delivery {
             received_completed: delays.len(),
             early,
             delay_p50: percentile(&delays, 0.50),
@@ -519,12 +758,11 @@ pub async fn subscribe(a: SubscribeArgs) -> Result<SubscribeReport, String> {
                 (Some(f), Some(l)) => l.duration_since(f).unwrap_or_default(),
                 _ => Duration::ZERO,
             },
+            server_cpu: server_cpu.saturating_sub(self.cpu_at_connected.0),
+            client_cpu: client_cpu.saturating_sub(self.cpu_at_connected.1),
+            server_threads,
         })
     }
-    .await;
-    child.stop().await;
-    stop.cancel();
-    result
 }
 
 pub fn print_subscribe(r: &SubscribeReport) {
@@ -543,20 +781,69 @@ pub fn print_subscribe(r: &SubscribeReport) {
         r.rss_after_kib.saturating_sub(r.rss_before_kib) as f64 / 1024.0,
         r.rss_per_subscriber_kib()
     );
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let (sv, fl) = (&r.service, &r.floor);
     println!(
         "  received COMPLETED     {} of {}",
-        r.received_completed, r.subscribers
+        sv.received_completed, r.subscribers
     );
-    println!("  completed early        {}  (before every subscriber was connected; raise --latency if not 0)", r.early);
+    println!("  completed early        {}  (before every subscriber was connected; raise --latency if not 0)", sv.early);
     println!(
         "  burst                  {} tasks completed within {:.0} ms",
         r.tasks,
-        r.burst_spread.as_secs_f64() * 1000.0
+        ms(sv.burst_spread)
     );
     println!(
         "  delivery delay         p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms  (task updatedAt -> message at the client)",
-        r.delay_p50.as_secs_f64() * 1000.0,
-        r.delay_p99.as_secs_f64() * 1000.0,
-        r.delay_max.as_secs_f64() * 1000.0
+        ms(sv.delay_p50),
+        ms(sv.delay_p99),
+        ms(sv.delay_max)
+    );
+    for (what, lag) in [
+        ("published after", &r.publish_lag),
+        ("handed over after", &r.handover_lag),
+    ] {
+        if let Some(l) = lag {
+            println!(
+                "  {what:<22} mean {:.1} ms, p50 <= {} ms, p99 <= {} ms  (in the service: updatedAt -> {}; {} samples)",
+                ms(l.mean),
+                l.p50_at_most * 1000.0,
+                l.p99_at_most * 1000.0,
+                if what.starts_with("published") { "event published" } else { "message to a socket" },
+                l.count
+            );
+        }
+    }
+    println!(
+        "  floor (bare WebSocket) p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms  ({} of {} received; the same subscribers, {} tasks completing evenly over {:.0} ms)",
+        ms(fl.delay_p50),
+        ms(fl.delay_p99),
+        ms(fl.delay_max),
+        fl.received_completed,
+        r.subscribers,
+        r.tasks,
+        ms(fl.burst_spread)
+    );
+    let per_message = |d: Duration, n: usize| d.as_secs_f64() * 1e6 / n.max(1) as f64;
+    println!(
+        "  CPU in the burst       service {:.2} s ({:.0} us per message), its subscribers here {:.2} s; floor {:.2} s ({:.0} us), its subscribers {:.2} s",
+        sv.server_cpu.as_secs_f64(),
+        per_message(sv.server_cpu, sv.received_completed),
+        sv.client_cpu.as_secs_f64(),
+        fl.server_cpu.as_secs_f64(),
+        per_message(fl.server_cpu, fl.received_completed),
+        fl.client_cpu.as_secs_f64()
+    );
+    let threads: Vec<String> = sv
+        .server_threads
+        .iter()
+        .map(|(name, t)| format!("{name} {:.2} s", t.as_secs_f64()))
+        .collect();
+    println!("  service CPU by thread  {}", threads.join(", "));
+    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-6);
+    println!(
+        "  delay / floor          p50 {:.2}, p99 {:.2}",
+        ratio(sv.delay_p50, fl.delay_p50),
+        ratio(sv.delay_p99, fl.delay_p99)
     );
 }

@@ -4,7 +4,7 @@
 
 pub mod error;
 pub mod loader;
-mod parse_cache;
+pub mod parse_cache;
 pub mod schema;
 pub mod types;
 
@@ -54,13 +54,14 @@ pub struct Ctx {
     pub sockets: Mutex<HashMap<String, usize>>,
     pub max_sockets_per_key: usize,
     pub max_subscriptions: usize,
+    /// Parsed documents of HTTP requests.
+    pub documents: parse_cache::ParseCache,
 }
 
 pub fn build_schema(ctx: Option<Arc<Ctx>>, cfg: &Config) -> AppSchema {
     let mut b = Schema::build(Query, Mutation, Subscription)
         .limit_depth(cfg.graphql_max_depth)
-        .limit_complexity(cfg.graphql_max_complexity)
-        .extension(parse_cache::ParseCache::default());
+        .limit_complexity(cfg.graphql_max_complexity);
     if !cfg.graphql_introspection {
         b = b.disable_introspection();
     }
@@ -167,7 +168,7 @@ pub async fn post_handler(
             )
         }
     };
-    let req: async_graphql::Request = match serde_json::from_slice(&body) {
+    let mut req: async_graphql::Request = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
             return gql_error_response(
@@ -176,6 +177,7 @@ pub async fn post_handler(
             )
         }
     };
+    state.gql.documents.prepare(&mut req);
     let resp = state
         .schema
         .execute(req.data(request_data(&state)).data(who))
@@ -205,7 +207,8 @@ pub async fn get_handler(State(state): State<AppState>, req: Request) -> Respons
                 StatusCode::METHOD_NOT_ALLOWED,
                 AppError::invalid("query", "mutations must be sent with POST"),
             ),
-            Ok(r) => {
+            Ok(mut r) => {
+                state.gql.documents.prepare(&mut r);
                 let resp = state
                     .schema
                     .execute(r.data(request_data(&state)).data(who))

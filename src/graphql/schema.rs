@@ -415,19 +415,22 @@ fn follow(
                     None
                 }
             };
-            // `None`: nothing arrived for a while; `Some(None)`: the event stream ended.
+            // `None`: nothing arrived for a while; `Some(None)`: the event stream ended. An
+            // event's task is shared by all its subscribers, not copied for each.
             let candidate = match step {
-                Some(Some(Event::Updated(t))) => Some((*t).clone()),
+                Some(Some(Event::Updated(t))) => Some(t),
                 Some(None) => {
                     st.events = None;
-                    reread(&st.service, &st.id).await?
+                    reread(&st.service, &st.id).await?.map(Arc::new)
                 }
-                Some(Some(Event::Gap)) | None => reread(&st.service, &st.id).await?,
+                Some(Some(Event::Gap)) | None => reread(&st.service, &st.id).await?.map(Arc::new),
             };
             if let Some(t) = candidate.filter(|t| t.version > st.last_version) {
                 st.last_version = t.version;
                 st.done = t.status.is_terminal();
-                return Some((task(t), st));
+                let lag = (chrono::Utc::now() - t.updated_at).to_std().unwrap_or_default();
+                metrics::histogram!("subscription_update_lag_seconds").record(lag.as_secs_f64());
+                return Some((Task(t), st));
             }
         }
     })

@@ -256,7 +256,7 @@ impl ImageProvider for ArkClient {
             .map(str::to_string);
         let bytes = resp.bytes().await.map_err(|e| transport_error(&e))?;
         Ok(Fetched {
-            bytes: bytes.to_vec(),
+            bytes,
             content_type,
         })
     }

@@ -39,7 +39,7 @@ pub struct Generated {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fetched {
-    pub bytes: Vec<u8>,
+    pub bytes: bytes::Bytes,
     pub content_type: Option<String>,
 }
 

@@ -633,6 +633,10 @@ impl Service {
     }
 
     async fn publish(&self, task: &Task) {
+        // How long a change took from being made to being announced (the store write between).
+        let lag = (Utc::now() - task.updated_at).to_std().unwrap_or_default();
+        metrics::histogram!("task_event_lag_seconds", "status" => task.status.as_str())
+            .record(lag.as_secs_f64());
         if let Err(e) = self.events.publish(task).await {
             // Subscribers re-read the store on their resync interval; nothing is lost.
             tracing::warn!(task_id = %task.id, error = %e, "publishing the task event failed");

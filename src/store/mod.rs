@@ -32,7 +32,8 @@ pub struct ImageBlob {
     pub id: String,
     pub task_id: String,
     pub content_type: String,
-    pub data: Vec<u8>,
+    /// Shared, not copied, from the download to the store's writer and out to a client.
+    pub data: bytes::Bytes,
 }
 
 #[derive(Debug, Clone, Default)]

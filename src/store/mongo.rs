@@ -762,7 +762,7 @@ impl Store for MongoStore {
                 .get_str("content_type")
                 .unwrap_or("application/octet-stream")
                 .to_string(),
-            data,
+            data: data.into(),
         }))
     }
 

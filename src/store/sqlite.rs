@@ -1,6 +1,15 @@
-//! The embedded store: one SQLite database in the data folder (WAL mode), holding users, tasks
-//! and image bytes. Records are kept as JSON documents beside the few columns that queries
-//! filter on, the same shape the MongoDB store keeps, so both serialise the domain types alike.
+//! The embedded store: two SQLite databases in the data folder (WAL mode), one for users, tasks
+//! and keys, one for image bytes. Records are kept as JSON documents beside the few columns that
+//! queries filter on, the same shape the MongoDB store keeps, so both serialise the domain types
+//! alike.
+//!
+//! Each database is a lane of its own (writer thread, checkpointer, readers): a burst of finished
+//! tasks writes megabytes of images, and in one database every state change (the completions
+//! themselves, submits) queued behind those bytes. The image lane's threads also run at a lower
+//! priority (`sys::lower_thread_priority`), like the worker that feeds them. An image is stored
+//! before the task that names it commits, and deleted before its task is, so the image database
+//! may hold an image no task names (a crash between the two) but a task never names a missing
+//! image.
 //!
 //! One process owns a data folder at a time (an OS file lock on `data/LOCK`): the embedded worker
 //! may then treat every task still `processing` at start as orphaned by a crash.
@@ -28,11 +37,24 @@ use crate::config::SyncMode;
 use crate::domain::{ApiKey, Task, TaskStatus, User};
 
 pub struct SqliteStore {
+    // Fields drop in this order: the image lane is closed before the main lane frees the data
+    // folder's lock, so a store opened on the folder right after never meets either still open.
+    images: Lane,
+    /// Users, tasks, API keys; holds the data folder's lock.
+    main: Lane,
+}
+
+/// One database: its writer thread (the only write connection), checkpointer and readers.
+struct Lane {
     writes: Option<mpsc::Sender<WriteJob>>,
     writer: Option<std::thread::JoinHandle<()>>,
     readers: Arc<Readers>,
     path: PathBuf,
 }
+
+/// File names in the data folder.
+const MAIN_FILE: &str = "volcengine-ai-server.sqlite3";
+const IMAGES_FILE: &str = "volcengine-ai-server-images.sqlite3";
 
 /// One write: runs on the writer's connection inside the batch's transaction (or is told why
 /// there is none) and says whether it succeeded; the returned `Finish` answers its caller once
@@ -89,7 +111,7 @@ fn open_reader(path: &Path) -> Result<Connection, StoreError> {
 fn writer_loop(
     conn: Connection,
     jobs: mpsc::Receiver<WriteJob>,
-    lock: File,
+    lock: Option<File>,
     checkpointer: Checkpointer,
 ) {
     let step = |sql: &str| {
@@ -171,6 +193,9 @@ fn writer_loop(
 /// Short: a WAL that runs far ahead of the checkpoint makes every read search a larger index.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
 
+/// The image database's: see `LaneSpec::checkpoint_every` where it is set.
+const IMAGE_CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Copies committed WAL frames into the database file on a thread and connection of its own.
 /// SQLite's automatic checkpoint would run inside the writer's COMMIT whenever the WAL passes
 /// 1,000 pages, copying and syncing while every write of the next batch waits: it was the 25 ms
@@ -183,14 +208,18 @@ struct Checkpointer {
 }
 
 impl Checkpointer {
-    fn start(path: &Path) -> Result<Checkpointer, StoreError> {
-        let conn = Connection::open(path).map_err(backend)?;
+    fn start(spec: &LaneSpec<'_>) -> Result<Checkpointer, StoreError> {
+        let conn = Connection::open(&spec.path).map_err(backend)?;
         let (tx, rx) = mpsc::sync_channel::<()>(1);
+        let (background, every) = (spec.background, spec.checkpoint_every);
         let thread = std::thread::Builder::new()
-            .name("sqlite-checkpoint".into())
+            .name(spec.checkpointer_name.into())
             .spawn(move || {
+                if background {
+                    crate::sys::lower_thread_priority();
+                }
                 while rx.recv().is_ok() {
-                    std::thread::sleep(CHECKPOINT_EVERY);
+                    std::thread::sleep(every);
                     while rx.try_recv().is_ok() {}
                     if let Err(e) = conn
                         .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
@@ -242,13 +271,6 @@ CREATE TABLE IF NOT EXISTS tasks (
 CREATE INDEX IF NOT EXISTS tasks_by_user ON tasks (user_id, id);
 CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks (status, id);
 CREATE UNIQUE INDEX IF NOT EXISTS tasks_idem ON tasks (user_id, idem_key) WHERE idem_key IS NOT NULL;
-CREATE TABLE IF NOT EXISTS images (
-    id TEXT PRIMARY KEY,
-    task_id TEXT NOT NULL,
-    content_type TEXT NOT NULL,
-    data BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS images_by_task ON images (task_id);
 CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY,
     user_id TEXT NOT NULL,
@@ -257,6 +279,16 @@ CREATE TABLE IF NOT EXISTS api_keys (
 );
 CREATE INDEX IF NOT EXISTS api_keys_by_user ON api_keys (user_id, id);
 CREATE INDEX IF NOT EXISTS tasks_active ON tasks (user_id, status);
+";
+
+const IMAGES_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS images (
+    id TEXT PRIMARY KEY,
+    task_id TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS images_by_task ON images (task_id);
 ";
 
 fn backend(e: rusqlite::Error) -> StoreError {
@@ -302,55 +334,66 @@ fn cols(t: &Task) -> TaskCols {
     }
 }
 
-impl SqliteStore {
-    /// Opens (creating if needed) the database in `dir`, taking the folder's lock.
-    pub fn open(dir: &Path, sync: SyncMode) -> Result<SqliteStore, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            StoreError::Backend(format!("cannot create data folder {}: {e}", dir.display()))
-        })?;
-        let lock_path = dir.join("LOCK");
-        let lock = File::create(&lock_path).map_err(|e| {
-            StoreError::Backend(format!("cannot open {}: {e}", lock_path.display()))
-        })?;
-        lock.try_lock().map_err(|_| {
-            StoreError::Backend(format!(
-                "data folder {} is in use by another process (lock {} is held)",
-                dir.display(),
-                lock_path.display()
-            ))
-        })?;
-        let path = dir.join("volcengine-ai-server.sqlite3");
-        let conn = Connection::open(&path).map_err(backend)?;
-        let synchronous = match sync {
-            SyncMode::Normal => "NORMAL",
-            SyncMode::Full => "FULL",
-        };
-        conn.execute_batch(&format!(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous={synchronous}; \
-             PRAGMA foreign_keys=OFF; PRAGMA busy_timeout=5000; PRAGMA wal_autocheckpoint=0;"
-        ))
+/// How a lane's database is set up and its threads named.
+struct LaneSpec<'a> {
+    path: PathBuf,
+    sync: SyncMode,
+    schema: &'a str,
+    writer_name: &'a str,
+    checkpointer_name: &'a str,
+    /// Its threads run at a lower priority.
+    background: bool,
+    /// `PRAGMA page_size` for a new database.
+    page_size: u32,
+    /// How long the checkpointer lets commits gather (`CHECKPOINT_EVERY` for the main lane).
+    checkpoint_every: std::time::Duration,
+}
+
+/// Opens a lane's write connection (creating the database and its tables if needed).
+fn open_writer(spec: &LaneSpec<'_>) -> Result<Connection, StoreError> {
+    let conn = Connection::open(&spec.path).map_err(backend)?;
+    let synchronous = match spec.sync {
+        SyncMode::Normal => "NORMAL",
+        SyncMode::Full => "FULL",
+    };
+    // Takes effect only while the database is empty (before journal_mode=WAL writes to it).
+    conn.execute_batch(&format!("PRAGMA page_size={};", spec.page_size))
         .map_err(backend)?;
-        conn.execute_batch(SCHEMA).map_err(backend)?;
-        let checkpointer = Checkpointer::start(&path)?;
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous={synchronous}; \
+         PRAGMA foreign_keys=OFF; PRAGMA busy_timeout=5000; PRAGMA wal_autocheckpoint=0;"
+    ))
+    .map_err(backend)?;
+    conn.execute_batch(spec.schema).map_err(backend)?;
+    Ok(conn)
+}
+
+impl Lane {
+    /// Starts the lane's threads on `conn` (from `open_writer`); `lock` is held until the
+    /// writer's connection is closed.
+    fn start(spec: &LaneSpec<'_>, conn: Connection, lock: Option<File>) -> Result<Lane, StoreError> {
+        let checkpointer = Checkpointer::start(spec)?;
         let readers = Arc::new(Readers {
-            path: path.clone(),
-            idle: Mutex::new(vec![open_reader(&path)?]),
+            path: spec.path.clone(),
+            idle: Mutex::new(vec![open_reader(&spec.path)?]),
         });
         let (tx, rx) = mpsc::channel();
+        let background = spec.background;
         let writer = std::thread::Builder::new()
-            .name("sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, lock, checkpointer))
+            .name(spec.writer_name.into())
+            .spawn(move || {
+                if background {
+                    crate::sys::lower_thread_priority();
+                }
+                writer_loop(conn, rx, lock, checkpointer)
+            })
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
-        Ok(SqliteStore {
+        Ok(Lane {
             writes: Some(tx),
             writer: Some(writer),
             readers,
-            path,
+            path: spec.path.clone(),
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Runs `f` in the writer's next batch and answers once that batch is committed.
@@ -408,13 +451,143 @@ impl SqliteStore {
     }
 }
 
-impl Drop for SqliteStore {
-    /// Lets the writer finish what is queued and close, so the folder's lock is free on return.
+impl Drop for Lane {
+    /// Lets the writer finish what is queued and close (the main lane then frees the folder's
+    /// lock).
     fn drop(&mut self) {
         drop(self.writes.take());
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }
+    }
+}
+
+/// Data folders of earlier versions kept the images in the main database: moved into the image
+/// database once, at start. Idempotent, so a move cut short by a crash is finished next time.
+fn move_legacy_images(main: &Connection, images_path: &Path) -> Result<(), StoreError> {
+    let legacy: bool = main
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'images'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_err(backend)?
+        > 0;
+    if !legacy {
+        return Ok(());
+    }
+    let path = images_path
+        .to_str()
+        .ok_or_else(|| StoreError::Backend("the data folder's path is not UTF-8".into()))?;
+    main.execute("ATTACH DATABASE ?1 AS img", [path])
+        .map_err(backend)?;
+    let moved = main
+        .execute(
+            "INSERT OR IGNORE INTO img.images (id, task_id, content_type, data) \
+             SELECT id, task_id, content_type, data FROM main.images",
+            [],
+        )
+        .and_then(|n| main.execute_batch("DROP TABLE main.images").map(|_| n));
+    let detached = main.execute_batch("DETACH DATABASE img");
+    let moved = moved.map_err(backend)?;
+    detached.map_err(backend)?;
+    tracing::info!(images = moved, "moved the images into their own database");
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the databases in `dir`, taking the folder's lock.
+    pub fn open(dir: &Path, sync: SyncMode) -> Result<SqliteStore, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Backend(format!("cannot create data folder {}: {e}", dir.display()))
+        })?;
+        let lock_path = dir.join("LOCK");
+        let lock = File::create(&lock_path).map_err(|e| {
+            StoreError::Backend(format!("cannot open {}: {e}", lock_path.display()))
+        })?;
+        lock.try_lock().map_err(|_| {
+            StoreError::Backend(format!(
+                "data folder {} is in use by another process (lock {} is held)",
+                dir.display(),
+                lock_path.display()
+            ))
+        })?;
+        let main_spec = LaneSpec {
+            path: dir.join(MAIN_FILE),
+            sync,
+            schema: SCHEMA,
+            writer_name: "sqlite-writer",
+            checkpointer_name: "sqlite-checkpoint",
+            background: false,
+            page_size: 4096,
+            checkpoint_every: CHECKPOINT_EVERY,
+        };
+        let images_spec = LaneSpec {
+            path: dir.join(IMAGES_FILE),
+            sync,
+            schema: IMAGES_SCHEMA,
+            writer_name: "sqlite-img-writer",
+            checkpointer_name: "sqlite-img-ckpt",
+            background: true,
+            // An image (tens to hundreds of KiB) in a few large pages rather than dozens of
+            // small ones: fewer WAL frames, checksums and writes, for the writer and the
+            // checkpointer alike.
+            page_size: 65536,
+            // Images are read rarely, so a longer WAL costs little; fewer checkpoints, fewer
+            // syncs.
+            checkpoint_every: IMAGE_CHECKPOINT_EVERY,
+        };
+        let main_conn = open_writer(&main_spec)?;
+        let images_conn = open_writer(&images_spec)?;
+        move_legacy_images(&main_conn, &images_spec.path)?;
+        let images = Lane::start(&images_spec, images_conn, None)?;
+        let main = Lane::start(&main_spec, main_conn, Some(lock))?;
+        Ok(SqliteStore { images, main })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.main.path
+    }
+
+    /// Deletes the images of these tasks.
+    async fn delete_images_of(&self, tasks: Vec<String>) -> Result<(), StoreError> {
+        if tasks.is_empty() {
+            return Ok(());
+        }
+        let list = to_json(&tasks)?;
+        self.images
+            .write(move |c| {
+                c.execute(
+                    "DELETE FROM images WHERE task_id IN (SELECT value FROM json_each(?1))",
+                    [list],
+                )
+                .map_err(backend)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.main.write(f).await
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.main.read(f).await
+    }
+
+    fn lookup<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.main.lookup(f)
     }
 }
 
@@ -556,12 +729,21 @@ impl Store for SqliteStore {
 
     async fn delete_user(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_string();
+        // Images first (see the module's comment on the two databases).
+        let user = id.clone();
+        let tasks: Vec<String> = self
+            .read(move |c| {
+                let mut stmt = c
+                    .prepare_cached("SELECT id FROM tasks WHERE user_id = ?1")
+                    .map_err(backend)?;
+                let rows = stmt
+                    .query_map([&user], |r| r.get::<_, String>(0))
+                    .map_err(backend)?;
+                rows.collect::<Result<_, _>>().map_err(backend)
+            })
+            .await?;
+        self.delete_images_of(tasks).await?;
         self.write(move |c| {
-            c.execute(
-                "DELETE FROM images WHERE task_id IN (SELECT id FROM tasks WHERE user_id = ?1)",
-                [&id],
-            )
-            .map_err(backend)?;
             c.execute("DELETE FROM tasks WHERE user_id = ?1", [&id])
                 .map_err(backend)?;
             c.execute("DELETE FROM api_keys WHERE user_id = ?1", [&id])
@@ -781,9 +963,8 @@ impl Store for SqliteStore {
 
     async fn delete_task(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_string();
+        self.delete_images_of(vec![id.clone()]).await?;
         self.write(move |c| {
-            c.execute("DELETE FROM images WHERE task_id = ?1", [&id])
-                .map_err(backend)?;
             let n = c
                 .execute("DELETE FROM tasks WHERE id = ?1", [&id])
                 .map_err(backend)?;
@@ -932,11 +1113,11 @@ impl Store for SqliteStore {
 
     async fn put_image(&self, image: &ImageBlob) -> Result<(), StoreError> {
         let img = image.clone();
-        self.write(move |c| {
+        self.images.write(move |c| {
             c.prepare_cached(
                 "INSERT OR REPLACE INTO images (id, task_id, content_type, data) VALUES (?1, ?2, ?3, ?4)",
             )
-            .and_then(|mut s| s.execute(params![img.id, img.task_id, img.content_type, img.data]))
+            .and_then(|mut s| s.execute(params![img.id, img.task_id, img.content_type, &img.data[..]]))
             .map_err(backend)?;
             Ok(())
         })
@@ -945,7 +1126,7 @@ impl Store for SqliteStore {
 
     async fn get_image(&self, id: &str) -> Result<Option<ImageBlob>, StoreError> {
         let id = id.to_string();
-        self.read(move |c| {
+        self.images.read(move |c| {
             c.prepare_cached("SELECT id, task_id, content_type, data FROM images WHERE id = ?1")
                 .and_then(|mut s| {
                     s.query_row([id], |r| {
@@ -953,7 +1134,7 @@ impl Store for SqliteStore {
                             id: r.get(0)?,
                             task_id: r.get(1)?,
                             content_type: r.get(2)?,
-                            data: r.get(3)?,
+                            data: r.get::<_, Vec<u8>>(3)?.into(),
                         })
                     })
                     .optional()
@@ -965,7 +1146,7 @@ impl Store for SqliteStore {
 
     async fn delete_images(&self, ids: &[String]) -> Result<(), StoreError> {
         let list = to_json(&ids)?;
-        self.write(move |c| {
+        self.images.write(move |c| {
             c.execute(
                 "DELETE FROM images WHERE id IN (SELECT value FROM json_each(?1))",
                 [list],
@@ -974,5 +1155,44 @@ impl Store for SqliteStore {
             Ok(())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A data folder of an earlier version (images inside the main database) opens with every
+    /// image readable, moved into the image database; opening it again changes nothing.
+    #[tokio::test]
+    async fn images_of_an_earlier_layout_are_moved_and_still_served() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let old = Connection::open(dir.path().join(MAIN_FILE)).expect("open");
+            old.execute_batch(SCHEMA).expect("schema");
+            old.execute_batch(IMAGES_SCHEMA).expect("legacy images table");
+            old.execute(
+                "INSERT INTO images (id, task_id, content_type, data) VALUES ('i1', 't1', 'image/png', x'89504e47')",
+                [],
+            )
+            .expect("insert");
+        }
+        for _ in 0..2 {
+            let store = SqliteStore::open(dir.path(), SyncMode::Normal).expect("open store");
+            let img = store.get_image("i1").await.expect("read").expect("still there");
+            assert_eq!(img.task_id, "t1");
+            assert_eq!(img.content_type, "image/png");
+            assert_eq!(&img.data[..], b"\x89PNG");
+            drop(store);
+            let main = Connection::open(dir.path().join(MAIN_FILE)).expect("open");
+            let tables: i64 = main
+                .query_row(
+                    "SELECT COUNT(*) FROM sqlite_master WHERE name = 'images'",
+                    [],
+                    |r| r.get(0),
+                )
+                .expect("count");
+            assert_eq!(tables, 0, "the main database keeps no images table");
+        }
     }
 }

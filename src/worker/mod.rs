@@ -125,7 +125,14 @@ impl Worker {
 
     /// Starts the processing loops and the reconciler; they stop taking work when `shutdown` is
     /// cancelled and finish the attempt in hand.
-    pub fn spawn(self: Arc<Self>, shutdown: CancellationToken) -> tokio::task::JoinSet<()> {
+    /// Starts the worker's loops and reconciler, on `runtime` if given (else the current one).
+    pub fn spawn(
+        self: Arc<Self>,
+        shutdown: CancellationToken,
+        runtime: Option<&tokio::runtime::Handle>,
+    ) -> tokio::task::JoinSet<()> {
+        let current = tokio::runtime::Handle::current();
+        let rt = runtime.unwrap_or(&current);
         let mut set = tokio::task::JoinSet::new();
         // The loops take work only once the start-up orphan recovery is done: a task they
         // claimed before it ran would look orphaned to it, be requeued, and be called twice.
@@ -133,10 +140,10 @@ impl Worker {
         for _ in 0..self.cfg.concurrency {
             let w = self.clone();
             let (stop, ready) = (shutdown.clone(), ready.clone());
-            set.spawn(async move { w.run_loop(stop, ready).await });
+            set.spawn_on(async move { w.run_loop(stop, ready).await }, rt);
         }
         let w = self.clone();
-        set.spawn(async move { reconciler::run(w, shutdown, recovered).await });
+        set.spawn_on(async move { reconciler::run(w, shutdown, recovered).await }, rt);
         set
     }
 
