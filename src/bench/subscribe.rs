@@ -107,7 +107,11 @@ pub fn histogram(text: &str, name: &str, labels: &str) -> Option<Lag> {
         .filter_map(|l| l.strip_prefix(&bucket_prefix))
         .filter_map(|l| {
             let (le, rest) = l.split_once("\"}")?;
-            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
             Some((le, rest.trim().parse().ok()?))
         })
         .collect();
@@ -198,7 +202,12 @@ pub fn cpu_by_thread(pid: u32) -> Result<std::collections::BTreeMap<String, Dura
         };
         let name = stat[open + 1..close].to_string();
         let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
         // SAFETY: sysconf only reads a system constant.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
         *out.entry(name).or_default() +=
@@ -712,7 +721,11 @@ impl Crowd {
                 _ = held.1.cancelled() => {}
                 _ = self.done.cancelled() => {}
             }
-            cpu = Some((cpu_time(Some(server))?, cpu_time(None)?, cpu_by_thread(server)?));
+            cpu = Some((
+                cpu_time(Some(server))?,
+                cpu_time(None)?,
+                cpu_by_thread(server)?,
+            ));
             let mut seen = Vec::new();
             while let Some(r) = set.join_next().await {
                 seen.push(r.map_err(|e| e.to_string())??);

@@ -63,7 +63,10 @@ pub async fn serve(addr: SocketAddr) -> Result<(), String> {
         .map_err(|e| format!("serve: {e}"))
 }
 
-async fn upgrade(State(floor): State<Arc<Floor>>, ws: WebSocketUpgrade) -> axum::response::Response {
+async fn upgrade(
+    State(floor): State<Arc<Floor>>,
+    ws: WebSocketUpgrade,
+) -> axum::response::Response {
     ws.protocols(["graphql-transport-ws"])
         // As the service does (`SOCKET_READ_BUFFER`), so that both hold sockets alike.
         .read_buffer_size(1024)

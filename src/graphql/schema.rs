@@ -428,7 +428,9 @@ fn follow(
             if let Some(t) = candidate.filter(|t| t.version > st.last_version) {
                 st.last_version = t.version;
                 st.done = t.status.is_terminal();
-                let lag = (chrono::Utc::now() - t.updated_at).to_std().unwrap_or_default();
+                let lag = (chrono::Utc::now() - t.updated_at)
+                    .to_std()
+                    .unwrap_or_default();
                 metrics::histogram!("subscription_update_lag_seconds").record(lag.as_secs_f64());
                 return Some((Task(t), st));
             }

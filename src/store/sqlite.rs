@@ -371,7 +371,11 @@ fn open_writer(spec: &LaneSpec<'_>) -> Result<Connection, StoreError> {
 impl Lane {
     /// Starts the lane's threads on `conn` (from `open_writer`); `lock` is held until the
     /// writer's connection is closed.
-    fn start(spec: &LaneSpec<'_>, conn: Connection, lock: Option<File>) -> Result<Lane, StoreError> {
+    fn start(
+        spec: &LaneSpec<'_>,
+        conn: Connection,
+        lock: Option<File>,
+    ) -> Result<Lane, StoreError> {
         let checkpointer = Checkpointer::start(spec)?;
         let readers = Arc::new(Readers {
             path: spec.path.clone(),
@@ -1126,35 +1130,37 @@ impl Store for SqliteStore {
 
     async fn get_image(&self, id: &str) -> Result<Option<ImageBlob>, StoreError> {
         let id = id.to_string();
-        self.images.read(move |c| {
-            c.prepare_cached("SELECT id, task_id, content_type, data FROM images WHERE id = ?1")
-                .and_then(|mut s| {
-                    s.query_row([id], |r| {
-                        Ok(ImageBlob {
-                            id: r.get(0)?,
-                            task_id: r.get(1)?,
-                            content_type: r.get(2)?,
-                            data: r.get::<_, Vec<u8>>(3)?.into(),
+        self.images
+            .read(move |c| {
+                c.prepare_cached("SELECT id, task_id, content_type, data FROM images WHERE id = ?1")
+                    .and_then(|mut s| {
+                        s.query_row([id], |r| {
+                            Ok(ImageBlob {
+                                id: r.get(0)?,
+                                task_id: r.get(1)?,
+                                content_type: r.get(2)?,
+                                data: r.get::<_, Vec<u8>>(3)?.into(),
+                            })
                         })
+                        .optional()
                     })
-                    .optional()
-                })
-                .map_err(backend)
-        })
-        .await
+                    .map_err(backend)
+            })
+            .await
     }
 
     async fn delete_images(&self, ids: &[String]) -> Result<(), StoreError> {
         let list = to_json(&ids)?;
-        self.images.write(move |c| {
-            c.execute(
-                "DELETE FROM images WHERE id IN (SELECT value FROM json_each(?1))",
-                [list],
-            )
-            .map_err(backend)?;
-            Ok(())
-        })
-        .await
+        self.images
+            .write(move |c| {
+                c.execute(
+                    "DELETE FROM images WHERE id IN (SELECT value FROM json_each(?1))",
+                    [list],
+                )
+                .map_err(backend)?;
+                Ok(())
+            })
+            .await
     }
 }
 
@@ -1170,7 +1176,8 @@ mod tests {
         {
             let old = Connection::open(dir.path().join(MAIN_FILE)).expect("open");
             old.execute_batch(SCHEMA).expect("schema");
-            old.execute_batch(IMAGES_SCHEMA).expect("legacy images table");
+            old.execute_batch(IMAGES_SCHEMA)
+                .expect("legacy images table");
             old.execute(
                 "INSERT INTO images (id, task_id, content_type, data) VALUES ('i1', 't1', 'image/png', x'89504e47')",
                 [],
@@ -1179,7 +1186,11 @@ mod tests {
         }
         for _ in 0..2 {
             let store = SqliteStore::open(dir.path(), SyncMode::Normal).expect("open store");
-            let img = store.get_image("i1").await.expect("read").expect("still there");
+            let img = store
+                .get_image("i1")
+                .await
+                .expect("read")
+                .expect("still there");
             assert_eq!(img.task_id, "t1");
             assert_eq!(img.content_type, "image/png");
             assert_eq!(&img.data[..], b"\x89PNG");

@@ -44,6 +44,10 @@ pub struct Worker {
     id: String,
     /// Tasks this process holds right now, to hand back at a shutdown deadline.
     held: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The API's runtime when the worker runs on lower-priority threads of its own beside it:
+    /// state changes are stored and announced there, so that subscribers hear of them at the
+    /// API's priority, not when a busy machine next gets round to the worker's threads.
+    foreground: std::sync::OnceLock<tokio::runtime::Handle>,
 }
 
 /// Why an attempt ended without a result to store.
@@ -78,7 +82,23 @@ impl Worker {
             cfg,
             id: format!("worker-{}", uuid::Uuid::new_v4()),
             held: Default::default(),
+            foreground: Default::default(),
         }
+    }
+
+    /// `Service::commit`, run on the foreground runtime when there is one.
+    pub(crate) async fn commit(
+        &self,
+        current: &Task,
+        next: Task,
+    ) -> Result<Option<Task>, crate::error::AppError> {
+        let Some(rt) = self.foreground.get() else {
+            return self.service.commit(current, next).await;
+        };
+        let (svc, current) = (self.service.clone(), current.clone());
+        rt.spawn(async move { svc.commit(&current, next).await })
+            .await
+            .map_err(|e| crate::error::AppError::Internal(format!("storing a task change: {e}")))?
     }
 
     fn hold(&self, id: &str, on: bool) {
@@ -110,7 +130,7 @@ impl Worker {
             }
             let now = Utc::now();
             if let Ok(next) = task.requeue(None, now, now) {
-                if let Ok(Some(_)) = self.service.commit(&task, next).await {
+                if let Ok(Some(_)) = self.commit(&task, next).await {
                     let _ = self.service.queue.enqueue(&id, None).await;
                     released += 1;
                 }
@@ -132,6 +152,9 @@ impl Worker {
         runtime: Option<&tokio::runtime::Handle>,
     ) -> tokio::task::JoinSet<()> {
         let current = tokio::runtime::Handle::current();
+        if runtime.is_some() {
+            let _ = self.foreground.set(current.clone());
+        }
         let rt = runtime.unwrap_or(&current);
         let mut set = tokio::task::JoinSet::new();
         // The loops take work only once the start-up orphan recovery is done: a task they
@@ -143,7 +166,10 @@ impl Worker {
             set.spawn_on(async move { w.run_loop(stop, ready).await }, rt);
         }
         let w = self.clone();
-        set.spawn_on(async move { reconciler::run(w, shutdown, recovered).await }, rt);
+        set.spawn_on(
+            async move { reconciler::run(w, shutdown, recovered).await },
+            rt,
+        );
         set
     }
 
@@ -203,7 +229,7 @@ impl Worker {
         let Ok(next) = task.start(&self.id, lease_until, now) else {
             return Ok(());
         };
-        let Some(running) = svc.commit(&task, next).await? else {
+        let Some(running) = self.commit(&task, next).await? else {
             tracing::debug!("another worker claimed the task first");
             return Ok(());
         };
@@ -401,7 +427,7 @@ impl Worker {
                 let Ok(next) = running.complete(images.clone(), request_id, now) else {
                     return Ok(());
                 };
-                if svc.commit(running, next).await?.is_some() {
+                if self.commit(running, next).await?.is_some() {
                     tracing::info!(images = count, "task completed");
                 } else {
                     tracing::info!("task changed during the call; dropping its images");
@@ -419,7 +445,7 @@ impl Worker {
                     let Ok(next) = running.requeue(Some(error), at, now) else {
                         return Ok(());
                     };
-                    if svc.commit(running, next).await?.is_some() {
+                    if self.commit(running, next).await?.is_some() {
                         tracing::warn!(code = %e.code, attempt = running.attempts, retry_at = %at, "attempt failed; retry scheduled");
                         svc.queue.enqueue(&running.id, Some(at)).await?;
                     }
@@ -427,7 +453,7 @@ impl Worker {
                     let Ok(next) = running.fail(error, e.request_id.clone(), now) else {
                         return Ok(());
                     };
-                    if svc.commit(running, next).await?.is_some() {
+                    if self.commit(running, next).await?.is_some() {
                         tracing::warn!(code = %e.code, attempts = running.attempts, "task failed");
                     }
                 }

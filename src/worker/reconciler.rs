@@ -55,7 +55,7 @@ async fn recover_orphans(worker: &Worker) -> Result<usize, crate::error::AppErro
         for task in batch {
             let now = Utc::now();
             if let Ok(next) = task.requeue(None, now, now) {
-                if svc.commit(&task, next).await?.is_some() {
+                if worker.commit(&task, next).await?.is_some() {
                     n += 1;
                     progressed = true;
                 }
@@ -80,7 +80,7 @@ pub async fn reconcile_once(worker: &Worker) -> Result<usize, crate::error::AppE
             }
             TaskStatus::Processing => {
                 if let Ok(next) = task.requeue(None, now, now) {
-                    if svc.commit(&task, next).await?.is_some() {
+                    if worker.commit(&task, next).await?.is_some() {
                         tracing::warn!(task_id = %task.id, owner = ?task.lease_owner, "lease expired; task requeued");
                         svc.queue.enqueue(&task.id, None).await?;
                         n += 1;
