@@ -396,6 +396,14 @@ pub async fn start_with(
             http::ops_router(state)
         };
         let stop = shutdown.clone();
+        // Small writes go out at once: a subscription's messages are small, and with Nagle's
+        // algorithm one sent while the previous is unacknowledged waits for the client's
+        // (delayed) ACK, up to 40 ms on Linux.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY not set");
+            }
+        });
         Some(tokio::spawn(async move {
             axum::serve(listener, router)
                 .with_graceful_shutdown(async move { stop.cancelled().await })

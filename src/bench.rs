@@ -521,6 +521,10 @@ pub async fn http(a: HttpArgs) -> Result<Vec<(Measure, Option<(String, f64)>)>, 
             axum::Json(json!({"success": true, "data": {"status": "pending"}}))
         }),
     );
+    // TCP_NODELAY as the service sets it.
+    let floor_listener = axum::serve::ListenerExt::tap_io(floor_listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     tokio::spawn(async move {
         let _ = axum::serve(floor_listener, floor_app).await;
     });
