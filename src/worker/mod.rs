@@ -143,9 +143,9 @@ impl Worker {
         &self.id
     }
 
-    /// Starts the processing loops and the reconciler; they stop taking work when `shutdown` is
-    /// cancelled and finish the attempt in hand.
-    /// Starts the worker's loops and reconciler, on `runtime` if given (else the current one).
+    /// Starts the processing loops and the reconciler, on `runtime` if given (else the current
+    /// one, which then also stores the task changes: see `foreground`); they stop taking work
+    /// when `shutdown` is cancelled and finish the attempt in hand.
     pub fn spawn(
         self: Arc<Self>,
         shutdown: CancellationToken,
