@@ -101,16 +101,7 @@ impl UnderTest {
             .await
             .map_err(|e| e.to_string())?;
         let base = running.public_base.clone();
-        let user: Value = client
-            .post(format!("{base}/api/v1/users"))
-            .json(&json!({"email": "bench@example.com", "name": "Bench"}))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
-        let user = user["data"]["id"].as_str().ok_or("no user id")?.to_string();
+        let user = create_user(client, &base).await?;
         Ok(UnderTest {
             running,
             base,
@@ -228,14 +219,7 @@ pub async fn pipeline(a: PipelineArgs) -> Result<PipelineReport, String> {
     let mut last_report = Instant::now();
     let bar = crate::progress::bar(a.tasks as u64, "completed");
     let (completed, failed) = loop {
-        let stats: Value = http
-            .get(format!("{base}/api/v1/queue/stats"))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
+        let stats = json_answer(http.get(format!("{base}/api/v1/queue/stats"))).await?;
         let by = &stats["data"]["by_status"];
         let (done, failed) = (
             by["completed"].as_u64().unwrap_or(0),
@@ -479,6 +463,26 @@ where
     Ok(summarize(name, all, started.elapsed()))
 }
 
+/// Sends a request and reads its JSON answer.
+async fn json_answer(req: reqwest::RequestBuilder) -> Result<Value, String> {
+    req.send()
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Creates the user a benchmark's tasks belong to; returns its id.
+async fn create_user(http: &reqwest::Client, base: &str) -> Result<String, String> {
+    let user = json_answer(
+        http.post(format!("{base}/api/v1/users"))
+            .json(&json!({"email": "bench@example.com", "name": "Bench"})),
+    )
+    .await?;
+    Ok(user["data"]["id"].as_str().ok_or("no user id")?.to_string())
+}
+
 async fn expect_status(
     r: Result<reqwest::Response, reqwest::Error>,
     want: u16,
@@ -632,15 +636,12 @@ pub async fn http(a: HttpArgs) -> Result<Vec<(Measure, Option<(String, f64)>)>, 
             started.elapsed().as_secs_f64()
         );
     } else {
-        let task: Value = client
-            .post(format!("{base}/api/v1/ai/image/task"))
-            .json(&json!({"prompt": "polled", "user_id": user}))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
+        let task = json_answer(
+            client
+                .post(format!("{base}/api/v1/ai/image/task"))
+                .json(&json!({"prompt": "polled", "user_id": user})),
+        )
+        .await?;
         ids.push(
             task["data"]["task_id"]
                 .as_str()

@@ -25,6 +25,19 @@ async fn emulator(cfg: EmulatorConfig) -> (Emulator, String, CancellationToken) 
     (emu, format!("http://{addr}"), stop)
 }
 
+/// A successful generation call to the emulator at `url`; its JSON answer.
+async fn generate(http: &reqwest::Client, url: &str, body: serde_json::Value) -> serde_json::Value {
+    let r = http
+        .post(format!("{url}/api/v3/images/generations"))
+        .bearer_auth(KEY)
+        .json(&body)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 200, "{body}");
+    r.json().await.expect("json")
+}
+
 fn emu_cfg() -> EmulatorConfig {
     EmulatorConfig {
         latency: Duration::from_millis(50),
@@ -209,17 +222,13 @@ async fn emulator_speaks_arks_error_bodies() {
             .as_str()
             .is_some_and(|m| m.ends_with(&format!("Request id: {rid}"))));
     }
-    let r: serde_json::Value = http
-        .post(&gen)
-        .bearer_auth(KEY)
-        .json(&json!({"model": "doubao-seedream-4-0-250828", "prompt": "x", "size": "1K",
-                      "sequential_image_generation": "auto", "sequential_image_generation_options": {"max_images": 3}}))
-        .send()
-        .await
-        .expect("post")
-        .json()
-        .await
-        .expect("json");
+    let r = generate(
+        &http,
+        &url,
+        json!({"model": "doubao-seedream-4-0-250828", "prompt": "x", "size": "1K",
+               "sequential_image_generation": "auto", "sequential_image_generation_options": {"max_images": 3}}),
+    )
+    .await;
     assert_eq!(r["data"].as_array().map(Vec::len), Some(3));
     assert_eq!(r["data"][0]["size"], "1024x1024");
     assert_eq!(r["usage"]["generated_images"], 3);
@@ -445,19 +454,13 @@ async fn reused_images_are_one_png_per_size() {
         let http = reqwest::Client::new();
         let mut urls = Vec::new();
         for prompt in ["a cat", "a dog", "a boat"] {
-            let r: serde_json::Value = http
-                .post(format!("{url}/api/v3/images/generations"))
-                .bearer_auth(KEY)
-                .json(
-                    &json!({"model": "doubao-seedream-3-0-t2i-250415", "prompt": prompt,
-                              "size": "512x512"}),
-                )
-                .send()
-                .await
-                .expect("post")
-                .json()
-                .await
-                .expect("json");
+            let r = generate(
+                &http,
+                &url,
+                json!({"model": "doubao-seedream-3-0-t2i-250415", "prompt": prompt,
+                       "size": "512x512"}),
+            )
+            .await;
             urls.push(r["data"][0]["url"].as_str().expect("url").to_string());
         }
         let fetches = urls.iter().map(|u| {

@@ -120,6 +120,13 @@ async fn users_crud_with_case_insensitive_unique_email() {
         )
         .await;
     assert_eq!(status, 201, "{task}");
+    let done = s
+        .wait_terminal(task["data"]["task_id"].as_str().expect("task id"))
+        .await;
+    let image = done["result"]["image_url"]
+        .as_str()
+        .expect("image url")
+        .to_string();
     let (status, upd) = s
         .send(
             s.http
@@ -146,6 +153,11 @@ async fn users_crud_with_case_insensitive_unique_email() {
     assert_eq!(status, 200);
     let (status, gone) = s.get(&format!("/api/v1/users/{other}")).await;
     assert_eq!((status, gone["code"].clone()), (404, json!("NOT_FOUND")));
+    assert_eq!(
+        s.http.get(&image).send().await.expect("image").status(),
+        404,
+        "a deleted user's images go with it"
+    );
     let (status, refused) = s
         .post(
             "/api/v1/ai/image/task",

@@ -88,20 +88,19 @@ pub struct Lag {
     pub p99_at_most: f64,
 }
 
-/// Reads histogram `name` from a Prometheus text exposition; `labels` as rendered before `le`
-/// (e.g. `status="completed",`), empty for none.
+/// Reads histogram `name` from a Prometheus text exposition; `labels` as rendered (e.g.
+/// `status="completed"`), empty for none.
 pub fn histogram(text: &str, name: &str, labels: &str) -> Option<Lag> {
+    let (series, bucket_prefix) = match labels {
+        "" => (String::new(), format!("{name}_bucket{{le=\"")),
+        l => (format!("{{{l}}}"), format!("{name}_bucket{{{l},le=\"")),
+    };
     let value = |suffix: &str| {
-        let series = match labels {
-            "" => format!("{name}{suffix} "),
-            l => format!("{name}{suffix}{{{}}} ", l.trim_end_matches(',')),
-        };
         text.lines()
-            .find_map(|l| l.strip_prefix(&series))
+            .find_map(|l| l.strip_prefix(&format!("{name}{suffix}{series} ")))
             .and_then(|v| v.trim().parse::<f64>().ok())
     };
     let (sum, count) = (value("_sum")?, value("_count")?);
-    let bucket_prefix = format!("{name}_bucket{{{labels}le=\"");
     let buckets: Vec<(f64, f64)> = text
         .lines()
         .filter_map(|l| l.strip_prefix(&bucket_prefix))
@@ -162,27 +161,29 @@ pub fn rss_kib(pid: u32) -> Result<u64, String> {
         .ok_or_else(|| format!("no VmRSS in /proc/{pid}/status"))
 }
 
-/// CPU time (user + system) a process has used so far: `/proc/<pid>/stat`, or `self`.
+/// The name and CPU time (user + system) in a `/proc/.../stat` line: the name is in parentheses
+/// and may hold spaces; utime and stime are the 14th and 15th fields, in clock ticks.
+fn parse_stat(stat: &str) -> Option<(&str, Duration)> {
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let fields: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+    // SAFETY: sysconf only reads a system constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let cpu = (ticks(11)? + ticks(12)?) as f64 / hz;
+    Some((stat.get(open + 1..close)?, Duration::from_secs_f64(cpu)))
+}
+
+/// CPU time (user + system) a process has used so far, its ended threads included:
+/// `/proc/<pid>/stat`, or `self`.
 pub fn cpu_time(pid: Option<u32>) -> Result<Duration, String> {
     let path = match pid {
         Some(p) => format!("/proc/{p}/stat"),
         None => "/proc/self/stat".into(),
     };
     let stat = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
-    // Fields after the command name (which is in parentheses and may hold spaces); utime and
-    // stime are the 14th and 15th fields of the line, in clock ticks.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .ok_or_else(|| format!("unexpected {path}"))?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
-    let (Some(user), Some(system)) = (ticks(11), ticks(12)) else {
-        return Err(format!("no utime/stime in {path}"));
-    };
-    // SAFETY: sysconf only reads a system constant.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Ok(Duration::from_secs_f64((user + system) as f64 / hz))
+    parse_stat(&stat)
+        .map(|(_, cpu)| cpu)
+        .ok_or_else(|| format!("no utime/stime in {path}"))
 }
 
 /// CPU time of a process's live threads, summed by thread name (`tokio-rt-worker`, `worker`,
@@ -192,26 +193,13 @@ pub fn cpu_by_thread(pid: u32) -> Result<std::collections::BTreeMap<String, Dura
     let mut out = std::collections::BTreeMap::new();
     for entry in std::fs::read_dir(&dir).map_err(|e| format!("{dir}: {e}"))? {
         let Ok(entry) = entry else { continue };
-        let path = entry.path().join("stat");
         // A thread may have ended since the listing.
-        let Ok(stat) = std::fs::read_to_string(&path) else {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
             continue;
         };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let name = stat[open + 1..close].to_string();
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        // SAFETY: sysconf only reads a system constant.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        *out.entry(name).or_default() +=
-            Duration::from_secs_f64((ticks(11) + ticks(12)) as f64 / hz);
+        if let Some((name, cpu)) = parse_stat(&stat) {
+            *out.entry(name.to_string()).or_default() += cpu;
+        }
     }
     Ok(out)
 }
@@ -219,6 +207,8 @@ pub fn cpu_by_thread(pid: u32) -> Result<std::collections::BTreeMap<String, Dura
 /// The service as a child process on a free port, killed when dropped.
 struct Child {
     process: tokio::process::Child,
+    addr: SocketAddr,
+    /// `http://{addr}`.
     base: String,
     dir: std::path::PathBuf,
 }
@@ -238,16 +228,15 @@ impl Child {
         let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
         // The port is free now; the child binds it a moment later (a race only with another
         // process binding the same random port in between).
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
-            .map_err(|e| e.to_string())?
-            .port();
+            .map_err(|e| e.to_string())?;
         let dir = std::env::temp_dir().join(format!("vas-bench-{}", uuid::Uuid::new_v4()));
         let mut cmd = tokio::process::Command::new(exe);
         cmd.args(args)
             .current_dir(std::env::temp_dir())
             .env("HOST", "127.0.0.1")
-            .env("PORT", port.to_string())
+            .env("PORT", addr.port().to_string())
             .env("DATA_DIR", &dir)
             .env("LOG_LEVEL", "warn")
             .stdout(std::process::Stdio::null())
@@ -256,8 +245,12 @@ impl Child {
             cmd.env(k, v);
         }
         let process = cmd.spawn().map_err(|e| format!("start the service: {e}"))?;
-        let base = format!("http://127.0.0.1:{port}");
-        Ok(Child { process, base, dir })
+        Ok(Child {
+            process,
+            addr,
+            base: format!("http://{addr}"),
+            dir,
+        })
     }
 
     fn pid(&self) -> Result<u32, String> {
@@ -496,16 +489,7 @@ pub async fn subscribe(a: SubscribeArgs) -> Result<SubscribeReport, String> {
             .map_err(|e| e.to_string())?;
         child.wait_ready(&http).await?;
         let base = child.base.clone();
-        let user: Value = http
-            .post(format!("{base}/api/v1/users"))
-            .json(&json!({"email": "bench@example.com", "name": "Bench"}))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
-        let user = user["data"]["id"].as_str().ok_or("no user id")?.to_string();
+        let user = super::create_user(&http, &base).await?;
         let ids = Arc::new(std::sync::Mutex::new(vec![String::new(); tasks]));
         {
             let (http, base, user, ids) = (http.clone(), base.clone(), user.clone(), ids.clone());
@@ -542,14 +526,7 @@ pub async fn subscribe(a: SubscribeArgs) -> Result<SubscribeReport, String> {
         // subscribers' only.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let stats: Value = http
-                .get(format!("{base}/api/v1/queue/stats"))
-                .send()
-                .await
-                .map_err(|e| e.to_string())?
-                .json()
-                .await
-                .map_err(|e| e.to_string())?;
+            let stats = super::json_answer(http.get(format!("{base}/api/v1/queue/stats"))).await?;
             let processing = stats["data"]["by_status"]["processing"]
                 .as_u64()
                 .unwrap_or(0);
@@ -565,11 +542,7 @@ pub async fn subscribe(a: SubscribeArgs) -> Result<SubscribeReport, String> {
         let pid = child.pid()?;
         let rss_before_kib = rss_kib(pid)?;
 
-        let addr: SocketAddr = base
-            .trim_start_matches("http://")
-            .parse()
-            .map_err(|e| format!("service address: {e}"))?;
-        let crowd = Crowd::connect(pid, addr, &ids, &a).await?;
+        let crowd = Crowd::connect(pid, child.addr, &ids, &a).await?;
         // Let the service settle (buffers allocated on the first message, then reused).
         tokio::time::sleep(Duration::from_millis(500)).await;
         let rss_after_kib = rss_kib(pid)?;
@@ -589,7 +562,7 @@ pub async fn subscribe(a: SubscribeArgs) -> Result<SubscribeReport, String> {
             .await
             .map_err(|e| e.to_string())?;
         let lags = (
-            histogram(&metrics, "task_event_lag_seconds", "status=\"completed\","),
+            histogram(&metrics, "task_event_lag_seconds", "status=\"completed\""),
             histogram(&metrics, "subscription_update_lag_seconds", ""),
         );
         Ok((connect_time, rss_before_kib, rss_after_kib, service, lags))
@@ -620,13 +593,8 @@ async fn floor(a: &SubscribeArgs, spread: Duration) -> Result<Delivery, String> 
     let result = async {
         let http = reqwest::Client::new();
         child.wait_ready(&http).await?;
-        let addr: SocketAddr = child
-            .base
-            .trim_start_matches("http://")
-            .parse()
-            .map_err(|e| format!("floor address: {e}"))?;
         let ids: Vec<String> = (0..a.tasks.max(1)).map(|k| format!("floor-{k}")).collect();
-        let crowd = Crowd::connect(child.pid()?, addr, &ids, a).await?;
+        let crowd = Crowd::connect(child.pid()?, child.addr, &ids, a).await?;
         eprintln!("bench: the same subscribers on the delivery floor; its burst");
         expect_status(
             http.post(format!("{}/burst", child.base))
@@ -643,6 +611,23 @@ async fn floor(a: &SubscribeArgs, spread: Duration) -> Result<Delivery, String> 
     result
 }
 
+/// CPU used so far by the server (in all and by thread name) and by this process.
+struct Cpu {
+    server: Duration,
+    client: Duration,
+    threads: std::collections::BTreeMap<String, Duration>,
+}
+
+impl Cpu {
+    fn now(server: u32) -> Result<Cpu, String> {
+        Ok(Cpu {
+            server: cpu_time(Some(server))?,
+            client: cpu_time(None)?,
+            threads: cpu_by_thread(server)?,
+        })
+    }
+}
+
 /// Subscribers connected, each waiting for its task's terminal state.
 struct Crowd {
     set: tokio::task::JoinSet<Result<Seen, String>>,
@@ -650,8 +635,7 @@ struct Crowd {
     connect_time: Duration,
     all_connected_at: SystemTime,
     /// CPU used by the server and by this process when the last subscriber had connected.
-    cpu_at_connected: (Duration, Duration),
-    threads_at_connected: std::collections::BTreeMap<String, Duration>,
+    cpu_at_connected: Cpu,
     server: u32,
     held: Held,
 }
@@ -703,8 +687,7 @@ impl Crowd {
             done,
             connect_time: started.elapsed(),
             all_connected_at: SystemTime::now(),
-            cpu_at_connected: (cpu_time(Some(server))?, cpu_time(None)?),
-            threads_at_connected: cpu_by_thread(server)?,
+            cpu_at_connected: Cpu::now(server)?,
             server,
             held,
         })
@@ -714,42 +697,26 @@ impl Crowd {
     async fn collect(mut self, wait: Duration) -> Result<Delivery, String> {
         let set = &mut self.set;
         let (held, server) = (self.held.clone(), self.server);
-        let mut cpu = None;
         let collected = tokio::time::timeout(wait, async {
             // The CPU of the delivery only: the sockets close after the last answer.
             tokio::select! {
                 _ = held.1.cancelled() => {}
                 _ = self.done.cancelled() => {}
             }
-            cpu = Some((
-                cpu_time(Some(server))?,
-                cpu_time(None)?,
-                cpu_by_thread(server)?,
-            ));
+            let cpu = Cpu::now(server)?;
             let mut seen = Vec::new();
             while let Some(r) = set.join_next().await {
                 seen.push(r.map_err(|e| e.to_string())??);
             }
-            Ok::<_, String>(seen)
+            Ok::<_, String>((cpu, seen))
         })
         .await;
-        let (server_cpu, client_cpu, threads) = cpu.unwrap_or_else(|| {
-            let (s, c) = self.cpu_at_connected;
-            (s, c, self.threads_at_connected.clone())
-        });
-        let server_threads = threads
-            .into_iter()
-            .map(|(name, t)| {
-                let before = self.threads_at_connected.get(&name).copied();
-                (name, t.saturating_sub(before.unwrap_or_default()))
-            })
-            .filter(|(_, t)| !t.is_zero())
-            .collect();
         self.done.cancel();
-        let seen = match collected {
-            Ok(s) => s?,
+        let (cpu, seen) = match collected {
+            Ok(r) => r?,
             Err(_) => return Err(format!("not every subscriber finished within {wait:?}")),
         };
+        let before = &self.cpu_at_connected;
         let mut delays = Vec::with_capacity(seen.len());
         let (mut early, mut first_update, mut last_update) = (0, None, None);
         for (arrived, updated) in seen.iter().filter_map(|s| s.completed) {
@@ -771,9 +738,17 @@ impl Crowd {
                 (Some(f), Some(l)) => l.duration_since(f).unwrap_or_default(),
                 _ => Duration::ZERO,
             },
-            server_cpu: server_cpu.saturating_sub(self.cpu_at_connected.0),
-            client_cpu: client_cpu.saturating_sub(self.cpu_at_connected.1),
-            server_threads,
+            server_cpu: cpu.server.saturating_sub(before.server),
+            client_cpu: cpu.client.saturating_sub(before.client),
+            server_threads: cpu
+                .threads
+                .into_iter()
+                .map(|(name, t)| {
+                    let earlier = before.threads.get(&name).copied().unwrap_or_default();
+                    (name, t.saturating_sub(earlier))
+                })
+                .filter(|(_, t)| !t.is_zero())
+                .collect(),
         })
     }
 }
@@ -859,4 +834,48 @@ pub fn print_subscribe(r: &SubscribeReport) {
         ratio(sv.delay_p50, fl.delay_p50),
         ratio(sv.delay_p99, fl.delay_p99)
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_histogram_with_and_without_labels() {
+        let text = "\
+# TYPE lag histogram
+lag_bucket{status=\"completed\",le=\"0.01\"} 2
+lag_bucket{status=\"completed\",le=\"0.1\"} 9
+lag_bucket{status=\"completed\",le=\"+Inf\"} 10
+lag_sum{status=\"completed\"} 0.5
+lag_count{status=\"completed\"} 10
+lag_bucket{status=\"pending\",le=\"0.01\"} 1
+lag_bucket{status=\"pending\",le=\"+Inf\"} 1
+lag_sum{status=\"pending\"} 0.001
+lag_count{status=\"pending\"} 1
+plain_bucket{le=\"0.5\"} 4
+plain_bucket{le=\"+Inf\"} 4
+plain_sum 1
+plain_count 4
+";
+        let l = histogram(text, "lag", "status=\"completed\"").expect("completed series");
+        assert_eq!(l.count, 10);
+        assert_eq!(l.mean, Duration::from_millis(50));
+        assert_eq!((l.p50_at_most, l.p99_at_most), (0.1, f64::INFINITY));
+        let p = histogram(text, "plain", "").expect("unlabelled series");
+        assert_eq!((p.count, p.p99_at_most), (4, 0.5));
+        assert!(histogram(text, "lag", "status=\"failed\"").is_none());
+    }
+
+    #[test]
+    fn reads_a_stat_line_whose_name_has_spaces_and_parentheses() {
+        // Fields after the name: state, then 10 more, then utime (14th) and stime (15th).
+        let line = "42 (a (b) c) S 1 2 3 4 5 6 7 8 9 10 300 200 0 0";
+        let (name, cpu) = parse_stat(line).expect("parsed");
+        assert_eq!(name, "a (b) c");
+        // SAFETY: sysconf only reads a system constant.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        assert_eq!(cpu, Duration::from_secs_f64(500.0 / hz));
+        assert!(parse_stat("42 (x) S 1").is_none());
+    }
 }

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
-/// A task's terminal `next` message, shared by its subscribers.
+/// A task's terminal state (the `data` of a `next` message), rendered once for its subscribers.
 type Update = Arc<str>;
 
 #[derive(Default)]
@@ -124,8 +124,9 @@ async fn serve_socket(floor: Arc<Floor>, mut socket: WebSocket) {
         tokio::select! {
             update = updates.recv() => {
                 let Ok(update) = update else { return };
+                let next = format!(r#"{{"id":"{id}","type":"next","payload":{{"data":{update}}}}}"#);
                 let sent = async {
-                    sink.feed(Message::Text(update.as_ref().into())).await?;
+                    sink.feed(Message::Text(next.into())).await?;
                     sink.feed(Message::Text(complete.as_str().into())).await?;
                     sink.flush().await
                 };
@@ -157,7 +158,7 @@ async fn burst(State(floor): State<Arc<Floor>>, Json(b): Json<Burst>) -> StatusC
         for (k, (task, tx)) in tasks.into_iter().enumerate() {
             tokio::time::sleep_until(start + spread * k as u32 / n).await;
             let update = format!(
-                r#"{{"id":"1","type":"next","payload":{{"data":{{"taskUpdated":{{"id":"{task}","status":"COMPLETED","version":3,"updatedAt":"{}"}}}}}}}}"#,
+                r#"{{"taskUpdated":{{"id":"{task}","status":"COMPLETED","version":3,"updatedAt":"{}"}}}}"#,
                 now()
             );
             let _ = tx.send(update.into());

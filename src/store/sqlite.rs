@@ -52,6 +52,12 @@ struct Lane {
     path: PathBuf,
 }
 
+/// Which column of `images` a deletion matches.
+enum ImageKey {
+    Id,
+    Task,
+}
+
 /// File names in the data folder.
 const MAIN_FILE: &str = "volcengine-ai-server.sqlite3";
 const IMAGES_FILE: &str = "volcengine-ai-server-images.sqlite3";
@@ -553,19 +559,21 @@ impl SqliteStore {
         &self.main.path
     }
 
-    /// Deletes the images of these tasks.
-    async fn delete_images_of(&self, tasks: Vec<String>) -> Result<(), StoreError> {
-        if tasks.is_empty() {
+    /// Deletes the images whose `id`, or whose `task_id`, is one of `keys`.
+    async fn delete_images_by(&self, by: ImageKey, keys: &[String]) -> Result<(), StoreError> {
+        if keys.is_empty() {
             return Ok(());
         }
-        let list = to_json(&tasks)?;
+        let list = to_json(&keys)?;
+        let sql = match by {
+            ImageKey::Id => "DELETE FROM images WHERE id IN (SELECT value FROM json_each(?1))",
+            ImageKey::Task => {
+                "DELETE FROM images WHERE task_id IN (SELECT value FROM json_each(?1))"
+            }
+        };
         self.images
             .write(move |c| {
-                c.execute(
-                    "DELETE FROM images WHERE task_id IN (SELECT value FROM json_each(?1))",
-                    [list],
-                )
-                .map_err(backend)?;
+                c.execute(sql, [list]).map_err(backend)?;
                 Ok(())
             })
             .await
@@ -746,7 +754,7 @@ impl Store for SqliteStore {
                 rows.collect::<Result<_, _>>().map_err(backend)
             })
             .await?;
-        self.delete_images_of(tasks).await?;
+        self.delete_images_by(ImageKey::Task, &tasks).await?;
         self.write(move |c| {
             c.execute("DELETE FROM tasks WHERE user_id = ?1", [&id])
                 .map_err(backend)?;
@@ -967,7 +975,8 @@ impl Store for SqliteStore {
 
     async fn delete_task(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_string();
-        self.delete_images_of(vec![id.clone()]).await?;
+        self.delete_images_by(ImageKey::Task, std::slice::from_ref(&id))
+            .await?;
         self.write(move |c| {
             let n = c
                 .execute("DELETE FROM tasks WHERE id = ?1", [&id])
@@ -1150,17 +1159,7 @@ impl Store for SqliteStore {
     }
 
     async fn delete_images(&self, ids: &[String]) -> Result<(), StoreError> {
-        let list = to_json(&ids)?;
-        self.images
-            .write(move |c| {
-                c.execute(
-                    "DELETE FROM images WHERE id IN (SELECT value FROM json_each(?1))",
-                    [list],
-                )
-                .map_err(backend)?;
-                Ok(())
-            })
-            .await
+        self.delete_images_by(ImageKey::Id, ids).await
     }
 }
 
