@@ -501,6 +501,15 @@ async fn a_redis_restart_under_subscribers_still_delivers_terminal_states() {
     let _worker = d.worker();
     let http = reqwest::Client::new();
     let user = create_user(&http, &api).await;
+    // Every change of the user's tasks, across the restart: what the relay lost while Redis was
+    // down is re-read from the store.
+    let mut all = WsClient::connect(&api, "/graphql/ws", Proto::TransportWs).await;
+    all.subscribe(
+        "all",
+        "subscription($u: ID) { tasksUpdated(userId: $u) { id status } }",
+        json!({"u": user}),
+    )
+    .await;
     let mut ids = Vec::new();
     for i in 0..5 {
         ids.push(create_task(&http, &api, &user, &format!("restart {i}")).await);
@@ -529,8 +538,19 @@ async fn a_redis_restart_under_subscribers_still_delivers_terminal_states() {
             }
         }
     }
+    let mut completed = HashSet::new();
+    while completed.len() < ids.len() {
+        match all.next_event().await {
+            WsEvent::Next { data, .. } if data["tasksUpdated"]["status"] == "COMPLETED" => {
+                let id = data["tasksUpdated"]["id"].as_str().unwrap_or_default();
+                assert!(completed.insert(id.to_string()), "{id} COMPLETED twice");
+            }
+            WsEvent::Next { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
     eprintln!(
-        "Redis killed and restarted (1s down) under 5 subscribers: all got COMPLETED within {:.2}s of the kill",
+        "Redis killed and restarted (1s down) under 5 subscribers and a tasksUpdated: all got COMPLETED within {:.2}s of the kill",
         restarted_at.elapsed().as_secs_f64()
     );
     wait_all_completed(&http, &api, &ids).await;
@@ -841,4 +861,66 @@ fn bench_http_distributed_smoke_run() {
     ] {
         assert!(stdout.contains(row), "{row} missing: {stdout}");
     }
+}
+
+/// Tasks written by a version without change times get them at connect, so `tasksUpdated` can
+/// re-read them after a gap.
+#[tokio::test]
+async fn tasks_of_an_earlier_version_get_change_times_at_connect() {
+    use volcengine_ai_server::domain::{ImageParams, Task};
+    use volcengine_ai_server::store::mongo::{MongoOptions, MongoStore};
+    use volcengine_ai_server::store::{ChangeCursor, Store};
+
+    let (mongo, _) = services();
+    let database = unique_name();
+    let at = |s: &str| s.parse::<chrono::DateTime<chrono::Utc>>().expect("time");
+    let mut old = Task::new_pending(
+        "u1".into(),
+        "m".into(),
+        "p".into(),
+        ImageParams::default(),
+        None,
+        at("2026-01-02T03:04:05.678901Z"),
+    );
+    old.id = "t-old".into();
+    let client = mongodb::Client::with_uri_str(&mongo).await.expect("client");
+    let mut raw = mongodb::bson::to_document(&old).expect("bson");
+    raw.insert("_id", old.id.clone());
+    client
+        .database(&database)
+        .collection::<mongodb::bson::Document>("tasks")
+        .insert_one(raw)
+        .await
+        .expect("insert an old task");
+
+    let store = MongoStore::connect(MongoOptions {
+        url: &mongo,
+        database: &database,
+        majority_writes: false,
+        timeout: Duration::from_secs(10),
+        write_locks: None,
+    })
+    .await
+    .expect("connect");
+    let mut newer = old.clone();
+    newer.id = "t-new".into();
+    newer.updated_at = at("2026-01-02T03:04:07Z");
+    store.insert_task(&newer).await.expect("insert");
+    let ids = |ts: Vec<Task>| ts.into_iter().map(|t| t.id).collect::<Vec<_>>();
+    let all = store
+        .tasks_changed(Some("u1"), &ChangeCursor::default(), 10)
+        .await
+        .expect("read");
+    assert_eq!(ids(all), ["t-old", "t-new"]);
+    let after_old = store
+        .tasks_changed(None, &ChangeCursor::of(&old), 10)
+        .await
+        .expect("read");
+    assert_eq!(ids(after_old), ["t-new"]);
+    let none = store
+        .tasks_changed(Some("u2"), &ChangeCursor::default(), 10)
+        .await
+        .expect("read");
+    assert!(none.is_empty());
+    let _ = client.database(&database).drop().await;
 }

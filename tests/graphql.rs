@@ -3,17 +3,23 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use common::{Proto, TestServer, WsClient, WsEvent, TASK_UPDATED};
+use futures::stream::BoxStream;
 use serde_json::{json, Value};
 
 use volcengine_ai_server::app::Backends;
 use volcengine_ai_server::domain::{ApiKey, Task, TaskStatus, User};
-use volcengine_ai_server::store::{ImageBlob, InsertOutcome, Store, StoreError, TaskQuery};
+use volcengine_ai_server::events::memory::MemoryEvents;
+use volcengine_ai_server::events::{Channel, Event, Events, EventsError};
+use volcengine_ai_server::store::{
+    ChangeCursor, ImageBlob, InsertOutcome, Store, StoreError, TaskQuery,
+};
 
 const CREATE_USER: &str =
     "mutation($email: String!) { createUser(input: {email: $email, name: \"GraphQL User\"}) { id email name } }";
@@ -526,6 +532,14 @@ impl Store for Counting {
     async fn list_tasks(&self, q: &TaskQuery) -> Result<Vec<Task>, StoreError> {
         self.inner.list_tasks(q).await
     }
+    async fn tasks_changed(
+        &self,
+        u: Option<&str>,
+        a: &ChangeCursor,
+        l: usize,
+    ) -> Result<Vec<Task>, StoreError> {
+        self.inner.tasks_changed(u, a, l).await
+    }
     async fn count_tasks(&self, u: Option<&str>, s: Option<TaskStatus>) -> Result<u64, StoreError> {
         self.inner.count_tasks(u, s).await
     }
@@ -647,4 +661,149 @@ async fn an_oversized_graphql_body_is_413_and_changes_nothing() {
     assert_eq!(status, 413, "{r}");
     assert_eq!(r["errors"][0]["extensions"]["code"], "BAD_USER_INPUT");
     assert_eq!(s.stats_total().await, 0);
+}
+
+/// An event bus that loses everything published while `losing` is set: what a Redis restart or a
+/// subscriber far behind does to events.
+struct Lossy {
+    inner: Arc<MemoryEvents>,
+    losing: AtomicBool,
+}
+
+#[async_trait]
+impl Events for Lossy {
+    fn kind(&self) -> &'static str {
+        "lossy"
+    }
+    async fn ping(&self) -> Result<(), EventsError> {
+        self.inner.ping().await
+    }
+    async fn publish(&self, task: &Task) -> Result<(), EventsError> {
+        if self.losing.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.inner.publish(task).await
+    }
+    async fn subscribe(&self, channel: Channel) -> Result<BoxStream<'static, Event>, EventsError> {
+        self.inner.subscribe(channel).await
+    }
+}
+
+async fn lossy_server(resync: Duration) -> (TestServer, Arc<Lossy>) {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut cfg = common::test_config(dir.path());
+    cfg.subscription_resync = resync;
+    let inner = common::backends(&mut cfg).await;
+    let lossy = Arc::new(Lossy {
+        inner: Arc::new(MemoryEvents::new()),
+        losing: AtomicBool::new(false),
+    });
+    let backends = Backends {
+        events: lossy.clone(),
+        ..inner
+    };
+    (TestServer::start_on(cfg, backends, dir).await, lossy)
+}
+
+/// Opens `tasksUpdated` for `user` and waits until a probe task's first change arrives on it.
+async fn live_tasks_updated(s: &TestServer, user: &str) -> (WsClient, String) {
+    let mut ws = WsClient::connect(&s.base, "/graphql/ws", Proto::TransportWs).await;
+    ws.subscribe(
+        "u",
+        "subscription($u: ID) { tasksUpdated(userId: $u) { id status version } }",
+        json!({"u": user}),
+    )
+    .await;
+    let probe = gql_task(s, user, "probe").await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    loop {
+        match ws.next_event().await {
+            WsEvent::Next { data, .. } if data["tasksUpdated"]["id"] == probe.as_str() => break,
+            WsEvent::Next { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    s.wait_terminal(&probe).await;
+    (ws, probe)
+}
+
+/// Reads `tasksUpdated` until `id` arrives with `status`, checking on the way that no task's
+/// version is ever sent twice or out of order.
+async fn until_status(
+    ws: &mut WsClient,
+    versions: &mut HashMap<String, i64>,
+    id: &str,
+    status: &str,
+) {
+    loop {
+        match ws.next_event().await {
+            WsEvent::Next { data, .. } => {
+                let t = &data["tasksUpdated"];
+                let tid = t["id"].as_str().expect("id").to_string();
+                let v = t["version"].as_i64().expect("version");
+                let last = versions.insert(tid.clone(), v).unwrap_or(0);
+                assert!(v > last, "task {tid}: version {v} after {last}");
+                if tid == id && t["status"] == status {
+                    return;
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn tasks_updated_re_reads_the_store_after_a_gap() {
+    // No quiet-spell re-reads in this test: only the gap can bring the lost changes back.
+    let (s, bus) = lossy_server(Duration::from_secs(3600)).await;
+    let user = gql_user(&s, "gap@example.com").await;
+    let (mut ws, probe) = live_tasks_updated(&s, &user).await;
+    let mut versions = HashMap::new();
+    until_status(&mut ws, &mut versions, &probe, "COMPLETED").await;
+
+    bus.losing.store(true, Ordering::SeqCst);
+    let lost = gql_task(&s, &user, "made while the bus lost everything").await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    s.wait_terminal(&lost).await;
+    assert!(
+        ws.quiet_for(Duration::from_millis(300)).await.is_none(),
+        "the changes were lost, so nothing arrived yet"
+    );
+
+    bus.losing.store(false, Ordering::SeqCst);
+    bus.inner.gap_all().expect("gap");
+    until_status(&mut ws, &mut versions, &lost, "COMPLETED").await;
+
+    // Live events flow on afterwards, and nothing re-read is sent a second time.
+    let after = gql_task(&s, &user, "after the gap").await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    until_status(&mut ws, &mut versions, &after, "COMPLETED").await;
+}
+
+#[tokio::test]
+async fn tasks_updated_finds_lost_changes_when_quiet() {
+    let (s, bus) = lossy_server(Duration::from_millis(500)).await;
+    let user = gql_user(&s, "quiet@example.com").await;
+    let (mut ws, probe) = live_tasks_updated(&s, &user).await;
+    let mut versions = HashMap::new();
+    until_status(&mut ws, &mut versions, &probe, "COMPLETED").await;
+
+    // Lost without any sign of a gap: a publish that never reached the bus.
+    bus.losing.store(true, Ordering::SeqCst);
+    let lost = gql_task(&s, &user, "never published").await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    until_status(&mut ws, &mut versions, &lost, "COMPLETED").await;
+    assert_eq!(
+        versions.get(&probe).copied(),
+        Some(3),
+        "the probe's three versions were each sent once"
+    );
 }

@@ -3,6 +3,7 @@
 //! `graphql-transport-ws` and the legacy `graphql-ws` subprotocols.
 
 pub mod error;
+mod follow;
 pub mod loader;
 pub mod parse_cache;
 pub mod schema;

@@ -2,11 +2,10 @@
 //! no business rule lives here.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_graphql::connection::{Connection, Edge};
 use async_graphql::{Context, Object, Subscription, ID};
-use futures::stream::{BoxStream, Stream, StreamExt};
+use futures::stream::{Stream, StreamExt};
 
 use super::error::GqlResultExt;
 use super::types::{
@@ -17,8 +16,8 @@ use super::Ctx;
 use crate::auth::Principal;
 use crate::domain;
 use crate::error::AppError;
-use crate::events::Event;
-use crate::service::{CreateImageTask, CreateUser, Service, UpdateUser};
+use crate::events::Channel;
+use crate::service::{CreateImageTask, CreateUser, UpdateUser};
 
 pub type TaskConnection = Connection<String, Task, TotalCount>;
 pub type UserConnection = Connection<String, User, TotalCount>;
@@ -329,10 +328,12 @@ impl Subscription {
             slot,
         );
         Ok(
-            follow(ctx.service.clone(), snapshot, events, ctx.resync).map(move |t| {
-                let _ = &open;
-                t
-            }),
+            super::follow::follow(ctx.service.clone(), snapshot, events, ctx.resync).map(
+                move |t| {
+                    let _ = &open;
+                    t
+                },
+            ),
         )
     }
 
@@ -352,7 +353,7 @@ impl Subscription {
         let events = ctx
             .service
             .events
-            .subscribe(channel)
+            .subscribe(channel.clone())
             .await
             .map_err(AppError::from)
             .gql()?;
@@ -360,92 +361,17 @@ impl Subscription {
             crate::observability::GaugeGuard::new("graphql_subscriptions"),
             slot,
         );
-        Ok(events.filter_map(move |e| {
-            let _ = &open;
-            async move {
-                match e {
-                    Event::Updated(t) => Some(Task(t)),
-                    Event::Gap => None,
-                }
-            }
-        }))
-    }
-}
-
-struct Follow {
-    service: Arc<Service>,
-    id: String,
-    events: Option<BoxStream<'static, Event>>,
-    last_version: i64,
-    first: Option<domain::Task>,
-    done: bool,
-    resync: Duration,
-}
-
-/// The ordering and completeness rules of `taskUpdated`: newer versions only, a store re-read on
-/// any gap or quiet spell, end after the terminal state.
-fn follow(
-    service: Arc<Service>,
-    snapshot: domain::Task,
-    events: BoxStream<'static, Event>,
-    resync: Duration,
-) -> impl Stream<Item = Task> {
-    let state = Follow {
-        service,
-        id: snapshot.id.clone(),
-        events: Some(events),
-        last_version: snapshot.version,
-        first: Some(snapshot),
-        done: false,
-        resync,
-    };
-    futures::stream::unfold(state, |mut st| async move {
-        if let Some(t) = st.first.take() {
-            st.done = t.status.is_terminal();
-            return Some((task(t), st));
-        }
-        if st.done {
-            return None;
-        }
-        loop {
-            let step = match st.events.as_mut() {
-                Some(ev) => tokio::time::timeout(st.resync, ev.next()).await.ok(),
-                None => {
-                    tokio::time::sleep(st.resync).await;
-                    None
-                }
-            };
-            // `None`: nothing arrived for a while; `Some(None)`: the event stream ended. An
-            // event's task is shared by all its subscribers, not copied for each.
-            let candidate = match step {
-                Some(Some(Event::Updated(t))) => Some(t),
-                Some(None) => {
-                    st.events = None;
-                    reread(&st.service, &st.id).await?.map(Arc::new)
-                }
-                Some(Some(Event::Gap)) | None => reread(&st.service, &st.id).await?.map(Arc::new),
-            };
-            if let Some(t) = candidate.filter(|t| t.version > st.last_version) {
-                st.last_version = t.version;
-                st.done = t.status.is_terminal();
-                let lag = (chrono::Utc::now() - t.updated_at)
-                    .to_std()
-                    .unwrap_or_default();
-                metrics::histogram!("subscription_update_lag_seconds").record(lag.as_secs_f64());
-                return Some((Task(t), st));
-            }
-        }
-    })
-}
-
-/// `None` ends the stream (the task was deleted); `Some(None)` means nothing new could be read.
-async fn reread(service: &Service, id: &str) -> Option<Option<domain::Task>> {
-    match service.store.get_task(id).await {
-        Ok(Some(t)) => Some(Some(t)),
-        Ok(None) => None,
-        Err(e) => {
-            tracing::warn!(task_id = %id, error = %e, "subscription re-read failed");
-            Some(None)
-        }
+        let user_id = match channel {
+            Channel::User(u) => Some(u),
+            Channel::Task(_) | Channel::All => None,
+        };
+        Ok(
+            super::follow::follow_tasks(ctx.service.clone(), user_id, events, ctx.resync).map(
+                move |t| {
+                    let _ = &open;
+                    t
+                },
+            ),
+        )
     }
 }

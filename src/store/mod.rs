@@ -46,6 +46,31 @@ pub struct TaskQuery {
     pub limit: usize,
 }
 
+/// A place in the order of task changes: `(updated_at` in milliseconds`, id)`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ChangeCursor {
+    pub updated_ms: i64,
+    pub id: String,
+}
+
+impl ChangeCursor {
+    /// Just before every change at or after `ms` (ids are never empty).
+    pub fn from_ms(ms: i64) -> ChangeCursor {
+        ChangeCursor {
+            updated_ms: ms,
+            id: String::new(),
+        }
+    }
+
+    /// Where `task`'s current version sits.
+    pub fn of(task: &Task) -> ChangeCursor {
+        ChangeCursor {
+            updated_ms: task.updated_at.timestamp_millis(),
+            id: task.id.clone(),
+        }
+    }
+}
+
 /// What inserting a task with an idempotency key found.
 #[derive(Debug)]
 pub enum InsertOutcome {
@@ -85,6 +110,14 @@ pub trait Store: Send + Sync + 'static {
     async fn get_task(&self, id: &str) -> Result<Option<Task>, StoreError>;
     /// Newest first.
     async fn list_tasks(&self, query: &TaskQuery) -> Result<Vec<Task>, StoreError>;
+    /// Tasks (of one user, or all) whose current version sits after `after`, oldest change
+    /// first: how a `tasksUpdated` subscription re-reads what a gap in its events lost.
+    async fn tasks_changed(
+        &self,
+        user_id: Option<&str>,
+        after: &ChangeCursor,
+        limit: usize,
+    ) -> Result<Vec<Task>, StoreError>;
     async fn count_tasks(
         &self,
         user_id: Option<&str>,

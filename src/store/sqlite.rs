@@ -32,7 +32,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{ImageBlob, InsertOutcome, Store, StoreError, TaskQuery};
+use super::{ChangeCursor, ImageBlob, InsertOutcome, Store, StoreError, TaskQuery};
 use crate::config::SyncMode;
 use crate::domain::{ApiKey, Task, TaskStatus, User};
 
@@ -272,7 +272,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     lease_owner TEXT,
     lease_until_ms INTEGER,
     idem_key TEXT,
-    doc TEXT NOT NULL
+    doc TEXT NOT NULL,
+    updated_ms INTEGER
 );
 CREATE INDEX IF NOT EXISTS tasks_by_user ON tasks (user_id, id);
 CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks (status, id);
@@ -331,12 +332,14 @@ fn ms(t: Option<DateTime<Utc>>) -> Option<i64> {
 struct TaskCols {
     due_ms: Option<i64>,
     lease_until_ms: Option<i64>,
+    updated_ms: i64,
 }
 
 fn cols(t: &Task) -> TaskCols {
     TaskCols {
         due_ms: ms(t.not_before),
         lease_until_ms: ms(t.lease_until),
+        updated_ms: t.updated_at.timestamp_millis(),
     }
 }
 
@@ -472,6 +475,49 @@ impl Drop for Lane {
     }
 }
 
+/// Data folders of earlier versions have no `updated_ms` column (what `tasksUpdated` re-reads a
+/// gap by): added and filled from the documents once, in one transaction, so a crash leaves
+/// either the old table or the whole change.
+fn add_change_column(main: &mut Connection) -> Result<(), StoreError> {
+    let present = main
+        .query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('tasks') WHERE name = 'updated_ms'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_err(backend)?
+        > 0;
+    let tx = main.transaction().map_err(backend)?;
+    if !present {
+        tx.execute_batch("ALTER TABLE tasks ADD COLUMN updated_ms INTEGER")
+            .map_err(backend)?;
+        // Read from the documents the way new writes compute it (SQLite's date functions round
+        // to the millisecond where chrono truncates).
+        let mut filled = 0u64;
+        {
+            let mut read = tx.prepare("SELECT doc FROM tasks").map_err(backend)?;
+            let mut write = tx
+                .prepare("UPDATE tasks SET updated_ms = ?2 WHERE id = ?1")
+                .map_err(backend)?;
+            // Row by row: the whole table may not fit in memory.
+            let rows = read
+                .query_map([], |r| r.get::<_, String>(0))
+                .map_err(backend)?;
+            for row in rows {
+                let t: Task = from_json(&row.map_err(backend)?)?;
+                write
+                    .execute(params![t.id, t.updated_at.timestamp_millis()])
+                    .map_err(backend)?;
+                filled += 1;
+            }
+        }
+        tracing::info!(tasks = filled, "added the tasks' change times");
+    }
+    tx.execute_batch("CREATE INDEX IF NOT EXISTS tasks_changed ON tasks (updated_ms, id)")
+        .map_err(backend)?;
+    tx.commit().map_err(backend)
+}
+
 /// Data folders of earlier versions kept the images in the main database: moved into the image
 /// database once, at start. Idempotent, so a move cut short by a crash is finished next time.
 fn move_legacy_images(main: &Connection, images_path: &Path) -> Result<(), StoreError> {
@@ -547,9 +593,10 @@ impl SqliteStore {
             // syncs.
             checkpoint_every: IMAGE_CHECKPOINT_EVERY,
         };
-        let main_conn = open_writer(&main_spec)?;
+        let mut main_conn = open_writer(&main_spec)?;
         let images_conn = open_writer(&images_spec)?;
         move_legacy_images(&main_conn, &images_spec.path)?;
+        add_change_column(&mut main_conn)?;
         let images = Lane::start(&images_spec, images_conn, None)?;
         let main = Lane::start(&main_spec, main_conn, Some(lock))?;
         Ok(SqliteStore { images, main })
@@ -775,11 +822,13 @@ impl Store for SqliteStore {
             let TaskCols {
                 due_ms,
                 lease_until_ms,
+                updated_ms,
             } = cols(&t);
             let inserted = c
                 .prepare_cached(
                     "INSERT INTO tasks (id, user_id, status, version, due_ms, lease_owner, \
-                     lease_until_ms, idem_key, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                     lease_until_ms, idem_key, doc, updated_ms) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 )
                 .and_then(|mut s| {
                     s.execute(params![
@@ -791,7 +840,8 @@ impl Store for SqliteStore {
                         t.lease_owner,
                         lease_until_ms,
                         t.idempotency_key,
-                        doc
+                        doc,
+                        updated_ms
                     ])
                 });
             match inserted {
@@ -847,6 +897,29 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn tasks_changed(
+        &self,
+        user_id: Option<&str>,
+        after: &ChangeCursor,
+        limit: usize,
+    ) -> Result<Vec<Task>, StoreError> {
+        let (user_id, after) = (user_id.map(str::to_string), after.clone());
+        self.read(move |c| {
+            let mut s = c
+                .prepare_cached(
+                    "SELECT doc FROM tasks WHERE (updated_ms, id) > (?1, ?2) \
+                       AND (?3 IS NULL OR user_id = ?3) \
+                     ORDER BY updated_ms, id LIMIT ?4",
+                )
+                .map_err(backend)?;
+            collect_docs(
+                &mut s,
+                params![after.updated_ms, after.id, user_id, limit as i64],
+            )
+        })
+        .await
+    }
+
     async fn count_tasks(
         &self,
         user_id: Option<&str>,
@@ -881,11 +954,13 @@ impl Store for SqliteStore {
             let TaskCols {
                 due_ms,
                 lease_until_ms,
+                updated_ms,
             } = cols(&t);
             let n = c
                 .prepare_cached(
                     "UPDATE tasks SET status = ?2, version = ?3, due_ms = ?4, lease_owner = ?5, \
-                     lease_until_ms = ?6, doc = ?7 WHERE id = ?1 AND version = ?8 AND status = ?9",
+                     lease_until_ms = ?6, doc = ?7, updated_ms = ?10 \
+                     WHERE id = ?1 AND version = ?8 AND status = ?9",
                 )
                 .and_then(|mut s| {
                     s.execute(params![
@@ -897,7 +972,8 @@ impl Store for SqliteStore {
                         lease_until_ms,
                         doc,
                         expected_version,
-                        expected_status.as_str()
+                        expected_status.as_str(),
+                        updated_ms
                     ])
                 })
                 .map_err(backend)?;
@@ -1166,6 +1242,80 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A data folder of an earlier version (no change times) opens with its tasks' change times
+    /// filled in from their documents, so `tasks_changed` finds them in change order; new and
+    /// replaced tasks keep the order.
+    #[tokio::test]
+    async fn change_times_of_an_earlier_layout_are_filled_and_kept() {
+        use crate::domain::{ImageParams, Task};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let at = |s: &str| s.parse::<DateTime<chrono::Utc>>().expect("time");
+        let mut old_task = Task::new_pending(
+            "u1".into(),
+            "m".into(),
+            "p".into(),
+            ImageParams::default(),
+            None,
+            at("2026-01-02T03:04:05.678901Z"),
+        );
+        old_task.id = "t-old".into();
+        {
+            let old = Connection::open(dir.path().join(MAIN_FILE)).expect("open");
+            old.execute_batch(
+                "CREATE TABLE tasks (id TEXT PRIMARY KEY, user_id TEXT NOT NULL, \
+                 status TEXT NOT NULL, version INTEGER NOT NULL, due_ms INTEGER, \
+                 lease_owner TEXT, lease_until_ms INTEGER, idem_key TEXT, doc TEXT NOT NULL);",
+            )
+            .expect("old schema");
+            old.execute(
+                "INSERT INTO tasks (id, user_id, status, version, doc) \
+                 VALUES (?1, 'u1', 'pending', 1, ?2)",
+                params![old_task.id, to_json(&old_task).expect("json")],
+            )
+            .expect("insert");
+        }
+        let store = SqliteStore::open(dir.path(), SyncMode::Normal).expect("open store");
+        let mut other = old_task.clone();
+        other.id = "t-other-user".into();
+        other.user_id = "u2".into();
+        other.updated_at = at("2026-01-02T03:04:06Z");
+        store.insert_task(&other).await.expect("insert");
+        let mut newer = old_task.clone();
+        newer.id = "t-new".into();
+        newer.updated_at = at("2026-01-02T03:04:07Z");
+        store.insert_task(&newer).await.expect("insert");
+
+        let ids = |ts: Vec<Task>| ts.into_iter().map(|t| t.id).collect::<Vec<_>>();
+        let all = store
+            .tasks_changed(Some("u1"), &ChangeCursor::default(), 10)
+            .await
+            .expect("read");
+        assert_eq!(ids(all), ["t-old", "t-new"]);
+        let since = ChangeCursor::of(&old_task);
+        assert_eq!(since.updated_ms, 1_767_323_045_678);
+        let after_old = store.tasks_changed(None, &since, 10).await.expect("read");
+        assert_eq!(ids(after_old), ["t-other-user", "t-new"]);
+
+        // A new version moves the old task to the end of the order.
+        let mut replaced = old_task.clone();
+        replaced.version = 2;
+        replaced.updated_at = at("2026-01-02T03:04:08Z");
+        assert!(store
+            .replace_task(&replaced, 1, crate::domain::TaskStatus::Pending)
+            .await
+            .expect("replace"));
+        let paged = store
+            .tasks_changed(None, &ChangeCursor::from_ms(0), 2)
+            .await
+            .expect("read");
+        assert_eq!(ids(paged), ["t-other-user", "t-new"]);
+        let rest = store
+            .tasks_changed(None, &ChangeCursor::from_ms(1_767_323_047_000), 2)
+            .await
+            .expect("read");
+        assert_eq!(ids(rest), ["t-new", "t-old"]);
+    }
 
     /// A data folder of an earlier version (images inside the main database) opens with every
     /// image readable, moved into the image database; opening it again changes nothing.

@@ -1,0 +1,229 @@
+//! The delivery rules of the two subscriptions, over the event bus's at-most-once hints:
+//! `taskUpdated` sends newer versions of one task in order; `tasksUpdated` sends every change of a
+//! user's (or all) tasks. Both re-read the store when events may have been lost (a gap, a quiet
+//! spell, the bus gone), so a lost event delays a change but never drops it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::{BoxStream, Stream, StreamExt};
+
+use super::types::Task;
+use crate::domain;
+use crate::events::Event;
+use crate::service::Service;
+use crate::store::ChangeCursor;
+
+fn delivered(t: &domain::Task) {
+    let lag = (chrono::Utc::now() - t.updated_at)
+        .to_std()
+        .unwrap_or_default();
+    metrics::histogram!("subscription_update_lag_seconds").record(lag.as_secs_f64());
+}
+
+/// Waits for the next event; `None` after `wait` without one. A stream that ended is dropped
+/// (`events` becomes `None`) and then only the wait passes.
+async fn next_event(
+    events: &mut Option<BoxStream<'static, Event>>,
+    wait: Duration,
+) -> Option<Event> {
+    match events.as_mut() {
+        Some(ev) => match tokio::time::timeout(wait, ev.next()).await {
+            Ok(Some(e)) => Some(e),
+            Ok(None) => {
+                *events = None;
+                None
+            }
+            Err(_) => None,
+        },
+        None => {
+            tokio::time::sleep(wait).await;
+            None
+        }
+    }
+}
+
+struct Follow {
+    service: Arc<Service>,
+    id: String,
+    events: Option<BoxStream<'static, Event>>,
+    last_version: i64,
+    first: Option<domain::Task>,
+    done: bool,
+    resync: Duration,
+}
+
+/// `taskUpdated`: the snapshot, then newer versions only, a store re-read on any gap or quiet
+/// spell, the end after the terminal state.
+pub fn follow(
+    service: Arc<Service>,
+    snapshot: domain::Task,
+    events: BoxStream<'static, Event>,
+    resync: Duration,
+) -> impl Stream<Item = Task> {
+    let state = Follow {
+        service,
+        id: snapshot.id.clone(),
+        events: Some(events),
+        last_version: snapshot.version,
+        first: Some(snapshot),
+        done: false,
+        resync,
+    };
+    futures::stream::unfold(state, |mut st| async move {
+        if let Some(t) = st.first.take() {
+            st.done = t.status.is_terminal();
+            return Some((Task(Arc::new(t)), st));
+        }
+        if st.done {
+            return None;
+        }
+        loop {
+            // An event's task is shared by all its subscribers, not copied for each.
+            let candidate = match next_event(&mut st.events, st.resync).await {
+                Some(Event::Updated(t)) => Some(t),
+                Some(Event::Gap) | None => reread(&st.service, &st.id).await?.map(Arc::new),
+            };
+            if let Some(t) = candidate.filter(|t| t.version > st.last_version) {
+                st.last_version = t.version;
+                st.done = t.status.is_terminal();
+                delivered(&t);
+                return Some((Task(t), st));
+            }
+        }
+    })
+}
+
+/// `None` ends the stream (the task was deleted); `Some(None)` means nothing new could be read.
+async fn reread(service: &Service, id: &str) -> Option<Option<domain::Task>> {
+    match service.store.get_task(id).await {
+        Ok(Some(t)) => Some(Some(t)),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(task_id = %id, error = %e, "subscription re-read failed");
+            Some(None)
+        }
+    }
+}
+
+/// How far before the newest change seen a re-read of `tasksUpdated` starts: room for a change
+/// published late, or stamped by a process whose clock is a little behind.
+const REREAD_MARGIN_MS: i64 = 5_000;
+/// Tasks per store call of a re-read.
+const REREAD_PAGE: usize = 500;
+/// How soon a failed re-read is tried again.
+const REREAD_RETRY: Duration = Duration::from_secs(1);
+
+struct FollowMany {
+    service: Arc<Service>,
+    user_id: Option<String>,
+    events: Option<BoxStream<'static, Event>>,
+    resync: Duration,
+    /// When the subscription started (ms): older changes were never promised.
+    started_ms: i64,
+    /// The newest change seen, sent or read (ms).
+    newest_ms: i64,
+    /// Version and change time sent, by task, for changes within the margin of `newest_ms`:
+    /// what a re-read must not send again.
+    sent: HashMap<String, (i64, i64)>,
+    /// Size of `sent` at which it is pruned next.
+    prune_at: usize,
+    /// What a re-read found, to send in change order.
+    ready: VecDeque<Arc<domain::Task>>,
+    /// A re-read failed and is owed.
+    owed: bool,
+}
+
+impl FollowMany {
+    /// Records `t` and answers whether it is news: a newer version than any sent of its task.
+    fn admit(&mut self, t: &domain::Task) -> bool {
+        if self.sent.get(&t.id).is_some_and(|(v, _)| *v >= t.version) {
+            return false;
+        }
+        let ms = t.updated_at.timestamp_millis();
+        self.newest_ms = self.newest_ms.max(ms);
+        self.sent.insert(t.id.clone(), (t.version, ms));
+        if self.sent.len() >= self.prune_at {
+            let horizon = self.newest_ms - REREAD_MARGIN_MS;
+            self.sent.retain(|_, (_, ms)| *ms >= horizon);
+            self.prune_at = (self.sent.len() * 2).max(1024);
+        }
+        true
+    }
+
+    /// Reads every change since a margin before the newest seen and queues what was not sent.
+    async fn reread(&mut self) {
+        let from = (self.newest_ms - REREAD_MARGIN_MS).max(self.started_ms);
+        let mut after = ChangeCursor::from_ms(from);
+        loop {
+            let page = match self
+                .service
+                .store
+                .tasks_changed(self.user_id.as_deref(), &after, REREAD_PAGE)
+                .await
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(user_id = ?self.user_id, error = %e, "subscription re-read failed");
+                    self.owed = true;
+                    return;
+                }
+            };
+            let full = page.len() == REREAD_PAGE;
+            for t in page {
+                after = ChangeCursor::of(&t);
+                if self.admit(&t) {
+                    self.ready.push_back(Arc::new(t));
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        self.owed = false;
+    }
+}
+
+/// `tasksUpdated`: every change of the channel's tasks from now on. `user_id` is the channel's
+/// user (`None`: all users').
+pub fn follow_tasks(
+    service: Arc<Service>,
+    user_id: Option<String>,
+    events: BoxStream<'static, Event>,
+    resync: Duration,
+) -> impl Stream<Item = Task> {
+    // A second before the subscription was asked for, so a change made while it was being set
+    // up (or stamped by a clock a little behind) is sent rather than missed.
+    let started_ms = chrono::Utc::now().timestamp_millis() - 1_000;
+    let state = FollowMany {
+        service,
+        user_id,
+        events: Some(events),
+        resync,
+        started_ms,
+        newest_ms: started_ms,
+        sent: HashMap::new(),
+        prune_at: 1024,
+        ready: VecDeque::new(),
+        owed: false,
+    };
+    futures::stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(t) = st.ready.pop_front() {
+                delivered(&t);
+                return Some((Task(t), st));
+            }
+            let wait = if st.owed { REREAD_RETRY } else { st.resync };
+            match next_event(&mut st.events, wait).await {
+                Some(Event::Updated(t)) => {
+                    if st.admit(&t) {
+                        delivered(&t);
+                        return Some((Task(t), st));
+                    }
+                }
+                Some(Event::Gap) | None => st.reread().await,
+            }
+        }
+    })
+}
