@@ -6,6 +6,7 @@
 
 pub mod mongo;
 pub mod sqlite;
+mod task_cache;
 
 use std::collections::HashMap;
 

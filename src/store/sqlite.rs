@@ -32,6 +32,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::task_cache::TaskCache;
 use super::{ChangeCursor, ImageBlob, InsertOutcome, Store, StoreError, TaskQuery};
 use crate::config::SyncMode;
 use crate::domain::{ApiKey, Task, TaskStatus, User};
@@ -42,7 +43,11 @@ pub struct SqliteStore {
     images: Lane,
     /// Users, tasks, API keys; holds the data folder's lock.
     main: Lane,
+    tasks: TaskCache,
 }
+
+/// Tasks kept in memory for polls (about 1–2 KiB each).
+const TASK_CACHE_CAPACITY: usize = 10_000;
 
 /// One database: its writer thread (the only write connection), checkpointer and readers.
 struct Lane {
@@ -599,7 +604,14 @@ impl SqliteStore {
         add_change_column(&mut main_conn)?;
         let images = Lane::start(&images_spec, images_conn, None)?;
         let main = Lane::start(&main_spec, main_conn, Some(lock))?;
-        Ok(SqliteStore { images, main })
+        Ok(SqliteStore {
+            images,
+            main,
+            tasks: TaskCache::new(
+                std::num::NonZeroUsize::new(TASK_CACHE_CAPACITY)
+                    .unwrap_or(std::num::NonZeroUsize::MIN),
+            ),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -802,74 +814,91 @@ impl Store for SqliteStore {
             })
             .await?;
         self.delete_images_by(ImageKey::Task, &tasks).await?;
-        self.write(move |c| {
-            c.execute("DELETE FROM tasks WHERE user_id = ?1", [&id])
-                .map_err(backend)?;
-            c.execute("DELETE FROM api_keys WHERE user_id = ?1", [&id])
-                .map_err(backend)?;
-            let n = c
-                .execute("DELETE FROM users WHERE id = ?1", [&id])
-                .map_err(backend)?;
-            Ok(n == 1)
-        })
-        .await
+        let deleted = self
+            .write(move |c| {
+                c.execute("DELETE FROM tasks WHERE user_id = ?1", [&id])
+                    .map_err(backend)?;
+                c.execute("DELETE FROM api_keys WHERE user_id = ?1", [&id])
+                    .map_err(backend)?;
+                let n = c
+                    .execute("DELETE FROM users WHERE id = ?1", [&id])
+                    .map_err(backend)?;
+                Ok(n == 1)
+            })
+            .await;
+        self.tasks.clear();
+        deleted
     }
 
     async fn insert_task(&self, task: &Task) -> Result<InsertOutcome, StoreError> {
         let doc = to_json(task)?;
         let t = task.clone();
-        self.write(move |c| {
-            let TaskCols {
-                due_ms,
-                lease_until_ms,
-                updated_ms,
-            } = cols(&t);
-            let inserted = c
-                .prepare_cached(
-                    "INSERT INTO tasks (id, user_id, status, version, due_ms, lease_owner, \
+        let since = self.tasks.generation();
+        let outcome = self
+            .write(move |c| {
+                let TaskCols {
+                    due_ms,
+                    lease_until_ms,
+                    updated_ms,
+                } = cols(&t);
+                let inserted = c
+                    .prepare_cached(
+                        "INSERT INTO tasks (id, user_id, status, version, due_ms, lease_owner, \
                      lease_until_ms, idem_key, doc, updated_ms) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                )
-                .and_then(|mut s| {
-                    s.execute(params![
-                        t.id,
-                        t.user_id,
-                        t.status.as_str(),
-                        t.version,
-                        due_ms,
-                        t.lease_owner,
-                        lease_until_ms,
-                        t.idempotency_key,
-                        doc,
-                        updated_ms
-                    ])
-                });
-            match inserted {
-                Ok(_) => Ok(InsertOutcome::Inserted),
-                Err(e) if is_unique_violation(&e) && t.idempotency_key.is_some() => {
-                    let mut s = c
-                        .prepare_cached(
-                            "SELECT doc FROM tasks WHERE user_id = ?1 AND idem_key = ?2",
-                        )
-                        .map_err(backend)?;
-                    match collect_docs::<Task>(&mut s, params![t.user_id, t.idempotency_key])?.pop()
-                    {
-                        Some(existing) => Ok(InsertOutcome::Existing(Box::new(existing))),
-                        None => Err(StoreError::Conflict("task id already exists".into())),
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![
+                            t.id,
+                            t.user_id,
+                            t.status.as_str(),
+                            t.version,
+                            due_ms,
+                            t.lease_owner,
+                            lease_until_ms,
+                            t.idempotency_key,
+                            doc,
+                            updated_ms
+                        ])
+                    });
+                match inserted {
+                    Ok(_) => Ok(InsertOutcome::Inserted),
+                    Err(e) if is_unique_violation(&e) && t.idempotency_key.is_some() => {
+                        let mut s = c
+                            .prepare_cached(
+                                "SELECT doc FROM tasks WHERE user_id = ?1 AND idem_key = ?2",
+                            )
+                            .map_err(backend)?;
+                        match collect_docs::<Task>(&mut s, params![t.user_id, t.idempotency_key])?
+                            .pop()
+                        {
+                            Some(existing) => Ok(InsertOutcome::Existing(Box::new(existing))),
+                            None => Err(StoreError::Conflict("task id already exists".into())),
+                        }
                     }
+                    Err(e) if is_unique_violation(&e) => {
+                        Err(StoreError::Conflict("task id already exists".into()))
+                    }
+                    Err(e) => Err(backend(e)),
                 }
-                Err(e) if is_unique_violation(&e) => {
-                    Err(StoreError::Conflict("task id already exists".into()))
-                }
-                Err(e) => Err(backend(e)),
-            }
-        })
-        .await
+            })
+            .await?;
+        if matches!(outcome, InsertOutcome::Inserted) {
+            self.tasks.wrote(task, since);
+        }
+        Ok(outcome)
     }
 
     async fn get_task(&self, id: &str) -> Result<Option<Task>, StoreError> {
-        let id = id.to_string();
-        self.lookup(move |c| read_task(c, &id))
+        if let Some(t) = self.tasks.get(id) {
+            return Ok(Some(Task::clone(&t)));
+        }
+        let since = self.tasks.generation();
+        let found = self.lookup(|c| read_task(c, id))?;
+        if let Some(t) = &found {
+            self.tasks.keep(t.clone(), since);
+        }
+        Ok(found)
     }
 
     async fn list_tasks(&self, q: &TaskQuery) -> Result<Vec<Task>, StoreError> {
@@ -950,13 +979,15 @@ impl Store for SqliteStore {
     ) -> Result<bool, StoreError> {
         let doc = to_json(task)?;
         let t = task.clone();
-        self.write(move |c| {
-            let TaskCols {
-                due_ms,
-                lease_until_ms,
-                updated_ms,
-            } = cols(&t);
-            let n = c
+        let since = self.tasks.generation();
+        let outcome = self
+            .write(move |c| {
+                let TaskCols {
+                    due_ms,
+                    lease_until_ms,
+                    updated_ms,
+                } = cols(&t);
+                let n = c
                 .prepare_cached(
                     "UPDATE tasks SET status = ?2, version = ?3, due_ms = ?4, lease_owner = ?5, \
                      lease_until_ms = ?6, doc = ?7, updated_ms = ?10 \
@@ -977,9 +1008,13 @@ impl Store for SqliteStore {
                     ])
                 })
                 .map_err(backend)?;
-            Ok(n == 1)
-        })
-        .await
+                Ok(n == 1)
+            })
+            .await?;
+        if outcome {
+            self.tasks.wrote(task, since);
+        }
+        Ok(outcome)
     }
 
     async fn extend_lease(
@@ -988,25 +1023,31 @@ impl Store for SqliteStore {
         owner: &str,
         until: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let (id, owner) = (id.to_string(), owner.to_string());
-        self.write(move |c| {
-            let Some(mut task) = read_task(c, &id)? else {
-                return Ok(false);
-            };
-            if task.status != TaskStatus::Processing || task.lease_owner.as_deref() != Some(&owner)
-            {
-                return Ok(false);
-            }
-            task.lease_until = Some(until);
-            let n = c
+        let (key, owner) = (id.to_string(), owner.to_string());
+        let extended = self
+            .write(move |c| {
+                let id = key;
+                let Some(mut task) = read_task(c, &id)? else {
+                    return Ok(false);
+                };
+                if task.status != TaskStatus::Processing
+                    || task.lease_owner.as_deref() != Some(&owner)
+                {
+                    return Ok(false);
+                }
+                task.lease_until = Some(until);
+                let n = c
                 .execute(
                     "UPDATE tasks SET lease_until_ms = ?2, doc = ?3 WHERE id = ?1 AND version = ?4",
                     params![id, until.timestamp_millis(), to_json(&task)?, task.version],
                 )
                 .map_err(backend)?;
-            Ok(n == 1)
-        })
-        .await
+                Ok(n == 1)
+            })
+            .await;
+        // A new lease is no new version, so the cached one cannot be told from it.
+        self.tasks.remove(id);
+        extended
     }
 
     async fn due_tasks(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Task>, StoreError> {
@@ -1053,13 +1094,17 @@ impl Store for SqliteStore {
         let id = id.to_string();
         self.delete_images_by(ImageKey::Task, std::slice::from_ref(&id))
             .await?;
-        self.write(move |c| {
-            let n = c
-                .execute("DELETE FROM tasks WHERE id = ?1", [&id])
-                .map_err(backend)?;
-            Ok(n == 1)
-        })
-        .await
+        let key = id.clone();
+        let deleted = self
+            .write(move |c| {
+                let n = c
+                    .execute("DELETE FROM tasks WHERE id = ?1", [&key])
+                    .map_err(backend)?;
+                Ok(n == 1)
+            })
+            .await;
+        self.tasks.remove(&id);
+        deleted
     }
 
     async fn count_active_tasks(&self, user_id: &str) -> Result<u64, StoreError> {
@@ -1083,17 +1128,20 @@ impl Store for SqliteStore {
         task_id: &str,
     ) -> Result<(), StoreError> {
         let (u, k, t) = (user_id.to_string(), key.to_string(), task_id.to_string());
-        self.write(move |c| {
-            c.prepare_cached(
-                "UPDATE tasks SET idem_key = NULL, \
-                 doc = json_set(doc, '$.idempotency_key', NULL) \
-                 WHERE id = ?1 AND user_id = ?2 AND idem_key = ?3",
-            )
-            .and_then(|mut s| s.execute(params![t, u, k]))
-            .map(|_| ())
-            .map_err(backend)
-        })
-        .await
+        let released = self
+            .write(move |c| {
+                c.prepare_cached(
+                    "UPDATE tasks SET idem_key = NULL, \
+                     doc = json_set(doc, '$.idempotency_key', NULL) \
+                     WHERE id = ?1 AND user_id = ?2 AND idem_key = ?3",
+                )
+                .and_then(|mut s| s.execute(params![t, u, k]))
+                .map(|_| ())
+                .map_err(backend)
+            })
+            .await;
+        self.tasks.remove(task_id);
+        released
     }
 
     async fn insert_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
