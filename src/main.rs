@@ -131,6 +131,9 @@ struct EmulatorArgs {
     /// The first N calls of each distinct prompt fail with 500 InternalServiceError.
     #[arg(long, env = "EMULATOR_FAIL_FIRST", default_value_t = 0)]
     fail_first: u32,
+    /// The first N downloads of each generated image answer 503 ServiceUnavailable.
+    #[arg(long, env = "EMULATOR_FAIL_DOWNLOADS_FIRST", default_value_t = 0)]
+    fail_downloads_first: u32,
     /// Share of requests answered 429 ServerOverloaded (0 to 1).
     #[arg(long, env = "EMULATOR_OVERLOAD_RATE", default_value_t = 0.0)]
     overload_rate: f64,
@@ -340,6 +343,7 @@ async fn main() -> anyhow::Result<()> {
                 fail_rate: a.fail_rate,
                 overload_rate: a.overload_rate,
                 fail_first: a.fail_first,
+                fail_downloads_first: a.fail_downloads_first,
                 sensitive_words: a.sensitive_words,
                 url_ttl: a.url_ttl,
                 model_ids: config.model_ids.clone(),

@@ -102,6 +102,62 @@ async fn transient_errors_are_retried_until_they_pass() {
     assert_eq!(emu.stats().by_prompt.get("flaky twice"), Some(&3));
 }
 
+/// A download that fails after a successful generation is retried without paying for a new
+/// generation: the next attempt downloads the same images again.
+#[tokio::test]
+async fn a_failed_download_is_retried_without_a_new_generation() {
+    let (emu, url, _stop) = emulator(EmulatorConfig {
+        fail_downloads_first: 2,
+        ..emu_cfg()
+    })
+    .await;
+    let s = server(&url, KEY, 5).await;
+    let user = s.create_user("download@example.com").await;
+    let id = s.create_task(&user, "download twice refused").await;
+    let t = s.wait_terminal(&id).await;
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(t["attempts"], 3, "two attempts' downloads failed");
+    let stats = emu.stats();
+    assert_eq!(
+        stats.by_prompt.get("download twice refused"),
+        Some(&1),
+        "one paid generation"
+    );
+    assert_eq!((stats.downloads, stats.failed_downloads), (3, 2));
+    let image = s
+        .http
+        .get(t["result"]["image_url"].as_str().expect("image url"))
+        .send()
+        .await
+        .expect("image");
+    assert_eq!(image.status(), 200);
+    assert!(image.bytes().await.expect("bytes").starts_with(b"\x89PNG"));
+}
+
+/// When the downloads keep failing the task fails, and a user's retry still downloads the
+/// images already paid for.
+#[tokio::test]
+async fn a_retry_after_failed_downloads_reuses_the_generation() {
+    let (emu, url, _stop) = emulator(EmulatorConfig {
+        fail_downloads_first: 2,
+        ..emu_cfg()
+    })
+    .await;
+    let s = server(&url, KEY, 2).await;
+    let user = s.create_user("reuse@example.com").await;
+    let id = s.create_task(&user, "downloads exhausted").await;
+    let t = s.wait_terminal(&id).await;
+    assert_eq!(t["status"], "failed", "{t}");
+    assert_eq!(t["error"]["code"], "ImageDownloadFailed", "{t}");
+    let (status, body) = s
+        .post(&format!("/api/v1/tasks/{id}/retry"), json!({}))
+        .await;
+    assert!(status < 300, "{status} {body}");
+    let t = s.wait_terminal(&id).await;
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(emu.stats().by_prompt.get("downloads exhausted"), Some(&1));
+}
+
 #[tokio::test]
 async fn retries_stop_at_the_attempt_budget_keeping_the_last_error() {
     let (emu, url, _stop) = emulator(EmulatorConfig {

@@ -10,8 +10,8 @@ pub mod user;
 pub use api_key::ApiKey;
 pub use models::{Catalog, ModelFamily, ModelSpec, SizeRule};
 pub use task::{
-    ImageParams, StoredImage, Task, TaskError, TaskResult, TaskStatus, TransitionError,
-    TASK_KIND_IMAGE,
+    ImageParams, ProviderImage, StoredImage, Task, TaskError, TaskResult, TaskStatus,
+    TransitionError, UnkeptImages, TASK_KIND_IMAGE,
 };
 pub use user::User;
 

@@ -105,6 +105,24 @@ pub struct TaskError {
     pub retryable: bool,
 }
 
+/// Images the provider made for a task that were not all kept (a download or the store failed).
+/// The next attempt downloads these again, while the provider's URLs are valid, instead of
+/// paying for a new generation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnkeptImages {
+    pub images: Vec<ProviderImage>,
+    pub request_id: Option<String>,
+    pub generated_at: DateTime<Utc>,
+}
+
+/// One generated image at the provider.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProviderImage {
+    pub url: String,
+    /// `WxH` when the provider says.
+    pub size: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Task {
     pub id: String,
@@ -117,7 +135,8 @@ pub struct Task {
     pub status: TaskStatus,
     /// Incremented by every change; writers compare-and-set on it.
     pub version: i64,
-    /// Provider calls started for this task.
+    /// Attempts started for this task: a provider call, or the download of images an earlier
+    /// call made (see `unkept`).
     pub attempts: u32,
     pub result: Option<TaskResult>,
     pub error: Option<TaskError>,
@@ -129,6 +148,8 @@ pub struct Task {
     pub lease_owner: Option<String>,
     pub lease_until: Option<DateTime<Utc>>,
     pub provider_request_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unkept: Option<UnkeptImages>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
@@ -171,6 +192,7 @@ impl Task {
             lease_owner: None,
             lease_until: None,
             provider_request_id: None,
+            unkept: None,
             created_at: now,
             updated_at: now,
             started_at: None,
@@ -234,6 +256,7 @@ impl Task {
         let mut t = self.next(TaskStatus::Completed, now);
         t.result = Some(TaskResult { images });
         t.error = None;
+        t.unkept = None;
         t.provider_request_id = request_id.or(t.provider_request_id);
         t.lease_owner = None;
         t.lease_until = None;

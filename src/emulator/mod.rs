@@ -51,6 +51,9 @@ pub struct EmulatorConfig {
     /// The first this-many calls of each distinct prompt fail with 500 `InternalServiceError`
     /// (deterministic transient failures for retry tests).
     pub fail_first: u32,
+    /// The first this-many downloads of each generated image answer 503, as an object store
+    /// does under load (deterministic, for tests of a download retried without a new call).
+    pub fail_downloads_first: u32,
     /// Prompts containing one of these are rejected as sensitive input text.
     pub sensitive_words: Vec<String>,
     /// How long generated image URLs stay valid (Ark: 24 h).
@@ -76,6 +79,7 @@ impl Default for EmulatorConfig {
             fail_rate: 0.0,
             overload_rate: 0.0,
             fail_first: 0,
+            fail_downloads_first: 0,
             sensitive_words: vec!["sensitive-content".into()],
             url_ttl: Duration::from_secs(24 * 3600),
             model_ids: ModelIds::default(),
@@ -93,6 +97,9 @@ pub struct Stats {
     pub by_code: HashMap<String, u64>,
     /// Generation requests per prompt (duplicate calls show as counts above 1).
     pub by_prompt: HashMap<String, u64>,
+    /// Image downloads answered, and those of them failed on purpose.
+    pub downloads: u64,
+    pub failed_downloads: u64,
 }
 
 struct Issued {
@@ -101,6 +108,8 @@ struct Issued {
     width: u32,
     height: u32,
     expires: Instant,
+    /// Downloads asked for so far.
+    downloads: u32,
 }
 
 struct Inner {
@@ -481,6 +490,7 @@ impl Emulator {
                         width,
                         height,
                         expires,
+                        downloads: 0,
                     },
                 );
                 let url = format!(
@@ -553,12 +563,30 @@ async fn generations(State(emu): State<Emulator>, headers: HeaderMap, body: Byte
 }
 
 async fn image(State(emu): State<Emulator>, Path(name): Path<String>) -> Response {
-    let found = emu.0.issued.lock().ok().and_then(|m| {
-        m.get(&name)
+    let fail_first = emu.0.cfg.fail_downloads_first;
+    let found = emu.0.issued.lock().ok().and_then(|mut m| {
+        m.get_mut(&name)
             .filter(|i| i.expires > Instant::now())
-            .map(|i| (i.seed.clone(), i.index, i.width, i.height))
+            .map(|i| {
+                i.downloads += 1;
+                (i.seed.clone(), i.index, i.width, i.height, i.downloads)
+            })
     });
-    let Some((seed, index, w, h)) = found else {
+    if let Ok(mut s) = emu.0.stats.lock() {
+        s.downloads += 1;
+        if found.as_ref().is_some_and(|f| f.4 <= fail_first) {
+            s.failed_downloads += 1;
+        }
+    }
+    if found.as_ref().is_some_and(|f| f.4 <= fail_first) {
+        // TOS's answer when it sheds load.
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"Code": "ServiceUnavailable", "Message": "Service is unavailable now, please try again later.", "EC": "0015-00000001"})),
+        )
+            .into_response();
+    }
+    let Some((seed, index, w, h, _)) = found else {
         // What TOS answers for a link that is no longer valid.
         return (
             StatusCode::FORBIDDEN,

@@ -14,7 +14,9 @@ use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::domain::{ModelSpec, StoredImage, Task, TaskError, TaskStatus};
+use crate::domain::{
+    ModelSpec, ProviderImage, StoredImage, Task, TaskError, TaskStatus, UnkeptImages,
+};
 use crate::events::{Channel, Event};
 use crate::provider::limiter::ProviderLimiter;
 use crate::provider::{GenerateRequest, GeneratedImage, ImageProvider, ProviderError};
@@ -50,10 +52,16 @@ pub struct Worker {
     foreground: std::sync::OnceLock<tokio::runtime::Handle>,
 }
 
+/// How long after a generation its image URLs are downloaded again instead of generating anew:
+/// Ark keeps them 24 h; an hour less leaves room for clocks and a slow download.
+const PROVIDER_URLS_USABLE_FOR: chrono::Duration = chrono::Duration::hours(23);
+
 /// Why an attempt ended without a result to store.
 enum Outcome {
     Images(Vec<StoredImage>, Option<String>),
     Error(ProviderError),
+    /// The provider made the images but one could not be kept (downloaded or stored).
+    NotKept(ProviderError, UnkeptImages),
     /// The task was cancelled or taken over while the provider worked.
     Lost,
 }
@@ -272,6 +280,43 @@ impl Worker {
     }
 
     async fn call(&self, task: &Task, spec: &ModelSpec) -> Outcome {
+        // Images an earlier attempt paid for are downloaded again rather than made again, while
+        // the provider still serves them.
+        let reusable = task
+            .unkept
+            .clone()
+            .filter(|u| Utc::now() < u.generated_at + PROVIDER_URLS_USABLE_FOR);
+        let made = match reusable {
+            Some(u) => {
+                tracing::info!(
+                    images = u.images.len(),
+                    "downloading the images of an earlier attempt again instead of generating"
+                );
+                u
+            }
+            None => match self.generate(task, spec).await {
+                Ok(u) => u,
+                Err(e) => return Outcome::Error(e),
+            },
+        };
+        let mut stored = Vec::new();
+        for item in &made.images {
+            match self
+                .keep_image(task, spec, &item.url, item.size.clone())
+                .await
+            {
+                Ok(img) => stored.push(img),
+                Err(e) => {
+                    self.forget(&stored).await;
+                    return Outcome::NotKept(e, made);
+                }
+            }
+        }
+        Outcome::Images(stored, made.request_id)
+    }
+
+    /// One paid provider call; the images it made, or why there are none.
+    async fn generate(&self, task: &Task, spec: &ModelSpec) -> Result<UnkeptImages, ProviderError> {
         let req = GenerateRequest {
             task_id: task.id.clone(),
             model: task.model.clone(),
@@ -319,32 +364,24 @@ impl Worker {
                 if e.status == Some(429) {
                     self.limiter.throttled(&req.model);
                 }
-                return Outcome::Error(e);
+                return Err(e);
             }
         };
-        let mut stored = Vec::new();
+        let mut images = Vec::new();
         let mut first_failure = None;
         for item in generated.images {
             match item {
-                GeneratedImage::Url { url, size } => {
-                    match self.keep_image(task, spec, &url, size).await {
-                        Ok(img) => stored.push(img),
-                        Err(e) => {
-                            self.forget(&stored).await;
-                            return Outcome::Error(e);
-                        }
-                    }
-                }
+                GeneratedImage::Url { url, size } => images.push(ProviderImage { url, size }),
                 GeneratedImage::Failed { code, message } => {
                     tracing::warn!(%code, "one image of the group failed");
                     first_failure.get_or_insert((code, message));
                 }
             }
         }
-        if stored.is_empty() {
+        if images.is_empty() {
             let (code, message) = first_failure
                 .unwrap_or_else(|| ("NoImage".into(), "the provider returned no image".into()));
-            return Outcome::Error(ProviderError {
+            return Err(ProviderError {
                 retryable: code == "NoImage",
                 code,
                 message,
@@ -353,7 +390,11 @@ impl Worker {
                 request_id: generated.request_id,
             });
         }
-        Outcome::Images(stored, generated.request_id)
+        Ok(UnkeptImages {
+            images,
+            request_id: generated.request_id,
+            generated_at: Utc::now(),
+        })
     }
 
     /// Downloads one image at once (provider URLs expire after 24 h) and stores it.
@@ -416,7 +457,6 @@ impl Worker {
     }
 
     async fn record(&self, running: &Task, outcome: Outcome) -> Result<(), crate::error::AppError> {
-        let svc = &self.service;
         let now = Utc::now();
         match outcome {
             Outcome::Lost => {
@@ -434,29 +474,50 @@ impl Worker {
                     self.forget(&images).await;
                 }
             }
-            Outcome::Error(e) => {
-                let error = TaskError {
-                    code: e.code.clone(),
-                    message: e.message.clone(),
-                    retryable: e.retryable,
-                };
-                if e.retryable && running.attempts < self.cfg.max_attempts {
-                    let at = self.retry_at(running.attempts, e.retry_after, now);
-                    let Ok(next) = running.requeue(Some(error), at, now) else {
-                        return Ok(());
-                    };
-                    if self.commit(running, next).await?.is_some() {
-                        tracing::warn!(code = %e.code, attempt = running.attempts, retry_at = %at, "attempt failed; retry scheduled");
-                        svc.queue.enqueue(&running.id, Some(at)).await?;
-                    }
-                } else {
-                    let Ok(next) = running.fail(error, e.request_id.clone(), now) else {
-                        return Ok(());
-                    };
-                    if self.commit(running, next).await?.is_some() {
-                        tracing::warn!(code = %e.code, attempts = running.attempts, "task failed");
-                    }
-                }
+            // Nothing was made (an earlier generation, if any, was too old to reuse).
+            Outcome::Error(e) => self.record_error(running, e, None, now).await?,
+            // A link that no longer works (expired, refused) will not start working: then the
+            // next attempt generates afresh.
+            Outcome::NotKept(e, made) => {
+                let unkept = e.retryable.then_some(made);
+                self.record_error(running, e, unkept, now).await?
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores a failed attempt: requeued while retries remain and the error is transient,
+    /// failed otherwise. `unkept` is what the next attempt (or a user's retry) downloads instead
+    /// of generating.
+    async fn record_error(
+        &self,
+        running: &Task,
+        e: ProviderError,
+        unkept: Option<UnkeptImages>,
+        now: DateTime<Utc>,
+    ) -> Result<(), crate::error::AppError> {
+        let error = TaskError {
+            code: e.code.clone(),
+            message: e.message.clone(),
+            retryable: e.retryable,
+        };
+        if e.retryable && running.attempts < self.cfg.max_attempts {
+            let at = self.retry_at(running.attempts, e.retry_after, now);
+            let Ok(mut next) = running.requeue(Some(error), at, now) else {
+                return Ok(());
+            };
+            next.unkept = unkept;
+            if self.commit(running, next).await?.is_some() {
+                tracing::warn!(code = %e.code, attempt = running.attempts, retry_at = %at, "attempt failed; retry scheduled");
+                self.service.queue.enqueue(&running.id, Some(at)).await?;
+            }
+        } else {
+            let Ok(mut next) = running.fail(error, e.request_id.clone(), now) else {
+                return Ok(());
+            };
+            next.unkept = unkept;
+            if self.commit(running, next).await?.is_some() {
+                tracing::warn!(code = %e.code, attempts = running.attempts, "task failed");
             }
         }
         Ok(())
