@@ -1,5 +1,5 @@
 //! The embedded store's image bytes, one file each in `<data folder>/images/<id>`. Rows in the
-//! main database say which files exist (and their task and content type); the bytes stay out of
+//! image database say which files exist (and their task and content type); the bytes stay out of
 //! SQLite, where a 100 KiB image cost several 64 KiB pages written to the WAL, checksummed and
 //! checkpointed again: in a burst of completions the image lane's writer was a fifth of the
 //! service's CPU, and the delivery of every completion waited behind it.

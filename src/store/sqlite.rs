@@ -296,13 +296,6 @@ CREATE TABLE IF NOT EXISTS api_keys (
 );
 CREATE INDEX IF NOT EXISTS api_keys_by_user ON api_keys (user_id, id);
 CREATE INDEX IF NOT EXISTS tasks_active ON tasks (user_id, status);
-CREATE TABLE IF NOT EXISTS image_files (
-    id TEXT PRIMARY KEY,
-    task_id TEXT NOT NULL,
-    content_type TEXT NOT NULL,
-    bytes INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS image_files_by_task ON image_files (task_id);
 ";
 
 const IMAGES_SCHEMA: &str = "
@@ -313,6 +306,13 @@ CREATE TABLE IF NOT EXISTS images (
     data BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS images_by_task ON images (task_id);
+CREATE TABLE IF NOT EXISTS image_files (
+    id TEXT PRIMARY KEY,
+    task_id TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    bytes INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS image_files_by_task ON image_files (task_id);
 ";
 
 fn backend(e: rusqlite::Error) -> StoreError {
@@ -642,28 +642,22 @@ impl SqliteStore {
             ImageKey::Id => "id",
             ImageKey::Task => "task_id",
         };
-        let within = format!("{column} IN (SELECT value FROM json_each(?1))");
-        let (rows, legacy) = (within.clone(), list.clone());
         let gone: Vec<String> = self
-            .main
+            .images
             .write(move |c| {
+                let within = format!("{column} IN (SELECT value FROM json_each(?1))");
                 let ids = c
-                    .prepare(&format!("SELECT id FROM image_files WHERE {rows}"))
+                    .prepare(&format!("SELECT id FROM image_files WHERE {within}"))
                     .and_then(|mut s| {
                         s.query_map([&list], |r| r.get::<_, String>(0))?
                             .collect::<Result<Vec<_>, _>>()
                     })
                     .map_err(backend)?;
-                c.execute(&format!("DELETE FROM image_files WHERE {rows}"), [&list])
-                    .map_err(backend)?;
+                for table in ["image_files", "images"] {
+                    c.execute(&format!("DELETE FROM {table} WHERE {within}"), [&list])
+                        .map_err(backend)?;
+                }
                 Ok(ids)
-            })
-            .await?;
-        self.images
-            .write(move |c| {
-                c.execute(&format!("DELETE FROM images WHERE {within}"), [&legacy])
-                    .map_err(backend)?;
-                Ok(())
             })
             .await?;
         // After the rows: a row never names a missing file.
@@ -1295,7 +1289,7 @@ impl Store for SqliteStore {
             image.content_type.clone(),
             image.data.len() as i64,
         );
-        self.main
+        self.images
             .write(move |c| {
                 c.prepare_cached(
                     "INSERT OR REPLACE INTO image_files (id, task_id, content_type, bytes) \
@@ -1310,9 +1304,7 @@ impl Store for SqliteStore {
 
     async fn get_image(&self, id: &str) -> Result<Option<ImageBlob>, StoreError> {
         let (id, files) = (id.to_string(), self.files.clone());
-        let key = id.clone();
-        let found = self
-            .main
+        self.images
             .read(move |c| {
                 let row = c
                     .prepare_cached("SELECT task_id, content_type FROM image_files WHERE id = ?1")
@@ -1321,27 +1313,22 @@ impl Store for SqliteStore {
                             .optional()
                     })
                     .map_err(backend)?;
-                let Some((task_id, content_type)) = row else {
-                    return Ok(None);
-                };
-                // `None`: deleted between the row and the file.
-                Ok(files.read(&id)?.map(|data| ImageBlob {
-                    id,
-                    task_id,
-                    content_type,
-                    data: data.into(),
-                }))
-            })
-            .await?;
-        if found.is_some() {
-            return Ok(found);
-        }
-        // Images stored by earlier versions keep their bytes in the image database.
-        self.images
-            .read(move |c| {
+                if let Some((task_id, content_type)) = row {
+                    return match files.read(&id)? {
+                        Some(data) => Ok(Some(ImageBlob {
+                            id,
+                            task_id,
+                            content_type,
+                            data: data.into(),
+                        })),
+                        // Deleted between the row and the file.
+                        None => Ok(None),
+                    };
+                }
+                // Images stored by earlier versions keep their bytes in the database.
                 c.prepare_cached("SELECT id, task_id, content_type, data FROM images WHERE id = ?1")
                     .and_then(|mut s| {
-                        s.query_row([&key], |r| {
+                        s.query_row([&id], |r| {
                             Ok(ImageBlob {
                                 id: r.get(0)?,
                                 task_id: r.get(1)?,
