@@ -4,7 +4,6 @@
 //! Implementations: `sqlite` (the embedded default, a data folder). Every task state change goes
 //! through [`Store::replace_task`], a compare-and-set on `(id, version, status)`.
 
-mod image_files;
 pub mod mongo;
 pub mod sqlite;
 mod task_cache;

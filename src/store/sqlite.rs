@@ -32,7 +32,6 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::image_files::ImageFiles;
 use super::task_cache::TaskCache;
 use super::{ChangeCursor, ImageBlob, InsertOutcome, Store, StoreError, TaskQuery};
 use crate::config::SyncMode;
@@ -45,8 +44,6 @@ pub struct SqliteStore {
     /// Users, tasks, API keys; holds the data folder's lock.
     main: Lane,
     tasks: TaskCache,
-    /// Image bytes (the image database holds their rows, and the bytes of earlier versions).
-    files: Arc<ImageFiles>,
 }
 
 /// Tasks kept in memory for polls (about 1–2 KiB each).
@@ -69,8 +66,6 @@ enum ImageKey {
 /// File names in the data folder.
 const MAIN_FILE: &str = "volcengine-ai-server.sqlite3";
 const IMAGES_FILE: &str = "volcengine-ai-server-images.sqlite3";
-/// Folder of the image files.
-const IMAGES_DIR: &str = "images";
 
 /// One write: runs on the writer's connection inside the batch's transaction (or is told why
 /// there is none) and says whether it succeeded; the returned `Finish` answers its caller once
@@ -306,13 +301,6 @@ CREATE TABLE IF NOT EXISTS images (
     data BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS images_by_task ON images (task_id);
-CREATE TABLE IF NOT EXISTS image_files (
-    id TEXT PRIMARY KEY,
-    task_id TEXT NOT NULL,
-    content_type TEXT NOT NULL,
-    bytes INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS image_files_by_task ON image_files (task_id);
 ";
 
 fn backend(e: rusqlite::Error) -> StoreError {
@@ -616,11 +604,9 @@ impl SqliteStore {
         add_change_column(&mut main_conn)?;
         let images = Lane::start(&images_spec, images_conn, None)?;
         let main = Lane::start(&main_spec, main_conn, Some(lock))?;
-        let files = Arc::new(ImageFiles::open(dir.join(IMAGES_DIR), sync)?);
         Ok(SqliteStore {
             images,
             main,
-            files,
             tasks: TaskCache::new(
                 std::num::NonZeroUsize::new(TASK_CACHE_CAPACITY)
                     .unwrap_or(std::num::NonZeroUsize::MIN),
@@ -638,33 +624,18 @@ impl SqliteStore {
             return Ok(());
         }
         let list = to_json(&keys)?;
-        let column = match by {
-            ImageKey::Id => "id",
-            ImageKey::Task => "task_id",
+        let sql = match by {
+            ImageKey::Id => "DELETE FROM images WHERE id IN (SELECT value FROM json_each(?1))",
+            ImageKey::Task => {
+                "DELETE FROM images WHERE task_id IN (SELECT value FROM json_each(?1))"
+            }
         };
-        let gone: Vec<String> = self
-            .images
+        self.images
             .write(move |c| {
-                let within = format!("{column} IN (SELECT value FROM json_each(?1))");
-                let ids = c
-                    .prepare(&format!("SELECT id FROM image_files WHERE {within}"))
-                    .and_then(|mut s| {
-                        s.query_map([&list], |r| r.get::<_, String>(0))?
-                            .collect::<Result<Vec<_>, _>>()
-                    })
-                    .map_err(backend)?;
-                for table in ["image_files", "images"] {
-                    c.execute(&format!("DELETE FROM {table} WHERE {within}"), [&list])
-                        .map_err(backend)?;
-                }
-                Ok(ids)
+                c.execute(sql, [list]).map_err(backend)?;
+                Ok(())
             })
-            .await?;
-        // After the rows: a row never names a missing file.
-        let files = self.files.clone();
-        tokio::task::spawn_blocking(move || files.remove(&gone))
             .await
-            .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))
     }
 
     async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
@@ -1278,57 +1249,25 @@ impl Store for SqliteStore {
     }
 
     async fn put_image(&self, image: &ImageBlob) -> Result<(), StoreError> {
-        // The file first: its row then never names bytes that are not all there.
-        let (files, id, data) = (self.files.clone(), image.id.clone(), image.data.clone());
-        tokio::task::spawn_blocking(move || files.write(&id, &data))
-            .await
-            .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))??;
-        let img = (
-            image.id.clone(),
-            image.task_id.clone(),
-            image.content_type.clone(),
-            image.data.len() as i64,
-        );
-        self.images
-            .write(move |c| {
-                c.prepare_cached(
-                    "INSERT OR REPLACE INTO image_files (id, task_id, content_type, bytes) \
-                     VALUES (?1, ?2, ?3, ?4)",
-                )
-                .and_then(|mut s| s.execute(params![img.0, img.1, img.2, img.3]))
-                .map_err(backend)?;
-                Ok(())
-            })
-            .await
+        let img = image.clone();
+        self.images.write(move |c| {
+            c.prepare_cached(
+                "INSERT OR REPLACE INTO images (id, task_id, content_type, data) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .and_then(|mut s| s.execute(params![img.id, img.task_id, img.content_type, &img.data[..]]))
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
     }
 
     async fn get_image(&self, id: &str) -> Result<Option<ImageBlob>, StoreError> {
-        let (id, files) = (id.to_string(), self.files.clone());
+        let id = id.to_string();
         self.images
             .read(move |c| {
-                let row = c
-                    .prepare_cached("SELECT task_id, content_type FROM image_files WHERE id = ?1")
-                    .and_then(|mut s| {
-                        s.query_row([&id], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))
-                            .optional()
-                    })
-                    .map_err(backend)?;
-                if let Some((task_id, content_type)) = row {
-                    return match files.read(&id)? {
-                        Some(data) => Ok(Some(ImageBlob {
-                            id,
-                            task_id,
-                            content_type,
-                            data: data.into(),
-                        })),
-                        // Deleted between the row and the file.
-                        None => Ok(None),
-                    };
-                }
-                // Images stored by earlier versions keep their bytes in the database.
                 c.prepare_cached("SELECT id, task_id, content_type, data FROM images WHERE id = ?1")
                     .and_then(|mut s| {
-                        s.query_row([&id], |r| {
+                        s.query_row([id], |r| {
                             Ok(ImageBlob {
                                 id: r.get(0)?,
                                 task_id: r.get(1)?,
@@ -1424,45 +1363,6 @@ mod tests {
             .await
             .expect("read");
         assert_eq!(ids(rest), ["t-new", "t-old"]);
-    }
-
-    /// Image bytes live in files named by the image id; deleting by id or by task removes the
-    /// rows and the files; what is not an image id never reaches the file system.
-    #[tokio::test]
-    async fn image_bytes_are_files_removed_with_their_rows() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(dir.path(), SyncMode::Normal).expect("open store");
-        let blob = |task: &str| ImageBlob {
-            id: crate::domain::new_id(),
-            task_id: task.into(),
-            content_type: "image/png".into(),
-            data: bytes::Bytes::from_static(b"\x89PNG and more"),
-        };
-        let (a, b) = (blob("t1"), blob("t2"));
-        for img in [&a, &b] {
-            store.put_image(img).await.expect("put");
-        }
-        let file = dir.path().join(IMAGES_DIR).join(&a.id);
-        assert_eq!(std::fs::read(&file).expect("file"), &a.data[..]);
-        assert_eq!(store.get_image(&a.id).await.expect("get"), Some(a.clone()));
-
-        store
-            .delete_images_by(ImageKey::Task, &["t1".to_string()])
-            .await
-            .expect("delete");
-        assert!(!file.exists(), "the file went with its task");
-        assert_eq!(store.get_image(&a.id).await.expect("get"), None);
-        store
-            .delete_images(std::slice::from_ref(&b.id))
-            .await
-            .expect("delete");
-        assert_eq!(store.get_image(&b.id).await.expect("get"), None);
-        assert!(!dir.path().join(IMAGES_DIR).join(&b.id).exists());
-
-        std::fs::write(dir.path().join("secret"), b"x").expect("write");
-        for probe in ["../secret", "..", ""] {
-            assert_eq!(store.get_image(probe).await.expect("get"), None);
-        }
     }
 
     /// A data folder of an earlier version (images inside the main database) opens with every
