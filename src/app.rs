@@ -69,7 +69,11 @@ pub struct Backends {
 impl Backends {
     /// The embedded default: SQLite in the data folder, in-process queue and events.
     pub fn embedded(config: &Config) -> Result<Backends, StartError> {
-        let store = SqliteStore::open(&config.data_dir, config.embedded_sync)?;
+        let store = SqliteStore::open(
+            &config.data_dir,
+            config.embedded_sync,
+            config.task_cache_size,
+        )?;
         tracing::info!(path = %store.path().display(), "embedded store opened");
         Ok(Backends {
             store: Arc::new(store),

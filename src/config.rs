@@ -117,6 +117,8 @@ pub struct Config {
     pub public_base_url: Option<String>,
     pub data_dir: PathBuf,
     pub embedded_sync: SyncMode,
+    /// Tasks the embedded store keeps in memory for polls (0: none).
+    pub task_cache_size: usize,
     pub mongo_url: Option<String>,
     /// Database used when `MONGO_URL` names none.
     pub mongo_database: String,
@@ -185,6 +187,7 @@ impl Default for Config {
             public_base_url: None,
             data_dir: PathBuf::from("./data"),
             embedded_sync: SyncMode::Normal,
+            task_cache_size: 10_000,
             mongo_url: None,
             mongo_database: "volcengine_ai".into(),
             mongo_majority_writes: true,
@@ -486,6 +489,12 @@ impl Config {
             public_base_url,
             data_dir: PathBuf::from(env.string(&["DATA_DIR"], "./data")),
             embedded_sync,
+            task_cache_size: env.parse(&["TASK_CACHE_SIZE"], d.task_cache_size, |v| {
+                if *v > 10_000_000 {
+                    return Err("must be at most 10000000".into());
+                }
+                Ok(())
+            })?,
             mongo_url,
             mongo_database: env.string(&["MONGO_DATABASE"], &d.mongo_database),
             mongo_majority_writes,
@@ -664,6 +673,8 @@ mod tests {
             ("PROVIDER_IPM", "fast"),
             ("PROVIDER_IPM", "dall-e=5"),
             ("PROVIDER_IPM", "0"),
+            ("TASK_CACHE_SIZE", "lots"),
+            ("TASK_CACHE_SIZE", "20000000"),
         ] {
             let err = from(&[(var, value)]).expect_err(var);
             assert_eq!(err.var, var, "{err}");

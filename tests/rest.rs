@@ -158,6 +158,14 @@ async fn users_crud_with_case_insensitive_unique_email() {
         404,
         "a deleted user's images go with it"
     );
+    // Polled just before (and so held in memory by the embedded store), the task goes too.
+    let (status, _) = s
+        .get(&format!(
+            "/api/v1/ai/image/result/{}",
+            task["data"]["task_id"].as_str().expect("task id")
+        ))
+        .await;
+    assert_eq!(status, 404, "a deleted user's tasks go with it");
     let (status, refused) = s
         .post(
             "/api/v1/ai/image/task",

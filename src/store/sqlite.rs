@@ -46,9 +46,6 @@ pub struct SqliteStore {
     tasks: TaskCache,
 }
 
-/// Tasks kept in memory for polls (about 1–2 KiB each).
-const TASK_CACHE_CAPACITY: usize = 10_000;
-
 /// One database: its writer thread (the only write connection), checkpointer and readers.
 struct Lane {
     writes: Option<mpsc::Sender<WriteJob>>,
@@ -557,8 +554,9 @@ fn move_legacy_images(main: &Connection, images_path: &Path) -> Result<(), Store
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the databases in `dir`, taking the folder's lock.
-    pub fn open(dir: &Path, sync: SyncMode) -> Result<SqliteStore, StoreError> {
+    /// Opens (creating if needed) the databases in `dir`, taking the folder's lock. Up to
+    /// `task_cache` tasks are kept in memory for polls (`TASK_CACHE_SIZE`).
+    pub fn open(dir: &Path, sync: SyncMode, task_cache: usize) -> Result<SqliteStore, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Backend(format!("cannot create data folder {}: {e}", dir.display()))
         })?;
@@ -607,10 +605,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             images,
             main,
-            tasks: TaskCache::new(
-                std::num::NonZeroUsize::new(TASK_CACHE_CAPACITY)
-                    .unwrap_or(std::num::NonZeroUsize::MIN),
-            ),
+            tasks: TaskCache::new(task_cache),
         })
     }
 
@@ -1323,7 +1318,7 @@ mod tests {
             )
             .expect("insert");
         }
-        let store = SqliteStore::open(dir.path(), SyncMode::Normal).expect("open store");
+        let store = SqliteStore::open(dir.path(), SyncMode::Normal, 100).expect("open store");
         let mut other = old_task.clone();
         other.id = "t-other-user".into();
         other.user_id = "u2".into();
@@ -1382,7 +1377,7 @@ mod tests {
             .expect("insert");
         }
         for _ in 0..2 {
-            let store = SqliteStore::open(dir.path(), SyncMode::Normal).expect("open store");
+            let store = SqliteStore::open(dir.path(), SyncMode::Normal, 100).expect("open store");
             let img = store
                 .get_image("i1")
                 .await

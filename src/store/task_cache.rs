@@ -20,7 +20,8 @@ pub struct TaskCache {
 }
 
 struct Inner {
-    tasks: LruCache<String, Arc<Task>>,
+    /// `None` when the cache is off (`TASK_CACHE_SIZE=0`).
+    tasks: Option<LruCache<String, Arc<Task>>>,
     generation: u64,
 }
 
@@ -29,17 +30,18 @@ struct Inner {
 pub struct Generation(u64);
 
 impl TaskCache {
-    pub fn new(capacity: NonZeroUsize) -> TaskCache {
+    /// Holds up to `capacity` tasks; none (every call a no-op) with 0.
+    pub fn new(capacity: usize) -> TaskCache {
         TaskCache {
             inner: Mutex::new(Inner {
-                tasks: LruCache::new(capacity),
+                tasks: NonZeroUsize::new(capacity).map(LruCache::new),
                 generation: 0,
             }),
         }
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Task>> {
-        self.inner.lock().ok()?.tasks.get(id).cloned()
+        self.inner.lock().ok()?.tasks.as_mut()?.get(id).cloned()
     }
 
     /// Taken before a read or write whose result may be kept.
@@ -56,14 +58,16 @@ impl TaskCache {
         if inner.generation != since.0 {
             return;
         }
-        if inner
-            .tasks
+        let Some(tasks) = inner.tasks.as_mut() else {
+            return;
+        };
+        if tasks
             .peek(&task.id)
             .is_some_and(|held| held.version > task.version)
         {
             return;
         }
-        inner.tasks.put(task.id.clone(), Arc::new(task));
+        tasks.put(task.id.clone(), Arc::new(task));
     }
 
     /// Records `task` as just committed by a write that began at `since`. If something was
@@ -73,24 +77,29 @@ impl TaskCache {
         let Ok(mut inner) = self.inner.lock() else {
             return;
         };
-        if inner.generation != since.0 {
-            inner.tasks.pop(&task.id);
+        let stale = inner.generation != since.0;
+        let Some(tasks) = inner.tasks.as_mut() else {
+            return;
+        };
+        if stale {
+            tasks.pop(&task.id);
             return;
         }
-        if inner
-            .tasks
+        if tasks
             .peek(&task.id)
             .is_some_and(|held| held.version > task.version)
         {
             return;
         }
-        inner.tasks.put(task.id.clone(), Arc::new(task.clone()));
+        tasks.put(task.id.clone(), Arc::new(task.clone()));
     }
 
     /// Forgets a task (deleted, or changed without a new version).
     pub fn remove(&self, id: &str) {
         if let Ok(mut inner) = self.inner.lock() {
-            inner.tasks.pop(id);
+            if let Some(tasks) = inner.tasks.as_mut() {
+                tasks.pop(id);
+            }
             inner.generation += 1;
         }
     }
@@ -98,7 +107,9 @@ impl TaskCache {
     /// Forgets every task (a user and all their tasks deleted).
     pub fn clear(&self) {
         if let Ok(mut inner) = self.inner.lock() {
-            inner.tasks.clear();
+            if let Some(tasks) = inner.tasks.as_mut() {
+                tasks.clear();
+            }
             inner.generation += 1;
         }
     }
@@ -125,7 +136,7 @@ mod tests {
 
     #[test]
     fn newer_versions_win_and_removals_beat_reads_that_began_before_them() {
-        let c = TaskCache::new(NonZeroUsize::new(2).expect("non-zero"));
+        let c = TaskCache::new(2);
         let g = c.generation();
         c.keep(task("a", 2), g);
         c.keep(task("a", 1), g);
@@ -169,5 +180,10 @@ mod tests {
             "bounded: the least recently used went"
         );
         assert!(c.get("z").is_some());
+
+        let off = TaskCache::new(0);
+        off.keep(task("a", 1), off.generation());
+        off.wrote(&task("b", 1), off.generation());
+        assert!(off.get("a").is_none() && off.get("b").is_none());
     }
 }
