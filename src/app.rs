@@ -315,6 +315,7 @@ pub async fn start_with(
         limits: crate::service::Limits::from_config(&config),
         pacer: pacer.clone(),
         known_users: Default::default(),
+        submitting: Default::default(),
     });
     let (provider, emulator) = if role.runs_worker() {
         let (p, e) = provider(&config, &shutdown).await?;

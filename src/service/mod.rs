@@ -80,6 +80,57 @@ pub struct Service {
     /// Admission buckets for user submits; shared across processes in distributed mode.
     pub pacer: Arc<dyn Pacer>,
     pub known_users: KnownUsers,
+    /// Submits of each user between their quota check and their insert (this process).
+    pub submitting: Submitting,
+}
+
+/// Users' submits that passed the in-flight quota check and are not stored yet. The store's
+/// count cannot see them, so without this, concurrent submits of one user each saw the same count
+/// and together overshot `USER_MAX_IN_FLIGHT`. A submit takes its place before it reads the
+/// count and counts the places taken before its own: of any two concurrent submits the later
+/// one sees the earlier, either still here or already stored, so the last one admitted has seen
+/// all the others. Exact in one process; across `api` processes each process's submits are.
+#[derive(Default)]
+pub struct Submitting(std::sync::Mutex<HashMap<String, usize>>);
+
+/// One submit's place in [`Submitting`], given back when dropped (stored or refused).
+pub struct SubmitSlot<'a> {
+    of: &'a Submitting,
+    user_id: String,
+}
+
+impl Submitting {
+    /// Takes a place for `user_id`; with the number of places other submits of the user held.
+    fn take(&self, user_id: &str) -> (SubmitSlot<'_>, u64) {
+        let before = match self.0.lock() {
+            Ok(mut m) => {
+                let n = m.entry(user_id.to_string()).or_insert(0);
+                *n += 1;
+                *n - 1
+            }
+            Err(_) => 0,
+        };
+        (
+            SubmitSlot {
+                of: self,
+                user_id: user_id.to_string(),
+            },
+            before as u64,
+        )
+    }
+}
+
+impl Drop for SubmitSlot<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.of.0.lock() {
+            if let Some(n) = m.get_mut(&self.user_id) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(&self.user_id);
+                }
+            }
+        }
+    }
 }
 
 /// Users recently seen to exist. Every submit checks its user, and on MongoDB that read was a
@@ -388,9 +439,11 @@ impl Service {
         if own.as_ref().is_some_and(|o| *o != user_id) {
             return Err(forbidden("create tasks for another user"));
         }
-        if let Principal::User { .. } = who {
-            self.admit_submit(&user_id).await?;
-        }
+        // Held until the task is stored (or refused), so that concurrent submits count it.
+        let _slot = match who {
+            Principal::User { .. } => Some(self.admit_submit(&user_id).await?),
+            _ => None,
+        };
         if self.known_users.0.get(&user_id).is_none() {
             if self.store.get_user(&user_id).await?.is_none() {
                 return Err(AppError::Validation(vec![crate::error::FieldError::new(
@@ -469,8 +522,9 @@ impl Service {
         ))
     }
 
-    /// The per-user submit rate (a token bucket) and in-flight quota.
-    async fn admit_submit(&self, user_id: &str) -> Result<(), AppError> {
+    /// The per-user submit rate (a token bucket) and in-flight quota; the submit's place among
+    /// the user's submits not stored yet.
+    async fn admit_submit(&self, user_id: &str) -> Result<SubmitSlot<'_>, AppError> {
         let l = &self.limits;
         let interval =
             std::time::Duration::from_secs_f64(60.0 / f64::from(l.submit_per_minute.max(1)));
@@ -494,18 +548,20 @@ impl Service {
             // backend down the request goes on (the in-flight quota below still holds).
             Err(e) => tracing::warn!(error = %e, "submit rate limiter unavailable; admitting"),
         }
-        let active = self.store.count_active_tasks(user_id).await?;
+        // The place first, then the count (see `Submitting`).
+        let (slot, submitting) = self.submitting.take(user_id);
+        let active = self.store.count_active_tasks(user_id).await? + submitting;
         if active >= l.max_in_flight {
             metrics::counter!("rate_limited_total", "limit" => "in_flight").increment(1);
             return Err(AppError::RateLimited {
                 retry_after_secs: 5,
                 reason: format!(
-                    "{active} tasks are pending or processing, the most a user may have is {}",
+                    "{active} tasks are pending, processing or being submitted, the most a user may have is {}",
                     l.max_in_flight
                 ),
             });
         }
-        Ok(())
+        Ok(slot)
     }
 
     pub async fn get_task(&self, who: &Principal, id: &str) -> Result<Task, AppError> {
