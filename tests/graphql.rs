@@ -705,8 +705,12 @@ async fn lossy_server(resync: Duration) -> (TestServer, Arc<Lossy>) {
     (TestServer::start_on(cfg, backends, dir).await, lossy)
 }
 
-/// Opens `tasksUpdated` for `user` and waits until a probe task's first change arrives on it.
-async fn live_tasks_updated(s: &TestServer, user: &str) -> (WsClient, String) {
+/// Opens `tasksUpdated` for `user` and follows a probe task on it to its end; the socket, the
+/// probe's id and the versions seen so far (for `until_status`).
+async fn live_tasks_updated(
+    s: &TestServer,
+    user: &str,
+) -> (WsClient, String, HashMap<String, i64>) {
     let mut ws = WsClient::connect(&s.base, "/graphql/ws", Proto::TransportWs).await;
     ws.subscribe(
         "u",
@@ -714,19 +718,17 @@ async fn live_tasks_updated(s: &TestServer, user: &str) -> (WsClient, String) {
         json!({"u": user}),
     )
     .await;
-    let probe = gql_task(s, user, "probe").await["id"]
+    let probe = gql_task_id(s, user, "probe").await;
+    let mut versions = HashMap::new();
+    until_status(&mut ws, &mut versions, &probe, "COMPLETED").await;
+    (ws, probe, versions)
+}
+
+async fn gql_task_id(s: &TestServer, user: &str, prompt: &str) -> String {
+    gql_task(s, user, prompt).await["id"]
         .as_str()
         .expect("id")
-        .to_string();
-    loop {
-        match ws.next_event().await {
-            WsEvent::Next { data, .. } if data["tasksUpdated"]["id"] == probe.as_str() => break,
-            WsEvent::Next { .. } => {}
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    s.wait_terminal(&probe).await;
-    (ws, probe)
+        .to_string()
 }
 
 /// Reads `tasksUpdated` until `id` arrives with `status`, checking on the way that no task's
@@ -759,15 +761,10 @@ async fn tasks_updated_re_reads_the_store_after_a_gap() {
     // No quiet-spell re-reads in this test: only the gap can bring the lost changes back.
     let (s, bus) = lossy_server(Duration::from_secs(3600)).await;
     let user = gql_user(&s, "gap@example.com").await;
-    let (mut ws, probe) = live_tasks_updated(&s, &user).await;
-    let mut versions = HashMap::new();
-    until_status(&mut ws, &mut versions, &probe, "COMPLETED").await;
+    let (mut ws, _, mut versions) = live_tasks_updated(&s, &user).await;
 
     bus.losing.store(true, Ordering::SeqCst);
-    let lost = gql_task(&s, &user, "made while the bus lost everything").await["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let lost = gql_task_id(&s, &user, "made while the bus lost everything").await;
     s.wait_terminal(&lost).await;
     assert!(
         ws.quiet_for(Duration::from_millis(300)).await.is_none(),
@@ -779,10 +776,7 @@ async fn tasks_updated_re_reads_the_store_after_a_gap() {
     until_status(&mut ws, &mut versions, &lost, "COMPLETED").await;
 
     // Live events flow on afterwards, and nothing re-read is sent a second time.
-    let after = gql_task(&s, &user, "after the gap").await["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let after = gql_task_id(&s, &user, "after the gap").await;
     until_status(&mut ws, &mut versions, &after, "COMPLETED").await;
 }
 
@@ -790,20 +784,15 @@ async fn tasks_updated_re_reads_the_store_after_a_gap() {
 async fn tasks_updated_finds_lost_changes_when_quiet() {
     let (s, bus) = lossy_server(Duration::from_millis(500)).await;
     let user = gql_user(&s, "quiet@example.com").await;
-    let (mut ws, probe) = live_tasks_updated(&s, &user).await;
-    let mut versions = HashMap::new();
-    until_status(&mut ws, &mut versions, &probe, "COMPLETED").await;
+    let (mut ws, probe, mut versions) = live_tasks_updated(&s, &user).await;
 
     // Lost without any sign of a gap: a publish that never reached the bus.
     bus.losing.store(true, Ordering::SeqCst);
-    let lost = gql_task(&s, &user, "never published").await["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let lost = gql_task_id(&s, &user, "never published").await;
     until_status(&mut ws, &mut versions, &lost, "COMPLETED").await;
     assert_eq!(
         versions.get(&probe).copied(),
         Some(3),
-        "the probe's three versions were each sent once"
+        "the probe's versions were each sent once, in order"
     );
 }

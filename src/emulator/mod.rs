@@ -563,7 +563,6 @@ async fn generations(State(emu): State<Emulator>, headers: HeaderMap, body: Byte
 }
 
 async fn image(State(emu): State<Emulator>, Path(name): Path<String>) -> Response {
-    let fail_first = emu.0.cfg.fail_downloads_first;
     let found = emu.0.issued.lock().ok().and_then(|mut m| {
         m.get_mut(&name)
             .filter(|i| i.expires > Instant::now())
@@ -572,13 +571,14 @@ async fn image(State(emu): State<Emulator>, Path(name): Path<String>) -> Respons
                 (i.seed.clone(), i.index, i.width, i.height, i.downloads)
             })
     });
+    let refused = found
+        .as_ref()
+        .is_some_and(|(.., downloads)| *downloads <= emu.0.cfg.fail_downloads_first);
     if let Ok(mut s) = emu.0.stats.lock() {
         s.downloads += 1;
-        if found.as_ref().is_some_and(|f| f.4 <= fail_first) {
-            s.failed_downloads += 1;
-        }
+        s.failed_downloads += u64::from(refused);
     }
-    if found.as_ref().is_some_and(|f| f.4 <= fail_first) {
+    if refused {
         // TOS's answer when it sheds load.
         return (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -27,6 +27,14 @@ pub enum Channel {
 }
 
 impl Channel {
+    /// Every task change of one user, or of all users (`None`).
+    pub fn tasks_of(user_id: Option<&str>) -> Channel {
+        match user_id {
+            Some(u) => Channel::User(u.to_string()),
+            None => Channel::All,
+        }
+    }
+
     pub fn name(&self) -> String {
         match self {
             Channel::Task(id) => format!("task:{id}"),

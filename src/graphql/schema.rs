@@ -345,15 +345,15 @@ impl Subscription {
         user_id: Option<ID>,
     ) -> async_graphql::Result<impl Stream<Item = Task>> {
         let ctx = ctx(c)?.clone();
-        let channel = ctx
+        let scope = ctx
             .service
-            .task_channel(who(c)?, user_id.as_ref().map(|u| u.0.as_str()))
+            .task_scope(who(c)?, user_id.as_ref().map(|u| u.0.as_str()))
             .gql()?;
         let slot = super::SubscriptionSlot::take(c).gql()?;
         let events = ctx
             .service
             .events
-            .subscribe(channel.clone())
+            .subscribe(Channel::tasks_of(scope.as_deref()))
             .await
             .map_err(AppError::from)
             .gql()?;
@@ -361,12 +361,8 @@ impl Subscription {
             crate::observability::GaugeGuard::new("graphql_subscriptions"),
             slot,
         );
-        let user_id = match channel {
-            Channel::User(u) => Some(u),
-            Channel::Task(_) | Channel::All => None,
-        };
         Ok(
-            super::follow::follow_tasks(ctx.service.clone(), user_id, events, ctx.resync).map(
+            super::follow::follow_tasks(ctx.service.clone(), scope, events, ctx.resync).map(
                 move |t| {
                     let _ = &open;
                     t

@@ -14,7 +14,7 @@ use crate::auth::{Authenticator, Principal};
 use crate::cache::TtlCache;
 use crate::domain::{self, ApiKey, Catalog, ImageParams, Task, TaskStatus, User};
 use crate::error::AppError;
-use crate::events::{Channel, Events};
+use crate::events::Events;
 use crate::provider::limiter::Pacer;
 use crate::queue::Queue;
 use crate::store::{InsertOutcome, Store, TaskQuery};
@@ -699,21 +699,18 @@ impl Service {
         }
     }
 
-    /// The event channel a subscription to every task change of `user_id` listens on: a user
-    /// key only its own (the default), the admin any user's or, without one, all.
-    pub fn task_channel(
+    /// Whose tasks a subscription to every task change of `user_id` follows: a user key only its
+    /// own (the default), the admin any user's or, without one, all users' (`None`).
+    pub fn task_scope(
         &self,
         who: &Principal,
         user_id: Option<&str>,
-    ) -> Result<Channel, AppError> {
+    ) -> Result<Option<String>, AppError> {
         if let Some(u) = user_id {
             check_id("userId", u)?;
             require_user(who, u)?;
         }
-        Ok(match user_id.or(who.user_id()) {
-            Some(u) => Channel::User(u.to_string()),
-            None => Channel::All,
-        })
+        Ok(user_id.or(who.user_id()).map(str::to_string))
     }
 
     // ---- API keys ----

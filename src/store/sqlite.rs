@@ -43,6 +43,8 @@ pub struct SqliteStore {
     images: Lane,
     /// Users, tasks, API keys; holds the data folder's lock.
     main: Lane,
+    /// Tasks for polls. Every method that changes a task row tells it, after the commit: `keep`
+    /// for a new version, `remove` (or `clear`) for anything else.
     tasks: TaskCache,
 }
 
@@ -821,6 +823,7 @@ impl Store for SqliteStore {
                 Ok(n == 1)
             })
             .await;
+        // All, not the ids read above: a task inserted since would be missed.
         self.tasks.clear();
         deleted
     }
@@ -879,7 +882,7 @@ impl Store for SqliteStore {
             })
             .await?;
         if matches!(outcome, InsertOutcome::Inserted) {
-            self.tasks.wrote(task, since);
+            self.tasks.keep(task, since);
         }
         Ok(outcome)
     }
@@ -891,7 +894,7 @@ impl Store for SqliteStore {
         let since = self.tasks.generation();
         let found = self.lookup(|c| read_task(c, id))?;
         if let Some(t) = &found {
-            self.tasks.keep(t.clone(), since);
+            self.tasks.keep(t, since);
         }
         Ok(found)
     }
@@ -1007,7 +1010,7 @@ impl Store for SqliteStore {
             })
             .await?;
         if outcome {
-            self.tasks.wrote(task, since);
+            self.tasks.keep(task, since);
         }
         Ok(outcome)
     }
@@ -1018,11 +1021,10 @@ impl Store for SqliteStore {
         owner: &str,
         until: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let (key, owner) = (id.to_string(), owner.to_string());
+        let (task_id, owner) = (id.to_string(), owner.to_string());
         let extended = self
             .write(move |c| {
-                let id = key;
-                let Some(mut task) = read_task(c, &id)? else {
+                let Some(mut task) = read_task(c, &task_id)? else {
                     return Ok(false);
                 };
                 if task.status != TaskStatus::Processing
@@ -1034,7 +1036,7 @@ impl Store for SqliteStore {
                 let n = c
                 .execute(
                     "UPDATE tasks SET lease_until_ms = ?2, doc = ?3 WHERE id = ?1 AND version = ?4",
-                    params![id, until.timestamp_millis(), to_json(&task)?, task.version],
+                    params![task_id, until.timestamp_millis(), to_json(&task)?, task.version],
                 )
                 .map_err(backend)?;
                 Ok(n == 1)
@@ -1086,19 +1088,18 @@ impl Store for SqliteStore {
     }
 
     async fn delete_task(&self, id: &str) -> Result<bool, StoreError> {
-        let id = id.to_string();
-        self.delete_images_by(ImageKey::Task, std::slice::from_ref(&id))
+        let task_id = id.to_string();
+        self.delete_images_by(ImageKey::Task, std::slice::from_ref(&task_id))
             .await?;
-        let key = id.clone();
         let deleted = self
             .write(move |c| {
                 let n = c
-                    .execute("DELETE FROM tasks WHERE id = ?1", [&key])
+                    .execute("DELETE FROM tasks WHERE id = ?1", [&task_id])
                     .map_err(backend)?;
                 Ok(n == 1)
             })
             .await;
-        self.tasks.remove(&id);
+        self.tasks.remove(id);
         deleted
     }
 

@@ -49,31 +49,11 @@ impl TaskCache {
         Generation(self.inner.lock().map(|i| i.generation).unwrap_or(u64::MAX))
     }
 
-    /// Keeps `task` as read or written since `since`, unless something was removed meanwhile
-    /// or a newer version is already here.
-    pub fn keep(&self, task: Task, since: Generation) {
-        let Ok(mut inner) = self.inner.lock() else {
-            return;
-        };
-        if inner.generation != since.0 {
-            return;
-        }
-        let Some(tasks) = inner.tasks.as_mut() else {
-            return;
-        };
-        if tasks
-            .peek(&task.id)
-            .is_some_and(|held| held.version > task.version)
-        {
-            return;
-        }
-        tasks.put(task.id.clone(), Arc::new(task));
-    }
-
-    /// Records `task` as just committed by a write that began at `since`. If something was
-    /// removed meanwhile the task is forgotten instead: a read may have kept an older version
-    /// that this write's value would otherwise have had to replace.
-    pub fn wrote(&self, task: &Task, since: Generation) {
+    /// Keeps `task` as read, or as committed by a write, that began at `since`; never over a
+    /// newer version. If something was removed meanwhile, the task is forgotten instead: a read
+    /// racing a delete could bring it back, and a read may have kept a version older than this
+    /// write's (forgetting costs a miss, never a wrong answer).
+    pub fn keep(&self, task: &Task, since: Generation) {
         let Ok(mut inner) = self.inner.lock() else {
             return;
         };
@@ -83,15 +63,12 @@ impl TaskCache {
         };
         if stale {
             tasks.pop(&task.id);
-            return;
-        }
-        if tasks
+        } else if tasks
             .peek(&task.id)
-            .is_some_and(|held| held.version > task.version)
+            .is_none_or(|held| held.version <= task.version)
         {
-            return;
+            tasks.put(task.id.clone(), Arc::new(task.clone()));
         }
-        tasks.put(task.id.clone(), Arc::new(task.clone()));
     }
 
     /// Forgets a task (deleted, or changed without a new version).
@@ -138,8 +115,8 @@ mod tests {
     fn newer_versions_win_and_removals_beat_reads_that_began_before_them() {
         let c = TaskCache::new(2);
         let g = c.generation();
-        c.keep(task("a", 2), g);
-        c.keep(task("a", 1), g);
+        c.keep(&task("a", 2), g);
+        c.keep(&task("a", 1), g);
         assert_eq!(
             c.get("a").map(|t| t.version),
             Some(2),
@@ -148,32 +125,32 @@ mod tests {
 
         let before_delete = c.generation();
         c.remove("a");
-        c.keep(task("a", 2), before_delete);
+        c.keep(&task("a", 2), before_delete);
         assert!(
             c.get("a").is_none(),
             "a read from before the delete is not kept"
         );
-        c.keep(task("a", 3), c.generation());
+        c.keep(&task("a", 3), c.generation());
         assert_eq!(c.get("a").map(|t| t.version), Some(3));
 
         let before_clear = c.generation();
         c.clear();
-        c.keep(task("b", 1), before_clear);
+        c.keep(&task("b", 1), before_clear);
         assert!(c.get("a").is_none() && c.get("b").is_none());
 
         // A read kept version 1; version 2 is written while another task is removed: the
         // write cannot be recorded, so version 1 must not stay either.
         let g = c.generation();
-        c.keep(task("c", 1), g);
+        c.keep(&task("c", 1), g);
         c.remove("other");
-        c.wrote(&task("c", 2), g);
+        c.keep(&task("c", 2), g);
         assert!(c.get("c").is_none(), "a stale version is forgotten");
-        c.wrote(&task("c", 2), c.generation());
+        c.keep(&task("c", 2), c.generation());
         assert_eq!(c.get("c").map(|t| t.version), Some(2));
 
         let g = c.generation();
         for id in ["x", "y", "z"] {
-            c.keep(task(id, 1), g);
+            c.keep(&task(id, 1), g);
         }
         assert!(
             c.get("x").is_none(),
@@ -182,8 +159,8 @@ mod tests {
         assert!(c.get("z").is_some());
 
         let off = TaskCache::new(0);
-        off.keep(task("a", 1), off.generation());
-        off.wrote(&task("b", 1), off.generation());
+        off.keep(&task("a", 1), off.generation());
+        off.keep(&task("b", 1), off.generation());
         assert!(off.get("a").is_none() && off.get("b").is_none());
     }
 }
