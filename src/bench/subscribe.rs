@@ -51,6 +51,9 @@ pub struct Delivery {
     pub client_cpu: Duration,
     /// The server's CPU in the same span by thread name (live threads only).
     pub server_threads: Vec<(String, Duration)>,
+    /// The burst cut in tenths by completion time (`updatedAt`): messages of each tenth and
+    /// their delay p99, to tell a backlog that builds up over the burst from a slow start.
+    pub by_tenth: Vec<(usize, Duration)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -727,8 +730,31 @@ impl Crowd {
             last_update = Some(last_update.map_or(updated, |l: SystemTime| l.max(updated)));
             delays.push(arrived.duration_since(updated).unwrap_or_default());
         }
+        let by_tenth = match (first_update, last_update) {
+            (Some(f), Some(l)) => {
+                let spread = l
+                    .duration_since(f)
+                    .unwrap_or_default()
+                    .max(Duration::from_micros(1));
+                let mut tenths = vec![Vec::new(); 10];
+                for (arrived, updated) in seen.iter().filter_map(|s| s.completed) {
+                    let at = updated.duration_since(f).unwrap_or_default();
+                    let k = ((at.as_secs_f64() / spread.as_secs_f64()) * 10.0) as usize;
+                    tenths[k.min(9)].push(arrived.duration_since(updated).unwrap_or_default());
+                }
+                tenths
+                    .into_iter()
+                    .map(|mut d| {
+                        d.sort();
+                        (d.len(), percentile(&d, 0.99))
+                    })
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
         delays.sort();
         Ok(Delivery {
+            by_tenth,
             received_completed: delays.len(),
             early,
             delay_p50: percentile(&delays, 0.50),
@@ -787,6 +813,17 @@ pub fn print_subscribe(r: &SubscribeReport) {
         ms(sv.delay_p99),
         ms(sv.delay_max)
     );
+    if !sv.by_tenth.is_empty() {
+        let tenths: Vec<String> = sv
+            .by_tenth
+            .iter()
+            .map(|(n, p99)| format!("{:.0} ({n})", ms(*p99)))
+            .collect();
+        println!(
+            "  p99 by tenth of burst  {} ms  (messages in brackets)",
+            tenths.join(", ")
+        );
+    }
     for (what, lag) in [
         ("published after", &r.publish_lag),
         ("handed over after", &r.handover_lag),
