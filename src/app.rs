@@ -357,6 +357,7 @@ pub async fn start_with(
             limiter,
             WorkerConfig {
                 concurrency: config.worker_concurrency,
+                download_concurrency: config.download_concurrency,
                 max_attempts: config.max_attempts,
                 lease: config.task_lease,
                 reconcile_interval: config.reconcile_interval,

@@ -120,10 +120,11 @@ pub fn build(
         lines.push((
             "pacing",
             format!(
-                "{}; {} calls in flight per model, {} worker slots",
+                "{}; {} calls in flight per model, {} worker slots, {} downloads at once",
                 paces.join(", "),
                 config.provider_concurrency,
-                config.worker_concurrency
+                config.worker_concurrency,
+                config.download_concurrency
             ),
         ));
     }

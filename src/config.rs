@@ -154,6 +154,8 @@ pub struct Config {
     pub log_level: String,
     pub log_format: LogFormat,
     pub worker_concurrency: usize,
+    /// Image downloads (and their writes to the store) in progress at once per process.
+    pub download_concurrency: usize,
     pub max_attempts: u32,
     pub task_lease: Duration,
     pub reconcile_interval: Duration,
@@ -209,6 +211,7 @@ impl Default for Config {
             log_level: "info".into(),
             log_format: LogFormat::Pretty,
             worker_concurrency: 4,
+            download_concurrency: 32,
             max_attempts: 5,
             task_lease: Duration::from_secs(60),
             reconcile_interval: Duration::from_secs(5),
@@ -557,6 +560,17 @@ impl Config {
                 }
                 Ok(())
             })?,
+            download_concurrency: env.parse(
+                &["DOWNLOAD_CONCURRENCY"],
+                d.download_concurrency,
+                |v| {
+                    positive(v)?;
+                    if *v > 1024 {
+                        return Err("must be at most 1024".into());
+                    }
+                    Ok(())
+                },
+            )?,
             max_attempts: env.parse(&["TASK_MAX_ATTEMPTS"], d.max_attempts, positive)?,
             task_lease: env.duration(&["TASK_LEASE"], d.task_lease, ms(500))?,
             reconcile_interval: env.duration(
@@ -665,6 +679,8 @@ mod tests {
             ("PORT", "70000"),
             ("AI_TIMEOUT", "soon"),
             ("WORKER_CONCURRENCY", "0"),
+            ("DOWNLOAD_CONCURRENCY", "0"),
+            ("DOWNLOAD_CONCURRENCY", "5000"),
             ("LOG_FORMAT", "xml"),
             ("VOLCENGINE_ENDPOINT", "ftp://x"),
             ("HOST", "localhost:80"),

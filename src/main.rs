@@ -134,6 +134,9 @@ struct EmulatorArgs {
     /// The first N downloads of each generated image answer 503 ServiceUnavailable.
     #[arg(long, env = "EMULATOR_FAIL_DOWNLOADS_FIRST", default_value_t = 0)]
     fail_downloads_first: u32,
+    /// How long each image download waits before its bytes are sent (a CDN's time to first byte).
+    #[arg(long, env = "EMULATOR_DOWNLOAD_LATENCY", default_value = "0s", value_parser = humantime::parse_duration)]
+    download_latency: Duration,
     /// Share of requests answered 429 ServerOverloaded (0 to 1).
     #[arg(long, env = "EMULATOR_OVERLOAD_RATE", default_value_t = 0.0)]
     overload_rate: f64,
@@ -344,6 +347,7 @@ async fn main() -> anyhow::Result<()> {
                 overload_rate: a.overload_rate,
                 fail_first: a.fail_first,
                 fail_downloads_first: a.fail_downloads_first,
+                download_latency: a.download_latency,
                 sensitive_words: a.sensitive_words,
                 url_ttl: a.url_ttl,
                 model_ids: config.model_ids.clone(),

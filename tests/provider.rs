@@ -158,6 +158,40 @@ async fn a_retry_after_failed_downloads_reuses_the_generation() {
     assert_eq!(emu.stats().by_prompt.get("downloads exhausted"), Some(&1));
 }
 
+/// Provider calls come back together; their images are fetched `DOWNLOAD_CONCURRENCY` at a
+/// time, not all at once (which made every task of a wave complete late and together).
+#[tokio::test]
+async fn downloads_are_bounded_apart_from_provider_calls() {
+    let (emu, url, _stop) = emulator(EmulatorConfig {
+        download_latency: Duration::from_millis(300),
+        ..emu_cfg()
+    })
+    .await;
+    let s = TestServer::start_with(move |c| {
+        c.volcengine_endpoint = url;
+        c.volcengine_api_key = Some(KEY.into());
+        c.worker_concurrency = 8;
+        c.download_concurrency = 2;
+    })
+    .await;
+    let user = s.create_user("downloads@example.com").await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(s.create_task(&user, &format!("wave {i}")).await);
+    }
+    for id in &ids {
+        let t = s.wait_terminal(id).await;
+        assert_eq!(t["status"], "completed", "{t}");
+    }
+    let stats = emu.stats();
+    assert_eq!(stats.downloads, 6);
+    assert!(
+        (1..=2).contains(&stats.peak_downloads),
+        "at most 2 downloads at once, saw {}",
+        stats.peak_downloads
+    );
+}
+
 #[tokio::test]
 async fn retries_stop_at_the_attempt_budget_keeping_the_last_error() {
     let (emu, url, _stop) = emulator(EmulatorConfig {

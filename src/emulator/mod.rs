@@ -54,6 +54,9 @@ pub struct EmulatorConfig {
     /// The first this-many downloads of each generated image answer 503, as an object store
     /// does under load (deterministic, for tests of a download retried without a new call).
     pub fail_downloads_first: u32,
+    /// How long a download waits before its bytes are sent: an object store's time to first
+    /// byte from far away.
+    pub download_latency: Duration,
     /// Prompts containing one of these are rejected as sensitive input text.
     pub sensitive_words: Vec<String>,
     /// How long generated image URLs stay valid (Ark: 24 h).
@@ -80,6 +83,7 @@ impl Default for EmulatorConfig {
             overload_rate: 0.0,
             fail_first: 0,
             fail_downloads_first: 0,
+            download_latency: Duration::ZERO,
             sensitive_words: vec!["sensitive-content".into()],
             url_ttl: Duration::from_secs(24 * 3600),
             model_ids: ModelIds::default(),
@@ -100,6 +104,8 @@ pub struct Stats {
     /// Image downloads answered, and those of them failed on purpose.
     pub downloads: u64,
     pub failed_downloads: u64,
+    /// The most downloads in progress at once.
+    pub peak_downloads: u64,
 }
 
 struct Issued {
@@ -124,6 +130,34 @@ struct Inner {
     issued: Mutex<HashMap<String, Issued>>,
     /// Rendered images by size, with `reuse_images`.
     rendered: Mutex<HashMap<(u32, u32), OneRender>>,
+    /// Downloads in progress now.
+    downloading: std::sync::atomic::AtomicU64,
+}
+
+/// A download in progress, counted (and the peak kept) while it lives.
+struct Downloading(Emulator);
+
+impl Downloading {
+    fn start(emu: &Emulator) -> Downloading {
+        let now = emu
+            .0
+            .downloading
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        if let Ok(mut s) = emu.0.stats.lock() {
+            s.peak_downloads = s.peak_downloads.max(now);
+        }
+        Downloading(emu.clone())
+    }
+}
+
+impl Drop for Downloading {
+    fn drop(&mut self) {
+        self.0
+             .0
+            .downloading
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// One size's image, rendered by whichever download comes first while the others wait.
@@ -215,6 +249,7 @@ impl Emulator {
             in_flight: Mutex::default(),
             issued: Mutex::default(),
             rendered: Mutex::default(),
+            downloading: Default::default(),
         }))
     }
 
@@ -563,6 +598,10 @@ async fn generations(State(emu): State<Emulator>, headers: HeaderMap, body: Byte
 }
 
 async fn image(State(emu): State<Emulator>, Path(name): Path<String>) -> Response {
+    let _counted = Downloading::start(&emu);
+    if !emu.0.cfg.download_latency.is_zero() {
+        tokio::time::sleep(emu.0.cfg.download_latency).await;
+    }
     let found = emu.0.issued.lock().ok().and_then(|mut m| {
         m.get_mut(&name)
             .filter(|i| i.expires > Instant::now())

@@ -27,6 +27,8 @@ use crate::store::ImageBlob;
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     pub concurrency: usize,
+    /// Images downloaded and stored at once (`DOWNLOAD_CONCURRENCY`).
+    pub download_concurrency: usize,
     pub max_attempts: u32,
     pub lease: Duration,
     pub reconcile_interval: Duration,
@@ -46,6 +48,13 @@ pub struct Worker {
     id: String,
     /// Tasks this process holds right now, to hand back at a shutdown deadline.
     held: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Places for an image being downloaded and stored. Provider calls are many and long (the
+    /// provider works for seconds); downloads are short. When a wave of calls returns together,
+    /// unbounded downloads would all share the link and the cores and so all finish late and
+    /// together (a thousand at once measured: every task completed in the last few hundred
+    /// milliseconds, in clumps of hundreds of subscription messages); a few at a time finish in
+    /// the order they began and hold a bounded amount of image memory.
+    downloads: tokio::sync::Semaphore,
     /// The API's runtime when the worker runs on lower-priority threads of its own beside it:
     /// state changes are stored and announced there, so that subscribers hear of them at the
     /// API's priority, not when a busy machine next gets round to the worker's threads.
@@ -83,6 +92,7 @@ impl Worker {
         limiter: Arc<ProviderLimiter>,
         cfg: WorkerConfig,
     ) -> Worker {
+        let downloads = cfg.download_concurrency.max(1);
         Worker {
             service,
             provider,
@@ -90,6 +100,7 @@ impl Worker {
             cfg,
             id: format!("worker-{}", uuid::Uuid::new_v4()),
             held: Default::default(),
+            downloads: tokio::sync::Semaphore::new(downloads),
             foreground: Default::default(),
         }
     }
@@ -405,6 +416,15 @@ impl Worker {
         url: &str,
         size: Option<String>,
     ) -> Result<StoredImage, ProviderError> {
+        // Held through the store write too: the bytes stay in memory until then.
+        let _place = self.downloads.acquire().await.map_err(|_| ProviderError {
+            code: "ShuttingDown".into(),
+            message: "the worker is stopping".into(),
+            status: None,
+            retryable: true,
+            retry_after: None,
+            request_id: None,
+        })?;
         let fetched = self.provider.fetch(url).await?;
         let (width, height) = match imagesize::blob_size(&fetched.bytes) {
             Ok(d) => (d.width as u32, d.height as u32),
