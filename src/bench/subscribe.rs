@@ -54,6 +54,10 @@ pub struct Delivery {
     /// The burst cut in tenths by completion time (`updatedAt`): messages of each tenth and
     /// their delay p99, to tell a backlog that builds up over the burst from a slow start.
     pub by_tenth: Vec<(usize, Duration)>,
+    /// From the burst's first completion to each message's arrival, mean and last: the whole
+    /// wave as its users see it (a shorter delay bought by completing later would show here).
+    pub wave_mean: Duration,
+    pub wave_last: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -752,9 +756,25 @@ impl Crowd {
             }
             _ => Vec::new(),
         };
+        let since_first: Vec<Duration> = match first_update {
+            Some(f) => seen
+                .iter()
+                .filter_map(|s| s.completed)
+                .map(|(arrived, _)| arrived.duration_since(f).unwrap_or_default())
+                .collect(),
+            None => Vec::new(),
+        };
+        let wave_mean = since_first
+            .iter()
+            .sum::<Duration>()
+            .checked_div(since_first.len().max(1) as u32)
+            .unwrap_or_default();
+        let wave_last = since_first.iter().max().copied().unwrap_or_default();
         delays.sort();
         Ok(Delivery {
             by_tenth,
+            wave_mean,
+            wave_last,
             received_completed: delays.len(),
             early,
             delay_p50: percentile(&delays, 0.50),
@@ -812,6 +832,11 @@ pub fn print_subscribe(r: &SubscribeReport) {
         ms(sv.delay_p50),
         ms(sv.delay_p99),
         ms(sv.delay_max)
+    );
+    println!(
+        "  wave                   messages arrived {:.0} ms after the first completion on average, the last after {:.0} ms",
+        ms(sv.wave_mean),
+        ms(sv.wave_last)
     );
     if !sv.by_tenth.is_empty() {
         let tenths: Vec<String> = sv
