@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::emulator::{self, EmulatorConfig};
 
 pub mod distributed;
+pub mod h1;
 pub mod subscribe;
 pub mod ws_floor;
 
@@ -515,10 +516,7 @@ pub async fn http(a: HttpArgs) -> Result<Vec<(Measure, Option<(String, f64)>)>, 
     let floor_listener = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| e.to_string())?;
-    let floor_url = format!(
-        "http://{}/",
-        floor_listener.local_addr().map_err(|e| e.to_string())?
-    );
+    let floor_addr = floor_listener.local_addr().map_err(|e| e.to_string())?;
     let floor_app = axum::Router::new().route(
         "/",
         axum::routing::get(|| async {
@@ -532,14 +530,14 @@ pub async fn http(a: HttpArgs) -> Result<Vec<(Measure, Option<(String, f64)>)>, 
     tokio::spawn(async move {
         let _ = axum::serve(floor_listener, floor_app).await;
     });
-    let http_floor = {
-        let (client, url) = (client.clone(), floor_url.clone());
-        drive("bare axum JSON handler (HTTP floor)", n, c, move |_| {
-            let (client, url) = (client.clone(), url.clone());
-            async move { expect_status(client.get(url).send().await, 200).await }
-        })
-        .await?
-    };
+    let http_floor = h1::drive(
+        "bare axum JSON handler (HTTP floor)",
+        floor_addr,
+        n,
+        c,
+        |_| h1::Call::get("/".into()),
+    )
+    .await?;
 
     let service = UnderTest::start(Config::default(), Role::Api, &a.backend, &client).await?;
     let (base, user, store) = (
@@ -547,6 +545,10 @@ pub async fn http(a: HttpArgs) -> Result<Vec<(Measure, Option<(String, f64)>)>, 
         service.user.clone(),
         service.store.clone(),
     );
+    let addr: std::net::SocketAddr = base
+        .trim_start_matches("http://")
+        .parse()
+        .map_err(|e| format!("service address {base}: {e}"))?;
 
     // Store floor: the insert a submit makes, done directly.
     let store_floor = {
@@ -577,33 +579,31 @@ pub async fn http(a: HttpArgs) -> Result<Vec<(Measure, Option<(String, f64)>)>, 
     let submit_floor = backend_floor.as_ref().unwrap_or(&store_floor).clone();
 
     let rest_submit = {
-        let (client, base, user) = (client.clone(), base.clone(), user.clone());
-        drive("REST submit POST /api/v1/ai/image/task", n, c, move |i| {
-            let (client, base, user) = (client.clone(), base.clone(), user.clone());
-            async move {
-                let r = client
-                    .post(format!("{base}/api/v1/ai/image/task"))
-                    .json(&json!({"prompt": format!("rest {i}"), "user_id": user}))
-                    .send()
-                    .await;
-                expect_status(r, 201).await
-            }
-        })
+        let user = user.clone();
+        h1::drive(
+            "REST submit POST /api/v1/ai/image/task",
+            addr,
+            n,
+            c,
+            move |i| {
+                h1::Call::post(
+                    "/api/v1/ai/image/task",
+                    &json!({"prompt": format!("rest {i}"), "user_id": user}),
+                    201,
+                )
+            },
+        )
         .await?
     };
     let gql_submit = {
-        let (client, base, user) = (client.clone(), base.clone(), user.clone());
-        drive("GraphQL submit createImageTask", n, c, move |i| {
-            let (client, base, user) = (client.clone(), base.clone(), user.clone());
-            async move {
-                let r = client
-                    .post(format!("{base}/graphql"))
-                    .json(&json!({"query": "mutation($i: CreateImageTaskInput!) { createImageTask(input: $i) { id status } }",
-                                  "variables": {"i": {"userId": user, "prompt": format!("gql {i}")}}}))
-                    .send()
-                    .await;
-                expect_status(r, 200).await
-            }
+        let user = user.clone();
+        h1::drive("GraphQL submit createImageTask", addr, n, c, move |i| {
+            h1::Call::post(
+                "/graphql",
+                &json!({"query": "mutation($i: CreateImageTaskInput!) { createImageTask(input: $i) { id status } }",
+                        "variables": {"i": {"userId": user, "prompt": format!("gql {i}")}}}),
+                200,
+            )
         })
         .await?
     };
@@ -659,36 +659,25 @@ pub async fn http(a: HttpArgs) -> Result<Vec<(Measure, Option<(String, f64)>)>, 
     };
     let poll_base = poll_floor.as_ref().unwrap_or(&http_floor).clone();
     let rest_poll = {
-        let (client, base, ids) = (client.clone(), base.clone(), ids.clone());
-        drive(
+        let ids = ids.clone();
+        h1::drive(
             "REST poll GET /api/v1/ai/image/result/:id",
+            addr,
             n,
             c,
-            move |i| {
-                let url = format!("{base}/api/v1/ai/image/result/{}", ids[i % ids.len()]);
-                let client = client.clone();
-                async move { expect_status(client.get(url).send().await, 200).await }
-            },
+            move |i| h1::Call::get(format!("/api/v1/ai/image/result/{}", ids[i % ids.len()])),
         )
         .await?
     };
     let gql_poll = {
-        let (client, base, ids) = (client.clone(), base.clone(), ids.clone());
-        drive("GraphQL poll task(id)", n, c, move |i| {
-            let body = json!({"query": "query($id: ID!) { task(id: $id) { id status version result { imageUrl } } }",
-                              "variables": {"id": ids[i % ids.len()]}});
-            let (client, base) = (client.clone(), base.clone());
-            async move {
-                expect_status(
-                    client
-                        .post(format!("{base}/graphql"))
-                        .json(&body)
-                        .send()
-                        .await,
-                    200,
-                )
-                .await
-            }
+        let ids = ids.clone();
+        h1::drive("GraphQL poll task(id)", addr, n, c, move |i| {
+            h1::Call::post(
+                "/graphql",
+                &json!({"query": "query($id: ID!) { task(id: $id) { id status version result { imageUrl } } }",
+                        "variables": {"id": ids[i % ids.len()]}}),
+                200,
+            )
         })
         .await?
     };
