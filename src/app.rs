@@ -387,7 +387,7 @@ pub async fn start_with(
             max_subscriptions: config.ws_max_subscriptions,
             documents: Default::default(),
         });
-        let state = AppState::new(crate::http::Shared {
+        let state = AppState {
             service: service.clone(),
             schema: graphql::build_schema(Some(ctx.clone()), &config),
             gql: ctx,
@@ -395,7 +395,7 @@ pub async fn start_with(
             public_base: public_base.clone(),
             provider_mode,
             started: Instant::now(),
-        });
+        };
         let router = if role.runs_api() {
             http::router(state)
         } else {

@@ -19,26 +19,8 @@ use crate::graphql::{self, AppSchema};
 use crate::rest::envelope::{ApiError, ErrorBody};
 use crate::service::Service;
 
-/// What every handler gets. Behind one `Arc`: axum clones the state for each extraction and each
-/// stateful middleware, several times a request, and a poll is a few microseconds of work.
 #[derive(Clone)]
-pub struct AppState(Arc<Shared>);
-
-impl AppState {
-    pub fn new(shared: Shared) -> AppState {
-        AppState(Arc::new(shared))
-    }
-}
-
-impl std::ops::Deref for AppState {
-    type Target = Shared;
-
-    fn deref(&self) -> &Shared {
-        &self.0
-    }
-}
-
-pub struct Shared {
+pub struct AppState {
     pub service: Arc<Service>,
     pub schema: AppSchema,
     /// What the schema's resolvers share; the WebSocket handler counts sockets on it.

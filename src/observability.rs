@@ -14,7 +14,6 @@
 //! | `task_event_lag_seconds` | histogram: a change's `updated_at` to its publication | `status` (the new one) |
 //! | `subscription_update_lag_seconds` | histogram: a change's `updated_at` to its hand-over to a subscriber's socket | |
 
-use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -51,76 +50,20 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
 /// Counts and times every request by its route template (not its path: ids would explode the
 /// label set).
 pub async fn track_http(req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
     let started = Instant::now();
     let resp = next.run(req).await;
-    let route = route.as_ref().map_or("unmatched", |p| p.as_str());
-    HTTP_SERIES.with_borrow_mut(|series| {
-        if let Some((requests, duration)) = series.get(route, &method, resp.status()) {
-            requests.increment(1);
-            duration.record(started.elapsed().as_secs_f64());
-        }
-    });
+    let status = resp.status().as_u16().to_string();
+    let labels = [("method", method), ("route", route), ("status", status)];
+    metrics::counter!("http_requests_total", &labels).increment(1);
+    metrics::histogram!("http_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
     resp
-}
-
-thread_local! {
-    static HTTP_SERIES: std::cell::RefCell<HttpSeries> = Default::default();
-}
-
-/// This thread's handles of the request metrics by route, method and status: registering a
-/// series (label strings formatted and hashed, the registry searched) on every request was a
-/// measurable share of a poll's CPU. Handles of a recorder installed later are not picked up;
-/// the recorder is installed before any request is served.
-#[derive(Default)]
-struct HttpSeries(
-    HashMap<
-        String,
-        Vec<(
-            axum::http::Method,
-            u16,
-            metrics::Counter,
-            metrics::Histogram,
-        )>,
-    >,
-);
-
-impl HttpSeries {
-    fn get(
-        &mut self,
-        route: &str,
-        method: &axum::http::Method,
-        status: axum::http::StatusCode,
-    ) -> Option<(&metrics::Counter, &metrics::Histogram)> {
-        let status = status.as_u16();
-        if !self.0.contains_key(route) {
-            self.0.insert(route.to_string(), Vec::new());
-        }
-        let known = self.0.get_mut(route)?;
-        let at = match known
-            .iter()
-            .position(|(m, s, ..)| m == method && *s == status)
-        {
-            Some(at) => at,
-            None => {
-                let labels = [
-                    ("method", method.to_string()),
-                    ("route", route.to_string()),
-                    ("status", status.to_string()),
-                ];
-                known.push((
-                    method.clone(),
-                    status,
-                    metrics::counter!("http_requests_total", &labels),
-                    metrics::histogram!("http_request_duration_seconds", &labels),
-                ));
-                known.len() - 1
-            }
-        };
-        let (.., requests, duration) = known.get(at)?;
-        Some((requests, duration))
-    }
 }
 
 /// Prometheus metrics
