@@ -435,13 +435,33 @@ where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<(), String>> + Send,
 {
-    let make = Arc::new(make);
+    drive_with(name, total, vec![(); connections.max(1)], move |(), i| {
+        make(i)
+    })
+    .await
+}
+
+/// Runs `step(state, i)` for `i` in `0..total` over one concurrent loop per state (a
+/// connection, say), each step handing its loop's state on to the next; latency per step, rate
+/// over the whole run.
+async fn drive_with<S, F, Fut>(
+    name: &str,
+    total: usize,
+    states: Vec<S>,
+    step: F,
+) -> Result<Measure, String>
+where
+    S: Send + 'static,
+    F: Fn(S, usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<S, String>> + Send,
+{
+    let step = Arc::new(step);
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let bar = crate::progress::bar(total as u64, name);
     let started = Instant::now();
     let mut set = tokio::task::JoinSet::new();
-    for _ in 0..connections.max(1) {
-        let (make, next, bar) = (make.clone(), next.clone(), bar.clone());
+    for mut state in states {
+        let (step, next, bar) = (step.clone(), next.clone(), bar.clone());
         set.spawn(async move {
             let mut lat = Vec::new();
             loop {
@@ -450,7 +470,7 @@ where
                     return Ok::<_, String>(lat);
                 }
                 let t = Instant::now();
-                make(i).await?;
+                state = step(state, i).await?;
                 lat.push(t.elapsed());
                 bar.inc(1);
             }

@@ -316,6 +316,15 @@ fn positive<T: PartialOrd + Default>(v: &T) -> Result<(), String> {
     }
 }
 
+/// Things a process does at once: at least one, at most 1,024.
+fn slots(v: &usize) -> Result<(), String> {
+    positive(v)?;
+    if *v > 1024 {
+        return Err("must be at most 1024".into());
+    }
+    Ok(())
+}
+
 fn url(var: &'static str, value: String) -> Result<String, ConfigError> {
     let ok = reqwest::Url::parse(&value)
         .map(|u| u.scheme() == "http" || u.scheme() == "https")
@@ -553,23 +562,11 @@ impl Config {
             ai_timeout: env.duration(&["AI_TIMEOUT"], d.ai_timeout, ms(100))?,
             log_level,
             log_format,
-            worker_concurrency: env.parse(&["WORKER_CONCURRENCY"], d.worker_concurrency, |v| {
-                positive(v)?;
-                if *v > 1024 {
-                    return Err("must be at most 1024".into());
-                }
-                Ok(())
-            })?,
+            worker_concurrency: env.parse(&["WORKER_CONCURRENCY"], d.worker_concurrency, slots)?,
             download_concurrency: env.parse(
                 &["DOWNLOAD_CONCURRENCY"],
                 d.download_concurrency,
-                |v| {
-                    positive(v)?;
-                    if *v > 1024 {
-                        return Err("must be at most 1024".into());
-                    }
-                    Ok(())
-                },
+                slots,
             )?,
             max_attempts: env.parse(&["TASK_MAX_ATTEMPTS"], d.max_attempts, positive)?,
             task_lease: env.duration(&["TASK_LEASE"], d.task_lease, ms(500))?,

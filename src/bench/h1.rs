@@ -5,13 +5,11 @@
 //! took about half of the CPU of a poll run).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
+use hyper::header::HeaderValue;
 use hyper::{header, Method, Request};
 use hyper_util::rt::TokioIo;
 
@@ -47,7 +45,7 @@ impl Call {
 
 struct Connection {
     send: SendRequest<Full<Bytes>>,
-    host: String,
+    host: HeaderValue,
 }
 
 impl Connection {
@@ -62,10 +60,8 @@ impl Connection {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        Ok(Connection {
-            send,
-            host: addr.to_string(),
-        })
+        let host = HeaderValue::from_str(&addr.to_string()).map_err(|e| e.to_string())?;
+        Ok(Connection { send, host })
     }
 
     /// Sends `call` and reads the whole answer (a benchmark that skips the body measures less
@@ -74,7 +70,7 @@ impl Connection {
         let mut req = Request::builder()
             .method(call.method)
             .uri(call.path)
-            .header(header::HOST, &self.host);
+            .header(header::HOST, self.host.clone());
         if call.body.is_some() {
             req = req.header(header::CONTENT_TYPE, "application/json");
         }
@@ -105,8 +101,8 @@ impl Connection {
     }
 }
 
-/// Sends `make(i)` for `i` in `0..total` to `addr` over `connections` connections; latency per
-/// request, rate over the whole run.
+/// Sends `make(i)` for `i` in `0..total` to `addr` over `connections` connections, opened
+/// before the clock starts as a pool would have them.
 pub async fn drive<F>(
     name: &str,
     addr: SocketAddr,
@@ -117,37 +113,16 @@ pub async fn drive<F>(
 where
     F: Fn(usize) -> Call + Send + Sync + 'static,
 {
-    let make = Arc::new(make);
-    let next = Arc::new(AtomicUsize::new(0));
-    let bar = crate::progress::bar(total as u64, name);
-    // Connections are opened before the clock starts, as a pool would have them.
     let mut opened = Vec::with_capacity(connections.max(1));
     for _ in 0..connections.max(1) {
         opened.push(Connection::open(addr).await?);
     }
-    let started = Instant::now();
-    let mut set = tokio::task::JoinSet::new();
-    for mut conn in opened {
-        let (make, next, bar) = (make.clone(), next.clone(), bar.clone());
-        set.spawn(async move {
-            let mut lat = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= total {
-                    return Ok::<_, String>(lat);
-                }
-                let call = make(i);
-                let t = Instant::now();
-                conn.call(call).await?;
-                lat.push(t.elapsed());
-                bar.inc(1);
-            }
-        });
-    }
-    let mut all = Vec::with_capacity(total);
-    while let Some(r) = set.join_next().await {
-        all.extend(r.map_err(|e| e.to_string())??);
-    }
-    bar.finish_and_clear();
-    Ok(super::summarize(name, all, started.elapsed()))
+    super::drive_with(name, total, opened, move |mut conn, i| {
+        let call = make(i);
+        async move {
+            conn.call(call).await?;
+            Ok(conn)
+        }
+    })
+    .await
 }

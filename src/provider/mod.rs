@@ -57,6 +57,20 @@ pub struct ProviderError {
     pub request_id: Option<String>,
 }
 
+impl ProviderError {
+    /// A failure on our side of a call (no status, no request id from the provider).
+    pub fn ours(code: &str, message: impl Into<String>, retryable: bool) -> ProviderError {
+        ProviderError {
+            code: code.into(),
+            message: message.into(),
+            status: None,
+            retryable,
+            retry_after: None,
+            request_id: None,
+        }
+    }
+}
+
 #[async_trait]
 pub trait ImageProvider: Send + Sync + 'static {
     /// `ark` or `sandbox`, for `/health` and logs.

@@ -257,14 +257,11 @@ impl Worker {
 
         let outcome = match svc.catalog.find(&running.model) {
             Some(spec) => self.attempt(&running, spec).await,
-            None => Outcome::Error(ProviderError {
-                code: "UnknownModel".into(),
-                message: format!("model {} is no longer configured", running.model),
-                status: None,
-                retryable: false,
-                retry_after: None,
-                request_id: None,
-            }),
+            None => Outcome::Error(ProviderError::ours(
+                "UnknownModel",
+                format!("model {} is no longer configured", running.model),
+                false,
+            )),
         };
         let recorded = self.record(&running, outcome).await;
         self.hold(&running.id, false);
@@ -417,14 +414,11 @@ impl Worker {
         size: Option<String>,
     ) -> Result<StoredImage, ProviderError> {
         // Held through the store write too: the bytes stay in memory until then.
-        let _place = self.downloads.acquire().await.map_err(|_| ProviderError {
-            code: "ShuttingDown".into(),
-            message: "the worker is stopping".into(),
-            status: None,
-            retryable: true,
-            retry_after: None,
-            request_id: None,
-        })?;
+        let _place = self
+            .downloads
+            .acquire()
+            .await
+            .map_err(|_| ProviderError::ours("ShuttingDown", "the worker is stopping", true))?;
         let fetched = self.provider.fetch(url).await?;
         let (width, height) = match imagesize::blob_size(&fetched.bytes) {
             Ok(d) => (d.width as u32, d.height as u32),
@@ -448,14 +442,7 @@ impl Worker {
             .store
             .put_image(&blob)
             .await
-            .map_err(|e| ProviderError {
-                code: "StorageError".into(),
-                message: e.to_string(),
-                status: None,
-                retryable: true,
-                retry_after: None,
-                request_id: None,
-            })?;
+            .map_err(|e| ProviderError::ours("StorageError", e.to_string(), true))?;
         Ok(StoredImage {
             id: blob.id,
             provider_url: Some(url.to_string()),
