@@ -924,3 +924,76 @@ async fn tasks_of_an_earlier_version_get_change_times_at_connect() {
     assert!(none.is_empty());
     let _ = client.database(&database).drop().await;
 }
+
+/// Submits arriving together share `insertMany` commands: each caller still hears its own
+/// task's outcome, and a task whose id is taken fails alone, not with its batch.
+#[tokio::test]
+async fn concurrent_inserts_each_hear_their_own_outcome() {
+    use volcengine_ai_server::domain::{ImageParams, Task};
+    use volcengine_ai_server::store::mongo::{MongoOptions, MongoStore};
+    use volcengine_ai_server::store::{InsertOutcome, Store, StoreError};
+
+    let (mongo, _) = services();
+    let database = unique_name();
+    let store = Arc::new(
+        MongoStore::connect(MongoOptions {
+            url: &mongo,
+            database: &database,
+            majority_writes: false,
+            timeout: Duration::from_secs(10),
+            write_locks: None,
+        })
+        .await
+        .expect("connect"),
+    );
+    let tasks: Vec<Task> = (0..300)
+        .map(|i| {
+            Task::new_pending(
+                "u1".into(),
+                "m".into(),
+                format!("prompt {i}"),
+                ImageParams::default(),
+                None,
+                chrono::Utc::now(),
+            )
+        })
+        .collect();
+    // Every tenth task is submitted twice at once: one of the two must win, the other hear
+    // that the id is taken, and the tasks around them must not notice.
+    let mut writes = tokio::task::JoinSet::new();
+    for (i, t) in tasks.iter().enumerate() {
+        let copies = if i % 10 == 0 { 2 } else { 1 };
+        for _ in 0..copies {
+            let (store, t) = (store.clone(), t.clone());
+            writes.spawn(async move { (t.id.clone(), store.insert_task(&t).await) });
+        }
+    }
+    let mut stored: HashMap<String, usize> = HashMap::new();
+    let mut refused: HashMap<String, usize> = HashMap::new();
+    while let Some(r) = writes.join_next().await {
+        let (id, outcome) = r.expect("join");
+        match outcome {
+            Ok(InsertOutcome::Inserted) => *stored.entry(id).or_default() += 1,
+            Err(StoreError::Conflict(_)) => *refused.entry(id).or_default() += 1,
+            other => panic!("task {id}: unexpected outcome {other:?}"),
+        }
+    }
+    assert_eq!(stored.len(), 300, "every task stored once");
+    assert!(stored.values().all(|n| *n == 1), "a task stored twice");
+    let doubled: HashSet<String> = tasks.iter().step_by(10).map(|t| t.id.clone()).collect();
+    assert_eq!(
+        refused.keys().cloned().collect::<HashSet<_>>(),
+        doubled,
+        "exactly the second copies are refused"
+    );
+    assert_eq!(
+        store.count_tasks(Some("u1"), None).await.expect("count"),
+        300
+    );
+    for t in tasks.iter().step_by(37) {
+        let back = store.get_task(&t.id).await.expect("read").expect("stored");
+        assert_eq!(back.prompt, t.prompt);
+    }
+    let client = mongodb::Client::with_uri_str(&mongo).await.expect("client");
+    let _ = client.database(&database).drop().await;
+}

@@ -7,6 +7,7 @@
 //! compare as times.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,6 +18,7 @@ use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::gridfs::GridFsBucket;
 use mongodb::options::{ClientOptions, GridFsBucketOptions, IndexOptions, WriteConcern};
 use mongodb::{Client, Collection, Database, IndexModel};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::{ChangeCursor, ImageBlob, InsertOutcome, Store, StoreError, TaskQuery};
 use crate::domain::{ApiKey, Task, TaskStatus, User};
@@ -30,6 +32,88 @@ pub struct MongoStore {
     images: GridFsBucket,
     /// Per-task write locks, for servers whose conditional update is not atomic.
     locks: Option<Collection<Document>>,
+    /// New task documents, written together (see `write_inserts`).
+    inserts: mpsc::Sender<PendingInsert>,
+}
+
+/// Submits arriving together are stored by one `insertMany` instead of one `insert` each: a
+/// command's round trip, its journal commit (and its wait for a majority) are shared by the
+/// batch. FerretDB on SQLite stores ~6× as many tasks per second so (800 inserts/s one by one,
+/// 4,800 – 5,400 in batches, 64 writers), and MongoDB saves the round trips and commits.
+/// Nothing waits for a batch to fill: a lone submit is written at once, and batches form only
+/// while earlier ones are in flight.
+const INSERT_BATCHES_IN_FLIGHT: usize = 2;
+const MAX_INSERT_BATCH: usize = 128;
+
+struct PendingInsert {
+    doc: Document,
+    done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// Takes the inserts queued while the previous batches were in flight and writes them as one
+/// unordered `insertMany`: a document refused (its `_id` taken) fails alone, and each caller
+/// hears its own document's outcome only after the server acknowledged the command.
+async fn write_inserts(tasks: Collection<Document>, mut queued: mpsc::Receiver<PendingInsert>) {
+    let in_flight = Arc::new(Semaphore::new(INSERT_BATCHES_IN_FLIGHT));
+    while let Some(first) = queued.recv().await {
+        // Waiting for a free slot is what lets the next batch gather.
+        let Ok(slot) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_INSERT_BATCH {
+            match queued.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let tasks = tasks.clone();
+        tokio::spawn(async move {
+            let outcomes = insert_batch(&tasks, &batch).await;
+            drop(slot);
+            for (p, outcome) in batch.into_iter().zip(outcomes) {
+                // A caller that went away (its request dropped) needs no answer; its task is
+                // stored all the same and the reconciler runs it.
+                let _ = p.done.send(outcome);
+            }
+        });
+    }
+}
+
+async fn insert_batch(
+    tasks: &Collection<Document>,
+    batch: &[PendingInsert],
+) -> Vec<Result<(), StoreError>> {
+    let result = tasks
+        .insert_many(batch.iter().map(|p| &p.doc))
+        .ordered(false)
+        .await;
+    let e = match result {
+        Ok(_) => return batch.iter().map(|_| Ok(())).collect(),
+        Err(e) => e,
+    };
+    if let ErrorKind::InsertMany(m) = e.kind.as_ref() {
+        if m.write_concern_error.is_none() {
+            if let Some(errors) = &m.write_errors {
+                // Only the documents named failed; the others are stored.
+                let mut out: Vec<Result<(), StoreError>> = batch.iter().map(|_| Ok(())).collect();
+                for w in errors {
+                    if let Some(slot) = out.get_mut(w.index) {
+                        *slot = Err(if w.code == DUPLICATE_KEY {
+                            StoreError::Conflict("task id already exists".into())
+                        } else {
+                            StoreError::Backend(w.message.clone())
+                        });
+                    }
+                }
+                return out;
+            }
+        }
+    }
+    // The command itself failed or was not acknowledged as asked: every document's outcome is
+    // unknown, as a single insert's would be.
+    tracing::warn!(tasks = batch.len(), error = %e, "storing a batch of new tasks failed");
+    batch.iter().map(|_| Err(backend(e.clone()))).collect()
 }
 
 /// FerretDB 1.x runs a filtered update as "query, then write by `_id`": two writers can both
@@ -159,9 +243,12 @@ impl MongoStore {
                 "task writes are serialised with lock documents (non-atomic conditional updates)"
             );
         }
+        let tasks: Collection<Document> = db.collection("tasks");
+        let (inserts, queued) = mpsc::channel(4 * MAX_INSERT_BATCH);
+        tokio::spawn(write_inserts(tasks.clone(), queued));
         let store = MongoStore {
             users: db.collection("users"),
-            tasks: db.collection("tasks"),
+            tasks,
             idempotency: db.collection("idempotency_keys"),
             api_keys: db.collection("api_keys"),
             images: db.gridfs_bucket(
@@ -170,6 +257,7 @@ impl MongoStore {
                     .build(),
             ),
             locks: locked.then(|| db.collection("task_locks")),
+            inserts,
             db,
         };
         store.create_indexes().await?;
@@ -497,13 +585,15 @@ impl Store for MongoStore {
                 }
             }
         }
-        match self.tasks.insert_one(task_doc(task)?).await {
-            Ok(_) => Ok(InsertOutcome::Inserted),
-            Err(e) if is_duplicate(&e) => {
-                Err(StoreError::Conflict("task id already exists".into()))
-            }
-            Err(e) => Err(backend(e)),
-        }
+        let (done, outcome) = oneshot::channel();
+        let queued = PendingInsert {
+            doc: task_doc(task)?,
+            done,
+        };
+        let gone = || StoreError::Unavailable("the store is shutting down".into());
+        self.inserts.send(queued).await.map_err(|_| gone())?;
+        outcome.await.map_err(|_| gone())??;
+        Ok(InsertOutcome::Inserted)
     }
 
     async fn get_task(&self, id: &str) -> Result<Option<Task>, StoreError> {
