@@ -3,7 +3,7 @@
 //!
 //! | metric | kind | labels |
 //! |---|---|---|
-//! | `http_requests_total`, `http_request_duration_seconds` | counter, histogram | `method`, `route`, `status` |
+//! | `http_requests_total`, `http_request_duration_seconds` | counter, histogram | `method` (`OTHER` for non-standard ones), `route` (the template), `status` |
 //! | `tasks` | gauge (at scrape, from the store) | `status` |
 //! | `queue_depth` | gauge (at scrape) | |
 //! | `queue_oldest_pending_age_seconds` | gauge (at scrape) | |
@@ -15,10 +15,8 @@
 //! | `subscription_update_lag_seconds` | histogram: a change's `updated_at` to its hand-over to a subscriber's socket | |
 
 use std::sync::OnceLock;
-use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::middleware::Next;
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
@@ -45,25 +43,6 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
             Some(handle)
         })
         .as_ref()
-}
-
-/// Counts and times every request by its route template (not its path: ids would explode the
-/// label set).
-pub async fn track_http(req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().to_string();
-    let started = Instant::now();
-    let resp = next.run(req).await;
-    let status = resp.status().as_u16().to_string();
-    let labels = [("method", method), ("route", route), ("status", status)];
-    metrics::counter!("http_requests_total", &labels).increment(1);
-    metrics::histogram!("http_request_duration_seconds", &labels)
-        .record(started.elapsed().as_secs_f64());
-    resp
 }
 
 /// Prometheus metrics

@@ -21,8 +21,21 @@ async fn metrics_describe_requests_tasks_provider_calls_and_sockets() {
     let mut ws = WsClient::connect(&s.base, "/graphql/ws", Proto::TransportWs).await;
     ws.subscribe("m", TASK_UPDATED, json!({"id": id})).await;
     s.wait_terminal(&id).await;
-    let (status, _) = s.get("/api/v1/nope").await;
-    assert_eq!(status, 404);
+    for _ in 0..3 {
+        let (status, _) = s.get("/api/v1/nope").await;
+        assert_eq!(status, 404);
+    }
+    // Invented methods share one label value, so they cannot grow the label set.
+    for m in ["BREW", "PURGE"] {
+        let method = reqwest::Method::from_bytes(m.as_bytes()).expect("method");
+        let resp = s
+            .http
+            .request(method, s.url("/api/v1/nope"))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 404);
+    }
 
     let resp = s.http.get(s.url("/metrics")).send().await.expect("metrics");
     assert_eq!(resp.status(), 200);
@@ -35,14 +48,23 @@ async fn metrics_describe_requests_tasks_provider_calls_and_sockets() {
     let created =
         r#"http_requests_total{method="POST",route="/api/v1/ai/image/task",status="201"}"#;
     assert_eq!(value(&text, created), Some(1.0), "{text}");
-    assert!(
+    assert_eq!(
         value(
             &text,
             r#"http_requests_total{method="GET",route="unmatched",status="404"}"#
-        )
-        .is_some(),
+        ),
+        Some(3.0),
         "{text}"
     );
+    assert_eq!(
+        value(
+            &text,
+            r#"http_requests_total{method="OTHER",route="unmatched",status="404"}"#
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert!(!text.contains("BREW"), "{text}");
     assert!(
         text.contains("http_request_duration_seconds_bucket{"),
         "{text}"

@@ -1,5 +1,7 @@
 //! The HTTP surface: one router with GraphQL, the legacy REST routes, image downloads and health.
 
+mod edge;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -72,11 +74,7 @@ pub fn router(state: AppState) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             state.config.request_timeout,
         ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            cross_site_guard,
-        ))
-        .layer(axum::middleware::from_fn(crate::observability::track_http))
+        .layer(edge::EdgeLayer::new(!state.service.auth.enabled()))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -89,7 +87,7 @@ pub fn ops_router(state: AppState) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(crate::observability::render))
         .fallback(not_found)
-        .layer(axum::middleware::from_fn(crate::observability::track_http))
+        .layer(edge::EdgeLayer::new(false))
         .with_state(state)
 }
 
@@ -225,39 +223,4 @@ async fn method_not_allowed(req: Request) -> Response {
         .into_response();
     resp.headers_mut().remove(header::ALLOW);
     resp
-}
-
-/// With auth off every caller is the admin, and a web page the user happens to visit is a
-/// caller too: a browser sends cross-site form posts and opens WebSockets (which CORS does not
-/// guard) to `127.0.0.1` on the page's behalf. Browsers say where such a request comes from in
-/// `Origin`; one that is not this server is refused. Clients other than browsers send no
-/// `Origin` and are unaffected; with auth on, a page cannot attach the bearer key, so the guard
-/// is not needed.
-async fn cross_site_guard(
-    State(s): State<AppState>,
-    req: Request,
-    next: axum::middleware::Next,
-) -> Response {
-    if s.service.auth.enabled() {
-        return next.run(req).await;
-    }
-    let origin = req
-        .headers()
-        .get(header::ORIGIN)
-        .and_then(|v| v.to_str().ok());
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok());
-    if let Some(origin) = origin {
-        let origin_host = origin.split_once("://").map(|(_, h)| h).unwrap_or(origin);
-        if Some(origin_host) != host {
-            tracing::warn!(origin, "cross-site request refused (auth is off)");
-            return ApiError::from(AppError::Forbidden(
-                "cross-site requests are refused while the server runs without API keys".into(),
-            ))
-            .into_response();
-        }
-    }
-    next.run(req).await
 }

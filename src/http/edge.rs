@@ -1,0 +1,220 @@
+//! What every request passes through before its handler: the cross-site guard (auth off only)
+//! and the request metrics. One tower layer instead of two `axum::middleware::from_fn`s: those
+//! box a future per request each and clone the whole inner service stack to call it, and the
+//! metrics facade looked each request's labels up in the registry again. Here the inner service
+//! is called in place, the response future is wrapped, not boxed, and the metric handles of a
+//! (route, method, status) are looked up once and kept.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::{header, Method};
+use axum::response::{IntoResponse, Response};
+use metrics::{Counter, Histogram};
+use tower::{Layer, Service};
+
+use crate::error::AppError;
+use crate::rest::envelope::ApiError;
+
+#[derive(Clone)]
+pub struct EdgeLayer {
+    /// Refuse cross-site browser requests (see `cross_site`): only while auth is off.
+    guard: bool,
+    metrics: Arc<RouteMetrics>,
+}
+
+impl EdgeLayer {
+    pub fn new(guard: bool) -> EdgeLayer {
+        EdgeLayer {
+            guard,
+            metrics: Arc::default(),
+        }
+    }
+}
+
+impl<S> Layer<S> for EdgeLayer {
+    type Service = Edge<S>;
+
+    fn layer(&self, inner: S) -> Edge<S> {
+        Edge {
+            inner,
+            guard: self.guard,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Edge<S> {
+    inner: S,
+    guard: bool,
+    metrics: Arc<RouteMetrics>,
+}
+
+impl<S> Service<Request> for Edge<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = EdgeFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let route = req.extensions().get::<MatchedPath>().cloned();
+        // Methods beyond the standard ones count as one label value, so a client inventing
+        // methods cannot grow the label set.
+        let method = match *req.method() {
+            Method::GET => "GET",
+            Method::POST => "POST",
+            Method::PUT => "PUT",
+            Method::PATCH => "PATCH",
+            Method::DELETE => "DELETE",
+            Method::HEAD => "HEAD",
+            Method::OPTIONS => "OPTIONS",
+            _ => "OTHER",
+        };
+        let started = Instant::now();
+        let inner = match self.guard.then(|| cross_site(&req)).flatten() {
+            Some(refusal) => InnerFuture::Refused {
+                resp: Some(refusal),
+            },
+            None => InnerFuture::Called {
+                f: self.inner.call(req),
+            },
+        };
+        EdgeFuture {
+            inner,
+            done: Some(Done {
+                route,
+                method,
+                started,
+                metrics: self.metrics.clone(),
+            }),
+        }
+    }
+}
+
+/// With auth off every caller is the admin, and a web page the user happens to visit is a
+/// caller too: a browser sends cross-site form posts and opens WebSockets (which CORS does not
+/// guard) to `127.0.0.1` on the page's behalf. Browsers say where such a request comes from in
+/// `Origin`; one that is not this server is refused. Clients other than browsers send no
+/// `Origin` and are unaffected; with auth on, a page cannot attach the bearer key, so the guard
+/// is not needed.
+fn cross_site(req: &Request) -> Option<Response> {
+    let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let origin = header(header::ORIGIN)?;
+    let origin_host = origin.split_once("://").map(|(_, h)| h).unwrap_or(origin);
+    if Some(origin_host) == header(header::HOST) {
+        return None;
+    }
+    tracing::warn!(origin, "cross-site request refused (auth is off)");
+    Some(
+        ApiError::from(AppError::Forbidden(
+            "cross-site requests are refused while the server runs without API keys".into(),
+        ))
+        .into_response(),
+    )
+}
+
+pin_project_lite::pin_project! {
+    pub struct EdgeFuture<F> {
+        #[pin]
+        inner: InnerFuture<F>,
+        done: Option<Done>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = InnerProj]
+    enum InnerFuture<F> {
+        Called { #[pin] f: F },
+        Refused { resp: Option<Response> },
+    }
+}
+
+struct Done {
+    route: Option<MatchedPath>,
+    method: &'static str,
+    started: Instant,
+    metrics: Arc<RouteMetrics>,
+}
+
+impl<F> Future for EdgeFuture<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let resp = match this.inner.project() {
+            InnerProj::Called { f } => match f.poll(cx) {
+                Poll::Ready(Ok(r)) => r,
+                Poll::Ready(Err(never)) => match never {},
+                Poll::Pending => return Poll::Pending,
+            },
+            InnerProj::Refused { resp } => match resp.take() {
+                Some(r) => r,
+                None => return Poll::Pending,
+            },
+        };
+        if let Some(d) = this.done.take() {
+            let route = d.route.as_ref().map_or("unmatched", |p| p.as_str());
+            let (requests, duration) = d.metrics.handles(route, d.method, resp.status().as_u16());
+            requests.increment(1);
+            duration.record(d.started.elapsed().as_secs_f64());
+        }
+        Poll::Ready(Ok(resp))
+    }
+}
+
+/// `http_requests_total` and `http_request_duration_seconds` by route template (not path: ids
+/// would explode the label set), method and status: the handles, registered on first use.
+#[derive(Default)]
+pub struct RouteMetrics {
+    by_route: RwLock<HashMap<String, Vec<(&'static str, u16, Counter, Histogram)>>>,
+}
+
+impl RouteMetrics {
+    fn handles(&self, route: &str, method: &'static str, status: u16) -> (Counter, Histogram) {
+        let find = |m: &HashMap<String, Vec<(&'static str, u16, Counter, Histogram)>>| {
+            m.get(route)?
+                .iter()
+                .find(|(me, st, _, _)| *me == method && *st == status)
+                .map(|(_, _, c, h)| (c.clone(), h.clone()))
+        };
+        if let Some(found) = self.by_route.read().ok().as_deref().and_then(find) {
+            return found;
+        }
+        let labels = [
+            ("method", method.to_string()),
+            ("route", route.to_string()),
+            ("status", status.to_string()),
+        ];
+        let made = (
+            metrics::counter!("http_requests_total", &labels),
+            metrics::histogram!("http_request_duration_seconds", &labels),
+        );
+        if let Ok(mut m) = self.by_route.write() {
+            if find(&m).is_none() {
+                m.entry(route.to_string()).or_default().push((
+                    method,
+                    status,
+                    made.0.clone(),
+                    made.1.clone(),
+                ));
+            }
+        }
+        made
+    }
+}
