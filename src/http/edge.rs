@@ -182,12 +182,15 @@ where
 /// would explode the label set), method and status: the handles, registered on first use.
 #[derive(Default)]
 pub struct RouteMetrics {
-    by_route: RwLock<HashMap<String, Vec<(&'static str, u16, Counter, Histogram)>>>,
+    by_route: RwLock<ByRoute>,
 }
+
+/// Route template → (method, status, handles).
+type ByRoute = HashMap<String, Vec<(&'static str, u16, Counter, Histogram)>>;
 
 impl RouteMetrics {
     fn handles(&self, route: &str, method: &'static str, status: u16) -> (Counter, Histogram) {
-        let find = |m: &HashMap<String, Vec<(&'static str, u16, Counter, Histogram)>>| {
+        let find = |m: &ByRoute| {
             m.get(route)?
                 .iter()
                 .find(|(me, st, _, _)| *me == method && *st == status)
