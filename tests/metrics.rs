@@ -21,6 +21,12 @@ async fn metrics_describe_requests_tasks_provider_calls_and_sockets() {
     let mut ws = WsClient::connect(&s.base, "/graphql/ws", Proto::TransportWs).await;
     ws.subscribe("m", TASK_UPDATED, json!({"id": id})).await;
     s.wait_terminal(&id).await;
+    // The subscription runs until the terminal state reaches the socket (then `complete`).
+    loop {
+        if let common::WsEvent::Complete { .. } = ws.next_event().await {
+            break;
+        }
+    }
     for _ in 0..3 {
         let (status, _) = s.get("/api/v1/nope").await;
         assert_eq!(status, 404);
@@ -95,4 +101,9 @@ async fn metrics_describe_requests_tasks_provider_calls_and_sockets() {
     assert_eq!(value(&text, call), Some(1.0), "{text}");
     assert!(text.contains("rate_limiter_wait_seconds_bucket{"), "{text}");
     assert_eq!(value(&text, "websocket_connections"), Some(1.0), "{text}");
+    // The snapshot and each newer version handed to the socket are timed.
+    assert!(
+        value(&text, "subscription_update_lag_seconds_count").is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
 }

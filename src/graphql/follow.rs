@@ -16,10 +16,14 @@ use crate::service::Service;
 use crate::store::ChangeCursor;
 
 fn delivered(t: &domain::Task) {
+    // Once per message to every subscriber: the handle is looked up in the registry once, not
+    // each time (the recorder is installed at start, before any socket opens).
+    static LAG: std::sync::OnceLock<metrics::Histogram> = std::sync::OnceLock::new();
     let lag = (chrono::Utc::now() - t.updated_at)
         .to_std()
         .unwrap_or_default();
-    metrics::histogram!("subscription_update_lag_seconds").record(lag.as_secs_f64());
+    LAG.get_or_init(|| metrics::histogram!("subscription_update_lag_seconds"))
+        .record(lag.as_secs_f64());
 }
 
 /// Waits for the next event; `None` after `wait` without one. A stream that ended is dropped
