@@ -385,11 +385,11 @@ pub async fn start_with(
             sockets: Default::default(),
             max_sockets_per_key: config.ws_max_connections_per_key,
             max_subscriptions: config.ws_max_subscriptions,
-            documents: Default::default(),
+            documents: graphql::parse_cache::ParseCache::new(graphql::input_check().await),
         });
         let state = AppState {
             service: service.clone(),
-            schema: graphql::build_schema(Some(ctx.clone()), &config),
+            schemas: Arc::new(graphql::Schemas::new(&ctx, &config)),
             gql: ctx,
             config: config.clone(),
             public_base: public_base.clone(),

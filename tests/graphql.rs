@@ -796,3 +796,60 @@ async fn tasks_updated_finds_lost_changes_when_quiet() {
         "the probe's versions were each sent once, in order"
     );
 }
+
+/// A document validated once skips re-validation on later requests only when their variables
+/// are valid: a wrong variable on the tenth request gets the same strict error as on the first.
+#[tokio::test]
+async fn variables_are_checked_on_every_request_of_a_known_document() {
+    let s = TestServer::start().await;
+    let user = gql_user(&s, "known-doc@example.com").await;
+    let refused = |r: &Value, needle: &str| {
+        let msg = r["errors"][0]["message"].as_str().unwrap_or_default();
+        assert!(r["data"].is_null(), "{r}");
+        assert!(msg.contains(needle), "expected {needle:?}: {r}");
+        assert_eq!(
+            r["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+            "{r}"
+        );
+    };
+    for round in 0..3 {
+        // A valid request first, so the document is known from the second round on.
+        let ok = s
+            .gql(
+                CREATE_TASK,
+                json!({"input": {"userId": user, "prompt": format!("round {round}")}}),
+            )
+            .await;
+        assert!(ok["errors"].is_null(), "{ok}");
+        let r = s
+            .gql(
+                CREATE_TASK,
+                json!({"input": {"userId": user, "prompt": "x", "bogus": 1}}),
+            )
+            .await;
+        refused(&r, "unknown field \"bogus\"");
+        let r = s
+            .gql(
+                CREATE_TASK,
+                json!({"input": {"userId": user, "prompt": "x", "n": "two"}}),
+            )
+            .await;
+        refused(&r, "Invalid value for argument \"input.n\"");
+        let r = s.gql(CREATE_TASK, json!({"input": {"userId": user}})).await;
+        refused(&r, "field \"prompt\" of type \"String!\" is required");
+        let r = s
+            .gql(
+                CREATE_TASK,
+                json!({"input": {"userId": user, "prompt": "x", "images": [1]}}),
+            )
+            .await;
+        refused(&r, "input.images.0");
+        let r = s
+            .gql(
+                "query($s: TaskStatus) { tasks(status: $s) { totalCount } }",
+                json!({"s": "DONE"}),
+            )
+            .await;
+        refused(&r, "does not contain the value \"DONE\"");
+    }
+}

@@ -4,6 +4,7 @@
 
 pub mod error;
 mod follow;
+pub mod inputs;
 pub mod loader;
 pub mod parse_cache;
 pub mod schema;
@@ -60,7 +61,43 @@ pub struct Ctx {
 }
 
 pub fn build_schema(ctx: Option<Arc<Ctx>>, cfg: &Config) -> AppSchema {
+    build_schema_validating(ctx, cfg, async_graphql::ValidationMode::Strict)
+}
+
+/// The schemas of one process: `strict` validates everything; `checked` runs documents that
+/// passed strict validation before, with variables `InputCheck` accepted, and validates only
+/// what can still differ (the limits, which `Fast` mode keeps).
+pub struct Schemas {
+    pub strict: AppSchema,
+    pub checked: AppSchema,
+}
+
+impl Schemas {
+    pub fn new(ctx: &Arc<Ctx>, cfg: &Config) -> Schemas {
+        Schemas {
+            strict: build_schema(Some(ctx.clone()), cfg),
+            checked: build_schema_validating(
+                Some(ctx.clone()),
+                cfg,
+                async_graphql::ValidationMode::Fast,
+            ),
+        }
+    }
+}
+
+/// The input types `InputCheck` needs, read by introspection from a schema that allows it
+/// (whatever `GRAPHQL_INTROSPECTION` says for clients).
+pub async fn input_check() -> inputs::InputCheck {
+    inputs::InputCheck::of(&build_schema(None, &Config::default())).await
+}
+
+fn build_schema_validating(
+    ctx: Option<Arc<Ctx>>,
+    cfg: &Config,
+    mode: async_graphql::ValidationMode,
+) -> AppSchema {
     let mut b = Schema::build(Query, Mutation, Subscription)
+        .validation_mode(mode)
         .limit_depth(cfg.graphql_max_depth)
         .limit_complexity(cfg.graphql_max_complexity);
     if !cfg.graphql_introspection {
@@ -169,7 +206,7 @@ pub async fn post_handler(
             )
         }
     };
-    let mut req: async_graphql::Request = match serde_json::from_slice(&body) {
+    let req: async_graphql::Request = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
             return gql_error_response(
@@ -178,12 +215,31 @@ pub async fn post_handler(
             )
         }
     };
-    state.gql.documents.prepare(&mut req);
-    let resp = state
-        .schema
-        .execute(req.data(request_data(&state)).data(who))
+    Json(with_codes(run(&state, req, who).await)).into_response()
+}
+
+/// Runs an HTTP request's operation, on the schema that validates only what this request
+/// still needs (see `Schemas`); a document seen for the first time is marked once it passed.
+async fn run(
+    state: &AppState,
+    mut req: async_graphql::Request,
+    who: Principal,
+) -> async_graphql::Response {
+    let validation = state.gql.documents.prepare(&mut req);
+    let (schema, first) = match validation {
+        parse_cache::Validation::Done => (&state.schemas.checked, None),
+        parse_cache::Validation::Needed => (&state.schemas.strict, Some(req.query.clone())),
+    };
+    let resp = schema
+        .execute(req.data(request_data(state)).data(who))
         .await;
-    Json(with_codes(resp)).into_response()
+    // Errors of parsing, validation and limits carry no path; a resolver's do.
+    if let Some(query) = first {
+        if resp.errors.iter().all(|e| !e.path.is_empty()) {
+            state.gql.documents.validated(&query);
+        }
+    }
+    resp
 }
 
 /// GraphiQL for browsers, a query for `?query=`, a subscription socket for an upgrade.
@@ -208,14 +264,7 @@ pub async fn get_handler(State(state): State<AppState>, req: Request) -> Respons
                 StatusCode::METHOD_NOT_ALLOWED,
                 AppError::invalid("query", "mutations must be sent with POST"),
             ),
-            Ok(mut r) => {
-                state.gql.documents.prepare(&mut r);
-                let resp = state
-                    .schema
-                    .execute(r.data(request_data(&state)).data(who))
-                    .await;
-                Json(with_codes(resp)).into_response()
-            }
+            Ok(r) => Json(with_codes(run(&state, r, who).await)).into_response(),
             Err(e) => gql_error_response(
                 StatusCode::BAD_REQUEST,
                 AppError::InvalidJson(e.to_string()),
@@ -483,8 +532,9 @@ async fn serve_socket(state: AppState, mut socket: WebSocket, protocol: WebSocke
                 })
             }),
     );
-    let mut session = async_graphql::http::WebSocket::new(state.schema.clone(), input, protocol)
-        .connection_data(data);
+    let mut session =
+        async_graphql::http::WebSocket::new(state.schemas.strict.clone(), input, protocol)
+            .connection_data(data);
     let mut recheck = tokio::time::interval(RECHECK_EVERY);
     recheck.tick().await;
     loop {

@@ -17,14 +17,15 @@ use tower_http::trace::TraceLayer;
 use crate::config::Config;
 use crate::domain::StoredImage;
 use crate::error::AppError;
-use crate::graphql::{self, AppSchema};
+use crate::graphql;
 use crate::rest::envelope::{ApiError, ErrorBody};
 use crate::service::Service;
 
 #[derive(Clone)]
 pub struct AppState {
     pub service: Arc<Service>,
-    pub schema: AppSchema,
+    /// The strict schema and the one for documents validated before (see `graphql::Schemas`).
+    pub schemas: Arc<graphql::Schemas>,
     /// What the schema's resolvers share; the WebSocket handler counts sockets on it.
     pub gql: Arc<graphql::Ctx>,
     pub config: Arc<Config>,
