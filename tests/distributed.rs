@@ -863,12 +863,28 @@ fn bench_http_distributed_smoke_run() {
     }
 }
 
+/// The store of `database`, connected directly (its lock documents as the server needs them).
+async fn mongo_store(
+    mongo: &str,
+    database: &str,
+) -> volcengine_ai_server::store::mongo::MongoStore {
+    use volcengine_ai_server::store::mongo::{MongoOptions, MongoStore};
+    MongoStore::connect(MongoOptions {
+        url: mongo,
+        database,
+        majority_writes: false,
+        timeout: Duration::from_secs(10),
+        write_locks: None,
+    })
+    .await
+    .expect("connect")
+}
+
 /// Tasks written by a version without change times get them at connect, so `tasksUpdated` can
 /// re-read them after a gap.
 #[tokio::test]
 async fn tasks_of_an_earlier_version_get_change_times_at_connect() {
     use volcengine_ai_server::domain::{ImageParams, Task};
-    use volcengine_ai_server::store::mongo::{MongoOptions, MongoStore};
     use volcengine_ai_server::store::{ChangeCursor, Store};
 
     let (mongo, _) = services();
@@ -893,15 +909,7 @@ async fn tasks_of_an_earlier_version_get_change_times_at_connect() {
         .await
         .expect("insert an old task");
 
-    let store = MongoStore::connect(MongoOptions {
-        url: &mongo,
-        database: &database,
-        majority_writes: false,
-        timeout: Duration::from_secs(10),
-        write_locks: None,
-    })
-    .await
-    .expect("connect");
+    let store = mongo_store(&mongo, &database).await;
     let mut newer = old.clone();
     newer.id = "t-new".into();
     newer.updated_at = at("2026-01-02T03:04:07Z");
@@ -930,22 +938,11 @@ async fn tasks_of_an_earlier_version_get_change_times_at_connect() {
 #[tokio::test]
 async fn concurrent_inserts_each_hear_their_own_outcome() {
     use volcengine_ai_server::domain::{ImageParams, Task};
-    use volcengine_ai_server::store::mongo::{MongoOptions, MongoStore};
     use volcengine_ai_server::store::{InsertOutcome, Store, StoreError};
 
     let (mongo, _) = services();
     let database = unique_name();
-    let store = Arc::new(
-        MongoStore::connect(MongoOptions {
-            url: &mongo,
-            database: &database,
-            majority_writes: false,
-            timeout: Duration::from_secs(10),
-            write_locks: None,
-        })
-        .await
-        .expect("connect"),
-    );
+    let store = Arc::new(mongo_store(&mongo, &database).await);
     let tasks: Vec<Task> = (0..300)
         .map(|i| {
             Task::new_pending(
