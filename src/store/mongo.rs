@@ -126,6 +126,30 @@ const LOCK_WAIT: Duration = Duration::from_secs(5);
 struct Held {
     id: String,
     owner: String,
+    /// Until `unlock` deleted the lock. A write cancelled between taking and dropping its lock
+    /// (its request dropped, or the worker's calls aborted at a shutdown deadline) drops the
+    /// guard with this still set, and the drop deletes the lock from a task of its own: the
+    /// task's next writer (the shutdown's own hand-back among them) would otherwise wait
+    /// `LOCK_WAIT` and fail, and every writer after it until the lock went stale.
+    locks: Option<Collection<Document>>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let Some(locks) = self.locks.take() else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let filter =
+            doc! {"_id": std::mem::take(&mut self.id), "owner": std::mem::take(&mut self.owner)};
+        rt.spawn(async move {
+            if let Err(e) = locks.delete_one(filter).await {
+                tracing::warn!(error = %e, "could not release a cancelled write's task lock");
+            }
+        });
+    }
 }
 
 pub struct MongoOptions<'a> {
@@ -284,6 +308,7 @@ impl MongoStore {
                     return Ok(Some(Held {
                         id: id.to_string(),
                         owner,
+                        locks: Some(locks.clone()),
                     }))
                 }
                 Err(e) if is_duplicate(&e) => {
@@ -313,7 +338,7 @@ impl MongoStore {
     }
 
     async fn unlock(&self, held: Option<Held>) {
-        if let (Some(locks), Some(h)) = (&self.locks, held) {
+        if let (Some(locks), Some(mut h)) = (&self.locks, held) {
             if let Err(e) = locks
                 .delete_one(doc! {"_id": &h.id, "owner": &h.owner})
                 .await
@@ -321,6 +346,8 @@ impl MongoStore {
                 // Left behind, it goes stale and the next writer takes it over.
                 tracing::warn!(task_id = %h.id, error = %e, "could not release a task write lock");
             }
+            // Done (or given up on): nothing for the guard's drop to do.
+            h.locks = None;
         }
     }
 
