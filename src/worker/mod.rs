@@ -139,8 +139,14 @@ impl Worker {
         };
         let mut released = 0;
         for id in ids {
-            let Ok(Some(task)) = self.service.store.get_task(&id).await else {
-                continue;
+            let task = match self.service.store.get_task(&id).await {
+                Ok(Some(t)) => t,
+                Ok(None) => continue,
+                Err(e) => {
+                    // Not handed back: it returns when its lease expires.
+                    tracing::warn!(task_id = %id, error = %e, "could not hand a task back at shutdown");
+                    continue;
+                }
             };
             if task.status != TaskStatus::Processing
                 || task.lease_owner.as_deref() != Some(&self.id)
@@ -148,10 +154,19 @@ impl Worker {
                 continue;
             }
             let now = Utc::now();
-            if let Ok(next) = task.requeue(None, now, now) {
-                if let Ok(Some(_)) = self.commit(&task, next).await {
+            let handed = match task.requeue(None, now, now) {
+                Ok(next) => self.commit(&task, next).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match handed {
+                Ok(Some(_)) => {
                     let _ = self.service.queue.enqueue(&id, None).await;
                     released += 1;
+                }
+                // Changed meanwhile (cancelled, or finished after all): nothing to hand back.
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(task_id = %id, error = %e, "could not hand a task back at shutdown");
                 }
             }
         }
