@@ -16,6 +16,7 @@ use std::time::Instant;
 use axum::extract::{MatchedPath, Request};
 use axum::http::{header, Method};
 use axum::response::{IntoResponse, Response};
+use futures::future::{ready, Either, Ready};
 use metrics::{Counter, Histogram};
 use tower::{Layer, Service};
 
@@ -63,7 +64,7 @@ where
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = EdgeFuture<S::Future>;
+    type Future = EdgeFuture<Either<S::Future, Ready<Result<Response, Infallible>>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -85,12 +86,8 @@ where
         };
         let started = Instant::now();
         let inner = match self.guard.then(|| cross_site(&req)).flatten() {
-            Some(refusal) => InnerFuture::Refused {
-                resp: Some(refusal),
-            },
-            None => InnerFuture::Called {
-                f: self.inner.call(req),
-            },
+            Some(refusal) => Either::Right(ready(Ok(refusal))),
+            None => Either::Left(self.inner.call(req)),
         };
         EdgeFuture {
             inner,
@@ -127,18 +124,11 @@ fn cross_site(req: &Request) -> Option<Response> {
 }
 
 pin_project_lite::pin_project! {
+    /// The handler's response future (or the guard's refusal), timed and counted when it ends.
     pub struct EdgeFuture<F> {
         #[pin]
-        inner: InnerFuture<F>,
+        inner: F,
         done: Option<Done>,
-    }
-}
-
-pin_project_lite::pin_project! {
-    #[project = InnerProj]
-    enum InnerFuture<F> {
-        Called { #[pin] f: F },
-        Refused { resp: Option<Response> },
     }
 }
 
@@ -157,16 +147,10 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let resp = match this.inner.project() {
-            InnerProj::Called { f } => match f.poll(cx) {
-                Poll::Ready(Ok(r)) => r,
-                Poll::Ready(Err(never)) => match never {},
-                Poll::Pending => return Poll::Pending,
-            },
-            InnerProj::Refused { resp } => match resp.take() {
-                Some(r) => r,
-                None => return Poll::Pending,
-            },
+        let resp = match this.inner.poll(cx) {
+            Poll::Ready(Ok(r)) => r,
+            Poll::Ready(Err(never)) => match never {},
+            Poll::Pending => return Poll::Pending,
         };
         if let Some(d) = this.done.take() {
             let route = d.route.as_ref().map_or("unmatched", |p| p.as_str());

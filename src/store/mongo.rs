@@ -338,7 +338,10 @@ impl MongoStore {
     }
 
     async fn unlock(&self, held: Option<Held>) {
-        if let (Some(locks), Some(mut h)) = (&self.locks, held) {
+        let Some(mut h) = held else {
+            return;
+        };
+        if let Some(locks) = &h.locks {
             if let Err(e) = locks
                 .delete_one(doc! {"_id": &h.id, "owner": &h.owner})
                 .await
@@ -346,9 +349,9 @@ impl MongoStore {
                 // Left behind, it goes stale and the next writer takes it over.
                 tracing::warn!(task_id = %h.id, error = %e, "could not release a task write lock");
             }
-            // Done (or given up on): nothing for the guard's drop to do.
-            h.locks = None;
         }
+        // Only now: were this delete cancelled half-way, the guard's drop would still do it.
+        h.locks = None;
     }
 
     pub fn database_name(&self) -> &str {
