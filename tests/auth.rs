@@ -757,6 +757,19 @@ const TASK_UPDATED: &str = "subscription($id: ID!) { taskUpdated(id: $id) { id s
 async fn subscriptions_deliver_nothing_of_another_users_tasks() {
     let w = World::start(|_| {}).await;
     let task = w.alice_task(false).await;
+    // Claimed first (the provider call then runs for minutes), so that the cancel below is the
+    // only change left for Alice's stream to deliver; on a slow store the claim could otherwise
+    // land after she subscribed.
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    loop {
+        let path = format!("/api/v1/ai/image/result/{task}");
+        let (_, b) = call(&w.s, Some(ADMIN), "GET", &path, None).await;
+        if b["data"]["status"] == "processing" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never claimed: {b}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let init = |k: &str| json!({"authorization": format!("Bearer {k}")});
     let mut bob = WsClient::connect_with(
         &w.s.base,
