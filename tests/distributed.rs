@@ -746,6 +746,78 @@ async fn sigterm_finishes_calls_in_flight_or_releases_them_at_the_deadline() {
     assert!(t["started_at"].is_string());
 }
 
+/// One user's submits racing each other through two `api` processes stay within
+/// `USER_MAX_IN_FLIGHT` together: each counts the places the other process holds too (in
+/// Redis), not only its own. No worker runs, so every accepted task stays pending.
+#[tokio::test]
+async fn submits_through_two_apis_never_overshoot_the_in_flight_quota_together() {
+    const ADMIN: &str = "dist-admin-key-0123456789";
+    let (mongo, redis) = services();
+    let (_emu, url, _stop) = emulator(Duration::from_secs(60)).await;
+    let d = Deployment::new(
+        &mongo,
+        &redis,
+        &url,
+        &[
+            ("ADMIN_API_KEY", ADMIN),
+            ("USER_MAX_IN_FLIGHT", "5"),
+            ("USER_SUBMIT_BURST", "1000"),
+            ("USER_SUBMIT_PER_MINUTE", "100000"),
+        ],
+    );
+    let ((_a, a), (_b, b)) = (d.api().await, d.api().await);
+    let http = reqwest::Client::new();
+    let admin = |r: reqwest::RequestBuilder| r.bearer_auth(ADMIN);
+    let user: Value = admin(http.post(format!("{a}/api/v1/users")))
+        .json(&json!({"email": format!("{}@example.com", unique_name()), "name": "Quota"}))
+        .send()
+        .await
+        .expect("create user")
+        .json()
+        .await
+        .expect("json");
+    let user_id = user["data"]["id"].as_str().expect("user id").to_string();
+    let key: Value = admin(http.post(format!("{a}/api/v1/users/{user_id}/api-keys")))
+        .send()
+        .await
+        .expect("create key")
+        .json()
+        .await
+        .expect("json");
+    let key = key["data"]["key"].as_str().expect("key").to_string();
+    let submit = |base: &str, prompt: String| {
+        http.post(format!("{base}/api/v1/ai/image/task"))
+            .bearer_auth(&key)
+            .json(&json!({"prompt": prompt}))
+            .send()
+    };
+    let storm = (0..40).map(|i| submit(if i % 2 == 0 { &a } else { &b }, format!("race {i}")));
+    let answers: Vec<u16> = futures::future::join_all(storm)
+        .await
+        .into_iter()
+        .map(|r| r.expect("submit").status().as_u16())
+        .collect();
+    let mut accepted = answers.iter().filter(|s| **s == 201).count();
+    let refused = answers.iter().filter(|s| **s == 429).count();
+    assert_eq!(accepted + refused, 40, "{answers:?}");
+    // Under-filled for a moment in a storm (a refused submit may have counted another refused
+    // one), never overshot: each process alone would have admitted up to 5.
+    assert!((1..=5).contains(&accepted), "{accepted} accepted of 40");
+    // One at a time, alternating processes, the rest of the quota fills exactly.
+    for i in 0.. {
+        let r = submit(if i % 2 == 0 { &b } else { &a }, format!("one more {i}"))
+            .await
+            .expect("submit");
+        match r.status().as_u16() {
+            201 => accepted += 1,
+            429 => break,
+            other => panic!("{other}: {}", r.text().await.unwrap_or_default()),
+        }
+        assert!(accepted <= 5, "{accepted} accepted");
+    }
+    assert_eq!(accepted, 5);
+}
+
 #[tokio::test]
 async fn the_redis_queue_holds_one_entry_per_waiting_task() {
     use volcengine_ai_server::queue::{redis::RedisQueue, Queue};

@@ -36,6 +36,27 @@ pub trait Pacer: Send + Sync + 'static {
         interval: Duration,
         burst: u32,
     ) -> Result<Option<Duration>, LimiterError>;
+
+    /// Takes a place among the work of `key` in progress in every process sharing this pacer,
+    /// kept for `ttl` at most (the place of a process that died holding it is free again then),
+    /// and says how many places others held. `None` when nothing is shared beyond this process
+    /// (the embedded default): its caller counts its own.
+    async fn hold(&self, _key: &str, _ttl: Duration) -> Result<Option<Hold>, LimiterError> {
+        Ok(None)
+    }
+
+    /// Gives back a place `hold` took.
+    async fn release(&self, _key: &str, _id: &str) -> Result<(), LimiterError> {
+        Ok(())
+    }
+}
+
+/// A place `Pacer::hold` took.
+#[derive(Debug, Clone)]
+pub struct Hold {
+    pub id: String,
+    /// Places of the same key others held when this one was taken.
+    pub others: u64,
 }
 
 /// GCRA admission on one schedule: the new theoretical arrival time, or the wait when refused.
@@ -107,6 +128,7 @@ pub struct RedisPacer {
     prefix: String,
     script: redis::Script,
     admit: redis::Script,
+    hold: redis::Script,
 }
 
 const RESERVE: &str = r"
@@ -136,6 +158,20 @@ redis.call('SET', KEYS[1], tostring(next), 'PX', math.ceil(next - now) + 1000)
 return '-1'
 ";
 
+/// Places held, as a sorted set of hold ids scored by their expiry on Redis's clock: expired
+/// places are dropped, the others counted and the new one added in one atomic step, so of two
+/// concurrent holds the later always counts the earlier. Returns the count before this one.
+const HOLD: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local n = redis.call('ZCARD', KEYS[1])
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ttl)
+return n
+";
+
 impl RedisPacer {
     pub fn new(conn: redis::aio::ConnectionManager, prefix: &str) -> RedisPacer {
         RedisPacer {
@@ -143,7 +179,12 @@ impl RedisPacer {
             prefix: prefix.to_string(),
             script: redis::Script::new(RESERVE),
             admit: redis::Script::new(ADMIT),
+            hold: redis::Script::new(HOLD),
         }
+    }
+
+    fn holds_key(&self, key: &str) -> String {
+        format!("{}:holds:{key}", self.prefix)
     }
 }
 
@@ -183,6 +224,30 @@ impl Pacer for RedisPacer {
             .parse()
             .map_err(|_| LimiterError(format!("bad reply {wait}")))?;
         Ok((ms >= 0.0).then(|| Duration::from_secs_f64(ms / 1000.0)))
+    }
+
+    async fn hold(&self, key: &str, ttl: Duration) -> Result<Option<Hold>, LimiterError> {
+        let mut c = self.conn.clone();
+        let id = uuid::Uuid::new_v4().to_string();
+        let others: u64 = self
+            .hold
+            .key(self.holds_key(key))
+            .arg(&id)
+            .arg(ttl.as_millis().max(1) as u64)
+            .invoke_async(&mut c)
+            .await
+            .map_err(|e| LimiterError(e.to_string()))?;
+        Ok(Some(Hold { id, others }))
+    }
+
+    async fn release(&self, key: &str, id: &str) -> Result<(), LimiterError> {
+        let mut c = self.conn.clone();
+        redis::cmd("ZREM")
+            .arg(self.holds_key(key))
+            .arg(id)
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(|e| LimiterError(e.to_string()))
     }
 }
 

@@ -89,14 +89,47 @@ pub struct Service {
 /// and together overshot `USER_MAX_IN_FLIGHT`. A submit takes its place before it reads the
 /// count and counts the places taken before its own: of any two concurrent submits the later
 /// one sees the earlier, either still here or already stored, so the last one admitted has seen
-/// all the others. Exact in one process; across `api` processes each process's submits are.
+/// all the others. These are this process's places; where the pacer is shared (Redis), every
+/// process's are held there too (`Pacer::hold`) and counted instead, by the same rule.
 #[derive(Default)]
 pub struct Submitting(std::sync::Mutex<HashMap<String, usize>>);
 
-/// One submit's place in [`Submitting`], given back when dropped (stored or refused).
+/// One submit's place in [`Submitting`] (and in the pacer's shared holds), given back once the
+/// task is stored or refused: by `release`, or when dropped (a request cancelled midway, an
+/// error), where the shared place is given back by a task of its own.
 pub struct SubmitSlot<'a> {
     of: &'a Submitting,
     user_id: String,
+    shared: Option<SharedHold>,
+}
+
+/// A place held in the shared pacer.
+struct SharedHold {
+    pacer: Arc<dyn Pacer>,
+    key: String,
+    id: String,
+}
+
+impl SharedHold {
+    async fn release(self) {
+        if let Err(e) = self.pacer.release(&self.key, &self.id).await {
+            // It expires after `SUBMIT_HOLD_TTL`; until then the user's quota is one short.
+            tracing::warn!(error = %e, "could not give back an in-flight place");
+        }
+    }
+}
+
+/// How long a shared place outlives a process that died holding it. Longer than any store
+/// insert takes (those give up after `MONGO_TIMEOUT`), so a live submit never loses its place.
+const SUBMIT_HOLD_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl SubmitSlot<'_> {
+    /// Gives the place back now (the task is in the store, or refused).
+    async fn release(mut self) {
+        if let Some(h) = self.shared.take() {
+            h.release().await;
+        }
+    }
 }
 
 impl Submitting {
@@ -114,6 +147,7 @@ impl Submitting {
             SubmitSlot {
                 of: self,
                 user_id: user_id.to_string(),
+                shared: None,
             },
             before as u64,
         )
@@ -122,6 +156,11 @@ impl Submitting {
 
 impl Drop for SubmitSlot<'_> {
     fn drop(&mut self) {
+        if let Some(h) = self.shared.take() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(h.release());
+            }
+        }
         if let Ok(mut m) = self.of.0.lock() {
             if let Some(n) = m.get_mut(&self.user_id) {
                 *n = n.saturating_sub(1);
@@ -440,7 +479,7 @@ impl Service {
             return Err(forbidden("create tasks for another user"));
         }
         // Held until the task is stored (or refused), so that concurrent submits count it.
-        let _slot = match who {
+        let mut slot = match who {
             Principal::User { .. } => Some(self.admit_submit(&user_id).await?),
             _ => None,
         };
@@ -474,7 +513,12 @@ impl Service {
             idem.map(|k| (k.to_string(), request_hash(&input))),
             now,
         );
-        if let Some(existing) = self.insert_new_task(&task, now).await? {
+        let earlier = self.insert_new_task(&task, now).await?;
+        // Stored (or answered by an earlier task): other submits now count it in the store.
+        if let Some(s) = slot.take() {
+            s.release().await;
+        }
+        if let Some(existing) = earlier {
             return if existing.request_hash == task.request_hash {
                 Ok((existing, false))
             } else {
@@ -549,9 +593,27 @@ impl Service {
             Err(e) => tracing::warn!(error = %e, "submit rate limiter unavailable; admitting"),
         }
         // The place first, then the count (see `Submitting`).
-        let (slot, submitting) = self.submitting.take(user_id);
-        let active = self.store.count_active_tasks(user_id).await? + submitting;
+        let (mut slot, here) = self.submitting.take(user_id);
+        let key = format!("submit:{user_id}");
+        let others = match self.pacer.hold(&key, SUBMIT_HOLD_TTL).await {
+            Ok(Some(h)) => {
+                slot.shared = Some(SharedHold {
+                    pacer: self.pacer.clone(),
+                    key,
+                    id: h.id,
+                });
+                h.others
+            }
+            Ok(None) => here,
+            // As with the rate above: the quota then holds within each process.
+            Err(e) => {
+                tracing::warn!(error = %e, "shared in-flight places unavailable; counting this process's submits only");
+                here
+            }
+        };
+        let active = self.store.count_active_tasks(user_id).await? + others;
         if active >= l.max_in_flight {
+            slot.release().await;
             metrics::counter!("rate_limited_total", "limit" => "in_flight").increment(1);
             return Err(AppError::RateLimited {
                 retry_after_secs: 5,
