@@ -694,10 +694,27 @@ pub async fn http(a: HttpArgs) -> Result<Vec<(Measure, Option<(String, f64)>)>, 
         h1::drive("GraphQL poll task(id)", addr, n, c, move |i| {
             h1::Call::post(
                 "/graphql",
-                &json!({"query": "query($id: ID!) { task(id: $id) { id status version result { imageUrl } } }",
-                        "variables": {"id": ids[i % ids.len()]}}),
+                &json!({"query": POLL_QUERY, "variables": {"id": ids[i % ids.len()]}}),
                 200,
             )
+        })
+        .await?
+    };
+    // The same poll as a GET (`/graphql?query=…&variables=…`): no request body to wait for.
+    let gql_get_poll = {
+        let paths = ids
+            .iter()
+            .map(|id| {
+                let mut u =
+                    reqwest::Url::parse("http://bench/graphql").map_err(|e| e.to_string())?;
+                u.query_pairs_mut()
+                    .append_pair("query", POLL_QUERY)
+                    .append_pair("variables", &json!({ "id": id }).to_string());
+                Ok(format!("{}?{}", u.path(), u.query().unwrap_or_default()))
+            })
+            .collect::<Result<Vec<String>, String>>()?;
+        h1::drive("GraphQL poll task(id) over GET", addr, n, c, move |i| {
+            h1::Call::get(paths[i % paths.len()].clone())
         })
         .await?
     };
@@ -722,9 +739,14 @@ pub async fn http(a: HttpArgs) -> Result<Vec<(Measure, Option<(String, f64)>)>, 
     rows.extend([
         (rest_poll.clone(), ratio(&rest_poll, &poll_base)),
         (gql_poll.clone(), ratio(&gql_poll, &poll_base)),
+        (gql_get_poll.clone(), ratio(&gql_get_poll, &poll_base)),
     ]);
     Ok(rows)
 }
+
+/// The document of the GraphQL poll scenarios.
+const POLL_QUERY: &str =
+    "query($id: ID!) { task(id: $id) { id status version result { imageUrl } } }";
 
 /// A pending task as a submit stores it.
 fn floor_task(user: &str, prompt: &str) -> crate::domain::Task {

@@ -116,6 +116,7 @@ fn bench_http_smoke_run() {
         "GraphQL submit",
         "REST poll",
         "GraphQL poll",
+        "GraphQL poll task(id) over GET",
     ] {
         assert!(stdout.contains(row), "{row} missing: {stdout}");
     }

@@ -226,6 +226,16 @@ async fn run(
     who: Principal,
 ) -> async_graphql::Response {
     let validation = state.gql.documents.prepare(&mut req);
+    run_prepared(state, req, who, validation).await
+}
+
+/// `run` for a request `ParseCache::prepare` has seen.
+async fn run_prepared(
+    state: &AppState,
+    req: async_graphql::Request,
+    who: Principal,
+    validation: parse_cache::Validation,
+) -> async_graphql::Response {
     let (schema, first) = match validation {
         parse_cache::Validation::Done => (&state.schemas.checked, None),
         parse_cache::Validation::Needed => (&state.schemas.strict, Some(req.query.clone())),
@@ -257,19 +267,26 @@ pub async fn get_handler(State(state): State<AppState>, req: Request) -> Respons
             Ok(p) => p,
             Err(resp) => return resp,
         };
-        let parsed = async_graphql::http::parse_query_string(q);
-        return match parsed {
-            // A GET must not change anything (it can be triggered by a link or an <img>).
-            Ok(r) if has_mutation(&r.query) => gql_error_response(
+        let mut req = match async_graphql::http::parse_query_string(q) {
+            Ok(r) => r,
+            Err(e) => {
+                return gql_error_response(
+                    StatusCode::BAD_REQUEST,
+                    AppError::InvalidJson(e.to_string()),
+                )
+            }
+        };
+        // The document from the parse cache (or parsed once here, then kept on the request).
+        let validation = state.gql.documents.prepare(&mut req);
+        // A GET must not change anything (it can be triggered by a link or an <img>). A
+        // document that does not parse is left to the execution, which reports the error.
+        if req.parsed_query().is_ok_and(has_mutation) {
+            return gql_error_response(
                 StatusCode::METHOD_NOT_ALLOWED,
                 AppError::invalid("query", "mutations must be sent with POST"),
-            ),
-            Ok(r) => Json(with_codes(run(&state, r, who).await)).into_response(),
-            Err(e) => gql_error_response(
-                StatusCode::BAD_REQUEST,
-                AppError::InvalidJson(e.to_string()),
-            ),
-        };
+            );
+        }
+        return Json(with_codes(run_prepared(&state, req, who, validation).await)).into_response();
     }
     Html(
         GraphiQLSource::build()
@@ -282,17 +299,13 @@ pub async fn get_handler(State(state): State<AppState>, req: Request) -> Respons
 }
 
 /// Whether a document holds a mutation (GET must not run one, whichever operation is named).
-fn has_mutation(query: &str) -> bool {
+fn has_mutation(doc: &async_graphql::parser::types::ExecutableDocument) -> bool {
     use async_graphql::parser::types::{DocumentOperations, OperationType};
-    match async_graphql::parser::parse_query(query) {
-        Ok(doc) => match &doc.operations {
-            DocumentOperations::Single(op) => op.node.ty == OperationType::Mutation,
-            DocumentOperations::Multiple(ops) => {
-                ops.values().any(|op| op.node.ty == OperationType::Mutation)
-            }
-        },
-        // Unparsable: execution reports the syntax error.
-        Err(_) => false,
+    match &doc.operations {
+        DocumentOperations::Single(op) => op.node.ty == OperationType::Mutation,
+        DocumentOperations::Multiple(ops) => {
+            ops.values().any(|op| op.node.ty == OperationType::Mutation)
+        }
     }
 }
 
