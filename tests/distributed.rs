@@ -149,7 +149,21 @@ async fn emulator(latency: Duration) -> (Emulator, String, CancellationToken) {
 }
 
 async fn post(http: &reqwest::Client, url: String, body: Value) -> (u16, Value) {
-    let r = http.post(url).json(&body).send().await.expect("post");
+    post_as(http, None, url, body).await
+}
+
+/// `post` with `Authorization: Bearer key`.
+async fn post_as(
+    http: &reqwest::Client,
+    key: Option<&str>,
+    url: String,
+    body: Value,
+) -> (u16, Value) {
+    let mut req = http.post(url).json(&body);
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    let r = req.send().await.expect("post");
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(Value::Null))
 }
@@ -767,35 +781,29 @@ async fn submits_through_two_apis_never_overshoot_the_in_flight_quota_together()
     );
     let ((_a, a), (_b, b)) = (d.api().await, d.api().await);
     let http = reqwest::Client::new();
-    let admin = |r: reqwest::RequestBuilder| r.bearer_auth(ADMIN);
-    let user: Value = admin(http.post(format!("{a}/api/v1/users")))
-        .json(&json!({"email": format!("{}@example.com", unique_name()), "name": "Quota"}))
-        .send()
-        .await
-        .expect("create user")
-        .json()
-        .await
-        .expect("json");
-    let user_id = user["data"]["id"].as_str().expect("user id").to_string();
-    let key: Value = admin(http.post(format!("{a}/api/v1/users/{user_id}/api-keys")))
-        .send()
-        .await
-        .expect("create key")
-        .json()
-        .await
-        .expect("json");
-    let key = key["data"]["key"].as_str().expect("key").to_string();
+    let email = format!("{}@example.com", unique_name());
+    let (st, user) = post_as(
+        &http,
+        Some(ADMIN),
+        format!("{a}/api/v1/users"),
+        json!({"email": email, "name": "Quota"}),
+    )
+    .await;
+    assert_eq!(st, 201, "{user}");
+    let user_id = user["data"]["id"].as_str().expect("user id");
+    let url = format!("{a}/api/v1/users/{user_id}/api-keys");
+    let (st, key) = post_as(&http, Some(ADMIN), url, json!({})).await;
+    assert_eq!(st, 201, "{key}");
+    let key = key["data"]["key"].as_str().expect("key");
     let submit = |base: &str, prompt: String| {
-        http.post(format!("{base}/api/v1/ai/image/task"))
-            .bearer_auth(&key)
-            .json(&json!({"prompt": prompt}))
-            .send()
+        let url = format!("{base}/api/v1/ai/image/task");
+        post_as(&http, Some(key), url, json!({"prompt": prompt}))
     };
     let storm = (0..40).map(|i| submit(if i % 2 == 0 { &a } else { &b }, format!("race {i}")));
     let answers: Vec<u16> = futures::future::join_all(storm)
         .await
         .into_iter()
-        .map(|r| r.expect("submit").status().as_u16())
+        .map(|(st, _)| st)
         .collect();
     let mut accepted = answers.iter().filter(|s| **s == 201).count();
     let refused = answers.iter().filter(|s| **s == 429).count();
@@ -805,13 +813,11 @@ async fn submits_through_two_apis_never_overshoot_the_in_flight_quota_together()
     assert!((1..=5).contains(&accepted), "{accepted} accepted of 40");
     // One at a time, alternating processes, the rest of the quota fills exactly.
     for i in 0.. {
-        let r = submit(if i % 2 == 0 { &b } else { &a }, format!("one more {i}"))
-            .await
-            .expect("submit");
-        match r.status().as_u16() {
+        let (st, body) = submit(if i % 2 == 0 { &b } else { &a }, format!("one more {i}")).await;
+        match st {
             201 => accepted += 1,
             429 => break,
-            other => panic!("{other}: {}", r.text().await.unwrap_or_default()),
+            other => panic!("{other}: {body}"),
         }
         assert!(accepted <= 5, "{accepted} accepted");
     }
