@@ -358,6 +358,7 @@ pub async fn start_with(
             WorkerConfig {
                 concurrency: config.worker_concurrency,
                 download_concurrency: config.download_concurrency,
+                download_memory_bytes: config.download_memory_bytes,
                 max_attempts: config.max_attempts,
                 lease: config.task_lease,
                 reconcile_interval: config.reconcile_interval,

@@ -120,11 +120,12 @@ pub fn build(
         lines.push((
             "pacing",
             format!(
-                "{}; {} calls in flight per model, {} worker slots, {} downloads at once",
+                "{}; {} calls in flight per model, {} worker slots, {} downloads at once within {} MiB",
                 paces.join(", "),
                 config.provider_concurrency,
                 config.worker_concurrency,
-                config.download_concurrency
+                config.download_concurrency,
+                config.download_memory_bytes.div_ceil(1024 * 1024)
             ),
         ));
     }

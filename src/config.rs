@@ -156,6 +156,7 @@ pub struct Config {
     pub worker_concurrency: usize,
     /// Image downloads (and their writes to the store) in progress at once per process.
     pub download_concurrency: usize,
+    pub download_memory_bytes: u64,
     pub max_attempts: u32,
     pub task_lease: Duration,
     pub reconcile_interval: Duration,
@@ -212,6 +213,7 @@ impl Default for Config {
             log_format: LogFormat::Pretty,
             worker_concurrency: 4,
             download_concurrency: 32,
+            download_memory_bytes: 256 * 1024 * 1024,
             max_attempts: 5,
             task_lease: Duration::from_secs(60),
             reconcile_interval: Duration::from_secs(5),
@@ -567,6 +569,17 @@ impl Config {
                 &["DOWNLOAD_CONCURRENCY"],
                 d.download_concurrency,
                 slots,
+            )?,
+            download_memory_bytes: env.parse(
+                &["DOWNLOAD_MEMORY_BYTES"],
+                d.download_memory_bytes,
+                |v| {
+                    if *v < 64 * 1024 {
+                        Err("must be at least 65536 (64 KiB)".into())
+                    } else {
+                        Ok(())
+                    }
+                },
             )?,
             max_attempts: env.parse(&["TASK_MAX_ATTEMPTS"], d.max_attempts, positive)?,
             task_lease: env.duration(&["TASK_LEASE"], d.task_lease, ms(500))?,

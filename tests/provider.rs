@@ -192,6 +192,65 @@ async fn downloads_are_bounded_apart_from_provider_calls() {
     );
 }
 
+/// Downloads hold at most `DOWNLOAD_MEMORY_BYTES` of images at once, however many places
+/// `DOWNLOAD_CONCURRENCY` leaves: with room for two images, six completing together are
+/// fetched two at a time, and every one is still kept.
+#[tokio::test]
+async fn downloads_stay_within_their_memory_budget() {
+    let (emu, url, _stop) = emulator(EmulatorConfig {
+        download_latency: Duration::from_millis(300),
+        // One rendering per size: every image has the same length.
+        reuse_images: true,
+        ..emu_cfg()
+    })
+    .await;
+    // The images' length, from one task through a server with the default budget.
+    let size = {
+        let s = server(&url, KEY, 3).await;
+        let user = s.create_user("budget-probe@example.com").await;
+        let t = s.wait_terminal(&s.create_task(&user, "probe").await).await;
+        assert_eq!(t["status"], "completed", "{t}");
+        t["result"]["images"][0]["bytes"].as_u64().expect("bytes")
+    };
+    let budget = (size * 5 / 2).max(64 * 1024);
+    let two = (budget / size).min(6);
+    assert!(
+        two >= 1,
+        "an image of {size} bytes against a budget of {budget}"
+    );
+    let before = emu.stats().downloads;
+    let s = TestServer::start_with(move |c| {
+        c.volcengine_endpoint = url;
+        c.volcengine_api_key = Some(KEY.into());
+        c.worker_concurrency = 8;
+        c.download_concurrency = 8;
+        c.download_memory_bytes = budget;
+        // Unpaced, so the six calls are made (and return) together.
+        c.provider_ipm = volcengine_ai_server::config::ProviderIpm::parse(
+            "1000000",
+            &volcengine_ai_server::domain::Catalog::new(&Default::default()),
+        )
+        .expect("ipm");
+    })
+    .await;
+    let user = s.create_user("budget@example.com").await;
+    // Submitted together, so their calls return together and, unbounded, all six would download
+    // at once.
+    let prompts: Vec<String> = (0..6).map(|i| format!("budgeted {i}")).collect();
+    let ids = futures::future::join_all(prompts.iter().map(|p| s.create_task(&user, p))).await;
+    for id in &ids {
+        let t = s.wait_terminal(id).await;
+        assert_eq!(t["status"], "completed", "{t}");
+    }
+    let stats = emu.stats();
+    assert_eq!(stats.downloads - before, 6);
+    assert!(
+        (1..=two).contains(&stats.peak_downloads),
+        "at most {two} images of {size} bytes within {budget} at once, saw {}",
+        stats.peak_downloads
+    );
+}
+
 #[tokio::test]
 async fn retries_stop_at_the_attempt_budget_keeping_the_last_error() {
     let (emu, url, _stop) = emulator(EmulatorConfig {

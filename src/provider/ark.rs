@@ -7,7 +7,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::{Fetched, GenerateRequest, Generated, GeneratedImage, ImageProvider, ProviderError};
+use super::{
+    DownloadBudget, Fetched, GenerateRequest, Generated, GeneratedImage, ImageProvider,
+    ProviderError, MAX_IMAGE_BYTES,
+};
 
 pub struct ArkClient {
     http: reqwest::Client,
@@ -87,6 +90,15 @@ pub fn is_retryable(status: u16, code: &str) -> bool {
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
     v.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// An image we will not hold in memory: the same link will not get smaller.
+fn too_large(bytes: u64) -> ProviderError {
+    ProviderError::ours(
+        "ImageTooLarge",
+        format!("the generated image is {bytes} bytes, more than the {MAX_IMAGE_BYTES} kept"),
+        false,
+    )
 }
 
 fn transport_error(e: &reqwest::Error) -> ProviderError {
@@ -230,8 +242,14 @@ impl ImageProvider for ArkClient {
         })
     }
 
-    async fn fetch(&self, url: &str) -> Result<Fetched, ProviderError> {
-        let resp = self
+    async fn fetch(
+        &self,
+        url: &str,
+        budget: &DownloadBudget,
+        estimate: u64,
+    ) -> Result<Fetched, ProviderError> {
+        let mut held = budget.reserve(estimate.min(MAX_IMAGE_BYTES)).await?;
+        let mut resp = self
             .http
             .get(url)
             .send()
@@ -254,10 +272,28 @@ impl ImageProvider for ArkClient {
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let bytes = resp.bytes().await.map_err(|e| transport_error(&e))?;
+        let expected = resp.content_length();
+        if let Some(n) = expected.filter(|n| *n > MAX_IMAGE_BYTES) {
+            return Err(too_large(n));
+        }
+        if let Some(n) = expected {
+            budget.settle(&mut held, n);
+        }
+        let mut body = bytes::BytesMut::with_capacity(expected.unwrap_or(0) as usize);
+        while let Some(chunk) = resp.chunk().await.map_err(|e| transport_error(&e))? {
+            let len = (body.len() + chunk.len()) as u64;
+            if len > MAX_IMAGE_BYTES {
+                return Err(too_large(len));
+            }
+            if expected.is_none() {
+                budget.grow(&mut held, len);
+            }
+            body.extend_from_slice(&chunk);
+        }
         Ok(Fetched {
-            bytes,
+            bytes: body.freeze(),
             content_type,
+            held,
         })
     }
 }

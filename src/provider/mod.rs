@@ -37,10 +37,101 @@ pub struct Generated {
     pub request_id: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub struct Fetched {
     pub bytes: bytes::Bytes,
     pub content_type: Option<String>,
+    /// The image's share of the download budget, held until the image is stored.
+    pub held: Held,
+}
+
+/// The largest image a download keeps: far above what Ark serves (a 4K JPEG is a few MB), so
+/// only a misbehaving endpoint meets it, and it cannot exhaust memory.
+pub const MAX_IMAGE_BYTES: u64 = 128 * 1024 * 1024;
+
+/// Bytes of downloaded images one worker process holds at once (`DOWNLOAD_MEMORY_BYTES`), from
+/// the request to the store's acknowledgement. A download reserves an estimate (from the size it
+/// asked for) before it sends its request, waiting while the budget is spent, and settles on the
+/// real length once the headers tell it: a smaller image gives the rest back, a larger one (or
+/// a body without a length, as it arrives) takes what is free without waiting, since a download
+/// that waited holding a share could wait forever on others doing the same. So the budget can be
+/// passed by what estimates missed, never by whole downloads. An estimate larger than the whole
+/// budget waits for all of it and then runs alone: no image is refused for its size below
+/// `MAX_IMAGE_BYTES`.
+pub struct DownloadBudget {
+    kib: std::sync::Arc<tokio::sync::Semaphore>,
+    total_kib: u32,
+}
+
+/// A share of a `DownloadBudget`, given back when dropped.
+#[derive(Debug)]
+pub struct Held {
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Held {
+    fn kib(&self) -> u32 {
+        self.permit.as_ref().map_or(0, |p| p.num_permits() as u32)
+    }
+}
+
+fn kib_of(bytes: u64) -> u32 {
+    bytes.div_ceil(1024).min(u64::from(u32::MAX)) as u32
+}
+
+impl DownloadBudget {
+    pub fn new(bytes: u64) -> DownloadBudget {
+        let total_kib = kib_of(bytes).max(1);
+        DownloadBudget {
+            kib: std::sync::Arc::new(tokio::sync::Semaphore::new(total_kib as usize)),
+            total_kib,
+        }
+    }
+
+    /// Waits for `bytes` of the budget (all of it at most).
+    pub async fn reserve(&self, bytes: u64) -> Result<Held, ProviderError> {
+        let want = kib_of(bytes).clamp(1, self.total_kib);
+        let permit = self
+            .kib
+            .clone()
+            .acquire_many_owned(want)
+            .await
+            .map_err(|_| ProviderError::ours("ShuttingDown", "the worker is stopping", true))?;
+        Ok(Held {
+            permit: Some(permit),
+        })
+    }
+
+    /// Makes `held` the share of an image of `bytes`: gives back what it holds beyond that, or
+    /// takes what is free now towards it, without waiting.
+    pub fn settle(&self, held: &mut Held, bytes: u64) {
+        let want = kib_of(bytes).clamp(1, self.total_kib);
+        if let Some(p) = held.permit.as_mut() {
+            if p.num_permits() as u32 > want {
+                drop(p.split((p.num_permits() as u32 - want) as usize));
+                return;
+            }
+        }
+        self.grow(held, bytes);
+    }
+
+    /// Extends `held` to `bytes` with what is free now, without waiting.
+    pub fn grow(&self, held: &mut Held, bytes: u64) {
+        let want = kib_of(bytes).min(self.total_kib).saturating_sub(held.kib());
+        if want == 0 {
+            return;
+        }
+        let free = (self.kib.available_permits() as u32).min(want);
+        if free == 0 {
+            return;
+        }
+        if let Ok(more) = self.kib.clone().try_acquire_many_owned(free) {
+            match held.permit.as_mut() {
+                Some(p) => p.merge(more),
+                None => held.permit = Some(more),
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -76,6 +167,59 @@ pub trait ImageProvider: Send + Sync + 'static {
     /// `ark` or `sandbox`, for `/health` and logs.
     fn mode(&self) -> &'static str;
     async fn generate(&self, req: &GenerateRequest) -> Result<Generated, ProviderError>;
-    /// Downloads a generated image before the provider's URL expires.
-    async fn fetch(&self, url: &str) -> Result<Fetched, ProviderError>;
+    /// Downloads a generated image before the provider's URL expires, within `budget`;
+    /// `estimate` is the image's expected length, reserved before the request is sent.
+    async fn fetch(
+        &self,
+        url: &str,
+        budget: &DownloadBudget,
+        estimate: u64,
+    ) -> Result<Fetched, ProviderError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_download_budget_holds_downloads_back_until_shares_are_given_back() {
+        let b = DownloadBudget::new(100 * 1024);
+        let first = b.reserve(60 * 1024).await.expect("first");
+        // 60 + 60 KiB do not fit in 100: the second waits until the first is given back.
+        let second = tokio::time::timeout(Duration::from_millis(50), b.reserve(60 * 1024)).await;
+        assert!(second.is_err(), "reserved beyond the budget");
+        drop(first);
+        let second = b.reserve(60 * 1024).await.expect("second");
+        // Larger than the whole budget: waits for all of it, then runs alone.
+        drop(second);
+        let huge = b.reserve(10 * 1024 * 1024).await.expect("huge");
+        assert_eq!(huge.kib(), 100);
+    }
+
+    #[tokio::test]
+    async fn a_share_settles_on_the_real_length_without_waiting() {
+        let b = DownloadBudget::new(100 * 1024);
+        let mut held = b.reserve(40 * 1024).await.expect("estimate");
+        b.settle(&mut held, 25 * 1024);
+        assert_eq!(held.kib(), 25, "the rest of the estimate is given back");
+        let other = b.reserve(70 * 1024).await.expect("other");
+        b.settle(&mut held, 60 * 1024);
+        assert_eq!(held.kib(), 30, "only what was free is taken");
+        drop(other);
+    }
+
+    #[tokio::test]
+    async fn a_body_without_a_length_grows_its_share_without_waiting() {
+        let b = DownloadBudget::new(100 * 1024);
+        let other = b.reserve(70 * 1024).await.expect("other");
+        let mut held = b.reserve(10 * 1024).await.expect("held");
+        b.grow(&mut held, 50 * 1024);
+        // Only what was free (20 KiB) was added: growing never waits for another download.
+        assert_eq!(held.kib(), 30);
+        drop(other);
+        b.grow(&mut held, 50 * 1024);
+        assert_eq!(held.kib(), 50);
+        drop(held);
+        assert_eq!(b.reserve(100 * 1024).await.expect("all").kib(), 100);
+    }
 }

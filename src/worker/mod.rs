@@ -19,7 +19,9 @@ use crate::domain::{
 };
 use crate::events::{Channel, Event};
 use crate::provider::limiter::ProviderLimiter;
-use crate::provider::{GenerateRequest, GeneratedImage, ImageProvider, ProviderError};
+use crate::provider::{
+    DownloadBudget, GenerateRequest, GeneratedImage, ImageProvider, ProviderError,
+};
 use crate::queue::Delivery;
 use crate::service::Service;
 use crate::store::ImageBlob;
@@ -29,6 +31,8 @@ pub struct WorkerConfig {
     pub concurrency: usize,
     /// Images downloaded and stored at once (`DOWNLOAD_CONCURRENCY`).
     pub download_concurrency: usize,
+    /// Bytes of those images held at once (`DOWNLOAD_MEMORY_BYTES`).
+    pub download_memory_bytes: u64,
     pub max_attempts: u32,
     pub lease: Duration,
     pub reconcile_interval: Duration,
@@ -55,6 +59,8 @@ pub struct Worker {
     /// milliseconds, in clumps of hundreds of subscription messages); a few at a time finish in
     /// the order they began and hold a bounded amount of image memory.
     downloads: tokio::sync::Semaphore,
+    /// Bytes those images hold: a few at a time of 4K images are still many megabytes each.
+    download_budget: DownloadBudget,
     /// The API's runtime when the worker runs on lower-priority threads of its own beside it:
     /// state changes are stored and announced there, so that subscribers hear of them at the
     /// API's priority, not when a busy machine next gets round to the worker's threads.
@@ -85,6 +91,12 @@ fn image_type(bytes: &[u8]) -> &'static str {
     }
 }
 
+/// What an image of `width` × `height` is expected to weigh before its download says: Ark's
+/// JPEGs and the emulator's PNGs are 0.2 – 0.3 bytes a pixel (a 4K JPEG a few MB).
+fn estimated_bytes((width, height): (u32, u32)) -> u64 {
+    (u64::from(width) * u64::from(height) * 3 / 10).max(64 * 1024)
+}
+
 impl Worker {
     pub fn new(
         service: Arc<Service>,
@@ -93,6 +105,7 @@ impl Worker {
         cfg: WorkerConfig,
     ) -> Worker {
         let downloads = cfg.download_concurrency.max(1);
+        let download_budget = DownloadBudget::new(cfg.download_memory_bytes);
         Worker {
             service,
             provider,
@@ -101,6 +114,7 @@ impl Worker {
             id: format!("worker-{}", uuid::Uuid::new_v4()),
             held: Default::default(),
             downloads: tokio::sync::Semaphore::new(downloads),
+            download_budget,
             foreground: Default::default(),
         }
     }
@@ -434,10 +448,16 @@ impl Worker {
             .acquire()
             .await
             .map_err(|_| ProviderError::ours("ShuttingDown", "the worker is stopping", true))?;
-        let fetched = self.provider.fetch(url).await?;
+        let asked = spec.output_dims(size.as_deref().unwrap_or(&task.params.size));
+        let fetched = self
+            .provider
+            .fetch(url, &self.download_budget, estimated_bytes(asked))
+            .await?;
+        // The bytes stay in memory until the store has them.
+        let _held = fetched.held;
         let (width, height) = match imagesize::blob_size(&fetched.bytes) {
             Ok(d) => (d.width as u32, d.height as u32),
-            Err(_) => spec.output_dims(size.as_deref().unwrap_or(&task.params.size)),
+            Err(_) => asked,
         };
         let sniffed = image_type(&fetched.bytes);
         let content_type = if sniffed == "application/octet-stream" {
