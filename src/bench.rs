@@ -13,6 +13,7 @@ use crate::app::{self, Backends, Role};
 use crate::config::Config;
 use crate::emulator::{self, EmulatorConfig};
 
+pub mod all;
 pub mod distributed;
 pub mod h1;
 pub mod subscribe;

@@ -89,6 +89,18 @@ enum BenchCommand {
         #[arg(long, default_value_t = 64)]
         connect_concurrency: usize,
     },
+    /// Every benchmark above in one run (HTTP embedded, and distributed with --mongo-url and
+    /// --redis-url; 10,000 subscribers; the paced and the unlimited pipeline), then each goal
+    /// of issue #6 beside what the run measured. About six minutes at full scale.
+    All {
+        /// Divides every count by this, for a quick look (goals are judged at 1 only).
+        #[arg(long, default_value_t = 1)]
+        scale: usize,
+        #[arg(long, env = "MONGO_URL")]
+        mongo_url: Option<String>,
+        #[arg(long, env = "REDIS_URL")]
+        redis_url: Option<String>,
+    },
     /// The bare WebSocket server `bench subscribe` measures its delivery floor on (run by it).
     #[command(hide = true)]
     DeliveryFloor {
@@ -261,6 +273,23 @@ async fn main() -> anyhow::Result<()> {
             .await
             .map_err(anyhow::Error::msg)?;
         volcengine_ai_server::bench::print_pipeline(&args, &report);
+        return Ok(());
+    }
+    if let Command::Bench(BenchCommand::All {
+        scale,
+        mongo_url,
+        redis_url,
+    }) = command
+    {
+        init_tracing("warn", LogFormat::Pretty);
+        let args = volcengine_ai_server::bench::all::AllArgs {
+            scale,
+            distributed: mongo_url.zip(redis_url),
+        };
+        let report = volcengine_ai_server::bench::all::all(args)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        volcengine_ai_server::bench::all::print_goals(&report).map_err(anyhow::Error::msg)?;
         return Ok(());
     }
     if let Command::Bench(BenchCommand::DeliveryFloor { host, port }) = command {

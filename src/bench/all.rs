@@ -1,0 +1,224 @@
+//! `bench all`: every benchmark of issue #6 in one run (HTTP submit and poll, embedded and, with
+//! MongoDB and Redis given, distributed; 10,000 subscribers; the paced and the unlimited
+//! pipeline), each printed beside its baselines as its own command prints it, then the goals
+//! beside what this run measured. `--scale N` divides every size by N for a quick look; the
+//! goals are judged at full scale only (memory per subscriber and delay both depend on it).
+
+use std::time::Duration;
+
+use super::subscribe::{self, SubscribeArgs, SubscribeReport};
+use super::{Backend, HttpArgs, Measure, PipelineArgs, PipelineReport, Ratios};
+
+#[derive(Debug, Clone)]
+pub struct AllArgs {
+    /// Every count divided by this (at least 1).
+    pub scale: usize,
+    /// MongoDB and Redis for the distributed HTTP run; without them it is left out.
+    pub distributed: Option<(String, String)>,
+}
+
+/// What the run measured, for the goals.
+pub struct AllReport {
+    pub scale: usize,
+    pub http: Vec<(Measure, Ratios)>,
+    pub distributed: Option<Vec<(Measure, Ratios)>>,
+    pub subscribe: SubscribeReport,
+    pub paced: (PipelineArgs, PipelineReport),
+    pub unlimited: (PipelineArgs, PipelineReport),
+}
+
+fn scaled(n: usize, scale: usize) -> usize {
+    (n / scale.max(1)).max(1)
+}
+
+/// Runs each benchmark in turn, printing each one's report as it ends.
+pub async fn all(a: AllArgs) -> Result<AllReport, String> {
+    let s = a.scale.max(1);
+    let http_args = HttpArgs {
+        requests: scaled(20_000, s).max(64),
+        connections: 64,
+        backend: Backend::Embedded,
+        preload: 0,
+    };
+    let http = super::http(http_args.clone()).await?;
+    super::print_http(&http_args, &http);
+    println!();
+    let distributed = match &a.distributed {
+        Some((mongo_url, redis_url)) => {
+            let args = HttpArgs {
+                requests: scaled(1_000, s).max(64),
+                backend: Backend::Distributed {
+                    mongo_url: mongo_url.clone(),
+                    redis_url: redis_url.clone(),
+                },
+                ..http_args.clone()
+            };
+            let rows = super::http(args.clone()).await?;
+            super::print_http(&args, &rows);
+            println!();
+            Some(rows)
+        }
+        None => None,
+    };
+    let subscribe = subscribe::subscribe(SubscribeArgs {
+        subscribers: scaled(10_000, s),
+        tasks: scaled(1_000, s),
+        // Long enough for every subscriber to connect before the calls return.
+        latency: Duration::from_secs(if s == 1 { 15 } else { 3 }),
+        connect_concurrency: 64,
+    })
+    .await?;
+    subscribe::print_subscribe(&subscribe);
+    println!();
+    let mut pipelines = Vec::new();
+    for (ipm, latency) in [(600, Duration::from_secs(2)), (0, Duration::ZERO)] {
+        let args = PipelineArgs {
+            tasks: scaled(2_000, s),
+            ipm,
+            latency,
+            clients: 64,
+        };
+        let report = super::pipeline(args.clone()).await?;
+        super::print_pipeline(&args, &report);
+        println!();
+        pipelines.push((args, report));
+    }
+    let unlimited = pipelines.pop().ok_or("no unlimited pipeline run")?;
+    let paced = pipelines.pop().ok_or("no paced pipeline run")?;
+    Ok(AllReport {
+        scale: s,
+        http,
+        distributed,
+        subscribe,
+        paced,
+        unlimited,
+    })
+}
+
+/// One goal of issue #6 and what this run measured for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Goal {
+    pub goal: &'static str,
+    pub measured: String,
+    pub met: bool,
+}
+
+fn row<'a>(rows: &'a [(Measure, Ratios)], prefix: &str) -> Result<&'a (Measure, Ratios), String> {
+    rows.iter()
+        .find(|(m, _)| m.name.starts_with(prefix))
+        .ok_or_else(|| format!("no \"{prefix}\" row"))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Rate and p99 of a row against a rate and p99 goal.
+fn rate_goal(
+    goal: &'static str,
+    rows: &[(Measure, Ratios)],
+    prefix: &str,
+    min_rate: f64,
+    max_p99_ms: f64,
+) -> Result<Goal, String> {
+    let (m, _) = row(rows, prefix)?;
+    Ok(Goal {
+        goal,
+        measured: format!("{:.0}/s, p99 {:.1} ms", m.per_second, ms(m.p99)),
+        met: m.per_second >= min_rate && ms(m.p99) <= max_p99_ms,
+    })
+}
+
+/// The goals of issue #6 against `r`.
+pub fn goals(r: &AllReport) -> Result<Vec<Goal>, String> {
+    let mut out = vec![
+        rate_goal(
+            "submit >= 5,000/s embedded, p99 <= 25 ms (REST)",
+            &r.http,
+            "REST submit",
+            5_000.0,
+            25.0,
+        )?,
+        rate_goal(
+            "submit >= 5,000/s embedded, p99 <= 25 ms (GraphQL)",
+            &r.http,
+            "GraphQL submit",
+            5_000.0,
+            25.0,
+        )?,
+        rate_goal(
+            "poll >= 20,000/s, p99 <= 10 ms (REST)",
+            &r.http,
+            "REST poll",
+            20_000.0,
+            10.0,
+        )?,
+        rate_goal(
+            "poll >= 20,000/s, p99 <= 10 ms (GraphQL)",
+            &r.http,
+            "GraphQL poll task(id)",
+            20_000.0,
+            10.0,
+        )?,
+    ];
+    if let Some(rows) = &r.distributed {
+        for prefix in ["REST submit", "GraphQL submit"] {
+            let (m, ratios) = row(rows, prefix)?;
+            let backend = ratios.first().map_or(0.0, |(_, x)| *x);
+            out.push(Goal {
+                goal: "distributed submit >= 0.7 of the backend floor",
+                measured: format!("{}: {backend:.2} ({:.0}/s)", prefix, m.per_second),
+                met: backend >= 0.7,
+            });
+        }
+    }
+    let sub = &r.subscribe;
+    let extra_mib = sub.rss_after_kib.saturating_sub(sub.rss_before_kib) as f64 / 1024.0;
+    out.push(Goal {
+        goal: "10,000 subscribers in <= 200 MB extra RSS",
+        measured: format!(
+            "+{extra_mib:.1} MiB for {} ({:.1} KiB each)",
+            sub.subscribers,
+            sub.rss_per_subscriber_kib()
+        ),
+        met: extra_mib * 1024.0 * 1024.0 <= 200e6,
+    });
+    out.push(Goal {
+        goal: "delivery p99 <= 100 ms, 1,000 tasks completing in a burst",
+        measured: format!(
+            "p99 {:.1} ms ({} of {} received)",
+            ms(sub.service.delay_p99),
+            sub.service.received_completed,
+            sub.subscribers
+        ),
+        met: ms(sub.service.delay_p99) <= 100.0
+            && sub.service.received_completed == sub.subscribers,
+    });
+    let (args, paced) = &r.paced;
+    let of_limit = paced.achieved_ipm / f64::from(args.ipm.max(1));
+    out.push(Goal {
+        goal: "provider >= 0.98 of its limit, 0 failed",
+        measured: format!("{of_limit:.3} of {}/min, {} failed", args.ipm, paced.failed),
+        met: of_limit >= 0.98 && paced.failed == 0,
+    });
+    Ok(out)
+}
+
+pub fn print_goals(r: &AllReport) -> Result<(), String> {
+    let (args, unlimited) = &r.unlimited;
+    println!(
+        "unlimited pipeline: {:.0} tasks/s through the worker ({} tasks, no goal)",
+        unlimited.completed as f64 / unlimited.elapsed.as_secs_f64().max(1e-9),
+        args.tasks
+    );
+    println!("goals of issue #6 (2 cores, everything on one machine):");
+    for g in goals(r)? {
+        let verdict = match (r.scale, g.met) {
+            (1, true) => "met",
+            (1, false) => "NOT MET",
+            _ => "not judged below full scale",
+        };
+        println!("  {:<58} {:<44} {verdict}", g.goal, g.measured);
+    }
+    Ok(())
+}
