@@ -604,24 +604,18 @@ pub async fn http(a: HttpArgs) -> Result<Vec<(Measure, Ratios)>, String> {
 
     let rest_submit = {
         let user = user.clone();
-        h1::drive(
-            "REST submit POST /api/v1/ai/image/task",
-            addr,
-            n,
-            c,
-            move |i| {
-                h1::Call::post(
-                    "/api/v1/ai/image/task",
-                    &json!({"prompt": format!("rest {i}"), "user_id": user}),
-                    201,
-                )
-            },
-        )
+        h1::drive(REST_SUBMIT, addr, n, c, move |i| {
+            h1::Call::post(
+                "/api/v1/ai/image/task",
+                &json!({"prompt": format!("rest {i}"), "user_id": user}),
+                201,
+            )
+        })
         .await?
     };
     let gql_submit = {
         let user = user.clone();
-        h1::drive("GraphQL submit createImageTask", addr, n, c, move |i| {
+        h1::drive(GRAPHQL_SUBMIT, addr, n, c, move |i| {
             h1::Call::post(
                 "/graphql",
                 &json!({"query": "mutation($i: CreateImageTaskInput!) { createImageTask(input: $i) { id status } }",
@@ -684,18 +678,14 @@ pub async fn http(a: HttpArgs) -> Result<Vec<(Measure, Ratios)>, String> {
     let poll_base = poll_floor.as_ref().unwrap_or(&http_floor).clone();
     let rest_poll = {
         let ids = ids.clone();
-        h1::drive(
-            "REST poll GET /api/v1/ai/image/result/:id",
-            addr,
-            n,
-            c,
-            move |i| h1::Call::get(format!("/api/v1/ai/image/result/{}", ids[i % ids.len()])),
-        )
+        h1::drive(REST_POLL, addr, n, c, move |i| {
+            h1::Call::get(format!("/api/v1/ai/image/result/{}", ids[i % ids.len()]))
+        })
         .await?
     };
     let gql_poll = {
         let ids = ids.clone();
-        h1::drive("GraphQL poll task(id)", addr, n, c, move |i| {
+        h1::drive(GRAPHQL_POLL, addr, n, c, move |i| {
             h1::Call::post(
                 "/graphql",
                 &json!({"query": POLL_QUERY, "variables": {"id": ids[i % ids.len()]}}),
@@ -706,17 +696,17 @@ pub async fn http(a: HttpArgs) -> Result<Vec<(Measure, Ratios)>, String> {
     };
     // The same poll as a GET (`/graphql?query=…&variables=…`): no request body to wait for.
     let gql_get_poll = {
-        let paths = ids
+        let base = reqwest::Url::parse("http://bench/graphql").map_err(|e| e.to_string())?;
+        let paths: Vec<String> = ids
             .iter()
             .map(|id| {
-                let mut u =
-                    reqwest::Url::parse("http://bench/graphql").map_err(|e| e.to_string())?;
+                let mut u = base.clone();
                 u.query_pairs_mut()
                     .append_pair("query", POLL_QUERY)
                     .append_pair("variables", &json!({ "id": id }).to_string());
-                Ok(format!("{}?{}", u.path(), u.query().unwrap_or_default()))
+                format!("{}?{}", u.path(), u.query().unwrap_or_default())
             })
-            .collect::<Result<Vec<String>, String>>()?;
+            .collect();
         h1::drive("GraphQL poll task(id) over GET", addr, n, c, move |i| {
             h1::Call::get(paths[i % paths.len()].clone())
         })
@@ -759,6 +749,12 @@ pub async fn http(a: HttpArgs) -> Result<Vec<(Measure, Ratios)>, String> {
     ]);
     Ok(rows)
 }
+
+/// Scenario names of `http`, which `bench all` looks its goals up by.
+pub const REST_SUBMIT: &str = "REST submit POST /api/v1/ai/image/task";
+pub const GRAPHQL_SUBMIT: &str = "GraphQL submit createImageTask";
+pub const REST_POLL: &str = "REST poll GET /api/v1/ai/image/result/:id";
+pub const GRAPHQL_POLL: &str = "GraphQL poll task(id)";
 
 /// The document of the GraphQL poll scenarios.
 const POLL_QUERY: &str =

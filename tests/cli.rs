@@ -1,6 +1,8 @@
 //! The binary's start-up contract: configuration errors name the variable, the documented
 //! defaults are the real ones, and `schema` prints the checked-in SDL.
 
+mod common;
+
 use std::collections::HashMap;
 use std::process::Command;
 
@@ -82,15 +84,11 @@ fn bench_pipeline_smoke_run() {
         ])
         .output()
         .expect("run");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (stdout, stderr) = common::succeeded(out);
+    common::assert_contains(
+        &stdout,
+        &["completed            5", "failed               0"],
     );
-    assert!(stdout.contains("completed            5"), "{stdout}");
-    assert!(stdout.contains("failed               0"), "{stdout}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !stderr.contains("eta"),
         "no progress bar without a terminal: {stderr}"
@@ -103,24 +101,19 @@ fn bench_http_smoke_run() {
         .args(["bench", "http", "--requests", "20", "--connections", "2"])
         .output()
         .expect("run");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (stdout, stderr) = common::succeeded(out);
+    common::assert_contains(
+        &stdout,
+        &[
+            "HTTP floor",
+            "store floor",
+            "REST submit",
+            "GraphQL submit",
+            "REST poll",
+            "GraphQL poll",
+            "GraphQL poll task(id) over GET",
+        ],
     );
-    for row in [
-        "HTTP floor",
-        "store floor",
-        "REST submit",
-        "GraphQL submit",
-        "REST poll",
-        "GraphQL poll",
-        "GraphQL poll task(id) over GET",
-    ] {
-        assert!(stdout.contains(row), "{row} missing: {stdout}");
-    }
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !stderr.contains("eta"),
         "no progress bar without a terminal: {stderr}"
@@ -137,26 +130,22 @@ fn bench_all_smoke_run() {
         .env_remove("REDIS_URL")
         .output()
         .expect("run");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (stdout, _) = common::succeeded(out);
+    common::assert_contains(
+        &stdout,
+        &[
+            "HTTP benchmark",
+            "subscription benchmark",
+            "pipeline benchmark",
+            "goals of issue #6",
+            "submit >= 5,000/s embedded",
+            "poll >= 20,000/s",
+            "10,000 subscribers in <= 200 MB",
+            "delivery p99 <= 100 ms",
+            "provider >= 0.98 of its limit",
+            "not judged below full scale",
+        ],
     );
-    for line in [
-        "HTTP benchmark",
-        "subscription benchmark",
-        "pipeline benchmark",
-        "goals of issue #6",
-        "submit >= 5,000/s embedded",
-        "poll >= 20,000/s",
-        "10,000 subscribers in <= 200 MB",
-        "delivery p99 <= 100 ms",
-        "provider >= 0.98 of its limit",
-        "not judged below full scale",
-    ] {
-        assert!(stdout.contains(line), "{line} missing: {stdout}");
-    }
     assert!(
         !stdout.contains("NOT MET"),
         "nothing judged at scale 200: {stdout}"

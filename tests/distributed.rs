@@ -923,22 +923,18 @@ fn bench_http_distributed_smoke_run() {
         ])
         .output()
         .expect("run");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (stdout, _) = common::succeeded(out);
+    common::assert_contains(
+        &stdout,
+        &[
+            "MongoDB + Redis, API role",
+            "backend floor",
+            "REST submit",
+            "GraphQL submit",
+            "REST poll",
+            "GraphQL poll",
+        ],
     );
-    for row in [
-        "MongoDB + Redis, API role",
-        "backend floor",
-        "REST submit",
-        "GraphQL submit",
-        "REST poll",
-        "GraphQL poll",
-    ] {
-        assert!(stdout.contains(row), "{row} missing: {stdout}");
-    }
 }
 
 /// The store of `database`, connected directly (its lock documents as the server needs them).

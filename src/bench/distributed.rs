@@ -47,31 +47,26 @@ pub async fn backend_floor(
         format!("{namespace}:floor:queue:waiting"),
     );
     let user = user.to_string();
-    drive(
-        "MongoDB insert + Redis enqueue, minimal client (backend floor)",
-        n,
-        c,
-        move |i| {
-            let (coll, mut redis, script) = (wc_tasks.clone(), redis.clone(), script.clone());
-            let (stream, waiting) = (stream.clone(), waiting.clone());
-            let task = floor_task(&user, &format!("backend floor {i}"));
-            async move {
-                let mut doc = bson::to_document(&task).map_err(|e| e.to_string())?;
-                doc.insert("_id", task.id.clone());
-                doc.insert("due_ms", Bson::Int64(0));
-                doc.insert("lease_until_ms", Bson::Null);
-                coll.insert_one(doc).await.map_err(|e| e.to_string())?;
-                script
-                    .key(&stream)
-                    .key(&waiting)
-                    .arg(&task.id)
-                    .invoke_async::<i64>(&mut redis)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok(())
-            }
-        },
-    )
+    drive(BACKEND_FLOOR, n, c, move |i| {
+        let (coll, mut redis, script) = (wc_tasks.clone(), redis.clone(), script.clone());
+        let (stream, waiting) = (stream.clone(), waiting.clone());
+        let task = floor_task(&user, &format!("backend floor {i}"));
+        async move {
+            let mut doc = bson::to_document(&task).map_err(|e| e.to_string())?;
+            doc.insert("_id", task.id.clone());
+            doc.insert("due_ms", Bson::Int64(0));
+            doc.insert("lease_until_ms", Bson::Null);
+            coll.insert_one(doc).await.map_err(|e| e.to_string())?;
+            script
+                .key(&stream)
+                .key(&waiting)
+                .arg(&task.id)
+                .invoke_async::<i64>(&mut redis)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(())
+        }
+    })
     .await
 }
 
@@ -113,3 +108,6 @@ pub async fn poll_floor(
     )
     .await
 }
+
+/// Name of the backend floor scenario (`bench all` judges distributed submits by it).
+pub const BACKEND_FLOOR: &str = "MongoDB insert + Redis enqueue, minimal client (backend floor)";

@@ -65,13 +65,11 @@ pub struct DownloadBudget {
 
 /// A share of a `DownloadBudget`, given back when dropped.
 #[derive(Debug)]
-pub struct Held {
-    permit: Option<tokio::sync::OwnedSemaphorePermit>,
-}
+pub struct Held(tokio::sync::OwnedSemaphorePermit);
 
 impl Held {
     fn kib(&self) -> u32 {
-        self.permit.as_ref().map_or(0, |p| p.num_permits() as u32)
+        self.0.num_permits() as u32
     }
 }
 
@@ -97,22 +95,17 @@ impl DownloadBudget {
             .acquire_many_owned(want)
             .await
             .map_err(|_| ProviderError::ours("ShuttingDown", "the worker is stopping", true))?;
-        Ok(Held {
-            permit: Some(permit),
-        })
+        Ok(Held(permit))
     }
 
     /// Makes `held` the share of an image of `bytes`: gives back what it holds beyond that, or
     /// takes what is free now towards it, without waiting.
     pub fn settle(&self, held: &mut Held, bytes: u64) {
         let want = kib_of(bytes).clamp(1, self.total_kib);
-        if let Some(p) = held.permit.as_mut() {
-            if p.num_permits() as u32 > want {
-                drop(p.split((p.num_permits() as u32 - want) as usize));
-                return;
-            }
+        match held.kib().checked_sub(want) {
+            Some(extra) if extra > 0 => drop(held.0.split(extra as usize)),
+            _ => self.grow(held, bytes),
         }
-        self.grow(held, bytes);
     }
 
     /// Extends `held` to `bytes` with what is free now, without waiting.
@@ -126,10 +119,7 @@ impl DownloadBudget {
             return;
         }
         if let Ok(more) = self.kib.clone().try_acquire_many_owned(free) {
-            match held.permit.as_mut() {
-                Some(p) => p.merge(more),
-                None => held.permit = Some(more),
-            }
+            held.0.merge(more);
         }
     }
 }
