@@ -207,8 +207,26 @@ fn ms(t: Option<DateTime<Utc>>) -> Bson {
         .unwrap_or(Bson::Null)
 }
 
+/// Where a task document keeps `params.options`: as JSON text. The options are whatever JSON a
+/// client sent, and BSON field names cannot be any string (MongoDB and FerretDB refuse keys
+/// starting with `$`, FerretDB keys with a `.`, BSON itself NUL bytes) nor BSON numbers any JSON
+/// number (integers above `i64::MAX`): as a sub-document such a task could not be stored at all.
+/// Documents written before keep a sub-document in `params.options`, read as before.
+const OPTIONS_JSON: &str = "options_json";
+
 fn task_doc(t: &Task) -> Result<Document, StoreError> {
-    let mut d = encode(t)?;
+    let mut d = match &t.params.options {
+        None => encode(t)?,
+        Some(options) => {
+            let mut plain = t.clone();
+            plain.params.options = None;
+            let mut d = encode(&plain)?;
+            let text = serde_json::to_string(options)
+                .map_err(|e| StoreError::Backend(format!("encode: {e}")))?;
+            d.insert(OPTIONS_JSON, text);
+            d
+        }
+    };
     d.insert("_id", t.id.clone());
     // Pending tasks without a delay are due from the epoch on.
     let due = match (t.status, t.not_before) {
@@ -226,6 +244,22 @@ fn user_doc(u: &User) -> Result<Document, StoreError> {
     d.insert("_id", u.id.clone());
     d.insert("email_key", User::email_key(&u.email));
     Ok(d)
+}
+
+fn decode_task(mut d: Document) -> Result<Task, StoreError> {
+    let options = d.remove(OPTIONS_JSON);
+    let mut t: Task = decode(d)?;
+    if let Some(Bson::String(text)) = options {
+        t.params.options = Some(
+            serde_json::from_str(&text).map_err(|e| StoreError::Backend(format!("decode: {e}")))?,
+        );
+    }
+    Ok(t)
+}
+
+async fn collect_tasks(cursor: mongodb::Cursor<Document>) -> Result<Vec<Task>, StoreError> {
+    let docs: Vec<Document> = cursor.try_collect().await.map_err(backend)?;
+    docs.into_iter().map(decode_task).collect()
 }
 
 async fn collect<T: serde::de::DeserializeOwned>(
@@ -410,7 +444,7 @@ impl MongoStore {
             .map_err(backend)?;
         let mut filled = 0u64;
         while let Some(d) = cursor.try_next().await.map_err(backend)? {
-            let t: Task = decode(d)?;
+            let t = decode_task(d)?;
             self.tasks
                 .update_one(
                     doc! {"_id": &t.id, "updated_ms": {"$exists": false}},
@@ -631,7 +665,7 @@ impl Store for MongoStore {
             .find_one(doc! {"_id": id})
             .await
             .map_err(backend)?
-            .map(decode)
+            .map(decode_task)
             .transpose()
     }
 
@@ -654,7 +688,7 @@ impl Store for MongoStore {
             .limit(q.limit as i64)
             .await
             .map_err(backend)?;
-        collect(cursor).await
+        collect_tasks(cursor).await
     }
 
     async fn tasks_changed(
@@ -677,7 +711,7 @@ impl Store for MongoStore {
             .limit(limit as i64)
             .await
             .map_err(backend)?;
-        collect(cursor).await
+        collect_tasks(cursor).await
     }
 
     async fn count_tasks(
@@ -836,7 +870,7 @@ impl Store for MongoStore {
             .limit(limit as i64)
             .await
             .map_err(backend)?;
-        collect(cursor).await
+        collect_tasks(cursor).await
     }
 
     async fn oldest_pending(&self) -> Result<Option<Task>, StoreError> {
@@ -845,7 +879,7 @@ impl Store for MongoStore {
             .sort(doc! {"_id": 1})
             .await
             .map_err(backend)?
-            .map(decode)
+            .map(decode_task)
             .transpose()
     }
 
@@ -857,7 +891,7 @@ impl Store for MongoStore {
             .limit(limit as i64)
             .await
             .map_err(backend)?;
-        collect(cursor).await
+        collect_tasks(cursor).await
     }
 
     async fn delete_task(&self, id: &str) -> Result<bool, StoreError> {
