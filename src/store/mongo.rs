@@ -563,6 +563,17 @@ impl Store for MongoStore {
             .await
             .map_err(backend)?;
         if taken.is_some() {
+            // A user that is gone is not updated, whoever has the email now (as in SQLite).
+            let exists = self
+                .users
+                .find_one(doc! {"_id": &user.id})
+                .projection(doc! {"_id": 1})
+                .await
+                .map_err(backend)?
+                .is_some();
+            if !exists {
+                return Ok(false);
+            }
             return Err(StoreError::Conflict(
                 "a user with this email already exists".into(),
             ));
