@@ -122,6 +122,8 @@ async fn insert_batch(
 /// there too) and drops it after the write. MongoDB itself needs none of this.
 const LOCK_STALE_MS: i64 = 30_000;
 const LOCK_WAIT: Duration = Duration::from_secs(5);
+/// An idempotency claim this old whose task is not stored was left by a crash (see `claim_key`).
+const CLAIM_STALE_MS: i64 = 30_000;
 
 struct Held {
     id: String,
@@ -388,6 +390,61 @@ impl MongoStore {
         h.locks = None;
     }
 
+    /// Claims `task`'s idempotency key for it (`None`), or finds the task holding the key. The
+    /// claim's unique `_id` is what makes a replay find the first task; it is written before the
+    /// task, so a claim whose task is not stored is either a task being written right now or one
+    /// a crash left behind. Only a stale one is taken over: taking over a fresh one let
+    /// concurrent submits under one key store a task each.
+    async fn claim_key(&self, claim_id: &str, task: &Task) -> Result<Option<Task>, StoreError> {
+        let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            if tokio::time::Instant::now() > deadline {
+                return Err(StoreError::Unavailable(
+                    "the idempotency key is held by a task still being stored".into(),
+                ));
+            }
+            let now = Utc::now().timestamp_millis();
+            let claim =
+                doc! {"_id": claim_id, "user_id": &task.user_id, "task_id": &task.id, "at": now};
+            match self.idempotency.insert_one(claim).await {
+                Ok(_) => return Ok(None),
+                Err(e) if is_duplicate(&e) => {}
+                Err(e) => return Err(backend(e)),
+            }
+            let Some(held) = self
+                .idempotency
+                .find_one(doc! {"_id": claim_id})
+                .await
+                .map_err(backend)?
+            else {
+                continue; // released meanwhile
+            };
+            let holder = held.get_str("task_id").unwrap_or_default().to_string();
+            if holder == task.id {
+                return Ok(None); // claimed by an earlier try of this very insert
+            }
+            if let Some(t) = self.get_task(&holder).await? {
+                return Ok(Some(t));
+            }
+            // Claims written by earlier versions carry no time.
+            let stale = held
+                .get_i64("at")
+                .map_or(true, |at| at < now - CLAIM_STALE_MS);
+            if stale {
+                tracing::warn!(task_id = %task.id, stale_task_id = %holder,
+                    "taking over an idempotency key whose task was never stored");
+                self.idempotency
+                    .delete_one(doc! {"_id": claim_id, "task_id": &holder})
+                    .await
+                    .map_err(backend)?;
+                continue;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+    }
+
     pub fn database_name(&self) -> &str {
         self.db.name()
     }
@@ -626,38 +683,13 @@ impl Store for MongoStore {
     }
 
     async fn insert_task(&self, task: &Task) -> Result<InsertOutcome, StoreError> {
-        if let Some(key) = &task.idempotency_key {
-            // Claim the key first: its unique _id is what makes a replay find the first task.
-            let claim = doc! {"_id": idem_id(&task.user_id, key), "user_id": &task.user_id, "task_id": &task.id};
-            for _ in 0..3 {
-                match self.idempotency.insert_one(claim.clone()).await {
-                    Ok(_) => break,
-                    Err(e) if is_duplicate(&e) => {
-                        let existing = self
-                            .idempotency
-                            .find_one(doc! {"_id": idem_id(&task.user_id, key)})
-                            .await
-                            .map_err(backend)?;
-                        let task_id = existing
-                            .as_ref()
-                            .and_then(|d| d.get_str("task_id").ok())
-                            .map(str::to_string);
-                        if let Some(tid) = task_id {
-                            if let Some(t) = self.get_task(&tid).await? {
-                                return Ok(InsertOutcome::Existing(Box::new(t)));
-                            }
-                            // A claim whose task was never written (crash in between) or was
-                            // deleted: take the key over.
-                            self.idempotency
-                                .delete_one(
-                                    doc! {"_id": idem_id(&task.user_id, key), "task_id": tid},
-                                )
-                                .await
-                                .map_err(backend)?;
-                        }
-                    }
-                    Err(e) => return Err(backend(e)),
-                }
+        let claim_id = task
+            .idempotency_key
+            .as_ref()
+            .map(|key| idem_id(&task.user_id, key));
+        if let Some(claim_id) = &claim_id {
+            if let Some(existing) = self.claim_key(claim_id, task).await? {
+                return Ok(InsertOutcome::Existing(Box::new(existing)));
             }
         }
         let (done, outcome) = oneshot::channel();
