@@ -699,7 +699,16 @@ impl Store for MongoStore {
         };
         let gone = || StoreError::Unavailable("the store is shutting down".into());
         self.inserts.send(queued).await.map_err(|_| gone())?;
-        outcome.await.map_err(|_| gone())??;
+        let stored = outcome.await.map_err(|_| gone())?;
+        if let (Err(StoreError::Conflict(_)), Some(claim_id)) = (&stored, &claim_id) {
+            // Refused (its id is taken), so the key must not stay claimed for it: the next task
+            // under the key would be answered with whichever task has that id.
+            self.idempotency
+                .delete_one(doc! {"_id": claim_id, "task_id": &task.id})
+                .await
+                .map_err(backend)?;
+        }
+        stored?;
         Ok(InsertOutcome::Inserted)
     }
 
