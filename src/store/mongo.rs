@@ -977,6 +977,18 @@ impl Store for MongoStore {
     }
 
     async fn put_image(&self, image: &ImageBlob) -> Result<(), StoreError> {
+        // An id put again holds the new bytes, as in the embedded store (so a retried put
+        // succeeds). GridFS itself refuses a second file under an id only when the upload closes,
+        // and its clean-up then deletes every chunk under the id: the first image's too.
+        let present = self
+            .images
+            .find_one(doc! {"_id": &image.id})
+            .await
+            .map_err(backend)?
+            .is_some();
+        if present {
+            self.delete_images(std::slice::from_ref(&image.id)).await?;
+        }
         let mut up = self
             .images
             .open_upload_stream(format!("{}.img", image.id))
