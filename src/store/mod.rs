@@ -153,7 +153,8 @@ pub trait Store: Send + Sync + 'static {
     /// Counts the user's pending and processing tasks (the in-flight quota).
     async fn count_active_tasks(&self, user_id: &str) -> Result<u64, StoreError>;
     /// Frees an expired idempotency key held by `task_id`, so a new task may take it. Nothing
-    /// happens when another task holds it by now.
+    /// happens when another task holds it by now. The task itself is not changed (it keeps the
+    /// key it was created under in `idempotency_key`).
     async fn release_idempotency_key(
         &self,
         user_id: &str,

@@ -1126,9 +1126,10 @@ impl Store for SqliteStore {
         let (u, k, t) = (user_id.to_string(), key.to_string(), task_id.to_string());
         let released = self
             .write(move |c| {
+                // Only the claim (the indexed column): the document keeps the key the task was
+                // created under, as in MongoDB, where a writer holding the task may write it back.
                 c.prepare_cached(
-                    "UPDATE tasks SET idem_key = NULL, \
-                     doc = json_set(doc, '$.idempotency_key', NULL) \
+                    "UPDATE tasks SET idem_key = NULL \
                      WHERE id = ?1 AND user_id = ?2 AND idem_key = ?3",
                 )
                 .and_then(|mut s| s.execute(params![t, u, k]))
