@@ -80,6 +80,8 @@ pub enum InsertOutcome {
     Existing(Box<Task>),
 }
 
+/// The rules every implementation keeps are pinned by `tests/store_contract.rs`, run against
+/// each of them. Every `limit` means "at most": 0 reads nothing.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Name for logs and `/health`.

@@ -271,6 +271,12 @@ async fn collect<T: serde::de::DeserializeOwned>(
     docs.into_iter().map(decode).collect()
 }
 
+/// `limit` as the driver takes it. MongoDB reads a negative limit as "one batch of that many", so
+/// larger ones saturate; it reads 0 as "no limit", so callers answer 0 without a query.
+fn find_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
 fn idem_id(user_id: &str, key: &str) -> String {
     format!("{user_id}\u{1f}{key}")
 }
@@ -595,6 +601,9 @@ impl Store for MongoStore {
         after_id: Option<&str>,
         limit: usize,
     ) -> Result<Vec<User>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         let filter = match after_id {
             Some(a) => doc! {"_id": {"$gt": a}},
             None => doc! {},
@@ -603,7 +612,7 @@ impl Store for MongoStore {
             .users
             .find(filter)
             .sort(doc! {"_id": 1})
-            .limit(limit as i64)
+            .limit(find_limit(limit))
             .await
             .map_err(backend)?;
         collect(cursor).await
@@ -722,6 +731,9 @@ impl Store for MongoStore {
     }
 
     async fn list_tasks(&self, q: &TaskQuery) -> Result<Vec<Task>, StoreError> {
+        if q.limit == 0 {
+            return Ok(Vec::new());
+        }
         let mut filter = doc! {};
         if let Some(u) = &q.user_id {
             filter.insert("user_id", u);
@@ -737,7 +749,7 @@ impl Store for MongoStore {
             .find(filter)
             .sort(doc! {"_id": -1})
             .skip(q.offset as u64)
-            .limit(q.limit as i64)
+            .limit(find_limit(q.limit))
             .await
             .map_err(backend)?;
         collect_tasks(cursor).await
@@ -749,6 +761,9 @@ impl Store for MongoStore {
         after: &ChangeCursor,
         limit: usize,
     ) -> Result<Vec<Task>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         let mut filter = doc! {"$or": [
             {"updated_ms": {"$gt": after.updated_ms}},
             {"updated_ms": after.updated_ms, "_id": {"$gt": &after.id}},
@@ -760,7 +775,7 @@ impl Store for MongoStore {
             .tasks
             .find(filter)
             .sort(doc! {"updated_ms": 1, "_id": 1})
-            .limit(limit as i64)
+            .limit(find_limit(limit))
             .await
             .map_err(backend)?;
         collect_tasks(cursor).await
@@ -911,6 +926,9 @@ impl Store for MongoStore {
     }
 
     async fn due_tasks(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Task>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         let now = now.timestamp_millis();
         let cursor = self
             .tasks
@@ -919,7 +937,7 @@ impl Store for MongoStore {
                 {"status": "processing", "lease_until_ms": {"$lt": now}},
             ]})
             .sort(doc! {"_id": 1})
-            .limit(limit as i64)
+            .limit(find_limit(limit))
             .await
             .map_err(backend)?;
         collect_tasks(cursor).await
@@ -936,11 +954,14 @@ impl Store for MongoStore {
     }
 
     async fn processing_tasks(&self, limit: usize) -> Result<Vec<Task>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         let cursor = self
             .tasks
             .find(doc! {"status": "processing"})
             .sort(doc! {"_id": 1})
-            .limit(limit as i64)
+            .limit(find_limit(limit))
             .await
             .map_err(backend)?;
         collect_tasks(cursor).await
