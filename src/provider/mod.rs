@@ -4,6 +4,7 @@
 
 pub mod ark;
 pub mod limiter;
+pub mod volc_sign;
 
 use std::time::Duration;
 
