@@ -8,7 +8,7 @@ use tracing_subscriber::EnvFilter;
 
 use volcengine_ai_server::app::{self, Role};
 use volcengine_ai_server::config::{Config, LogFormat};
-use volcengine_ai_server::emulator::{self, EmulatorConfig};
+use volcengine_ai_server::emulator::{self, cli::EmulatorArgs};
 
 /// The system allocator took ~17 % of a request's CPU in malloc/free (perf, issue #6);
 /// mimalloc measured +14–18 % on REST submit and poll (docs/benchmarks.md).
@@ -36,7 +36,7 @@ enum Command {
     Worker,
     /// Prints the GraphQL schema (SDL); `schema.graphql` must equal it.
     Schema,
-    /// Runs the local emulator of Volcengine Ark's image API.
+    /// Runs the local emulator of Volcengine's APIs: Ark images and video tasks, Jimeng visual.
     Emulator(EmulatorArgs),
     /// Benchmarks (see docs/benchmarks.md).
     #[command(subcommand)]
@@ -109,64 +109,6 @@ enum BenchCommand {
         #[arg(long, env = "PORT")]
         port: u16,
     },
-}
-
-#[derive(clap::Args)]
-struct EmulatorArgs {
-    /// Address to listen on.
-    #[arg(long, env = "EMULATOR_ADDR", default_value = "127.0.0.1:9090")]
-    addr: SocketAddr,
-    /// Time to generate an image, e.g. 2s or 300ms.
-    #[arg(long, env = "EMULATOR_LATENCY", default_value = "1500ms", value_parser = humantime::parse_duration)]
-    latency: Duration,
-    /// Extra random latency, uniform from zero to this.
-    #[arg(long, env = "EMULATOR_LATENCY_JITTER", default_value = "0s", value_parser = humantime::parse_duration)]
-    latency_jitter: Duration,
-    /// Only accept this API key (default: any non-empty key).
-    #[arg(long, env = "EMULATOR_API_KEY")]
-    api_key: Option<String>,
-    /// Images per minute per model, answered with 429 ModelAccountIpmRateLimitExceeded beyond.
-    #[arg(long, env = "EMULATOR_IPM")]
-    ipm: Option<u32>,
-    /// Requests generating at once per model, answered with 429 InflightBatchsizeExceeded beyond.
-    #[arg(long, env = "EMULATOR_MAX_CONCURRENCY")]
-    max_concurrency: Option<usize>,
-    /// Send Retry-After with this many seconds on 429 answers.
-    #[arg(long, env = "EMULATOR_RETRY_AFTER", value_parser = humantime::parse_duration)]
-    retry_after: Option<Duration>,
-    /// Share of requests that never answer (0 to 1), to exercise client timeouts.
-    #[arg(long, env = "EMULATOR_HANG_RATE", default_value_t = 0.0)]
-    hang_rate: f64,
-    /// Share of requests failing with 500 InternalServiceError (0 to 1).
-    #[arg(long, env = "EMULATOR_FAIL_RATE", default_value_t = 0.0)]
-    fail_rate: f64,
-    /// The first N calls of each distinct prompt fail with 500 InternalServiceError.
-    #[arg(long, env = "EMULATOR_FAIL_FIRST", default_value_t = 0)]
-    fail_first: u32,
-    /// The first N downloads of each generated image answer 503 ServiceUnavailable.
-    #[arg(long, env = "EMULATOR_FAIL_DOWNLOADS_FIRST", default_value_t = 0)]
-    fail_downloads_first: u32,
-    /// How long each image download waits before its bytes are sent (a CDN's time to first byte).
-    #[arg(long, env = "EMULATOR_DOWNLOAD_LATENCY", default_value = "0s", value_parser = humantime::parse_duration)]
-    download_latency: Duration,
-    /// Share of requests answered 429 ServerOverloaded (0 to 1).
-    #[arg(long, env = "EMULATOR_OVERLOAD_RATE", default_value_t = 0.0)]
-    overload_rate: f64,
-    /// Prompts containing this word are rejected as sensitive (repeatable).
-    #[arg(
-        long = "sensitive-word",
-        env = "EMULATOR_SENSITIVE_WORDS",
-        value_delimiter = ',',
-        default_value = "sensitive-content"
-    )]
-    sensitive_words: Vec<String>,
-    /// Lifetime of generated image URLs.
-    #[arg(long, env = "EMULATOR_URL_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
-    url_ttl: Duration,
-    /// Render one PNG per size and serve it for every image (load tests: keeps the rendering
-    /// off the cores of the service under test).
-    #[arg(long, env = "EMULATOR_REUSE_IMAGES")]
-    reuse_images: bool,
 }
 
 fn init_tracing(level: &str, format: LogFormat) {
@@ -358,35 +300,14 @@ async fn main() -> anyhow::Result<()> {
     init_tracing(&config.log_level, config.log_format);
 
     if let Command::Emulator(a) = command {
-        let listener = tokio::net::TcpListener::bind(a.addr)
+        let addr = a.addr;
+        let listener = tokio::net::TcpListener::bind(addr)
             .await
-            .with_context(|| format!("cannot listen on {} (EMULATOR_ADDR)", a.addr))?;
+            .with_context(|| format!("cannot listen on {addr} (EMULATOR_ADDR)"))?;
         let token = CancellationToken::new();
-        let emu = emulator::serve(
-            EmulatorConfig {
-                latency: a.latency,
-                latency_jitter: a.latency_jitter,
-                api_key: a.api_key,
-                images_per_minute: a.ipm,
-                ipm_window: Duration::from_secs(60),
-                max_concurrency: a.max_concurrency,
-                retry_after: a.retry_after,
-                hang_rate: a.hang_rate,
-                fail_rate: a.fail_rate,
-                overload_rate: a.overload_rate,
-                fail_first: a.fail_first,
-                fail_downloads_first: a.fail_downloads_first,
-                download_latency: a.download_latency,
-                sensitive_words: a.sensitive_words,
-                url_ttl: a.url_ttl,
-                model_ids: config.model_ids.clone(),
-                reuse_images: a.reuse_images,
-            },
-            listener,
-            token.clone(),
-        )
-        .await?;
-        tracing::info!(addr = %a.addr, "Ark emulator listening: POST /api/v3/images/generations, GET /emulator/stats");
+        let emu =
+            emulator::serve(a.config(config.model_ids.clone()), listener, token.clone()).await?;
+        tracing::info!(addr = %addr, "emulator listening: Ark images (/api/v3/images/generations) and video tasks (/api/v3/contents/generations/tasks), Jimeng visual API (POST /?Action=…), GET /emulator/stats");
         // A live count of what the emulator answered, for a person watching a failure drill.
         let bar = volcengine_ai_server::progress::spinner("emulator");
         let watch = {

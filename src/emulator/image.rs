@@ -1,11 +1,41 @@
-//! Real image bytes for the emulator: a PNG of the requested size whose colours and pattern
-//! derive from the prompt, so different prompts give visibly different pictures.
+//! Real image bytes for the emulator: a picture of the requested size whose colours and pattern
+//! derive from the prompt, so different prompts give visibly different pictures; PNG (what the
+//! emulator's Ark images have always been), JPEG (Jimeng's images) or raw RGB (video frames).
 
 use sha2::{Digest, Sha256};
 
 /// Renders `width`×`height` RGB pixels seeded by `seed` (e.g. a prompt) and `index` (position in
 /// a group), PNG-encoded.
 pub fn render_png(seed: &str, index: u32, width: u32, height: u32) -> Result<Vec<u8>, String> {
+    let data = render_rgb(seed, index, width, height);
+    let mut out = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut out, width, height);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        enc.set_compression(png::Compression::Fast);
+        let mut w = enc.write_header().map_err(|e| e.to_string())?;
+        w.write_image_data(&data).map_err(|e| e.to_string())?;
+    }
+    Ok(out)
+}
+
+/// The same picture as [`render_png`], JPEG-encoded (baseline, quality 85).
+pub fn render_jpeg(seed: &str, index: u32, width: u32, height: u32) -> Result<Vec<u8>, String> {
+    let (w, h) = (
+        u16::try_from(width).map_err(|_| "width over 65535".to_string())?,
+        u16::try_from(height).map_err(|_| "height over 65535".to_string())?,
+    );
+    let data = render_rgb(seed, index, width, height);
+    let mut out = Vec::new();
+    jpeg_encoder::Encoder::new(&mut out, 85)
+        .encode(&data, w, h, jpeg_encoder::ColorType::Rgb)
+        .map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// The picture as packed 8-bit RGB rows.
+pub fn render_rgb(seed: &str, index: u32, width: u32, height: u32) -> Vec<u8> {
     let digest = Sha256::digest(format!("{seed}\u{0}{index}").as_bytes());
     let c1 = [digest[0], digest[1], digest[2]];
     let c2 = [digest[3], digest[4], digest[5]];
@@ -39,16 +69,7 @@ pub fn render_png(seed: &str, index: u32, width: u32, height: u32) -> Result<Vec
             data.extend_from_slice(&px);
         }
     }
-    let mut out = Vec::new();
-    {
-        let mut enc = png::Encoder::new(&mut out, width, height);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        enc.set_compression(png::Compression::Fast);
-        let mut w = enc.write_header().map_err(|e| e.to_string())?;
-        w.write_image_data(&data).map_err(|e| e.to_string())?;
-    }
-    Ok(out)
+    data
 }
 
 fn lerp(a: u8, b: u8, t: u32) -> u8 {
@@ -63,5 +84,13 @@ mod tests {
         let size = imagesize::blob_size(&png).expect("size");
         assert_eq!((size.width, size.height), (320, 200));
         assert_ne!(png, super::render_png("a dog", 0, 320, 200).expect("png"));
+    }
+
+    #[test]
+    fn renders_a_jpeg_of_the_size_asked() {
+        let jpg = super::render_jpeg("a cat", 0, 320, 200).expect("jpeg");
+        assert_eq!(&jpg[..3], &[0xFF, 0xD8, 0xFF]);
+        let size = imagesize::blob_size(&jpg).expect("size");
+        assert_eq!((size.width, size.height), (320, 200));
     }
 }

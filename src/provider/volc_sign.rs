@@ -29,7 +29,9 @@ const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SignError {
-    #[error("the Authorization header is not `HMAC-SHA256 Credential=…, SignedHeaders=…, Signature=…`")]
+    #[error(
+        "the Authorization header is not `HMAC-SHA256 Credential=…, SignedHeaders=…, Signature=…`"
+    )]
     MalformedAuthorization,
     #[error("the credential scope is not `AK/YYYYMMDD/region/service/request`")]
     MalformedCredential,
@@ -354,8 +356,7 @@ pub fn expected_signature<'a>(
 /// Compares two signatures in time independent of where they differ.
 pub fn signatures_match(a: &str, b: &str) -> bool {
     a.len() == b.len()
-        && a
-            .bytes()
+        && a.bytes()
             .zip(b.bytes())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0
@@ -424,7 +425,10 @@ mod tests {
     fn official_vector_post() {
         let body = br#"{"Limit":10,"BillPeriod":"2023-08"}"#;
         let hash = sha256_hex(body);
-        assert!(hash.starts_with("e8cc56e1") && hash.ends_with("f23ed663"), "{hash}");
+        assert!(
+            hash.starts_with("e8cc56e1") && hash.ends_with("f23ed663"),
+            "{hash}"
+        );
         let headers = [
             ("host", "billing.volcengineapi.com"),
             ("x-date", "20250329T180937Z"),
@@ -477,7 +481,14 @@ mod tests {
         )
         .expect("url");
         let body = br#"{"req_key":"jimeng_t2i_v31","prompt":"a cat"}"#;
-        let signed = sign_request(&creds, "POST", &url, Some("application/json"), body, Utc::now());
+        let signed = sign_request(
+            &creds,
+            "POST",
+            &url,
+            Some("application/json"),
+            body,
+            Utc::now(),
+        );
         let auth = parse_authorization(&signed.authorization).expect("parse");
         assert_eq!(auth.access_key, "AK");
         let lookup = |name: &str| match name {
