@@ -37,7 +37,7 @@ enum Command {
     /// Prints the GraphQL schema (SDL); `schema.graphql` must equal it.
     Schema,
     /// Runs the local emulator of Volcengine's APIs: Ark images and video tasks, Jimeng visual.
-    Emulator(EmulatorArgs),
+    Emulator(Box<EmulatorArgs>),
     /// Benchmarks (see docs/benchmarks.md).
     #[command(subcommand)]
     Bench(BenchCommand),

@@ -126,6 +126,9 @@ pub struct VideoConfig {
     pub get_qps: u32,
     pub list_qps: u32,
     pub delete_qps: u32,
+    /// The window those per-second limits count over (1 s; longer in tests, so a slow machine
+    /// cannot spread a burst over two windows).
+    pub qps_window: Duration,
     /// How long `content.video_url` stays valid (24 h).
     pub url_ttl: Duration,
     /// A callback attempt without a 2xx within this is re-sent (B.6: 5 s) …
@@ -149,6 +152,7 @@ impl Default for VideoConfig {
             get_qps: 20,
             list_qps: 1,
             delete_qps: 20,
+            qps_window: Duration::from_secs(1),
             url_ttl: Duration::from_secs(24 * 3600),
             callback_timeout: Duration::from_secs(5),
             callback_retries: 3,
@@ -171,6 +175,8 @@ pub struct VisualConfig {
     pub video_time: Duration,
     /// Calls per second per access key and `req_key` (429 50429 beyond); 0 is unlimited.
     pub qps: u32,
+    /// The window `qps` counts over (1 s; longer in tests).
+    pub qps_window: Duration,
     /// Unfinished tasks per access key and `req_key` (429 50430 at submit beyond); 0 is
     /// unlimited.
     pub concurrency: u32,
@@ -194,6 +200,7 @@ impl Default for VisualConfig {
             image_time: Duration::from_secs(5),
             video_time: Duration::from_secs(15),
             qps: 0,
+            qps_window: Duration::from_secs(1),
             concurrency: 0,
             image_url_ttl: Duration::from_secs(24 * 3600),
             video_url_ttl: Duration::from_secs(3600),

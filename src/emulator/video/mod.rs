@@ -4,6 +4,7 @@
 
 pub mod callback;
 pub mod models;
+pub mod request;
 pub mod tasks;
 
 use std::collections::HashMap;
@@ -86,7 +87,7 @@ impl Emulator {
         let Ok(mut w) = self.0.video.qps.lock() else {
             return Ok(());
         };
-        let span = std::time::Duration::from_secs(1);
+        let span = self.0.cfg.video.qps_window;
         w.entry((key.to_string(), op))
             .or_default()
             .take(Instant::now(), span, limit, 1)
@@ -104,7 +105,7 @@ impl Emulator {
         let req: Value = serde_json::from_slice(body).map_err(|e| {
             ArkError::invalid("body", format!("the request body is not valid JSON: {e}"))
         })?;
-        let spec = models::parse(&req)?;
+        let spec = request::parse(&req)?;
         if self.is_sensitive(&spec.prompt) {
             return Err(sensitive_input());
         }
@@ -220,7 +221,7 @@ impl Emulator {
             .values()
             .filter(|t| t.key == key && q.matches(t))
             .collect();
-        matching.sort_by(|a, b| b.seq.cmp(&a.seq));
+        matching.sort_by_key(|t| std::cmp::Reverse(t.seq));
         let items: Vec<Value> = matching
             .iter()
             .skip((q.page_num - 1) * q.page_size)

@@ -8,7 +8,7 @@ pub mod reqkeys;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State as AxState};
@@ -205,7 +205,7 @@ impl Emulator {
         };
         w.entry((access_key.to_string(), req_key.to_string()))
             .or_default()
-            .take(Instant::now(), Duration::from_secs(1), limit, 1)
+            .take(Instant::now(), self.0.cfg.visual.qps_window, limit, 1)
             .map_err(|_| VisualError {
                 status: StatusCode::TOO_MANY_REQUESTS,
                 code: 50429,
