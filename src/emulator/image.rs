@@ -36,40 +36,70 @@ pub fn render_jpeg(seed: &str, index: u32, width: u32, height: u32) -> Result<Ve
 
 /// The picture as packed 8-bit RGB rows.
 pub fn render_rgb(seed: &str, index: u32, width: u32, height: u32) -> Vec<u8> {
-    let digest = Sha256::digest(format!("{seed}\u{0}{index}").as_bytes());
-    let c1 = [digest[0], digest[1], digest[2]];
-    let c2 = [digest[3], digest[4], digest[5]];
-    let c3 = [digest[6], digest[7], digest[8]];
-    let stripe = 8 + u32::from(digest[9] % 56);
-    let (cx, cy) = (
-        width * (32 + u32::from(digest[10] % 64)) / 128,
-        height * (32 + u32::from(digest[11] % 64)) / 128,
-    );
-    let radius = (width.min(height) / 4).max(1);
-    let r2 = u64::from(radius) * u64::from(radius);
-
+    let scene = Scene::new(seed, index, width, height);
     let mut data = Vec::with_capacity((width as usize) * (height as usize) * 3);
     for y in 0..height {
-        let t = y * 255 / height.max(1);
+        let palette = scene.palette(y);
+        for x in 0..width {
+            data.extend_from_slice(&palette[scene.kind(x, y)]);
+        }
+    }
+    data
+}
+
+/// What the picture is made of: a vertical gradient between two colours, diagonal stripes of
+/// a darker shade, and a disc of a third colour, all drawn from the seed. Each row has three
+/// colours only, so a renderer may convert them once per row (the video's YUV samples).
+pub struct Scene {
+    c1: [u8; 3],
+    c2: [u8; 3],
+    c3: [u8; 3],
+    stripe: u32,
+    cx: u32,
+    cy: u32,
+    r2: u64,
+    height: u32,
+}
+
+impl Scene {
+    pub fn new(seed: &str, index: u32, width: u32, height: u32) -> Scene {
+        let digest = Sha256::digest(format!("{seed}\u{0}{index}").as_bytes());
+        let radius = (width.min(height) / 4).max(1);
+        Scene {
+            c1: [digest[0], digest[1], digest[2]],
+            c2: [digest[3], digest[4], digest[5]],
+            c3: [digest[6], digest[7], digest[8]],
+            stripe: 8 + u32::from(digest[9] % 56),
+            cx: width * (32 + u32::from(digest[10] % 64)) / 128,
+            cy: height * (32 + u32::from(digest[11] % 64)) / 128,
+            r2: u64::from(radius) * u64::from(radius),
+            height,
+        }
+    }
+
+    /// Row `y`'s colours: background, stripe, disc.
+    pub fn palette(&self, y: u32) -> [[u8; 3]; 3] {
+        let t = y * 255 / self.height.max(1);
+        let (c1, c2) = (self.c1, self.c2);
         let base = [
             lerp(c1[0], c2[0], t),
             lerp(c1[1], c2[1], t),
             lerp(c1[2], c2[2], t),
         ];
-        for x in 0..width {
-            let dx = i64::from(x) - i64::from(cx);
-            let dy = i64::from(y) - i64::from(cy);
-            let px = if (dx * dx + dy * dy) as u64 <= r2 {
-                c3
-            } else if ((x + y) / stripe) % 2 == 0 {
-                base
-            } else {
-                [base[0] / 2 + 64, base[1] / 2 + 64, base[2] / 2 + 64]
-            };
-            data.extend_from_slice(&px);
+        let stripe = [base[0] / 2 + 64, base[1] / 2 + 64, base[2] / 2 + 64];
+        [base, stripe, self.c3]
+    }
+
+    /// Which of the row's colours pixel (`x`, `y`) has.
+    pub fn kind(&self, x: u32, y: u32) -> usize {
+        let dx = i64::from(x) - i64::from(self.cx);
+        let dy = i64::from(y) - i64::from(self.cy);
+        if (dx * dx + dy * dy) as u64 <= self.r2 {
+            2
+        } else {
+            (((x + y) / self.stripe) % 2) as usize
         }
     }
-    data
 }
 
 fn lerp(a: u8, b: u8, t: u32) -> u8 {

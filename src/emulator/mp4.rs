@@ -6,7 +6,7 @@
 //! Sizes come out realistic too: the IDR frame weighs `w·h·1.5` bytes (1.3 MB at 720p), every
 //! other frame a few bytes.
 
-use super::image::render_rgb;
+use super::image::Scene;
 
 /// Frames per second of every video (Seedance: 24).
 pub const FPS: u32 = 24;
@@ -200,8 +200,7 @@ fn pps() -> Vec<u8> {
 fn idr_slice(seed: &str, width: u32, height: u32) -> Vec<u8> {
     let (mbw, mbh) = (width.div_ceil(16), height.div_ceil(16));
     let (fw, fh) = (mbw * 16, mbh * 16);
-    let rgb = render_rgb(seed, 0, width, height);
-    let (y, cb, cr) = yuv420(&rgb, width, height, fw, fh);
+    let (y, cb, cr) = yuv420(&Scene::new(seed, 0, width, height), width, height, fw, fh);
     let mut b = Bits::default();
     b.ue(0); // first_mb_in_slice
     b.ue(7); // slice_type: I, every slice of the picture
@@ -249,40 +248,37 @@ fn skip_slice(frame_num: u32, mbs: u32) -> Vec<u8> {
     b.finish()
 }
 
-/// BT.601 limited-range Y, Cb, Cr planes of `fw`×`fh` (the picture padded by repeating its
-/// last column and row), chroma averaged over 2×2. Samples stay in [16, 240]: never 0, which
-/// `I_PCM` forbids in older decoders.
-fn yuv420(rgb: &[u8], w: u32, h: u32, fw: u32, fh: u32) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
-    let (w, h, fw, fh) = (w as usize, h as usize, fw as usize, fh as usize);
-    let px = |x: usize, y: usize| {
-        let at = (y.min(h - 1) * w + x.min(w - 1)) * 3;
-        let (r, g, b) = (
-            i32::from(rgb[at]),
-            i32::from(rgb[at + 1]),
-            i32::from(rgb[at + 2]),
-        );
-        (
-            16 + ((66 * r + 129 * g + 25 * b + 128) >> 8),
-            128 + ((-38 * r - 74 * g + 112 * b + 128) >> 8),
-            128 + ((112 * r - 94 * g - 18 * b + 128) >> 8),
-        )
-    };
-    let clamp = |v: i32| v.clamp(16, 240) as u8;
-    let mut y = vec![0u8; fw * fh];
-    let mut cb = vec![0u8; fw * fh / 4];
-    let mut cr = vec![0u8; fw * fh / 4];
-    for cy in 0..fh / 2 {
-        for cx in 0..fw / 2 {
-            let (mut su, mut sv) = (0, 0);
-            for (dx, dy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
-                let (x, yy) = (cx * 2 + dx, cy * 2 + dy);
-                let (l, u, v) = px(x, yy);
-                y[yy * fw + x] = clamp(l);
-                su += u;
-                sv += v;
+/// BT.601 limited-range Y, Cb, Cr of an RGB colour, in [16, 240]: never 0, which `I_PCM`
+/// forbids in older decoders.
+fn to_yuv([r, g, b]: [u8; 3]) -> [u8; 3] {
+    let (r, g, b) = (i32::from(r), i32::from(g), i32::from(b));
+    [
+        16 + ((66 * r + 129 * g + 25 * b + 128) >> 8),
+        128 + ((-38 * r - 74 * g + 112 * b + 128) >> 8),
+        128 + ((112 * r - 94 * g - 18 * b + 128) >> 8),
+    ]
+    .map(|v| v.clamp(16, 240) as u8)
+}
+
+/// The scene's Y, Cb, Cr planes of `fw`×`fh` (the `w`×`h` picture padded by repeating its last
+/// column and row), chroma taken at the top-left pixel of each 2×2 block. Colours are converted
+/// once per row: each row has three.
+fn yuv420(scene: &Scene, w: u32, h: u32, fw: u32, fh: u32) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let (fw, fh) = (fw as usize, fh as usize);
+    let mut y = Vec::with_capacity(fw * fh);
+    let mut cb = Vec::with_capacity(fw * fh / 4);
+    let mut cr = Vec::with_capacity(fw * fh / 4);
+    for row in 0..fh as u32 {
+        let sy = row.min(h - 1);
+        let palette = scene.palette(sy).map(to_yuv);
+        let chroma_row = row % 2 == 0;
+        for col in 0..fw as u32 {
+            let px = palette[scene.kind(col.min(w - 1), sy)];
+            y.push(px[0]);
+            if chroma_row && col % 2 == 0 {
+                cb.push(px[1]);
+                cr.push(px[2]);
             }
-            cb[cy * fw / 2 + cx] = clamp((su + 2) / 4);
-            cr[cy * fw / 2 + cx] = clamp((sv + 2) / 4);
         }
     }
     (y, cb, cr)
