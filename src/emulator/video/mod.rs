@@ -127,10 +127,6 @@ impl Emulator {
         }
         let now = Instant::now();
         let outcome = self.task_outcome(&spec.prompt);
-        let callbacks = spec
-            .callback_url
-            .clone()
-            .map(|url| callback::start(self, url));
         let id = {
             let mut tasks = self
                 .0
@@ -175,7 +171,8 @@ impl Emulator {
                 last_frame_url: None,
                 callbacks: None,
             };
-            if let Some(tx) = callbacks {
+            if let Some(url) = task.spec.callback_url.clone() {
+                let tx = callback::start(self, url);
                 // The first callback says `queued`.
                 let _ = tx.send((task.json(), false));
                 task.callbacks = Some(tx);

@@ -307,8 +307,8 @@ impl Emulator {
         });
     }
 
-    /// Issues the video of task `id`; its URL.
-    fn issue_video(
+    /// Issues the video `id` (a Seedance or Jimeng task's); its URL.
+    pub(crate) fn issue_video(
         &self,
         id: &str,
         seed: &str,
@@ -336,18 +336,6 @@ impl Emulator {
             self.0.base_url,
             crate::emulator::images::tos_query(ttl)
         )
-    }
-
-    /// Issues a video for Jimeng (same store, same route); its URL.
-    pub(crate) fn issue_jimeng_video(
-        &self,
-        name: &str,
-        seed: &str,
-        dims: (u32, u32),
-        frames: u32,
-        ttl: Duration,
-    ) -> String {
-        self.issue_video(name, seed, dims, frames, ttl)
     }
 
     /// Kept tasks by status, every status present.

@@ -343,13 +343,9 @@ impl Emulator {
                     Format::Jpeg,
                     cfg.image_url_ttl,
                 )],
-                Kind::Video => vec![self.issue_jimeng_video(
-                    id,
-                    &job.prompt,
-                    job.dims,
-                    job.frames,
-                    cfg.video_url_ttl,
-                )],
+                Kind::Video => {
+                    vec![self.issue_video(id, &job.prompt, job.dims, job.frames, cfg.video_url_ttl)]
+                }
             })
             .clone()
     }
