@@ -9,18 +9,18 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::domain::Catalog;
 use crate::emulator::{self, EmulatorConfig};
 use crate::events::{memory::MemoryEvents, redis::RedisEvents, Events};
-use crate::graphql::{self, Ctx};
-use crate::http::{self, AppState};
+use crate::graphql;
+use crate::http;
 use crate::provider::limiter::{MemoryPacer, Pacer, ProviderLimiter, RedisPacer};
 use crate::provider::{ark::ArkClient, ImageProvider, ProviderError};
 use crate::queue::{memory::MemoryQueue, redis::RedisQueue, Queue};
 use crate::service::Service;
+use crate::state::AppState;
 use crate::store::mongo::{MongoOptions, MongoStore};
 use crate::store::{sqlite::SqliteStore, Store, StoreError};
-use crate::worker::{Worker, WorkerConfig};
+use crate::worker::{Handles, Worker, WorkerConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -303,20 +303,18 @@ pub async fn start_with(
             tracing::info!(%addr, "auth on: requests need an API key");
         }
     }
-    let service = Arc::new(Service {
-        auth: crate::auth::Authenticator::new(
-            config.admin_api_key.as_ref().map(|k| k.expose()),
-            backends.store.clone(),
-        ),
-        store: backends.store,
-        queue: backends.queue,
-        events: backends.events,
-        catalog: Arc::new(Catalog::new(&config.model_ids)),
-        limits: crate::service::Limits::from_config(&config),
-        pacer: pacer.clone(),
-        known_users: Default::default(),
-        submitting: Default::default(),
-    });
+    let handles = Handles {
+        store: backends.store.clone(),
+        queue: backends.queue.clone(),
+        events: backends.events.clone(),
+    };
+    let service = Arc::new(Service::new(
+        backends.store,
+        backends.queue,
+        backends.events,
+        pacer.clone(),
+        &config,
+    ));
     let (provider, emulator) = if role.runs_worker() {
         let (p, e) = provider(&config, &shutdown).await?;
         (Some(p), e)
@@ -346,13 +344,14 @@ pub async fn start_with(
     };
     let workers = provider.map(|provider| {
         let limiter = Arc::new(ProviderLimiter::new(
-            &service.catalog,
+            service.catalog(),
             &config.provider_ipm,
             config.provider_concurrency,
             pacer,
         ));
         let worker = Arc::new(Worker::new(
             service.clone(),
+            handles,
             provider,
             limiter,
             WorkerConfig {
@@ -379,26 +378,17 @@ pub async fn start_with(
     });
 
     let server = if let Some(listener) = listener {
-        let ctx = Arc::new(Ctx {
-            service: service.clone(),
-            public_base: public_base.clone(),
-            resync: config.subscription_resync,
-            sockets: Default::default(),
-            max_sockets_per_key: config.ws_max_connections_per_key,
-            max_subscriptions: config.ws_max_subscriptions,
-            documents: graphql::parse_cache::ParseCache::new(graphql::input_check().await),
-        });
         let state = AppState {
             service: service.clone(),
-            schemas: Arc::new(graphql::Schemas::new(&ctx, &config)),
-            gql: ctx,
             config: config.clone(),
             public_base: public_base.clone(),
             provider_mode,
             started: Instant::now(),
+            sockets: Default::default(),
         };
         let router = if role.runs_api() {
-            http::router(state)
+            let graphql = graphql::Endpoint::new(state.clone()).await;
+            http::router(state, graphql)
         } else {
             http::ops_router(state)
         };

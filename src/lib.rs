@@ -21,6 +21,7 @@ pub mod provider;
 pub mod queue;
 pub mod rest;
 pub mod service;
+pub mod state;
 pub mod store;
 pub mod sys;
 pub mod worker;

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use crate::http::AppState;
+use crate::state::AppState;
 
 /// One embedded file: its route, content type and bytes.
 struct Asset {

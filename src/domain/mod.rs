@@ -26,3 +26,23 @@ pub fn new_id() -> String {
 pub fn is_valid_id(id: &str) -> bool {
     id.len() == 36 && uuid::Uuid::parse_str(id).is_ok()
 }
+
+/// A time as every surface and store writes it: RFC 3339 in UTC with milliseconds.
+pub fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn extension(content_type: &str) -> &'static str {
+    match content_type {
+        "image/png" => "png",
+        "image/jpeg" => "jpeg",
+        "image/webp" => "webp",
+        "image/gif" => "gif",
+        _ => "bin",
+    }
+}
+
+/// The stable URL of a stored image on this server (`base` is the public base URL).
+pub fn image_url(base: &str, img: &StoredImage) -> String {
+    format!("{base}/images/{}.{}", img.id, extension(&img.content_type))
+}

@@ -101,7 +101,7 @@ pub fn follow(
 
 /// `None` ends the stream (the task was deleted); `Some(None)` means nothing new could be read.
 async fn reread(service: &Service, id: &str) -> Option<Option<domain::Task>> {
-    match service.store.get_task(id).await {
+    match service.reread_task(id).await {
         Ok(Some(t)) => Some(Some(t)),
         Ok(None) => None,
         Err(e) => {
@@ -163,7 +163,6 @@ impl FollowMany {
         loop {
             let page = match self
                 .service
-                .store
                 .tasks_changed(self.user_id.as_deref(), &after, REREAD_PAGE)
                 .await
             {

@@ -16,10 +16,9 @@ impl Loader<String> for UserLoader {
     async fn load(&self, keys: &[String]) -> Result<HashMap<String, User>, Self::Error> {
         let users = self
             .0
-            .store
-            .get_users(keys)
+            .users_by_id(keys)
             .await
-            .map_err(|e| super::error::to_gql(e.into()))?;
+            .map_err(super::error::to_gql)?;
         Ok(users.into_iter().map(|u| (u.id.clone(), u)).collect())
     }
 }

@@ -12,18 +12,17 @@ use super::types::{
     ApiKey, CreateImageTaskInput, CreateUserInput, CreatedApiKey, ImageModel, Task, TaskStatus,
     TotalCount, UpdateUserInput, User,
 };
-use super::Ctx;
 use crate::auth::Principal;
 use crate::domain;
-use crate::error::AppError;
 use crate::events::Channel;
 use crate::service::{CreateImageTask, CreateUser, UpdateUser};
+use crate::state::AppState;
 
 pub type TaskConnection = Connection<String, Task, TotalCount>;
 pub type UserConnection = Connection<String, User, TotalCount>;
 
-fn ctx<'a>(c: &Context<'a>) -> async_graphql::Result<&'a Arc<Ctx>> {
-    c.data::<Arc<Ctx>>()
+fn ctx<'a>(c: &Context<'a>) -> async_graphql::Result<&'a AppState> {
+    c.data::<AppState>()
 }
 
 /// The caller, put in every request's data by the HTTP and WebSocket handlers.
@@ -163,7 +162,7 @@ impl Query {
     async fn image_models(&self, c: &Context<'_>) -> async_graphql::Result<Vec<ImageModel>> {
         Ok(ctx(c)?
             .service
-            .catalog
+            .catalog()
             .all()
             .iter()
             .cloned()
@@ -312,14 +311,12 @@ impl Subscription {
         let ctx = ctx(c)?.clone();
         let who = who(c)?;
         crate::service::check_id("id", &id).gql()?;
-        let slot = super::SubscriptionSlot::take(c).gql()?;
+        let slot = super::ws::SubscriptionSlot::take(c).gql()?;
         // Listen first, then read: an update between the two is then seen, never lost.
         let events = ctx
             .service
-            .events
             .subscribe(crate::events::Channel::Task(id.0.clone()))
             .await
-            .map_err(AppError::from)
             .gql()?;
         // Someone else's task is answered as missing: nothing of it is ever sent.
         let snapshot = ctx.service.get_task(who, &id).await.gql()?;
@@ -327,14 +324,16 @@ impl Subscription {
             crate::observability::GaugeGuard::new("graphql_subscriptions"),
             slot,
         );
-        Ok(
-            super::follow::follow(ctx.service.clone(), snapshot, events, ctx.resync).map(
-                move |t| {
-                    let _ = &open;
-                    t
-                },
-            ),
+        Ok(super::follow::follow(
+            ctx.service.clone(),
+            snapshot,
+            events,
+            ctx.config.subscription_resync,
         )
+        .map(move |t| {
+            let _ = &open;
+            t
+        }))
     }
 
     /// Every change of the caller's tasks; the admin names a user with `userId` or, leaving it
@@ -349,25 +348,25 @@ impl Subscription {
             .service
             .task_scope(who(c)?, user_id.as_ref().map(|u| u.0.as_str()))
             .gql()?;
-        let slot = super::SubscriptionSlot::take(c).gql()?;
+        let slot = super::ws::SubscriptionSlot::take(c).gql()?;
         let events = ctx
             .service
-            .events
             .subscribe(Channel::tasks_of(scope.as_deref()))
             .await
-            .map_err(AppError::from)
             .gql()?;
         let open = (
             crate::observability::GaugeGuard::new("graphql_subscriptions"),
             slot,
         );
-        Ok(
-            super::follow::follow_tasks(ctx.service.clone(), scope, events, ctx.resync).map(
-                move |t| {
-                    let _ = &open;
-                    t
-                },
-            ),
+        Ok(super::follow::follow_tasks(
+            ctx.service.clone(),
+            scope,
+            events,
+            ctx.config.subscription_resync,
         )
+        .map(move |t| {
+            let _ = &open;
+            t
+        }))
     }
 }

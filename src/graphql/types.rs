@@ -8,8 +8,8 @@ use async_graphql::{ComplexObject, Context, Enum, InputObject, Object, SimpleObj
 use chrono::{DateTime, Utc};
 
 use super::loader::UserLoader;
-use super::Ctx;
 use crate::domain::{self, ModelSpec, SizeRule, StoredImage};
+use crate::state::AppState;
 
 /// Where a task is in its life: `PENDING` → `PROCESSING` → `COMPLETED`, `FAILED` or `CANCELLED`.
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
@@ -140,7 +140,7 @@ impl Task {
     }
     /// The stored images, once `COMPLETED`.
     async fn result(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<ImageResult>> {
-        let base = &ctx.data::<Arc<Ctx>>()?.public_base;
+        let base = &ctx.data::<AppState>()?.public_base;
         Ok(self.0.result.as_ref().map(|r| ImageResult {
             images: r.images.iter().map(|i| Image::new(i, base)).collect(),
         }))
@@ -223,7 +223,7 @@ impl Image {
     pub fn new(i: &StoredImage, base: &str) -> Image {
         Image {
             id: ID(i.id.clone()),
-            url: crate::http::image_url(base, i),
+            url: crate::domain::image_url(base, i),
             provider_url: i.provider_url.clone(),
             width: i.width,
             height: i.height,

@@ -1,70 +1,30 @@
 //! The HTTP surface: one router with GraphQL, the legacy REST routes, image downloads and health.
 
 mod edge;
-
-use std::sync::Arc;
-use std::time::Instant;
+pub mod openapi;
 
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::json;
 use tower_http::trace::TraceLayer;
 
-use crate::config::Config;
-use crate::domain::StoredImage;
 use crate::error::AppError;
 use crate::graphql;
 use crate::rest::envelope::{ApiError, ErrorBody};
-use crate::service::Service;
+use crate::state::AppState;
 
-#[derive(Clone)]
-pub struct AppState {
-    pub service: Arc<Service>,
-    /// The strict schema and the one for documents validated before (see `graphql::Schemas`).
-    pub schemas: Arc<graphql::Schemas>,
-    /// What the schema's resolvers share; the WebSocket handler counts sockets on it.
-    pub gql: Arc<graphql::Ctx>,
-    pub config: Arc<Config>,
-    pub public_base: String,
-    pub provider_mode: &'static str,
-    pub started: Instant,
-}
-
-pub fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-fn extension(content_type: &str) -> &'static str {
-    match content_type {
-        "image/png" => "png",
-        "image/jpeg" => "jpeg",
-        "image/webp" => "webp",
-        "image/gif" => "gif",
-        _ => "bin",
-    }
-}
-
-/// The stable URL of a stored image on this server.
-pub fn image_url(base: &str, img: &StoredImage) -> String {
-    format!("{base}/images/{}.{}", img.id, extension(&img.content_type))
-}
-
-pub fn router(state: AppState) -> Router {
+/// The API's router: every surface over `state`, GraphQL's through `graphql`.
+pub fn router(state: AppState, graphql: graphql::Endpoint) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
-        .route(
-            "/graphql",
-            get(graphql::get_handler).post(graphql::post_handler),
-        )
-        .route("/graphql/ws", get(graphql::ws_handler))
+        .merge(graphql::routes(graphql))
         .route("/images/{file}", get(image))
         .route("/metrics", get(crate::observability::render))
-        .route("/openapi.json", get(crate::rest::openapi::spec))
+        .route("/openapi.json", get(openapi::spec))
         .merge(crate::rest::routes())
         .merge(crate::console::routes())
         .fallback(not_found)
@@ -75,7 +35,7 @@ pub fn router(state: AppState) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             state.config.request_timeout,
         ))
-        .layer(edge::EdgeLayer::new(!state.service.auth.enabled()))
+        .layer(edge::EdgeLayer::new(!state.service.auth_enabled()))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -99,15 +59,16 @@ pub fn ops_router(state: AppState) -> Router {
 #[utoipa::path(get, path = "/health", tag = "operations",
     responses((status = 200, description = "`{status: \"ok\", provider, mode, store, queue, events, version, uptime_seconds}`", body = Object)))]
 pub async fn health(State(s): State<AppState>) -> Response {
+    let kinds = s.service.backend_kinds();
     Json(json!({
         "status": "ok",
         "service": "volcengine-ai-server",
         "version": env!("CARGO_PKG_VERSION"),
         "provider": s.provider_mode,
         "mode": if s.config.is_distributed() { "distributed" } else { "embedded" },
-        "store": s.service.store.kind(),
-        "queue": s.service.queue.kind(),
-        "events": s.service.events.kind(),
+        "store": kinds.store,
+        "queue": kinds.queue,
+        "events": kinds.events,
         "uptime_seconds": s.started.elapsed().as_secs(),
     }))
     .into_response()
@@ -122,9 +83,10 @@ pub async fn health(State(s): State<AppState>) -> Response {
         (status = 503, description = "Some backend is `unavailable`", body = Object),
     ))]
 pub async fn ready(State(s): State<AppState>) -> Response {
-    let store = s.service.store.ping().await.map_err(|e| e.to_string());
-    let queue = s.service.queue.ping().await.map_err(|e| e.to_string());
-    let events = s.service.events.ping().await.map_err(|e| e.to_string());
+    let r = s.service.readiness().await;
+    let store = r.store.map_err(|e| e.to_string());
+    let queue = r.queue.map_err(|e| e.to_string());
+    let events = r.events.map_err(|e| e.to_string());
     let all_ok = store.is_ok() && queue.is_ok() && events.is_ok();
     for (name, r) in [("store", &store), ("queue", &queue), ("events", &events)] {
         if let Err(e) = r {
@@ -177,7 +139,7 @@ pub async fn image(
     {
         return StatusCode::NOT_MODIFIED.into_response();
     }
-    match s.service.store.get_image(id).await {
+    match s.service.get_image(id).await {
         Ok(Some(img)) => {
             let mut resp = img.data.into_response();
             let h = resp.headers_mut();
@@ -194,7 +156,7 @@ pub async fn image(
             resp
         }
         Ok(None) => ApiError::from(AppError::NotFound("image not found".into())).into_response(),
-        Err(e) => ApiError::from(AppError::from(e)).into_response(),
+        Err(e) => ApiError::from(e).into_response(),
     }
 }
 

@@ -11,7 +11,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::error::{AppError, FieldError};
-use crate::http::AppState;
+use crate::state::AppState;
 
 pub fn status_of(e: &AppError) -> StatusCode {
     match e {

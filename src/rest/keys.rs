@@ -8,8 +8,8 @@ use utoipa::ToSchema;
 
 use super::envelope::{ok, parse_json, ApiResult, Envelope, ErrorBody};
 use super::Caller;
-use crate::domain::ApiKey;
-use crate::http::{rfc3339, AppState};
+use crate::domain::{rfc3339, ApiKey};
+use crate::state::AppState;
 
 /// Optional label of a new key.
 #[derive(Deserialize, Default, ToSchema)]

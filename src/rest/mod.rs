@@ -2,7 +2,6 @@
 //! (`rest-compat.md`). Handlers translate and call the service; no business rule lives here.
 
 pub mod envelope;
-pub mod openapi;
 pub mod tasks;
 pub mod users;
 
@@ -16,7 +15,7 @@ use axum::Router;
 
 use crate::auth::Principal;
 use crate::error::AppError;
-use crate::http::AppState;
+use crate::state::AppState;
 use envelope::ApiError;
 
 /// The authenticated caller of a request (`Authorization: Bearer <key>`); a missing or bad key
@@ -33,7 +32,7 @@ impl FromRequestParts<AppState> for Caller {
                 AppError::Unauthenticated("the Authorization header is not readable text".into())
             })?),
         };
-        Ok(Caller(s.service.auth.authenticate(value).await?))
+        Ok(Caller(s.service.authenticate(value).await?))
     }
 }
 

@@ -9,10 +9,10 @@ use utoipa::ToSchema;
 use super::envelope::{ok, ok_page, ApiJson, ApiResult, Envelope, ErrorBody, Paged};
 use super::Caller;
 use crate::auth::Principal;
-use crate::domain::{Task, TaskStatus, TASK_KIND_IMAGE};
+use crate::domain::{image_url, rfc3339, Task, TaskStatus, TASK_KIND_IMAGE};
 use crate::error::AppError;
-use crate::http::{image_url, rfc3339, AppState};
 use crate::service::CreateImageTask;
+use crate::state::AppState;
 
 /// One image or several: the old server took `image` as a string, Seedream 4.x takes a list.
 #[derive(Deserialize, ToSchema)]

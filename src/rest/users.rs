@@ -9,8 +9,8 @@ use super::envelope::{ok, ok_page, ApiJson, ApiResult, Envelope, ErrorBody};
 use super::Caller;
 use crate::domain::User;
 use crate::error::AppError;
-use crate::http::AppState;
 use crate::service::{CreateUser, UpdateUser};
+use crate::state::AppState;
 
 /// A new user.
 #[derive(Deserialize, ToSchema)]
@@ -63,8 +63,8 @@ pub fn user_json(u: &User) -> UserJson<'_> {
         id: &u.id,
         email: &u.email,
         name: &u.name,
-        created_at: crate::http::rfc3339(u.created_at),
-        updated_at: crate::http::rfc3339(u.updated_at),
+        created_at: crate::domain::rfc3339(u.created_at),
+        updated_at: crate::domain::rfc3339(u.updated_at),
     }
 }
 

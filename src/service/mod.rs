@@ -10,14 +10,17 @@ use chrono::Utc;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use futures::stream::BoxStream;
+
 use crate::auth::{Authenticator, Principal};
 use crate::cache::TtlCache;
+use crate::config::Config;
 use crate::domain::{self, ApiKey, Catalog, ImageParams, Task, TaskStatus, User};
 use crate::error::AppError;
-use crate::events::Events;
+use crate::events::{Channel, Event, Events, EventsError};
 use crate::provider::limiter::Pacer;
-use crate::queue::Queue;
-use crate::store::{InsertOutcome, Store, TaskQuery};
+use crate::queue::{Queue, QueueError};
+use crate::store::{ChangeCursor, ImageBlob, InsertOutcome, Store, StoreError, TaskQuery};
 use validate::Problems;
 
 pub const DEFAULT_PAGE: usize = 20;
@@ -70,18 +73,35 @@ pub struct QueueStats {
     pub total: u64,
 }
 
+/// The service: every surface reaches the backends through its methods, never around them.
 pub struct Service {
-    pub store: Arc<dyn Store>,
-    pub queue: Arc<dyn Queue>,
-    pub events: Arc<dyn Events>,
-    pub catalog: Arc<Catalog>,
-    pub auth: Authenticator,
-    pub limits: Limits,
+    store: Arc<dyn Store>,
+    queue: Arc<dyn Queue>,
+    events: Arc<dyn Events>,
+    catalog: Catalog,
+    auth: Authenticator,
+    limits: Limits,
     /// Admission buckets for user submits; shared across processes in distributed mode.
-    pub pacer: Arc<dyn Pacer>,
-    pub known_users: KnownUsers,
+    pacer: Arc<dyn Pacer>,
+    known_users: KnownUsers,
     /// Submits of each user between their quota check and their insert (this process).
-    pub submitting: Submitting,
+    submitting: Submitting,
+}
+
+/// The backends' names, for `/health`.
+#[derive(Debug, Clone, Copy)]
+pub struct BackendKinds {
+    pub store: &'static str,
+    pub queue: &'static str,
+    pub events: &'static str,
+}
+
+/// Whether each backend answers, for `/ready`.
+#[derive(Debug)]
+pub struct Readiness {
+    pub store: Result<(), StoreError>,
+    pub queue: Result<(), QueueError>,
+    pub events: Result<(), EventsError>,
 }
 
 /// Users' submits that passed the in-flight quota check and are not stored yet. The store's
@@ -257,6 +277,97 @@ pub fn page_limit(limit: Option<i64>) -> Result<usize, AppError> {
 }
 
 impl Service {
+    /// The service over its backends; authentication, the model catalogue and the limits come
+    /// from `config`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        queue: Arc<dyn Queue>,
+        events: Arc<dyn Events>,
+        pacer: Arc<dyn Pacer>,
+        config: &Config,
+    ) -> Service {
+        Service {
+            auth: Authenticator::new(
+                config.admin_api_key.as_ref().map(|k| k.expose()),
+                store.clone(),
+            ),
+            store,
+            queue,
+            events,
+            catalog: Catalog::new(&config.model_ids),
+            limits: Limits::from_config(config),
+            pacer,
+            known_users: KnownUsers::default(),
+            submitting: Submitting::default(),
+        }
+    }
+
+    // ---- the process ----
+
+    /// The caller behind an `Authorization` value (or an API key on its own).
+    pub async fn authenticate(&self, credential: Option<&str>) -> Result<Principal, AppError> {
+        self.auth.authenticate(credential).await
+    }
+
+    /// Whether requests need an API key (`ADMIN_API_KEY` set).
+    pub fn auth_enabled(&self) -> bool {
+        self.auth.enabled()
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub fn backend_kinds(&self) -> BackendKinds {
+        BackendKinds {
+            store: self.store.kind(),
+            queue: self.queue.kind(),
+            events: self.events.kind(),
+        }
+    }
+
+    /// Asks every backend whether it answers.
+    pub async fn readiness(&self) -> Readiness {
+        Readiness {
+            store: self.store.ping().await,
+            queue: self.queue.ping().await,
+            events: self.events.ping().await,
+        }
+    }
+
+    /// A stored image by id. Images are not secret: their ids are random and handed out only
+    /// in results.
+    pub async fn get_image(&self, id: &str) -> Result<Option<ImageBlob>, AppError> {
+        Ok(self.store.get_image(id).await?)
+    }
+
+    /// Task events published on `channel` after this returns. Whether the caller may follow the
+    /// channel is decided first (`get_task`, `task_scope`).
+    pub async fn subscribe(&self, channel: Channel) -> Result<BoxStream<'static, Event>, AppError> {
+        Ok(self.events.subscribe(channel).await?)
+    }
+
+    /// A task as stored, for a subscription that checked its caller's access when it started.
+    pub async fn reread_task(&self, id: &str) -> Result<Option<Task>, AppError> {
+        Ok(self.store.get_task(id).await?)
+    }
+
+    /// Tasks changed after `after` (see `Store::tasks_changed`), for a subscription whose scope
+    /// `task_scope` decided.
+    pub async fn tasks_changed(
+        &self,
+        user_id: Option<&str>,
+        after: &ChangeCursor,
+        limit: usize,
+    ) -> Result<Vec<Task>, AppError> {
+        Ok(self.store.tasks_changed(user_id, after, limit).await?)
+    }
+
+    /// Users by id, for resolving `Task.user` of tasks the caller was allowed to read.
+    pub async fn users_by_id(&self, ids: &[String]) -> Result<Vec<User>, AppError> {
+        Ok(self.store.get_users(ids).await?)
+    }
+
     // ---- users ----
 
     pub async fn create_user(&self, who: &Principal, input: CreateUser) -> Result<User, AppError> {

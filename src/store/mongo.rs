@@ -863,7 +863,7 @@ impl Store for MongoStore {
             .api_keys
             .update_one(
                 doc! {"_id": id, "revoked_at": Bson::Null},
-                doc! {"$set": {"revoked_at": crate::http::rfc3339(at)}},
+                doc! {"$set": {"revoked_at": crate::domain::rfc3339(at)}},
             )
             .await
             .map_err(backend)?;
@@ -877,7 +877,7 @@ impl Store for MongoStore {
         self.api_keys
             .update_one(
                 doc! {"_id": id},
-                doc! {"$set": {"last_used_at": crate::http::rfc3339(at)}},
+                doc! {"$set": {"last_used_at": crate::domain::rfc3339(at)}},
             )
             .await
             .map_err(backend)?;

@@ -1199,7 +1199,7 @@ impl Store for SqliteStore {
     }
 
     async fn revoke_api_key(&self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
-        let (id, at) = (id.to_string(), crate::http::rfc3339(at));
+        let (id, at) = (id.to_string(), crate::domain::rfc3339(at));
         self.write(move |c| {
             c.prepare_cached(
                 "UPDATE api_keys SET doc = json_set(doc, '$.revoked_at', \
@@ -1213,7 +1213,7 @@ impl Store for SqliteStore {
     }
 
     async fn touch_api_key(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
-        let (id, at) = (id.to_string(), crate::http::rfc3339(at));
+        let (id, at) = (id.to_string(), crate::domain::rfc3339(at));
         self.write(move |c| {
             c.prepare_cached(
                 "UPDATE api_keys SET doc = json_set(doc, '$.last_used_at', ?2) WHERE id = ?1",

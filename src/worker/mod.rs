@@ -17,14 +17,15 @@ use tracing::Instrument;
 use crate::domain::{
     ModelSpec, ProviderImage, StoredImage, Task, TaskError, TaskStatus, UnkeptImages,
 };
+use crate::events::Events;
 use crate::events::{Channel, Event};
 use crate::provider::limiter::ProviderLimiter;
 use crate::provider::{
     DownloadBudget, GenerateRequest, GeneratedImage, ImageProvider, ProviderError,
 };
-use crate::queue::Delivery;
+use crate::queue::{Delivery, Queue};
 use crate::service::Service;
-use crate::store::ImageBlob;
+use crate::store::{ImageBlob, Store};
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -43,8 +44,18 @@ pub struct WorkerConfig {
     pub recover_orphans_at_start: bool,
 }
 
+/// The worker's own handles on the seams: it claims tasks, keeps leases and stores images
+/// directly, and changes a task's state only through `Service::commit`.
+#[derive(Clone)]
+pub struct Handles {
+    pub store: Arc<dyn Store>,
+    pub queue: Arc<dyn Queue>,
+    pub events: Arc<dyn Events>,
+}
+
 pub struct Worker {
     service: Arc<Service>,
+    backends: Handles,
     provider: Arc<dyn ImageProvider>,
     limiter: Arc<ProviderLimiter>,
     cfg: WorkerConfig,
@@ -100,6 +111,7 @@ fn estimated_bytes((width, height): (u32, u32)) -> u64 {
 impl Worker {
     pub fn new(
         service: Arc<Service>,
+        backends: Handles,
         provider: Arc<dyn ImageProvider>,
         limiter: Arc<ProviderLimiter>,
         cfg: WorkerConfig,
@@ -108,6 +120,7 @@ impl Worker {
         let download_budget = DownloadBudget::new(cfg.download_memory_bytes);
         Worker {
             service,
+            backends,
             provider,
             limiter,
             cfg,
@@ -153,7 +166,7 @@ impl Worker {
         };
         let mut released = 0;
         for id in ids {
-            let task = match self.service.store.get_task(&id).await {
+            let task = match self.backends.store.get_task(&id).await {
                 Ok(Some(t)) => t,
                 Ok(None) => continue,
                 Err(e) => {
@@ -174,7 +187,7 @@ impl Worker {
             };
             match handed {
                 Ok(Some(_)) => {
-                    let _ = self.service.queue.enqueue(&id, None).await;
+                    let _ = self.backends.queue.enqueue(&id, None).await;
                     released += 1;
                 }
                 // Changed meanwhile (cancelled, or finished after all): nothing to hand back.
@@ -234,7 +247,7 @@ impl Worker {
         loop {
             let delivery = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                d = self.service.queue.dequeue() => d,
+                d = self.backends.queue.dequeue() => d,
             };
             match delivery {
                 Ok(d) => {
@@ -255,13 +268,13 @@ impl Worker {
             e.log_internal();
             tracing::warn!(error = %e, "processing failed before an outcome was stored");
         }
-        if let Err(e) = self.service.queue.ack(delivery).await {
+        if let Err(e) = self.backends.queue.ack(delivery).await {
             tracing::warn!(error = %e, "ack failed; the delivery may come again (harmless)");
         }
     }
 
     async fn try_process(&self, task_id: &str) -> Result<(), crate::error::AppError> {
-        let svc = &self.service;
+        let svc = &self.backends;
         let Some(task) = svc.store.get_task(task_id).await? else {
             return Ok(());
         };
@@ -284,7 +297,7 @@ impl Worker {
         tracing::info!(attempt = running.attempts, "task started");
         self.hold(&running.id, true);
 
-        let outcome = match svc.catalog.find(&running.model) {
+        let outcome = match self.service.catalog().find(&running.model) {
             Some(spec) => self.attempt(&running, spec).await,
             None => Outcome::Error(ProviderError::ours(
                 "UnknownModel",
@@ -302,7 +315,7 @@ impl Worker {
     async fn attempt(&self, task: &Task, spec: &ModelSpec) -> Outcome {
         let lost = CancellationToken::new();
         let watcher = tokio::spawn(watch(
-            self.service.clone(),
+            self.backends.clone(),
             task.clone(),
             self.id.clone(),
             self.cfg.lease,
@@ -473,7 +486,7 @@ impl Worker {
             data: fetched.bytes,
         };
         let bytes = blob.data.len() as u64;
-        self.service
+        self.backends
             .store
             .put_image(&blob)
             .await
@@ -493,7 +506,7 @@ impl Worker {
             return;
         }
         let ids: Vec<String> = images.iter().map(|i| i.id.clone()).collect();
-        if let Err(e) = self.service.store.delete_images(&ids).await {
+        if let Err(e) = self.backends.store.delete_images(&ids).await {
             tracing::warn!(error = %e, "could not delete images of a dropped attempt");
         }
     }
@@ -551,7 +564,7 @@ impl Worker {
             next.unkept = unkept;
             if self.commit(running, next).await?.is_some() {
                 tracing::warn!(code = %e.code, attempt = running.attempts, retry_at = %at, "attempt failed; retry scheduled");
-                self.service.queue.enqueue(&running.id, Some(at)).await?;
+                self.backends.queue.enqueue(&running.id, Some(at)).await?;
             }
         } else {
             let Ok(mut next) = running.fail(error, e.request_id.clone(), now) else {
@@ -586,13 +599,13 @@ impl Worker {
 /// Keeps the lease alive while the provider works, and cancels `lost` as soon as the task is
 /// cancelled (seen on its event channel) or the lease can no longer be extended.
 async fn watch(
-    service: Arc<Service>,
+    backends: Handles,
     task: Task,
     owner: String,
     lease: Duration,
     lost: CancellationToken,
 ) {
-    let mut events = match service
+    let mut events = match backends
         .events
         .subscribe(Channel::Task(task.id.clone()))
         .await
@@ -615,7 +628,7 @@ async fn watch(
         tokio::select! {
             _ = tick.tick() => {
                 let until = Utc::now() + chrono::Duration::from_std(lease).unwrap_or_default();
-                match service.store.extend_lease(&task.id, &owner, until).await {
+                match backends.store.extend_lease(&task.id, &owner, until).await {
                     Ok(true) => {}
                     Ok(false) => {
                         lost.cancel();

@@ -44,7 +44,7 @@ pub async fn run(
 }
 
 async fn recover_orphans(worker: &Worker) -> Result<usize, crate::error::AppError> {
-    let svc = &worker.service;
+    let svc = &worker.backends;
     let mut n = 0;
     loop {
         let batch = svc.store.processing_tasks(BATCH).await?;
@@ -68,7 +68,7 @@ async fn recover_orphans(worker: &Worker) -> Result<usize, crate::error::AppErro
 }
 
 pub async fn reconcile_once(worker: &Worker) -> Result<usize, crate::error::AppError> {
-    let svc = &worker.service;
+    let svc = &worker.backends;
     let now = Utc::now();
     let due = svc.store.due_tasks(now, BATCH).await?;
     let mut n = 0;
