@@ -1,0 +1,415 @@
+//! Tasks: creating one (validated, stored as the commit point, then enqueued and announced),
+//! reading and listing, the user's transitions (cancel, retry, delete), the compare-and-set
+//! `commit` every state change goes through, and the queue's statistics.
+
+use std::collections::HashMap;
+
+use chrono::Utc;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::access::{check_id, forbidden, may_see_task, require_admin, require_user};
+use super::validate::{self, Problems};
+use super::{page_limit, Page, Service};
+use crate::auth::Principal;
+use crate::domain::{self, ImageParams, Task, TaskStatus};
+use crate::error::AppError;
+use crate::store::{InsertOutcome, TaskQuery};
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CreateImageTask {
+    pub user_id: Option<String>,
+    pub prompt: String,
+    pub model: Option<String>,
+    pub size: Option<String>,
+    pub seed: Option<i64>,
+    pub guidance_scale: Option<f64>,
+    pub watermark: Option<bool>,
+    pub images: Vec<String>,
+    pub n: Option<i64>,
+    pub quality: Option<String>,
+    pub style: Option<String>,
+    pub options: Option<serde_json::Value>,
+    #[serde(skip)]
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueStats {
+    pub queue_depth: u64,
+    /// How long the oldest pending task has waited since it was created (0 without any).
+    pub oldest_pending_age_seconds: f64,
+    pub in_flight: u64,
+    pub by_status: HashMap<String, u64>,
+    pub total: u64,
+}
+
+impl Service {
+    /// Validates, stores (the commit point), then enqueues and publishes. A failed enqueue is
+    /// logged, not returned: the task is stored and the reconciler will run it.
+    pub async fn create_image_task(
+        &self,
+        who: &Principal,
+        mut input: CreateImageTask,
+    ) -> Result<(Task, bool), AppError> {
+        // A user key submits for its own user; naming another is refused after validation.
+        let own = who.user_id().map(str::to_string);
+        if let Some(own) = &own {
+            if input.user_id.as_deref().is_none_or(|u| u.trim().is_empty()) {
+                input.user_id = Some(own.clone());
+            }
+        }
+        let mut p = Problems::default();
+        let model = match input
+            .model
+            .as_deref()
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+        {
+            None => Some(self.catalog.default_model()),
+            Some(name) => {
+                let found = self.catalog.find(name);
+                if found.is_none() {
+                    let known: Vec<&str> =
+                        self.catalog.all().iter().map(|m| m.name.as_str()).collect();
+                    p.add(
+                        crate::error::FieldError::new(
+                            "model",
+                            format!("unknown model; known models: {}", known.join(", ")),
+                        )
+                        .with_value(name),
+                    );
+                }
+                found
+            }
+        };
+        let max_prompt = model
+            .map(|m| m.max_prompt_chars)
+            .unwrap_or(domain::models::MAX_PROMPT_CHARS);
+        let prompt = validate::prompt(&mut p, &input.prompt, max_prompt);
+        let user_id = match input.user_id.as_deref().map(str::trim) {
+            None | Some("") => {
+                p.push("user_id", "user_id is required");
+                None
+            }
+            Some(id) if !domain::is_valid_id(id) => {
+                p.push("user_id", "is not a valid id");
+                None
+            }
+            Some(id) => Some(id.to_string()),
+        };
+        let quality = validate::short_text(&mut p, "quality", input.quality.clone());
+        let style = validate::short_text(&mut p, "style", input.style.clone());
+        if let Some(o) = &input.options {
+            if serde_json::to_vec(o).map(|v| v.len()).unwrap_or(usize::MAX)
+                > validate::MAX_OPTIONS_BYTES
+            {
+                p.push(
+                    "options",
+                    format!("must be at most {} bytes", validate::MAX_OPTIONS_BYTES),
+                );
+            }
+        }
+        let idem = input
+            .idempotency_key
+            .as_deref()
+            .map(str::trim)
+            .filter(|k| !k.is_empty());
+        if let Some(k) = idem {
+            if k.len() > validate::MAX_IDEMPOTENCY_KEY || k.chars().any(|c| c.is_control()) {
+                p.push(
+                    "idempotency_key",
+                    format!(
+                        "must be at most {} printable characters",
+                        validate::MAX_IDEMPOTENCY_KEY
+                    ),
+                );
+            }
+        }
+        let params = model.map(|m| {
+            validate::model_params(
+                &mut p,
+                m,
+                input.size.clone(),
+                input.seed,
+                input.guidance_scale,
+                input.images.clone(),
+                input.n,
+            )
+        });
+        p.into_result()?;
+        let (Some(model), Some(params), Some(user_id)) = (model, params, user_id) else {
+            return Err(AppError::Internal(
+                "validation passed without values".into(),
+            ));
+        };
+        if own.as_ref().is_some_and(|o| *o != user_id) {
+            return Err(forbidden("create tasks for another user"));
+        }
+        // Held until the task is stored (or refused), so that concurrent submits count it.
+        let mut slot = match who {
+            Principal::User { .. } => Some(self.admit_submit(&user_id).await?),
+            _ => None,
+        };
+        if self.known_users.0.get(&user_id).is_none() {
+            if self.store.get_user(&user_id).await?.is_none() {
+                return Err(AppError::Validation(vec![crate::error::FieldError::new(
+                    "user_id",
+                    "user not found",
+                )
+                .with_value(&user_id)]));
+            }
+            self.known_users.0.insert(&user_id, ());
+        }
+
+        let now = Utc::now();
+        let task = Task::new_pending(
+            user_id,
+            model.id.clone(),
+            prompt,
+            ImageParams {
+                size: params.size,
+                seed: params.seed,
+                guidance_scale: params.guidance_scale,
+                watermark: input.watermark.unwrap_or(false),
+                images: params.images,
+                n: params.n,
+                quality,
+                style,
+                options: input.options.clone(),
+            },
+            idem.map(|k| (k.to_string(), request_hash(&input))),
+            now,
+        );
+        let earlier = self.insert_new_task(&task, now).await?;
+        // Stored (or answered by an earlier task): other submits now count it in the store.
+        if let Some(s) = slot.take() {
+            s.release().await;
+        }
+        if let Some(existing) = earlier {
+            return if existing.request_hash == task.request_hash {
+                Ok((existing, false))
+            } else {
+                Err(AppError::Conflict(
+                    "idempotency key was already used with a different request".into(),
+                ))
+            };
+        }
+        tracing::info!(task_id = %task.id, user_id = %task.user_id, model = %task.model, "task accepted");
+        if let Err(e) = self.queue.enqueue(&task.id, None).await {
+            tracing::warn!(task_id = %task.id, error = %e, "enqueue failed; the reconciler will pick the task up");
+        }
+        self.publish(&task).await;
+        Ok((task, true))
+    }
+
+    /// Inserts a new task; with its idempotency key already taken (and not expired), the task
+    /// holding it. An expired key is released and taken over.
+    async fn insert_new_task(
+        &self,
+        task: &Task,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<Option<Task>, AppError> {
+        for _ in 0..3 {
+            match self.store.insert_task(task).await? {
+                InsertOutcome::Inserted => return Ok(None),
+                InsertOutcome::Existing(existing) => {
+                    let ttl = chrono::Duration::from_std(self.limits.idempotency_ttl)
+                        .unwrap_or(chrono::Duration::MAX);
+                    if existing.created_at + ttl > now {
+                        return Ok(Some(*existing));
+                    }
+                    let (Some(key), user) = (&task.idempotency_key, &task.user_id) else {
+                        return Ok(Some(*existing));
+                    };
+                    tracing::info!(task_id = %existing.id, "idempotency key expired; releasing it");
+                    self.store
+                        .release_idempotency_key(user, key, &existing.id)
+                        .await?;
+                }
+            }
+        }
+        Err(AppError::Conflict(
+            "idempotency key is being reused concurrently; try again".into(),
+        ))
+    }
+
+    /// The per-user submit rate (a token bucket) and in-flight quota; the submit's place among
+    pub async fn get_task(&self, who: &Principal, id: &str) -> Result<Task, AppError> {
+        self.find_task(who, id)
+            .await?
+            .ok_or_else(|| AppError::NotFound("task not found".into()))
+    }
+
+    pub async fn find_task(&self, who: &Principal, id: &str) -> Result<Option<Task>, AppError> {
+        check_id("id", id)?;
+        Ok(self
+            .store
+            .get_task(id)
+            .await?
+            .filter(|t| may_see_task(who, t)))
+    }
+
+    /// A user key lists its own tasks (`user_id` may be left out); the admin anyone's, or all.
+    pub async fn list_tasks(
+        &self,
+        who: &Principal,
+        user_id: Option<&str>,
+        status: Option<TaskStatus>,
+        before_id: Option<&str>,
+        offset: usize,
+        limit: Option<i64>,
+    ) -> Result<Page<Task>, AppError> {
+        let limit = page_limit(limit)?;
+        if let Some(u) = user_id {
+            check_id("user_id", u)?;
+            require_user(who, u)?;
+        }
+        let user_id = user_id.or(who.user_id());
+        if let Some(c) = before_id {
+            check_id("cursor", c)?;
+        }
+        let query = TaskQuery {
+            user_id: user_id.map(str::to_string),
+            status,
+            before_id: before_id.map(str::to_string),
+            offset,
+            limit: limit + 1,
+        };
+        let mut items = self.store.list_tasks(&query).await?;
+        let has_more = items.len() > limit;
+        items.truncate(limit);
+        let total = self.store.count_tasks(user_id, status).await?;
+        Ok(Page {
+            items,
+            has_more,
+            total,
+        })
+    }
+
+    /// Applies a user-requested transition, re-reading and trying again when a worker changed the
+    /// task in between.
+    async fn user_transition(
+        &self,
+        who: &Principal,
+        id: &str,
+        change: impl Fn(&Task) -> Result<Task, domain::TransitionError>,
+    ) -> Result<Task, AppError> {
+        for _ in 0..8 {
+            let current = self.get_task(who, id).await?;
+            let next = change(&current).map_err(|e| AppError::Conflict(format!("{e}")))?;
+            if let Some(t) = self.commit(&current, next).await? {
+                return Ok(t);
+            }
+        }
+        Err(AppError::Conflict(
+            "task is changing too quickly; try again".into(),
+        ))
+    }
+
+    pub async fn cancel_task(&self, who: &Principal, id: &str) -> Result<Task, AppError> {
+        let t = self
+            .user_transition(who, id, |t| t.cancel(Utc::now()))
+            .await?;
+        tracing::info!(task_id = %t.id, "task cancelled");
+        Ok(t)
+    }
+
+    pub async fn retry_task(&self, who: &Principal, id: &str) -> Result<Task, AppError> {
+        let t = self
+            .user_transition(who, id, |t| t.retry(Utc::now()))
+            .await?;
+        tracing::info!(task_id = %t.id, "task retried");
+        if let Err(e) = self.queue.enqueue(&t.id, None).await {
+            tracing::warn!(task_id = %t.id, error = %e, "enqueue failed; the reconciler will pick the task up");
+        }
+        Ok(t)
+    }
+
+    /// Deletes a finished task and its images. Running tasks must be cancelled first.
+    pub async fn delete_task(&self, who: &Principal, id: &str) -> Result<Task, AppError> {
+        let t = self.get_task(who, id).await?;
+        if !t.status.is_terminal() {
+            return Err(AppError::Conflict(format!(
+                "a {} task cannot be deleted; cancel it first",
+                t.status
+            )));
+        }
+        if !self.store.delete_task(id).await? {
+            return Err(AppError::NotFound("task not found".into()));
+        }
+        tracing::info!(task_id = %id, "task deleted");
+        Ok(t)
+    }
+
+    /// Stores `next` if `current` is still what the store holds, then publishes it. `None` when
+    /// somebody else changed the task first.
+    pub async fn commit(&self, current: &Task, next: Task) -> Result<Option<Task>, AppError> {
+        if self
+            .store
+            .replace_task(&next, current.version, current.status)
+            .await?
+        {
+            metrics::counter!("task_transitions_total", "status" => next.status.as_str())
+                .increment(1);
+            self.publish(&next).await;
+            Ok(Some(next))
+        } else {
+            Ok(None)
+        }
+    }
+
+    async fn publish(&self, task: &Task) {
+        // How long a change took from being made to being announced (the store write between).
+        let lag = (Utc::now() - task.updated_at).to_std().unwrap_or_default();
+        metrics::histogram!("task_event_lag_seconds", "status" => task.status.as_str())
+            .record(lag.as_secs_f64());
+        if let Err(e) = self.events.publish(task).await {
+            // Subscribers re-read the store on their resync interval; nothing is lost.
+            tracing::warn!(task_id = %task.id, error = %e, "publishing the task event failed");
+        }
+    }
+
+    /// Whose tasks a subscription to every task change of `user_id` follows: a user key only its
+    /// own (the default), the admin any user's or, without one, all users' (`None`).
+    pub fn task_scope(
+        &self,
+        who: &Principal,
+        user_id: Option<&str>,
+    ) -> Result<Option<String>, AppError> {
+        if let Some(u) = user_id {
+            check_id("userId", u)?;
+            require_user(who, u)?;
+        }
+        Ok(user_id.or(who.user_id()).map(str::to_string))
+    }
+
+    pub async fn queue_stats(&self, who: &Principal) -> Result<QueueStats, AppError> {
+        require_admin(who, "read queue statistics")?;
+        let counts = self.store.status_counts().await?;
+        let depth = self.queue.depth().await?;
+        let by_status: HashMap<String, u64> = TaskStatus::ALL
+            .iter()
+            .map(|s| (s.as_str().to_string(), counts.get(s).copied().unwrap_or(0)))
+            .collect();
+        let oldest = self.store.oldest_pending().await?;
+        let age = oldest
+            .map(|t| (Utc::now() - t.created_at).num_milliseconds().max(0) as f64 / 1000.0)
+            .unwrap_or(0.0);
+        Ok(QueueStats {
+            queue_depth: depth,
+            oldest_pending_age_seconds: age,
+            in_flight: counts.get(&TaskStatus::Processing).copied().unwrap_or(0),
+            total: by_status.values().sum(),
+            by_status,
+        })
+    }
+}
+
+/// Fingerprint of what a create request asks for, to tell an idempotent replay from a reuse of
+/// the key for something else.
+fn request_hash(input: &CreateImageTask) -> String {
+    let json = serde_json::to_vec(input).unwrap_or_default();
+    let digest = Sha256::digest(&json);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
