@@ -290,18 +290,7 @@ pub async fn start_with(
     let backends_background = backends.background;
     let pacer = backends.pacer;
     if let Some(addr) = listener.as_ref().and_then(|l| l.local_addr().ok()) {
-        if config.admin_api_key.is_none() && !addr.ip().is_loopback() {
-            return Err(StartError::Setup(format!(
-                "refusing to listen on {addr} without API keys: set ADMIN_API_KEY (at least {} \
-                 characters) to serve beyond this machine, or HOST=127.0.0.1",
-                crate::config::MIN_ADMIN_KEY_LEN
-            )));
-        }
-        if config.admin_api_key.is_none() {
-            tracing::warn!(%addr, "AUTH OFF: no ADMIN_API_KEY set; every local caller acts as the admin (loopback only)");
-        } else {
-            tracing::info!(%addr, "auth on: requests need an API key");
-        }
+        check_exposure(&config, addr)?;
     }
     let handles = Handles {
         store: backends.store.clone(),
@@ -331,12 +320,7 @@ pub async fn start_with(
     }
 
     let addr = listener.as_ref().map(|l| l.local_addr()).transpose()?;
-    let public_base = match (&config.public_base_url, addr) {
-        (Some(u), _) => u.clone(),
-        (None, Some(a)) if a.ip().is_unspecified() => format!("http://localhost:{}", a.port()),
-        (None, Some(a)) => format!("http://{a}"),
-        (None, None) => format!("http://{}:{}", config.host, config.port),
-    };
+    let public_base = public_base(&config, addr);
 
     let worker_rt = match (&provider, role) {
         (Some(_), Role::Serve) => Some(worker_runtime()?),
@@ -354,17 +338,7 @@ pub async fn start_with(
             handles,
             provider,
             limiter,
-            WorkerConfig {
-                concurrency: config.worker_concurrency,
-                download_concurrency: config.download_concurrency,
-                download_memory_bytes: config.download_memory_bytes,
-                max_attempts: config.max_attempts,
-                lease: config.task_lease,
-                reconcile_interval: config.reconcile_interval,
-                retry_base_delay: config.retry_base_delay,
-                retry_max_delay: config.retry_max_delay,
-                recover_orphans_at_start: !config.is_distributed(),
-            },
+            worker_config(&config),
         ));
         tracing::info!(
             worker = worker.id(),
@@ -377,37 +351,19 @@ pub async fn start_with(
         (worker, set)
     });
 
-    let server = if let Some(listener) = listener {
-        let state = AppState {
-            service: service.clone(),
-            config: config.clone(),
-            public_base: public_base.clone(),
-            provider_mode,
-            started: Instant::now(),
-            sockets: Default::default(),
-        };
-        let router = if role.runs_api() {
-            let graphql = graphql::Endpoint::new(state.clone()).await;
-            http::router(state, graphql)
-        } else {
-            http::ops_router(state)
-        };
-        let stop = shutdown.clone();
-        // Small writes go out at once: a subscription's messages are small, and with Nagle's
-        // algorithm one sent while the previous is unacknowledged waits for the client's
-        // (delayed) ACK, up to 40 ms on Linux.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "TCP_NODELAY not set");
-            }
-        });
-        Some(tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-        }))
-    } else {
-        None
+    let server = match listener {
+        Some(listener) => {
+            let state = AppState {
+                service: service.clone(),
+                config: config.clone(),
+                public_base: public_base.clone(),
+                provider_mode,
+                started: Instant::now(),
+                sockets: Default::default(),
+            };
+            Some(serve(listener, state, role, shutdown.clone()).await)
+        }
+        None => None,
     };
 
     Ok(Running {
@@ -421,5 +377,75 @@ pub async fn start_with(
         server,
         workers,
         worker_runtime: worker_rt,
+    })
+}
+
+/// Refuses to serve beyond this machine without API keys, and says which way auth is.
+fn check_exposure(config: &Config, addr: SocketAddr) -> Result<(), StartError> {
+    if config.admin_api_key.is_none() && !addr.ip().is_loopback() {
+        return Err(StartError::Setup(format!(
+            "refusing to listen on {addr} without API keys: set ADMIN_API_KEY (at least {} \
+             characters) to serve beyond this machine, or HOST=127.0.0.1",
+            crate::config::MIN_ADMIN_KEY_LEN
+        )));
+    }
+    if config.admin_api_key.is_none() {
+        tracing::warn!(%addr, "AUTH OFF: no ADMIN_API_KEY set; every local caller acts as the admin (loopback only)");
+    } else {
+        tracing::info!(%addr, "auth on: requests need an API key");
+    }
+    Ok(())
+}
+
+/// The base of the URLs handed out: `PUBLIC_BASE_URL`, else the bound address.
+fn public_base(config: &Config, addr: Option<SocketAddr>) -> String {
+    match (&config.public_base_url, addr) {
+        (Some(u), _) => u.clone(),
+        (None, Some(a)) if a.ip().is_unspecified() => format!("http://localhost:{}", a.port()),
+        (None, Some(a)) => format!("http://{a}"),
+        (None, None) => format!("http://{}:{}", config.host, config.port),
+    }
+}
+
+fn worker_config(config: &Config) -> WorkerConfig {
+    WorkerConfig {
+        concurrency: config.worker_concurrency,
+        download_concurrency: config.download_concurrency,
+        download_memory_bytes: config.download_memory_bytes,
+        max_attempts: config.max_attempts,
+        lease: config.task_lease,
+        reconcile_interval: config.reconcile_interval,
+        retry_base_delay: config.retry_base_delay,
+        retry_max_delay: config.retry_max_delay,
+        recover_orphans_at_start: !config.is_distributed(),
+    }
+}
+
+/// Serves `state` on `listener` until `shutdown`: the API's router, or for a worker only the
+/// operations endpoints.
+async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    role: Role,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    let router = if role.runs_api() {
+        let graphql = graphql::Endpoint::new(state.clone()).await;
+        http::router(state, graphql)
+    } else {
+        http::ops_router(state)
+    };
+    // Small writes go out at once: a subscription's messages are small, and with Nagle's
+    // algorithm one sent while the previous is unacknowledged waits for the client's
+    // (delayed) ACK, up to 40 ms on Linux.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+    });
+    tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
     })
 }

@@ -278,6 +278,27 @@ impl Env<'_> {
         }
     }
 
+    /// One of a few words (compared without regard to case), or `default` when unset.
+    fn choice<T: Clone>(
+        &self,
+        names: &[&'static str],
+        default: T,
+        choices: &[(&str, T)],
+        reason: &str,
+    ) -> Result<T, ConfigError> {
+        let Some((var, value)) = self.raw(names) else {
+            return Ok(default);
+        };
+        match choices.iter().find(|(w, _)| value.eq_ignore_ascii_case(w)) {
+            Some((_, t)) => Ok(t.clone()),
+            None => Err(ConfigError {
+                var,
+                value,
+                reason: reason.into(),
+            }),
+        }
+    }
+
     fn duration(
         &self,
         names: &[&'static str],
@@ -342,6 +363,71 @@ fn url(var: &'static str, value: String) -> Result<String, ConfigError> {
     }
 }
 
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// `MONGO_URL` and `REDIS_URL`: both (distributed mode) or neither, each of its scheme.
+fn backend_urls(env: &Env<'_>) -> Result<(Option<String>, Option<String>), ConfigError> {
+    let mongo_url = env.raw(&["MONGO_URL", "MONGODB_URI"]).map(|(_, v)| v);
+    let redis_url = env.raw(&["REDIS_URL"]).map(|(_, v)| v);
+    match (&mongo_url, &redis_url) {
+        (Some(_), None) => {
+            return Err(ConfigError {
+                var: "REDIS_URL",
+                value: String::new(),
+                reason: "distributed mode needs both MONGO_URL and REDIS_URL".into(),
+            })
+        }
+        (None, Some(v)) => {
+            return Err(ConfigError {
+                var: "MONGO_URL",
+                value: v.clone(),
+                reason: "distributed mode needs both MONGO_URL and REDIS_URL (REDIS_URL is set)"
+                    .into(),
+            })
+        }
+        _ => {}
+    }
+    if let Some(v) = &mongo_url {
+        if !(v.starts_with("mongodb://") || v.starts_with("mongodb+srv://")) {
+            return Err(ConfigError {
+                var: "MONGO_URL",
+                value: v.clone(),
+                reason: "must start with mongodb:// or mongodb+srv://".into(),
+            });
+        }
+    }
+    if let Some(v) = &redis_url {
+        if redis::Client::open(v.as_str()).is_err() {
+            return Err(ConfigError {
+                var: "REDIS_URL",
+                value: v.clone(),
+                reason: "must be a redis:// or rediss:// URL".into(),
+            });
+        }
+    }
+    Ok((mongo_url, redis_url))
+}
+
+/// `ADMIN_API_KEY`: long enough and printable; its value never shows in an error.
+fn admin_api_key(env: &Env<'_>) -> Result<Option<Secret>, ConfigError> {
+    match env.raw(&["ADMIN_API_KEY"]) {
+        None => Ok(None),
+        Some((var, v)) if v.trim().chars().count() < MIN_ADMIN_KEY_LEN => Err(ConfigError {
+            var,
+            value: "[redacted]".into(),
+            reason: format!("must be at least {MIN_ADMIN_KEY_LEN} characters"),
+        }),
+        Some((var, v)) if !v.trim().chars().all(|c| c.is_ascii_graphic()) => Err(ConfigError {
+            var,
+            value: "[redacted]".into(),
+            reason: "must be printable ASCII without spaces".into(),
+        }),
+        Some((_, v)) => Ok(Some(Secret(v.trim().to_string()))),
+    }
+}
+
 impl Config {
     /// Reads the process environment, after loading `.env` from the working directory if present
     /// (real environment variables win over the file).
@@ -353,36 +439,30 @@ impl Config {
 
     pub fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let env = Env { get };
-        let d = Config::default();
-        let ms = Duration::from_millis;
+        let mut c = Config::default();
+        c.read_logs(&env)?;
+        c.read_server(&env)?;
+        c.read_storage(&env)?;
+        c.read_provider(&env)?;
+        c.read_worker(&env)?;
+        c.read_limits(&env)?;
+        Ok(c)
+    }
 
-        let log_format = match env.raw(&["LOG_FORMAT"]) {
-            None => d.log_format,
-            Some((_, v)) if v.eq_ignore_ascii_case("json") => LogFormat::Json,
-            Some((_, v)) if v.eq_ignore_ascii_case("pretty") || v.eq_ignore_ascii_case("text") => {
-                LogFormat::Pretty
-            }
-            Some((var, value)) => {
-                return Err(ConfigError {
-                    var,
-                    value,
-                    reason: "must be json or pretty".into(),
-                })
-            }
-        };
-        let embedded_sync = match env.raw(&["EMBEDDED_SYNC"]) {
-            None => d.embedded_sync,
-            Some((_, v)) if v.eq_ignore_ascii_case("normal") => SyncMode::Normal,
-            Some((_, v)) if v.eq_ignore_ascii_case("full") => SyncMode::Full,
-            Some((var, value)) => {
-                return Err(ConfigError {
-                    var,
-                    value,
-                    reason: "must be normal or full".into(),
-                })
-            }
-        };
-        let log_level = env.string(&["LOG_LEVEL", "RUST_LOG"], &d.log_level);
+    /// `LOG_*`.
+    fn read_logs(&mut self, env: &Env<'_>) -> Result<(), ConfigError> {
+        let formats = [
+            ("json", LogFormat::Json),
+            ("pretty", LogFormat::Pretty),
+            ("text", LogFormat::Pretty),
+        ];
+        self.log_format = env.choice(
+            &["LOG_FORMAT"],
+            self.log_format,
+            &formats,
+            "must be json or pretty",
+        )?;
+        let log_level = env.string(&["LOG_LEVEL", "RUST_LOG"], &self.log_level);
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
             return Err(ConfigError {
                 var: "LOG_LEVEL",
@@ -390,79 +470,72 @@ impl Config {
                 reason: "must be a level (error, warn, info, debug, trace) or a filter".into(),
             });
         }
-        let public_base_url = match env.raw(&["PUBLIC_BASE_URL"]) {
+        self.log_level = log_level;
+        Ok(())
+    }
+
+    /// Where and how the HTTP server listens and what it hands out.
+    fn read_server(&mut self, env: &Env<'_>) -> Result<(), ConfigError> {
+        self.host = env.parse(&["HOST"], self.host, |_| Ok(()))?;
+        self.port = env.parse(&["PORT"], self.port, |_| Ok(()))?;
+        self.worker_http_port = match env.raw(&["WORKER_HTTP_PORT"]) {
             None => None,
-            Some((var, v)) => Some(url(var, v)?),
+            Some((var, value)) => Some(value.trim().parse().map_err(|_| ConfigError {
+                var,
+                value,
+                reason: "must be a port number".into(),
+            })?),
         };
-        let volcengine_endpoint = match env.raw(&["VOLCENGINE_ENDPOINT", "ARK_BASE_URL"]) {
-            None => d.volcengine_endpoint.clone(),
-            Some((var, v)) => url(var, v)?,
-        };
-        let mongo_url = env.raw(&["MONGO_URL", "MONGODB_URI"]).map(|(_, v)| v);
-        let redis_url = env.raw(&["REDIS_URL"]).map(|(_, v)| v);
-        match (&mongo_url, &redis_url) {
-            (Some(_), None) => {
-                return Err(ConfigError {
-                    var: "REDIS_URL",
-                    value: String::new(),
-                    reason: "distributed mode needs both MONGO_URL and REDIS_URL".into(),
-                })
-            }
-            (None, Some(v)) => {
-                return Err(ConfigError {
-                    var: "MONGO_URL",
-                    value: v.clone(),
-                    reason:
-                        "distributed mode needs both MONGO_URL and REDIS_URL (REDIS_URL is set)"
-                            .into(),
-                })
-            }
-            _ => {}
+        if let Some((var, v)) = env.raw(&["PUBLIC_BASE_URL"]) {
+            self.public_base_url = Some(url(var, v)?);
         }
-        if let Some(v) = &mongo_url {
-            if !(v.starts_with("mongodb://") || v.starts_with("mongodb+srv://")) {
-                return Err(ConfigError {
-                    var: "MONGO_URL",
-                    value: v.clone(),
-                    reason: "must start with mongodb:// or mongodb+srv://".into(),
-                });
+        self.max_body_bytes = env.parse(&["MAX_BODY_BYTES"], self.max_body_bytes, |v| {
+            if *v < 1024 {
+                Err("must be at least 1024".into())
+            } else {
+                Ok(())
             }
-        }
-        if let Some(v) = &redis_url {
-            if redis::Client::open(v.as_str()).is_err() {
-                return Err(ConfigError {
-                    var: "REDIS_URL",
-                    value: v.clone(),
-                    reason: "must be a redis:// or rediss:// URL".into(),
-                });
+        })?;
+        self.request_timeout = env.duration(&["REQUEST_TIMEOUT"], self.request_timeout, ms(100))?;
+        self.shutdown_timeout =
+            env.duration(&["SHUTDOWN_TIMEOUT"], self.shutdown_timeout, ms(0))?;
+        Ok(())
+    }
+
+    /// The embedded store, or MongoDB and Redis (both, or neither).
+    fn read_storage(&mut self, env: &Env<'_>) -> Result<(), ConfigError> {
+        self.data_dir = PathBuf::from(env.string(&["DATA_DIR"], "./data"));
+        let syncs = [("normal", SyncMode::Normal), ("full", SyncMode::Full)];
+        self.embedded_sync = env.choice(
+            &["EMBEDDED_SYNC"],
+            self.embedded_sync,
+            &syncs,
+            "must be normal or full",
+        )?;
+        self.task_cache_size = env.parse(&["TASK_CACHE_SIZE"], self.task_cache_size, |v| {
+            if *v > 10_000_000 {
+                return Err("must be at most 10000000".into());
             }
-        }
-        let mongo_majority_writes = match env.raw(&["MONGO_WRITE_CONCERN"]) {
-            None => d.mongo_majority_writes,
-            Some((_, v)) if v.eq_ignore_ascii_case("majority") => true,
-            Some((_, v)) if v == "1" => false,
-            Some((var, value)) => {
-                return Err(ConfigError {
-                    var,
-                    value,
-                    reason: "must be majority or 1".into(),
-                })
-            }
-        };
-        let mongo_write_locks = match env.raw(&["MONGO_WRITE_LOCKS"]) {
-            None => d.mongo_write_locks,
-            Some((_, v)) if v.eq_ignore_ascii_case("auto") => None,
-            Some((_, v)) if v.eq_ignore_ascii_case("on") => Some(true),
-            Some((_, v)) if v.eq_ignore_ascii_case("off") => Some(false),
-            Some((var, value)) => {
-                return Err(ConfigError {
-                    var,
-                    value,
-                    reason: "must be auto, on or off".into(),
-                })
-            }
-        };
-        let redis_prefix = env.string(&["REDIS_KEY_PREFIX"], &d.redis_prefix);
+            Ok(())
+        })?;
+        (self.mongo_url, self.redis_url) = backend_urls(env)?;
+        self.mongo_database = env.string(&["MONGO_DATABASE"], &self.mongo_database);
+        let concerns = [("majority", true), ("1", false)];
+        self.mongo_majority_writes = env.choice(
+            &["MONGO_WRITE_CONCERN"],
+            self.mongo_majority_writes,
+            &concerns,
+            "must be majority or 1",
+        )?;
+        self.mongo_timeout = env.duration(&["MONGO_TIMEOUT"], self.mongo_timeout, ms(100))?;
+        let locks = [("auto", None), ("on", Some(true)), ("off", Some(false))];
+        self.mongo_write_locks = env.choice(
+            &["MONGO_WRITE_LOCKS"],
+            self.mongo_write_locks,
+            &locks,
+            "must be auto, on or off",
+        )?;
+        let redis_prefix = env.string(&["REDIS_KEY_PREFIX"], &self.redis_prefix);
         if redis_prefix.contains(char::is_whitespace) || redis_prefix.contains('*') {
             return Err(ConfigError {
                 var: "REDIS_KEY_PREFIX",
@@ -470,164 +543,114 @@ impl Config {
                 reason: "must not contain spaces or *".into(),
             });
         }
+        self.redis_prefix = redis_prefix;
+        Ok(())
+    }
 
-        let retry_base_delay = env.duration(&["RETRY_BASE_DELAY"], d.retry_base_delay, ms(1))?;
-        let retry_max_delay = env.duration(&["RETRY_MAX_DELAY"], d.retry_max_delay, ms(1))?;
-        if retry_max_delay < retry_base_delay {
-            return Err(ConfigError {
-                var: "RETRY_MAX_DELAY",
-                value: humantime::format_duration(retry_max_delay).to_string(),
-                reason: "must not be shorter than RETRY_BASE_DELAY".into(),
-            });
+    /// Volcengine (or the sandbox emulator) and its models.
+    fn read_provider(&mut self, env: &Env<'_>) -> Result<(), ConfigError> {
+        self.volcengine_api_key = env
+            .raw(&["VOLCENGINE_API_KEY", "ARK_API_KEY"])
+            .map(|(_, v)| Secret(v));
+        if let Some((var, v)) = env.raw(&["VOLCENGINE_ENDPOINT", "ARK_BASE_URL"]) {
+            self.volcengine_endpoint = url(var, v)?;
         }
+        self.volcengine_region = env.string(&["VOLCENGINE_REGION"], &self.volcengine_region);
+        self.ai_timeout = env.duration(&["AI_TIMEOUT"], self.ai_timeout, ms(100))?;
+        self.sandbox_latency = env.duration(&["SANDBOX_LATENCY"], self.sandbox_latency, ms(0))?;
         let defaults = ModelIds::default();
-        let model_ids = ModelIds {
+        self.model_ids = ModelIds {
             seedream_3_0: env.string(&["MODEL_ID_SEEDREAM_3_0"], &defaults.seedream_3_0),
             seededit_3_0: env.string(&["MODEL_ID_SEEDEDIT_3_0"], &defaults.seededit_3_0),
             seedream_4_0: env.string(&["MODEL_ID_SEEDREAM_4_0"], &defaults.seedream_4_0),
             seedream_4_5: env.string(&["MODEL_ID_SEEDREAM_4_5"], &defaults.seedream_4_5),
         };
-        let catalog = Catalog::new(&model_ids);
+        if let Some((var, value)) = env.raw(&["PROVIDER_IPM"]) {
+            let catalog = Catalog::new(&self.model_ids);
+            self.provider_ipm = ProviderIpm::parse(&value, &catalog)
+                .map_err(|reason| ConfigError { var, value, reason })?;
+        }
+        self.provider_concurrency = env.parse(
+            &["PROVIDER_CONCURRENCY"],
+            self.provider_concurrency,
+            positive,
+        )?;
+        Ok(())
+    }
 
-        Ok(Config {
-            host: env.parse(&["HOST"], d.host, |_| Ok(()))?,
-            port: env.parse(&["PORT"], d.port, |_| Ok(()))?,
-            worker_http_port: match env.raw(&["WORKER_HTTP_PORT"]) {
-                None => None,
-                Some((var, value)) => Some(value.trim().parse().map_err(|_| ConfigError {
-                    var,
-                    value,
-                    reason: "must be a port number".into(),
-                })?),
-            },
-            public_base_url,
-            data_dir: PathBuf::from(env.string(&["DATA_DIR"], "./data")),
-            embedded_sync,
-            task_cache_size: env.parse(&["TASK_CACHE_SIZE"], d.task_cache_size, |v| {
-                if *v > 10_000_000 {
-                    return Err("must be at most 10000000".into());
-                }
-                Ok(())
-            })?,
-            mongo_url,
-            mongo_database: env.string(&["MONGO_DATABASE"], &d.mongo_database),
-            mongo_majority_writes,
-            mongo_timeout: env.duration(&["MONGO_TIMEOUT"], d.mongo_timeout, ms(100))?,
-            mongo_write_locks,
-            redis_url,
-            redis_prefix,
-            volcengine_api_key: env
-                .raw(&["VOLCENGINE_API_KEY", "ARK_API_KEY"])
-                .map(|(_, v)| Secret(v)),
-            admin_api_key: match env.raw(&["ADMIN_API_KEY"]) {
-                None => None,
-                Some((var, v)) if v.trim().chars().count() < MIN_ADMIN_KEY_LEN => {
-                    return Err(ConfigError {
-                        var,
-                        value: "[redacted]".into(),
-                        reason: format!("must be at least {MIN_ADMIN_KEY_LEN} characters"),
-                    })
-                }
-                Some((var, v)) if !v.trim().chars().all(|c| c.is_ascii_graphic()) => {
-                    return Err(ConfigError {
-                        var,
-                        value: "[redacted]".into(),
-                        reason: "must be printable ASCII without spaces".into(),
-                    })
-                }
-                Some((_, v)) => Some(Secret(v.trim().to_string())),
-            },
-            user_submit_per_minute: env.parse(
-                &["USER_SUBMIT_PER_MINUTE"],
-                d.user_submit_per_minute,
-                positive,
-            )?,
-            user_submit_burst: env.parse(&["USER_SUBMIT_BURST"], d.user_submit_burst, positive)?,
-            user_max_in_flight: env.parse(
-                &["USER_MAX_IN_FLIGHT"],
-                d.user_max_in_flight,
-                positive,
-            )?,
-            idempotency_ttl: env.duration(&["IDEMPOTENCY_TTL"], d.idempotency_ttl, ms(1000))?,
-            ws_max_connections_per_key: env.parse(
-                &["WS_MAX_CONNECTIONS_PER_KEY"],
-                d.ws_max_connections_per_key,
-                positive,
-            )?,
-            ws_max_subscriptions: env.parse(
-                &["WS_MAX_SUBSCRIPTIONS"],
-                d.ws_max_subscriptions,
-                positive,
-            )?,
-            volcengine_endpoint,
-            volcengine_region: env.string(&["VOLCENGINE_REGION"], &d.volcengine_region),
-            ai_timeout: env.duration(&["AI_TIMEOUT"], d.ai_timeout, ms(100))?,
-            log_level,
-            log_format,
-            worker_concurrency: env.parse(&["WORKER_CONCURRENCY"], d.worker_concurrency, slots)?,
-            download_concurrency: env.parse(
-                &["DOWNLOAD_CONCURRENCY"],
-                d.download_concurrency,
-                slots,
-            )?,
-            download_memory_bytes: env.parse(
-                &["DOWNLOAD_MEMORY_BYTES"],
-                d.download_memory_bytes,
-                |v| {
-                    if *v < 64 * 1024 {
-                        Err("must be at least 65536 (64 KiB)".into())
-                    } else {
-                        Ok(())
-                    }
-                },
-            )?,
-            max_attempts: env.parse(&["TASK_MAX_ATTEMPTS"], d.max_attempts, positive)?,
-            task_lease: env.duration(&["TASK_LEASE"], d.task_lease, ms(500))?,
-            reconcile_interval: env.duration(
-                &["RECONCILE_INTERVAL"],
-                d.reconcile_interval,
-                ms(10),
-            )?,
-            retry_base_delay,
-            retry_max_delay,
-            shutdown_timeout: env.duration(&["SHUTDOWN_TIMEOUT"], d.shutdown_timeout, ms(0))?,
-            max_body_bytes: env.parse(&["MAX_BODY_BYTES"], d.max_body_bytes, |v| {
-                if *v < 1024 {
-                    Err("must be at least 1024".into())
+    /// The worker: how much at once, leases, retries.
+    fn read_worker(&mut self, env: &Env<'_>) -> Result<(), ConfigError> {
+        self.worker_concurrency =
+            env.parse(&["WORKER_CONCURRENCY"], self.worker_concurrency, slots)?;
+        self.download_concurrency =
+            env.parse(&["DOWNLOAD_CONCURRENCY"], self.download_concurrency, slots)?;
+        self.download_memory_bytes = env.parse(
+            &["DOWNLOAD_MEMORY_BYTES"],
+            self.download_memory_bytes,
+            |v| {
+                if *v < 64 * 1024 {
+                    Err("must be at least 65536 (64 KiB)".into())
                 } else {
                     Ok(())
                 }
-            })?,
-            request_timeout: env.duration(&["REQUEST_TIMEOUT"], d.request_timeout, ms(100))?,
-            subscription_resync: env.duration(
-                &["SUBSCRIPTION_RESYNC"],
-                d.subscription_resync,
-                ms(10),
-            )?,
-            graphql_max_depth: env.parse(&["GRAPHQL_MAX_DEPTH"], d.graphql_max_depth, positive)?,
-            graphql_max_complexity: env.parse(
-                &["GRAPHQL_MAX_COMPLEXITY"],
-                d.graphql_max_complexity,
-                positive,
-            )?,
-            graphql_introspection: env.parse(
-                &["GRAPHQL_INTROSPECTION"],
-                d.graphql_introspection,
-                |_| Ok(()),
-            )?,
-            sandbox_latency: env.duration(&["SANDBOX_LATENCY"], d.sandbox_latency, ms(0))?,
-            model_ids,
-            provider_ipm: match env.raw(&["PROVIDER_IPM"]) {
-                None => ProviderIpm::default(),
-                Some((var, value)) => ProviderIpm::parse(&value, &catalog)
-                    .map_err(|reason| ConfigError { var, value, reason })?,
             },
-            provider_concurrency: env.parse(
-                &["PROVIDER_CONCURRENCY"],
-                d.provider_concurrency,
-                positive,
-            )?,
-        })
+        )?;
+        self.max_attempts = env.parse(&["TASK_MAX_ATTEMPTS"], self.max_attempts, positive)?;
+        self.task_lease = env.duration(&["TASK_LEASE"], self.task_lease, ms(500))?;
+        self.reconcile_interval =
+            env.duration(&["RECONCILE_INTERVAL"], self.reconcile_interval, ms(10))?;
+        self.retry_base_delay =
+            env.duration(&["RETRY_BASE_DELAY"], self.retry_base_delay, ms(1))?;
+        self.retry_max_delay = env.duration(&["RETRY_MAX_DELAY"], self.retry_max_delay, ms(1))?;
+        if self.retry_max_delay < self.retry_base_delay {
+            return Err(ConfigError {
+                var: "RETRY_MAX_DELAY",
+                value: humantime::format_duration(self.retry_max_delay).to_string(),
+                reason: "must not be shorter than RETRY_BASE_DELAY".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Who may call, and how much: the admin key, per-user quotas, WebSocket and GraphQL limits.
+    fn read_limits(&mut self, env: &Env<'_>) -> Result<(), ConfigError> {
+        self.admin_api_key = admin_api_key(env)?;
+        self.user_submit_per_minute = env.parse(
+            &["USER_SUBMIT_PER_MINUTE"],
+            self.user_submit_per_minute,
+            positive,
+        )?;
+        self.user_submit_burst =
+            env.parse(&["USER_SUBMIT_BURST"], self.user_submit_burst, positive)?;
+        self.user_max_in_flight =
+            env.parse(&["USER_MAX_IN_FLIGHT"], self.user_max_in_flight, positive)?;
+        self.idempotency_ttl =
+            env.duration(&["IDEMPOTENCY_TTL"], self.idempotency_ttl, ms(1000))?;
+        self.ws_max_connections_per_key = env.parse(
+            &["WS_MAX_CONNECTIONS_PER_KEY"],
+            self.ws_max_connections_per_key,
+            positive,
+        )?;
+        self.ws_max_subscriptions = env.parse(
+            &["WS_MAX_SUBSCRIPTIONS"],
+            self.ws_max_subscriptions,
+            positive,
+        )?;
+        self.subscription_resync =
+            env.duration(&["SUBSCRIPTION_RESYNC"], self.subscription_resync, ms(10))?;
+        self.graphql_max_depth =
+            env.parse(&["GRAPHQL_MAX_DEPTH"], self.graphql_max_depth, positive)?;
+        self.graphql_max_complexity = env.parse(
+            &["GRAPHQL_MAX_COMPLEXITY"],
+            self.graphql_max_complexity,
+            positive,
+        )?;
+        self.graphql_introspection = env.parse(
+            &["GRAPHQL_INTROSPECTION"],
+            self.graphql_introspection,
+            |_| Ok(()),
+        )?;
+        Ok(())
     }
 
     pub fn is_distributed(&self) -> bool {

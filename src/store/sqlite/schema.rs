@@ -1,0 +1,250 @@
+//! The two databases' tables, and the changes that bring a data folder of an earlier version up
+//! to date at start (each idempotent, so one cut short by a crash is finished next time).
+
+use std::path::Path;
+
+use rusqlite::{params, Connection};
+
+use super::{backend, from_json};
+use crate::domain::Task;
+use crate::store::StoreError;
+
+pub(super) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS users (
+    id TEXT PRIMARY KEY,
+    email_key TEXT NOT NULL UNIQUE,
+    doc TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    due_ms INTEGER,
+    lease_owner TEXT,
+    lease_until_ms INTEGER,
+    idem_key TEXT,
+    doc TEXT NOT NULL,
+    updated_ms INTEGER
+);
+CREATE INDEX IF NOT EXISTS tasks_by_user ON tasks (user_id, id);
+CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks (status, id);
+CREATE UNIQUE INDEX IF NOT EXISTS tasks_idem ON tasks (user_id, idem_key) WHERE idem_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    hash TEXT NOT NULL UNIQUE,
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS api_keys_by_user ON api_keys (user_id, id);
+CREATE INDEX IF NOT EXISTS tasks_active ON tasks (user_id, status);
+";
+
+pub(super) const IMAGES_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS images (
+    id TEXT PRIMARY KEY,
+    task_id TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS images_by_task ON images (task_id);
+";
+
+/// Data folders of earlier versions have no `updated_ms` column (what `tasksUpdated` re-reads a
+/// gap by): added and filled from the documents once, in one transaction, so a crash leaves
+/// either the old table or the whole change.
+pub(super) fn add_change_column(main: &mut Connection) -> Result<(), StoreError> {
+    let present = main
+        .query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('tasks') WHERE name = 'updated_ms'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_err(backend)?
+        > 0;
+    let tx = main.transaction().map_err(backend)?;
+    if !present {
+        tx.execute_batch("ALTER TABLE tasks ADD COLUMN updated_ms INTEGER")
+            .map_err(backend)?;
+        // Read from the documents the way new writes compute it (SQLite's date functions round
+        // to the millisecond where chrono truncates).
+        let mut filled = 0u64;
+        {
+            let mut read = tx.prepare("SELECT doc FROM tasks").map_err(backend)?;
+            let mut write = tx
+                .prepare("UPDATE tasks SET updated_ms = ?2 WHERE id = ?1")
+                .map_err(backend)?;
+            // Row by row: the whole table may not fit in memory.
+            let rows = read
+                .query_map([], |r| r.get::<_, String>(0))
+                .map_err(backend)?;
+            for row in rows {
+                let t: Task = from_json(&row.map_err(backend)?)?;
+                write
+                    .execute(params![t.id, t.updated_at.timestamp_millis()])
+                    .map_err(backend)?;
+                filled += 1;
+            }
+        }
+        tracing::info!(tasks = filled, "added the tasks' change times");
+    }
+    tx.execute_batch("CREATE INDEX IF NOT EXISTS tasks_changed ON tasks (updated_ms, id)")
+        .map_err(backend)?;
+    tx.commit().map_err(backend)
+}
+
+/// Data folders of earlier versions kept the images in the main database: moved into the image
+/// database once, at start. Idempotent, so a move cut short by a crash is finished next time.
+pub(super) fn move_legacy_images(main: &Connection, images_path: &Path) -> Result<(), StoreError> {
+    let legacy: bool = main
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'images'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_err(backend)?
+        > 0;
+    if !legacy {
+        return Ok(());
+    }
+    let path = images_path
+        .to_str()
+        .ok_or_else(|| StoreError::Backend("the data folder's path is not UTF-8".into()))?;
+    main.execute("ATTACH DATABASE ?1 AS img", [path])
+        .map_err(backend)?;
+    let moved = main
+        .execute(
+            "INSERT OR IGNORE INTO img.images (id, task_id, content_type, data) \
+             SELECT id, task_id, content_type, data FROM main.images",
+            [],
+        )
+        .and_then(|n| main.execute_batch("DROP TABLE main.images").map(|_| n));
+    let detached = main.execute_batch("DETACH DATABASE img");
+    let moved = moved.map_err(backend)?;
+    detached.map_err(backend)?;
+    tracing::info!(images = moved, "moved the images into their own database");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::DateTime;
+
+    use super::super::{to_json, SqliteStore, MAIN_FILE};
+    use super::*;
+    use crate::config::SyncMode;
+    use crate::store::{ChangeCursor, Store};
+
+    /// A data folder of an earlier version (no change times) opens with its tasks' change times
+    /// filled in from their documents, so `tasks_changed` finds them in change order; new and
+    /// replaced tasks keep the order.
+    #[tokio::test]
+    async fn change_times_of_an_earlier_layout_are_filled_and_kept() {
+        use crate::domain::{ImageParams, Task};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let at = |s: &str| s.parse::<DateTime<chrono::Utc>>().expect("time");
+        let mut old_task = Task::new_pending(
+            "u1".into(),
+            "m".into(),
+            "p".into(),
+            ImageParams::default(),
+            None,
+            at("2026-01-02T03:04:05.678901Z"),
+        );
+        old_task.id = "t-old".into();
+        {
+            let old = Connection::open(dir.path().join(MAIN_FILE)).expect("open");
+            old.execute_batch(
+                "CREATE TABLE tasks (id TEXT PRIMARY KEY, user_id TEXT NOT NULL, \
+                 status TEXT NOT NULL, version INTEGER NOT NULL, due_ms INTEGER, \
+                 lease_owner TEXT, lease_until_ms INTEGER, idem_key TEXT, doc TEXT NOT NULL);",
+            )
+            .expect("old schema");
+            old.execute(
+                "INSERT INTO tasks (id, user_id, status, version, doc) \
+                 VALUES (?1, 'u1', 'pending', 1, ?2)",
+                params![old_task.id, to_json(&old_task).expect("json")],
+            )
+            .expect("insert");
+        }
+        let store = SqliteStore::open(dir.path(), SyncMode::Normal, 100).expect("open store");
+        let mut other = old_task.clone();
+        other.id = "t-other-user".into();
+        other.user_id = "u2".into();
+        other.updated_at = at("2026-01-02T03:04:06Z");
+        store.insert_task(&other).await.expect("insert");
+        let mut newer = old_task.clone();
+        newer.id = "t-new".into();
+        newer.updated_at = at("2026-01-02T03:04:07Z");
+        store.insert_task(&newer).await.expect("insert");
+
+        let ids = |ts: Vec<Task>| ts.into_iter().map(|t| t.id).collect::<Vec<_>>();
+        let all = store
+            .tasks_changed(Some("u1"), &ChangeCursor::default(), 10)
+            .await
+            .expect("read");
+        assert_eq!(ids(all), ["t-old", "t-new"]);
+        let since = ChangeCursor::of(&old_task);
+        assert_eq!(since.updated_ms, 1_767_323_045_678);
+        let after_old = store.tasks_changed(None, &since, 10).await.expect("read");
+        assert_eq!(ids(after_old), ["t-other-user", "t-new"]);
+
+        // A new version moves the old task to the end of the order.
+        let mut replaced = old_task.clone();
+        replaced.version = 2;
+        replaced.updated_at = at("2026-01-02T03:04:08Z");
+        assert!(store
+            .replace_task(&replaced, 1, crate::domain::TaskStatus::Pending)
+            .await
+            .expect("replace"));
+        let paged = store
+            .tasks_changed(None, &ChangeCursor::from_ms(0), 2)
+            .await
+            .expect("read");
+        assert_eq!(ids(paged), ["t-other-user", "t-new"]);
+        let rest = store
+            .tasks_changed(None, &ChangeCursor::from_ms(1_767_323_047_000), 2)
+            .await
+            .expect("read");
+        assert_eq!(ids(rest), ["t-new", "t-old"]);
+    }
+
+    /// A data folder of an earlier version (images inside the main database) opens with every
+    /// image readable, moved into the image database; opening it again changes nothing.
+    #[tokio::test]
+    async fn images_of_an_earlier_layout_are_moved_and_still_served() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let old = Connection::open(dir.path().join(MAIN_FILE)).expect("open");
+            old.execute_batch(SCHEMA).expect("schema");
+            old.execute_batch(IMAGES_SCHEMA)
+                .expect("legacy images table");
+            old.execute(
+                "INSERT INTO images (id, task_id, content_type, data) VALUES ('i1', 't1', 'image/png', x'89504e47')",
+                [],
+            )
+            .expect("insert");
+        }
+        for _ in 0..2 {
+            let store = SqliteStore::open(dir.path(), SyncMode::Normal, 100).expect("open store");
+            let img = store
+                .get_image("i1")
+                .await
+                .expect("read")
+                .expect("still there");
+            assert_eq!(img.task_id, "t1");
+            assert_eq!(img.content_type, "image/png");
+            assert_eq!(&img.data[..], b"\x89PNG");
+            drop(store);
+            let main = Connection::open(dir.path().join(MAIN_FILE)).expect("open");
+            let tables: i64 = main
+                .query_row(
+                    "SELECT COUNT(*) FROM sqlite_master WHERE name = 'images'",
+                    [],
+                    |r| r.get(0),
+                )
+                .expect("count");
+            assert_eq!(tables, 0, "the main database keeps no images table");
+        }
+    }
+}
