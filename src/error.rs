@@ -2,6 +2,9 @@
 //! own error type (`StoreError`, `QueueError`, `EventsError`, `ProviderError`, `ConfigError`)
 //! and is converted here once; `rest::envelope` and `graphql::error` each map this type once.
 
+use std::error::Error;
+use std::fmt;
+
 use serde::Serialize;
 
 /// Longest input value an error repeats back.
@@ -72,12 +75,40 @@ pub enum AppError {
         retry_after_secs: u64,
         reason: String,
     },
-    /// A backend is unreachable. The detail is for logs only.
+    /// A backend is unreachable. The cause is for logs only.
     #[error("service temporarily unavailable")]
-    Unavailable(String),
-    /// A bug or an unexpected backend answer. The detail is for logs only.
+    Unavailable(#[source] Cause),
+    /// A bug or an unexpected backend answer. The cause is for logs only.
     #[error("internal error")]
-    Internal(String),
+    Internal(#[source] Cause),
+}
+
+/// Why an `Internal` or `Unavailable` error happened: the lower layer's own error (a
+/// `StoreError`, a `QueueError`, …) with its causes, kept whole for the logs.
+pub type Cause = Box<dyn Error + Send + Sync + 'static>;
+
+/// What was being done when `cause` happened (the message of an `Internal` error's cause).
+#[derive(Debug, thiserror::Error)]
+#[error("{doing}")]
+pub struct Failed {
+    doing: String,
+    #[source]
+    cause: Cause,
+}
+
+/// An error and its causes on one line, `outer: inner: innermost`, for logs.
+pub struct Chain<'a>(pub &'a (dyn Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut next = self.0.source();
+        while let Some(e) = next {
+            write!(f, ": {e}")?;
+            next = e.source();
+        }
+        Ok(())
+    }
 }
 
 fn summarize(errors: &[FieldError]) -> String {
@@ -96,6 +127,19 @@ fn summarize(errors: &[FieldError]) -> String {
 impl AppError {
     pub fn invalid(field: &str, message: impl Into<String>) -> AppError {
         AppError::Validation(vec![FieldError::new(field, message)])
+    }
+
+    /// An internal error: `doing` says what failed and `cause` why, both only in the logs.
+    pub fn internal(doing: impl Into<String>, cause: impl Into<Cause>) -> AppError {
+        AppError::Internal(Box::new(Failed {
+            doing: doing.into(),
+            cause: cause.into(),
+        }))
+    }
+
+    /// The error with its causes, for logs (clients see `public_message`).
+    pub fn chain(&self) -> Chain<'_> {
+        Chain(self)
     }
 
     /// Stable machine code, shared by REST (`code`) and GraphQL (`extensions.code`) where the
@@ -123,8 +167,12 @@ impl AppError {
     /// Logs what clients do not see, once, where the error is turned into a response.
     pub fn log_internal(&self) {
         match self {
-            AppError::Internal(detail) => tracing::error!(error = %detail, "internal error"),
-            AppError::Unavailable(detail) => tracing::warn!(error = %detail, "backend unavailable"),
+            AppError::Internal(cause) => {
+                tracing::error!(error = %Chain(cause.as_ref()), "internal error")
+            }
+            AppError::Unavailable(cause) => {
+                tracing::warn!(error = %Chain(cause.as_ref()), "backend unavailable")
+            }
             _ => {}
         }
     }
@@ -134,21 +182,21 @@ impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict(msg) => AppError::Conflict(msg),
-            StoreError::Unavailable(msg) => AppError::Unavailable(msg),
-            StoreError::Backend(msg) => AppError::Internal(msg),
+            e @ StoreError::Unavailable(_) => AppError::Unavailable(Box::new(e)),
+            e @ StoreError::Backend(_) => AppError::Internal(Box::new(e)),
         }
     }
 }
 
 impl From<QueueError> for AppError {
     fn from(e: QueueError) -> Self {
-        AppError::Unavailable(e.to_string())
+        AppError::Unavailable(Box::new(e))
     }
 }
 
 impl From<EventsError> for AppError {
     fn from(e: EventsError) -> Self {
-        AppError::Unavailable(e.to_string())
+        AppError::Unavailable(Box::new(e))
     }
 }
 
@@ -166,5 +214,30 @@ mod tests {
         assert_eq!(shown.chars().count(), MAX_ECHO_CHARS + 1);
         let e = FieldError::new("size", "bad").with_value("512x512");
         assert_eq!(e.value, Some(serde_json::json!("512x512")));
+    }
+
+    /// Clients see the same short message; the logs get every cause down the chain.
+    #[test]
+    fn causes_survive_into_the_logs_but_not_to_clients() {
+        let e = AppError::from(StoreError::Backend("disk I/O error".into()));
+        assert_eq!(e.public_message(), "internal error");
+        assert_eq!(
+            e.chain().to_string(),
+            "internal error: store error: disk I/O error"
+        );
+        let json = serde_json::from_str::<serde_json::Value>("{").expect_err("bad JSON");
+        let e = AppError::internal("reading the task", json);
+        assert_eq!(e.public_message(), "internal error");
+        let logged = e.chain().to_string();
+        assert!(
+            logged.starts_with("internal error: reading the task: EOF while parsing"),
+            "{logged}"
+        );
+        let e = AppError::from(QueueError::Unavailable("connection refused".into()));
+        assert_eq!(e.public_message(), "service temporarily unavailable");
+        assert!(e
+            .chain()
+            .to_string()
+            .ends_with("queue unavailable: connection refused"));
     }
 }

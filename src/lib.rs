@@ -4,6 +4,8 @@
 pub mod app;
 pub mod auth;
 pub mod banner;
+// Reads resource limits and CPU clock ticks through libc (each block says why it is sound).
+#[allow(unsafe_code)]
 pub mod bench;
 pub mod cache;
 pub mod config;

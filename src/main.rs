@@ -1,3 +1,6 @@
+//! The `volcengine-ai-server` binary: parses the command line (`Command`), reads the
+//! configuration, sets up logging and runs the subcommand asked for.
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

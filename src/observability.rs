@@ -75,7 +75,7 @@ pub async fn render(State(s): State<AppState>, caller: crate::rest::Caller) -> R
             metrics::gauge!("queue_oldest_pending_age_seconds")
                 .set(stats.oldest_pending_age_seconds);
         }
-        Err(e) => tracing::warn!(error = %e, "metrics: task counts unavailable"),
+        Err(e) => tracing::warn!(error = %e.chain(), "metrics: task counts unavailable"),
     }
     handle.run_upkeep();
     (

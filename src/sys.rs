@@ -7,6 +7,7 @@ const BACKGROUND_NICE: libc::c_int = 10;
 /// background work gets the cores that requests and subscription messages leave idle.
 pub fn lower_thread_priority() {
     #[cfg(target_os = "linux")]
+    #[allow(unsafe_code)]
     // SAFETY: plain system calls about the calling thread; no memory is shared.
     unsafe {
         let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;

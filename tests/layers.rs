@@ -415,6 +415,16 @@ fn no_file_over_800_lines_and_no_function_over_120() {
 }
 
 #[test]
+fn every_source_file_says_what_it_is() {
+    let missing: Vec<String> = sources()
+        .iter()
+        .filter(|s| !s.text.trim_start().starts_with("//!"))
+        .map(|s| format!("src/{}", s.rel))
+        .collect();
+    assert!(missing.is_empty(), "no `//!` header: {missing:?}");
+}
+
+#[test]
 fn the_scanner_sees_code_not_comments_or_literals() {
     let src = "// crate::http\nlet s = \"{ crate::rest }\"; let r = r#\"}\"#; let c = '{';\n\
                fn f<'a>(x: &'a [u8; 4]) -> u8 {\n    /* } */ x[0]\n}\nfn g();\n";

@@ -1,3 +1,5 @@
+//! Users' API keys: generated secrets that are shown once and stored only as their SHA-256.
+
 use chrono::{DateTime, Utc};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};

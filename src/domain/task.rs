@@ -1,3 +1,7 @@
+//! A task and its state machine: every transition (start, complete, requeue, fail, cancel,
+//! retry) is a function from one version of the task to the next, checked here and stored by the
+//! service with a compare-and-set.
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 

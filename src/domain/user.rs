@@ -1,3 +1,5 @@
+//! A user: the owner of tasks and API keys, unique by email without regard to case.
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 

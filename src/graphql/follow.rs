@@ -105,7 +105,7 @@ async fn reread(service: &Service, id: &str) -> Option<Option<domain::Task>> {
         Ok(Some(t)) => Some(Some(t)),
         Ok(None) => None,
         Err(e) => {
-            tracing::warn!(task_id = %id, error = %e, "subscription re-read failed");
+            tracing::warn!(task_id = %id, error = %e.chain(), "subscription re-read failed");
             Some(None)
         }
     }
@@ -168,7 +168,7 @@ impl FollowMany {
             {
                 Ok(p) => p,
                 Err(e) => {
-                    tracing::warn!(user_id = ?self.user_id, error = %e, "subscription re-read failed");
+                    tracing::warn!(user_id = ?self.user_id, error = %e.chain(), "subscription re-read failed");
                     self.owed = true;
                     return;
                 }

@@ -1,3 +1,5 @@
+//! The DataLoader behind `Task.user`: the users of a page of tasks in one store read.
+
 use std::collections::HashMap;
 use std::sync::Arc;
 

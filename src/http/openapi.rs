@@ -84,9 +84,10 @@ pub fn document() -> Result<String, serde_json::Error> {
 pub async fn spec() -> Response {
     match document() {
         Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
-        Err(e) => crate::rest::envelope::ApiError::from(crate::error::AppError::Internal(format!(
-            "OpenAPI document: {e}"
-        )))
+        Err(e) => crate::rest::envelope::ApiError::from(crate::error::AppError::internal(
+            "OpenAPI document",
+            e,
+        ))
         .into_response(),
     }
 }

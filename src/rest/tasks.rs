@@ -1,3 +1,7 @@
+//! The legacy task routes: create an image task (the old `/ai/image/task` and the generic
+//! `/ai/tasks`), poll it in either old shape, list a user's tasks, cancel, retry, delete, and the
+//! queue statistics. Each handler translates the old JSON and calls the service.
+
 use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};
@@ -262,7 +266,7 @@ fn idempotency_key(h: &HeaderMap) -> Result<Option<String>, AppError> {
 async fn create(s: &AppState, who: &Principal, input: CreateImageTask) -> ApiResult {
     let (t, created) = s.service.create_image_task(who, input).await?;
     let mut data = serde_json::to_value(task_json(&t, &s.public_base))
-        .map_err(|e| AppError::Internal(format!("task JSON: {e}")))?;
+        .map_err(|e| AppError::internal("task JSON", e))?;
     data["message"] = json!("image generation task created");
     let mut resp = ok(StatusCode::CREATED, data, Some("task created"))?;
     if !created {

@@ -1,3 +1,6 @@
+//! The legacy user routes: create, find by email, read, update and delete a user (deleting its
+//! tasks), in the older server's JSON shapes.
+
 use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};

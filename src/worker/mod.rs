@@ -144,7 +144,7 @@ impl Worker {
         let (svc, current) = (self.service.clone(), current.clone());
         rt.spawn(async move { svc.commit(&current, next).await })
             .await
-            .map_err(|e| crate::error::AppError::Internal(format!("storing a task change: {e}")))?
+            .map_err(|e| crate::error::AppError::internal("storing a task change", e))?
     }
 
     fn hold(&self, id: &str, on: bool) {

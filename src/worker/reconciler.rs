@@ -25,7 +25,7 @@ pub async fn run(
                 tasks = n,
                 "requeued tasks left processing by a previous run"
             ),
-            Err(e) => tracing::error!(error = %e, "orphan recovery failed"),
+            Err(e) => tracing::error!(error = %e.chain(), "orphan recovery failed"),
         }
     }
     recovered.send_replace(true);
