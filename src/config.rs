@@ -170,6 +170,9 @@ pub struct Config {
     pub subscription_resync: Duration,
     pub graphql_max_depth: usize,
     pub graphql_max_complexity: usize,
+    /// Fields a GraphQL document may have with its fragments spread (every operation and
+    /// fragment counted), checked before it is validated; see `graphql::budget`.
+    pub graphql_max_expanded_fields: u64,
     pub graphql_introspection: bool,
     pub sandbox_latency: Duration,
     pub model_ids: ModelIds,
@@ -225,6 +228,7 @@ impl Default for Config {
             subscription_resync: Duration::from_secs(15),
             graphql_max_depth: 12,
             graphql_max_complexity: 1000,
+            graphql_max_expanded_fields: 10_000,
             graphql_introspection: true,
             sandbox_latency: Duration::from_millis(1500),
             model_ids: ModelIds::default(),
@@ -645,6 +649,11 @@ impl Config {
             self.graphql_max_complexity,
             positive,
         )?;
+        self.graphql_max_expanded_fields = env.parse(
+            &["GRAPHQL_MAX_EXPANDED_FIELDS"],
+            self.graphql_max_expanded_fields,
+            positive,
+        )?;
         self.graphql_introspection = env.parse(
             &["GRAPHQL_INTROSPECTION"],
             self.graphql_introspection,
@@ -724,6 +733,8 @@ mod tests {
             ("PROVIDER_IPM", "0"),
             ("TASK_CACHE_SIZE", "lots"),
             ("TASK_CACHE_SIZE", "20000000"),
+            ("GRAPHQL_MAX_EXPANDED_FIELDS", "0"),
+            ("GRAPHQL_MAX_EXPANDED_FIELDS", "lots"),
         ] {
             let err = from(&[(var, value)]).expect_err(var);
             assert_eq!(err.var, var, "{err}");

@@ -1,5 +1,5 @@
-//! Building the schema: the strict and the checked schema of a process (see `Schemas`), the
-//! introspection `InputCheck` needs, and the SDL checked in as `schema.graphql`.
+//! Building the schema: the strict, the checked and the introspection schema of a process (see
+//! `Schemas`), the introspection `InputCheck` needs, and the SDL checked in as `schema.graphql`.
 
 use async_graphql::Schema;
 
@@ -17,10 +17,12 @@ pub fn build_schema(state: Option<AppState>, cfg: &Config) -> AppSchema {
 
 /// The schemas of one process: `strict` validates everything; `checked` runs documents that
 /// passed strict validation before, with variables `InputCheck` accepted, and validates only
-/// what can still differ (the limits, which `Fast` mode keeps).
+/// what can still differ (the limits, which `Fast` mode keeps); `introspection` runs documents
+/// that only introspect, strictly, without the library's depth limit (see `executor.rs`).
 pub struct Schemas {
     pub strict: AppSchema,
     pub checked: AppSchema,
+    pub introspection: AppSchema,
 }
 
 impl Schemas {
@@ -32,6 +34,15 @@ impl Schemas {
                 Some(state.clone()),
                 cfg,
                 async_graphql::ValidationMode::Fast,
+            ),
+            // `budget::admit` holds these documents to GRAPHQL_MAX_DEPTH, `ofType` not counted.
+            introspection: build_schema_validating(
+                Some(state.clone()),
+                &Config {
+                    graphql_max_depth: usize::MAX,
+                    ..(**cfg).clone()
+                },
+                async_graphql::ValidationMode::Strict,
             ),
         }
     }

@@ -1,16 +1,15 @@
 //! GraphQL over HTTP: `POST /graphql`, `GET /graphql?query=` (never a mutation) and GraphiQL
 //! for a browser's `GET /graphql`; an upgrade on `/graphql` goes to the WebSocket protocol.
+//! Answers are written in the media type the client accepts (`media.rs`).
 
 use async_graphql::dataloader::DataLoader;
-use async_graphql::http::GraphiQLSource;
 use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
-use axum::Json;
+use axum::response::Response;
 
 use super::loader::UserLoader;
-use super::{error, parse_cache, Endpoint};
+use super::{error, executor, media, parse_cache, playground, Endpoint};
 use crate::auth::Principal;
 use crate::error::AppError;
 use crate::state::AppState;
@@ -36,23 +35,27 @@ fn with_codes(mut resp: async_graphql::Response) -> async_graphql::Response {
     resp
 }
 
-fn gql_error_response(status: StatusCode, e: AppError) -> Response {
-    let err = error::to_gql(e).into_server_error(Default::default());
-    (
+fn gql_error_response(media: media::Media, status: StatusCode, e: AppError) -> Response {
+    media::refuse(
+        media,
         status,
-        Json(serde_json::json!({ "data": null, "errors": [err] })),
+        error::to_gql(e).into_server_error(Default::default()),
     )
-        .into_response()
 }
 
 /// The caller of an HTTP GraphQL request, or the error answer to send instead.
-async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Principal, Response> {
+async fn caller(
+    state: &AppState,
+    headers: &HeaderMap,
+    media: media::Media,
+) -> Result<Principal, Response> {
     let value = match headers.get(header::AUTHORIZATION) {
         None => None,
         Some(v) => match v.to_str() {
             Ok(v) => Some(v),
             Err(_) => {
                 return Err(gql_error_response(
+                    media,
                     StatusCode::UNAUTHORIZED,
                     AppError::Unauthenticated(
                         "the Authorization header is not readable text".into(),
@@ -65,7 +68,7 @@ async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Principal, Resp
         .service
         .authenticate(value)
         .await
-        .map_err(|e| gql_error_response(StatusCode::UNAUTHORIZED, e))
+        .map_err(|e| gql_error_response(media, StatusCode::UNAUTHORIZED, e))
 }
 
 /// GraphQL
@@ -77,22 +80,32 @@ async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Principal, Resp
     request_body(content = Object, description = "`{query, variables?, operationName?}`"),
     responses(
         (status = 200, description = "`{data, errors?}`; errors carry `extensions.code`", body = Object),
-        (status = 400, description = "The body is not a GraphQL request", body = Object),
+        (status = 400, description = "The body is not a GraphQL request; with `Accept: application/graphql-response+json`, also a document that does not parse or validate (`{errors}`, no `data`)", body = Object),
         (status = 413, description = "Body too large", body = Object),
+        (status = 415, description = "The body is not declared `Content-Type: application/json`", body = Object),
     ))]
 pub async fn post_handler(
     State(gql): State<Endpoint>,
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    let who = match caller(&gql.state, &headers).await {
+    let media = media::Media::negotiate(&headers);
+    let who = match caller(&gql.state, &headers, media).await {
         Ok(p) => p,
         Err(resp) => return resp,
     };
+    if let Err(why) = media::json_body(&headers) {
+        return gql_error_response(
+            media,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            AppError::InvalidJson(why),
+        );
+    }
     let body = match body {
         Ok(b) => b,
         Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             return gql_error_response(
+                media,
                 StatusCode::PAYLOAD_TOO_LARGE,
                 AppError::PayloadTooLarge {
                     limit: gql.state.config.max_body_bytes,
@@ -101,6 +114,7 @@ pub async fn post_handler(
         }
         Err(_) => {
             return gql_error_response(
+                media,
                 StatusCode::BAD_REQUEST,
                 AppError::InvalidJson("the request body could not be read".into()),
             )
@@ -110,36 +124,38 @@ pub async fn post_handler(
         Ok(r) => r,
         Err(e) => {
             return gql_error_response(
+                media,
                 StatusCode::BAD_REQUEST,
                 AppError::InvalidJson(e.to_string()),
             )
         }
     };
-    Json(with_codes(run(&gql, req, who).await)).into_response()
+    media::respond(media, &with_codes(run(&gql, req, who).await))
 }
 
 /// Runs an HTTP request's operation, on the schema that validates only what this request
 /// still needs (see `Schemas`); a document seen for the first time is marked once it passed.
+/// A document over the expansion budget is refused before any of it.
 async fn run(
     gql: &Endpoint,
     mut req: async_graphql::Request,
     who: Principal,
 ) -> async_graphql::Response {
-    let validation = gql.documents.prepare(&mut req);
-    run_prepared(gql, req, who, validation).await
+    match gql.documents.prepare(&mut req) {
+        Ok(p) => run_prepared(gql, req, who, p).await,
+        Err(e) => async_graphql::Response::from_errors(vec![e]),
+    }
 }
 
-/// `run` for a request `ParseCache::prepare` has seen.
+/// `run` for a request `ParseCache::prepare` has admitted.
 async fn run_prepared(
     gql: &Endpoint,
     req: async_graphql::Request,
     who: Principal,
-    validation: parse_cache::Validation,
+    prepared: parse_cache::Prepared,
 ) -> async_graphql::Response {
-    let (schema, first) = match validation {
-        parse_cache::Validation::Done => (&gql.schemas.checked, None),
-        parse_cache::Validation::Needed => (&gql.schemas.strict, Some(req.query.clone())),
-    };
+    let (schema, first) = executor::schema_for(&gql.schemas, prepared);
+    let first = first.then(|| req.query.clone());
     let resp = schema
         .execute(req.data(request_data(&gql.state)).data(who))
         .await;
@@ -163,7 +179,8 @@ pub async fn get_handler(State(gql): State<Endpoint>, req: Request) -> Response 
         return super::ws::ws_handler(State(gql), req).await;
     }
     if let Some(q) = req.uri().query().filter(|q| q.contains("query=")) {
-        let who = match caller(&gql.state, req.headers()).await {
+        let media = media::Media::negotiate(req.headers());
+        let who = match caller(&gql.state, req.headers(), media).await {
             Ok(p) => p,
             Err(resp) => return resp,
         };
@@ -171,31 +188,34 @@ pub async fn get_handler(State(gql): State<Endpoint>, req: Request) -> Response 
             Ok(r) => r,
             Err(e) => {
                 return gql_error_response(
+                    media,
                     StatusCode::BAD_REQUEST,
                     AppError::InvalidJson(e.to_string()),
                 )
             }
         };
-        // The document from the parse cache (or parsed once here, then kept on the request).
-        let validation = gql.documents.prepare(&mut req);
+        // The document from the parse cache (or parsed once here, then kept on the request),
+        // refused here when it is over the expansion budget.
+        let prepared = match gql.documents.prepare(&mut req) {
+            Ok(p) => p,
+            Err(e) => {
+                let refused = async_graphql::Response::from_errors(vec![e]);
+                return media::respond(media, &with_codes(refused));
+            }
+        };
         // A GET must not change anything (it can be triggered by a link or an <img>). A
         // document that does not parse is left to the execution, which reports the error.
         if req.parsed_query().is_ok_and(has_mutation) {
             return gql_error_response(
+                media,
                 StatusCode::METHOD_NOT_ALLOWED,
                 AppError::invalid("query", "mutations must be sent with POST"),
             );
         }
-        return Json(with_codes(run_prepared(&gql, req, who, validation).await)).into_response();
+        let resp = with_codes(run_prepared(&gql, req, who, prepared).await);
+        return media::respond(media, &resp);
     }
-    Html(
-        GraphiQLSource::build()
-            .endpoint("/graphql")
-            .subscription_endpoint("/graphql/ws")
-            .title("volcengine-ai-server")
-            .finish(),
-    )
-    .into_response()
+    playground::page()
 }
 
 /// Whether a document holds a mutation (GET must not run one, whichever operation is named).

@@ -4,6 +4,10 @@
 //! validation once: then only what depends on the request (its variables, see `inputs.rs`; the
 //! limits) is checked again.
 //!
+//! Every document is measured here too (`budget.rs`) before anything validates or runs it: a
+//! document whose expansion passes the budget is refused, whether it came from the cache or not,
+//! and the verdict is kept with the cached document.
+//!
 //! The parsed document is handed to the request itself (`Request::set_parsed_query`), not through
 //! an async-graphql extension: with any extension registered, every field of every response
 //! (each subscription message too) goes through the extension chain and formats its type names.
@@ -12,7 +16,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use async_graphql::parser::types::ExecutableDocument;
+use async_graphql::ServerError;
 
+use super::budget::{self, Limits, Shape};
 use super::inputs::InputCheck;
 
 /// Documents kept; when full the cache starts over (clients use a handful of documents, so a
@@ -21,19 +27,28 @@ const MAX_DOCUMENTS: usize = 512;
 /// Longer documents are parsed every time rather than kept.
 const MAX_QUERY_BYTES: usize = 16 * 1024;
 
-#[derive(Default)]
 pub struct ParseCache {
     docs: Mutex<HashMap<String, Known>>,
     inputs: InputCheck,
+    limits: Limits,
 }
 
 struct Known {
-    doc: ExecutableDocument,
+    /// The document, or why it is refused (a refused document's tree is not kept).
+    doc: Result<(ExecutableDocument, Shape), ServerError>,
     /// Passed strict validation (with some variables: it never depends on which).
     validated: bool,
 }
 
-/// What `prepare` found out about a request.
+/// What `prepare` found out about a request that may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prepared {
+    pub validation: Validation,
+    /// Every operation of the document is introspection (`budget::Shape::introspection_only`):
+    /// it runs on the schema that measures it by its own depth rule.
+    pub introspection: bool,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Validation {
     /// The document passed strict validation before and these variables pass `InputCheck`:
@@ -44,54 +59,76 @@ pub enum Validation {
 }
 
 impl ParseCache {
-    pub fn new(inputs: InputCheck) -> ParseCache {
+    pub fn new(inputs: InputCheck, limits: Limits) -> ParseCache {
         ParseCache {
             docs: Mutex::default(),
             inputs,
+            limits,
         }
     }
 
-    /// Gives `req` its parsed document, from the cache or parsed now and kept, and tells whether
-    /// its validation is done. A document that does not parse is left to the execution, which
+    /// Gives `req` its parsed document, from the cache or parsed now and kept, measures it
+    /// against the budget and tells whether its validation is done. `Err` is the refusal to send
+    /// instead of running it. A document that does not parse is left to the execution, which
     /// reports the syntax error (and is not kept: a bad document costs its sender a parse each
     /// time).
-    pub fn prepare(&self, req: &mut async_graphql::Request) -> Validation {
-        let cached = self
-            .docs
-            .lock()
-            .ok()
-            .and_then(|d| d.get(&req.query).map(|k| (k.doc.clone(), k.validated)));
-        if let Some((doc, validated)) = cached {
+    pub fn prepare(&self, req: &mut async_graphql::Request) -> Result<Prepared, ServerError> {
+        let cached = self.docs.lock().ok().and_then(|d| {
+            d.get(&req.query).map(|k| match &k.doc {
+                Ok((doc, shape)) => Ok((doc.clone(), *shape, k.validated)),
+                Err(e) => Err(e.clone()),
+            })
+        });
+        if let Some(known) = cached {
+            let (doc, shape, validated) = known?;
             let done = validated
                 && self
                     .inputs
                     .accepts(&doc, req.operation_name.as_deref(), &req.variables);
             req.set_parsed_query(doc);
-            return if done {
-                Validation::Done
-            } else {
-                Validation::Needed
-            };
-        }
-        if req.query.len() > MAX_QUERY_BYTES {
-            return Validation::Needed;
-        }
-        let Ok(doc) = req.parsed_query().cloned() else {
-            return Validation::Needed;
-        };
-        if let Ok(mut docs) = self.docs.lock() {
-            if docs.len() >= MAX_DOCUMENTS {
-                docs.clear();
-            }
-            docs.insert(
-                req.query.clone(),
-                Known {
-                    doc,
-                    validated: false,
+            return Ok(Prepared {
+                validation: if done {
+                    Validation::Done
+                } else {
+                    Validation::Needed
                 },
-            );
+                introspection: shape.introspection_only,
+            });
         }
-        Validation::Needed
+        let key = (req.query.len() <= MAX_QUERY_BYTES).then(|| req.query.clone());
+        let Ok(doc) = req.parsed_query() else {
+            return Ok(Prepared {
+                validation: Validation::Needed,
+                introspection: false,
+            });
+        };
+        let verdict = budget::admit(doc, self.limits).map_err(|r| {
+            tracing::info!(refusal = ?r, "GraphQL document refused before validation");
+            r.to_server_error()
+        });
+        if let Some(key) = key {
+            let kept = match &verdict {
+                Ok(shape) => Ok((doc.clone(), *shape)),
+                Err(e) => Err(e.clone()),
+            };
+            if let Ok(mut docs) = self.docs.lock() {
+                if docs.len() >= MAX_DOCUMENTS {
+                    docs.clear();
+                }
+                docs.insert(
+                    key,
+                    Known {
+                        doc: kept,
+                        validated: false,
+                    },
+                );
+            }
+        }
+        let shape = verdict?;
+        Ok(Prepared {
+            validation: Validation::Needed,
+            introspection: shape.introspection_only,
+        })
     }
 
     /// Records that `query` passed strict validation.
@@ -105,5 +142,67 @@ impl ParseCache {
         {
             k.validated = true;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache(max_fields: u64) -> ParseCache {
+        ParseCache::new(
+            InputCheck::default(),
+            Limits {
+                max_fields,
+                max_depth: 12,
+            },
+        )
+    }
+
+    #[test]
+    fn a_document_over_the_budget_is_refused_every_time_and_kept_as_a_refusal() {
+        let c = cache(10);
+        let q = "{ a: __typename b: __typename c: __typename d: __typename e: __typename \
+                 f: __typename g: __typename h: __typename i: __typename j: __typename k: __typename }";
+        for _ in 0..3 {
+            let mut req = async_graphql::Request::new(q);
+            let err = c.prepare(&mut req).expect_err("refused");
+            assert!(err.message.contains("limit of 10"), "{}", err.message);
+        }
+        let docs = c.docs.lock().expect("lock");
+        assert!(docs.get(q).is_some_and(|k| k.doc.is_err()));
+    }
+
+    #[test]
+    fn a_long_document_is_measured_though_it_is_not_kept() {
+        let c = cache(10);
+        let q = format!("{{ {} }}", "__typename ".repeat(MAX_QUERY_BYTES / 10));
+        let mut req = async_graphql::Request::new(q.clone());
+        assert!(c.prepare(&mut req).is_err());
+        assert!(c.docs.lock().expect("lock").get(&q).is_none());
+    }
+
+    #[test]
+    fn a_validated_document_skips_validation_unless_it_is_introspection() {
+        let c = cache(1_000);
+        let q = "{ __typename }";
+        let mut req = async_graphql::Request::new(q);
+        let p = c.prepare(&mut req).expect("admitted");
+        assert_eq!(p.validation, Validation::Needed);
+        assert!(p.introspection);
+        c.validated(q);
+        let mut req = async_graphql::Request::new(q);
+        let p = c.prepare(&mut req).expect("admitted");
+        assert_eq!(p.validation, Validation::Done);
+        assert!(
+            p.introspection,
+            "introspection is routed by its shape, not by the cache"
+        );
+        // A document that does not parse is left to the execution.
+        let mut req = async_graphql::Request::new("{");
+        assert_eq!(
+            c.prepare(&mut req).expect("left to execution").validation,
+            Validation::Needed
+        );
     }
 }

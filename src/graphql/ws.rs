@@ -221,7 +221,12 @@ async fn serve_socket(gql: Endpoint, mut socket: WebSocket, protocol: WebSocketP
     let state = &gql.state;
     let admitted = match admit_socket(state, &mut socket).await {
         Ok(ok) => ok,
-        Err(Refusal::Gone) => return,
+        Err(Refusal::Gone) => {
+            // A client that closed before its init gets its close answered (tungstenite queued
+            // the reply when the frame arrived; closing the sink sends it).
+            let _ = tokio::time::timeout(CLOSE_WITHIN, socket.close()).await;
+            return;
+        }
         Err(Refusal::Close(code, reason)) => {
             tracing::info!(code, reason = %reason, "websocket refused");
             if protocol == WebSocketProtocols::SubscriptionsTransportWS {
@@ -259,9 +264,12 @@ async fn serve_socket(gql: Endpoint, mut socket: WebSocket, protocol: WebSocketP
                 })
             }),
     );
+    let executor = super::executor::Guarded {
+        schemas: gql.schemas.clone(),
+        documents: gql.documents.clone(),
+    };
     let mut session =
-        async_graphql::http::WebSocket::new(gql.schemas.strict.clone(), input, protocol)
-            .connection_data(data);
+        async_graphql::http::WebSocket::new(executor, input, protocol).connection_data(data);
     let mut recheck = tokio::time::interval(RECHECK_EVERY);
     recheck.tick().await;
     loop {
@@ -309,6 +317,26 @@ async fn serve_socket(gql: Endpoint, mut socket: WebSocket, protocol: WebSocketP
             break;
         }
     }
+    // Bounded: a client that stopped reading must not hold the task (and its socket) for good.
+    let _ = tokio::time::timeout(CLOSE_WITHIN, close_handshake(&mut sink)).await;
+}
+
+/// How long the close handshake may take to be written.
+const CLOSE_WITHIN: Duration = Duration::from_secs(5);
+
+/// Ends the close handshake when the session is over. After a client's close frame tungstenite
+/// has queued the reply (echoing the client's code) and refuses to send more, so the `send` fails
+/// and `close` flushes the reply; when the session ended otherwise (a legacy
+/// `connection_terminate`, our own close), the `send` closes normally (1000) or does nothing.
+/// Without this the reply was never written and clients saw 1006.
+async fn close_handshake(sink: &mut futures::stream::SplitSink<WebSocket, Message>) {
+    let _ = sink
+        .send(Message::Close(Some(CloseFrame {
+            code: axum::extract::ws::close_code::NORMAL,
+            reason: "".into(),
+        })))
+        .await;
+    let _ = sink.close().await;
 }
 
 fn frame(msg: WsMessage) -> Message {
