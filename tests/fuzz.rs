@@ -2,6 +2,11 @@
 //! hostile strings, random ids, query strings and raw bytes, sent as a user key and as the admin
 //! to the real router. Every answer must be below 500, and every refused request (4xx) must leave
 //! the stored users and tasks exactly as they were. Run with `--nocapture` for the tally.
+//!
+//! A second property generates GraphQL documents (nesting, fragments that fan out or cycle,
+//! aliases, variables, several operations) against the real binary in a child process: every
+//! answer within a time bound, the process's peak memory within a bound (`GQL_FUZZ_CASES`
+//! raises the number of documents).
 
 mod common;
 
@@ -448,4 +453,591 @@ fn hostile_inputs_never_cause_a_5xx_or_a_change_when_refused() {
         panic!("{e}");
     }
     assert!(refused > tried / 2, "most hostile inputs are refused");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Random GraphQL documents against the real binary: every answer in time, memory bounded.
+// ---------------------------------------------------------------------------------------------
+
+/// Longest any answer may take. Generous (a debug build on a loaded two-core machine answers in
+/// milliseconds), yet a document whose cost grows as 4^n takes minutes at n = 11 (37 s measured
+/// at n = 11 on a debug build without the expansion budget) and hours beyond.
+const ANSWER_WITHIN: Duration = Duration::from_secs(20);
+/// How much the server's peak resident memory (VmHWM) may grow over the run. It sits near
+/// 60 MB; without the budget a 4^11 document took it past 800 MB.
+const MEMORY_GROWTH: u64 = 256 * 1024 * 1024;
+/// Resident memory at which the watchdog kills the server, so a regression fails this test
+/// instead of taking the machine down (an address-space limit would not do: the idle debug
+/// binary already reserves 1.4 GB of address space for thread stacks and allocator arenas).
+const HARD_CAP: u64 = 1024 * 1024 * 1024;
+
+fn gql_cases() -> u32 {
+    std::env::var("GQL_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400)
+}
+
+/// One selection of a generated document.
+#[derive(Debug, Clone)]
+enum Sel {
+    Field {
+        alias: Option<String>,
+        name: String,
+        args: Vec<(String, Arg)>,
+        skip: bool,
+        children: Vec<Sel>,
+    },
+    /// A spread of a fragment: forward (a later fragment) or any (cycles possible).
+    Spread { forward: bool, pick: usize },
+    Inline {
+        on: Option<&'static str>,
+        children: Vec<Sel>,
+    },
+}
+
+#[derive(Debug, Clone)]
+enum Arg {
+    Int(i64),
+    Str(String),
+    Var(usize),
+    List(Vec<Arg>),
+    Object(Vec<(String, Arg)>),
+}
+
+/// A run of fragments C0..Cn, each spreading the next `k` times (with aliases and inline
+/// fragments around the spreads in some styles): the shape of the attack.
+#[derive(Debug, Clone)]
+struct Chain {
+    n: usize,
+    k: usize,
+    style: u8,
+}
+
+#[derive(Debug, Clone)]
+struct Op {
+    kind: &'static str,
+    vars: Vec<(usize, &'static str)>,
+    selections: Vec<Sel>,
+    uses_chain: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Doc {
+    ops: Vec<Op>,
+    fragments: Vec<(&'static str, Vec<Sel>)>,
+    chain: Option<Chain>,
+    operation_name: Option<usize>,
+    variables: Value,
+    get: bool,
+}
+
+const FIELD_NAMES: &[&str] = &[
+    "__typename",
+    "me",
+    "imageModels",
+    "tasks",
+    "task",
+    "users",
+    "user",
+    "id",
+    "name",
+    "email",
+    "edges",
+    "node",
+    "status",
+    "prompt",
+    "result",
+    "imageUrl",
+    "images",
+    "__schema",
+    "__type",
+    "types",
+    "fields",
+    "type",
+    "ofType",
+    "kind",
+    "createImageTask",
+    "taskUpdated",
+];
+const TYPE_CONDITIONS: &[&str] = &["Query", "Task", "User", "Mutation", "__Type", "Nope"];
+const VAR_TYPES: &[&str] = &[
+    "String",
+    "Int",
+    "ID!",
+    "[String!]",
+    "TaskStatus",
+    "CreateImageTaskInput",
+    "[[Int]]",
+];
+
+fn field_name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => proptest::sample::select(FIELD_NAMES).prop_map(str::to_string),
+        1 => "[a-z][a-zA-Z0-9_]{0,7}",
+    ]
+}
+
+fn arg() -> impl Strategy<Value = Arg> {
+    let leaf = prop_oneof![
+        any::<i64>().prop_map(Arg::Int),
+        "[ -~]{0,12}".prop_map(|s| Arg::Str(s.replace(['"', '\\'], ""))),
+        (0usize..4).prop_map(Arg::Var),
+    ];
+    leaf.prop_recursive(4, 24, 4, |inner| {
+        prop_oneof![
+            vec(inner.clone(), 0..4).prop_map(Arg::List),
+            vec(("[a-z]{1,6}", inner), 0..3).prop_map(Arg::Object),
+        ]
+    })
+}
+
+fn selections() -> impl Strategy<Value = Vec<Sel>> {
+    let leaf = prop_oneof![
+        4 => (
+            proptest::option::of("[a-z]{1,5}"),
+            field_name(),
+            vec(("[a-z]{1,6}", arg()), 0..2),
+            proptest::bool::weighted(0.1),
+        )
+            .prop_map(|(alias, name, args, skip)| Sel::Field {
+                alias,
+                name,
+                args,
+                skip,
+                children: Vec::new(),
+            }),
+        1 => (any::<bool>(), any::<usize>()).prop_map(|(forward, pick)| Sel::Spread { forward, pick }),
+    ];
+    let sel = leaf.prop_recursive(7, 96, 5, |inner| {
+        prop_oneof![
+            3 => (
+                proptest::option::of("[a-z]{1,5}"),
+                field_name(),
+                vec(("[a-z]{1,6}", arg()), 0..2),
+                vec(inner.clone(), 1..5),
+            )
+                .prop_map(|(alias, name, args, children)| Sel::Field {
+                    alias,
+                    name,
+                    args,
+                    skip: false,
+                    children,
+                }),
+            1 => (
+                proptest::option::of(proptest::sample::select(TYPE_CONDITIONS)),
+                vec(inner, 1..4),
+            )
+                .prop_map(|(on, children)| Sel::Inline { on, children }),
+        ]
+    });
+    vec(sel, 1..5)
+}
+
+fn document() -> impl Strategy<Value = Doc> {
+    let op = (
+        prop_oneof![
+            6 => Just("query"),
+            1 => Just("mutation"),
+            1 => Just("subscription"),
+        ],
+        vec((0usize..4, proptest::sample::select(VAR_TYPES)), 0..3),
+        selections(),
+        proptest::bool::weighted(0.5),
+    )
+        .prop_map(|(kind, vars, selections, uses_chain)| Op {
+            kind,
+            vars,
+            selections,
+            uses_chain,
+        });
+    (
+        vec(op, 1..4),
+        vec(
+            (proptest::sample::select(TYPE_CONDITIONS), selections()),
+            0..5,
+        ),
+        proptest::option::weighted(
+            0.5,
+            (1usize..=16, 1usize..=5, 0u8..3).prop_map(|(n, k, style)| Chain { n, k, style }),
+        ),
+        proptest::option::of(0usize..4),
+        hash_map("v[0-3]", json_value(), 0..4),
+        proptest::bool::weighted(0.25),
+    )
+        .prop_map(|(ops, fragments, chain, operation_name, vars, get)| Doc {
+            ops,
+            fragments,
+            chain,
+            operation_name,
+            variables: Value::Object(vars.into_iter().collect()),
+            get,
+        })
+}
+
+fn render_arg(a: &Arg, out: &mut String) {
+    match a {
+        Arg::Int(i) => out.push_str(&i.to_string()),
+        Arg::Str(s) => {
+            out.push('"');
+            out.push_str(s);
+            out.push('"');
+        }
+        Arg::Var(v) => out.push_str(&format!("$v{v}")),
+        Arg::List(items) => {
+            out.push('[');
+            for i in items {
+                render_arg(i, out);
+                out.push(' ');
+            }
+            out.push(']');
+        }
+        Arg::Object(fields) => {
+            out.push('{');
+            for (k, v) in fields {
+                out.push_str(k);
+                out.push_str(": ");
+                render_arg(v, out);
+                out.push(' ');
+            }
+            out.push('}');
+        }
+    }
+}
+
+/// Renders selections; `here` is the fragment being written (spreads go to later ones when
+/// `forward`), `count` how many fragments the document has.
+fn render(sels: &[Sel], here: Option<usize>, count: usize, out: &mut String) {
+    out.push_str("{ ");
+    for s in sels {
+        match s {
+            Sel::Field {
+                alias,
+                name,
+                args,
+                skip,
+                children,
+            } => {
+                if let Some(a) = alias {
+                    out.push_str(a);
+                    out.push_str(": ");
+                }
+                out.push_str(name);
+                if !args.is_empty() {
+                    out.push('(');
+                    for (k, v) in args {
+                        out.push_str(k);
+                        out.push_str(": ");
+                        render_arg(v, out);
+                        out.push(' ');
+                    }
+                    out.push(')');
+                }
+                if *skip {
+                    out.push_str(" @skip(if: true)");
+                }
+                out.push(' ');
+                if !children.is_empty() {
+                    render(children, here, count, out);
+                }
+            }
+            Sel::Spread { forward, pick } => {
+                if count == 0 {
+                    out.push_str("...Missing ");
+                    continue;
+                }
+                let from = match (forward, here) {
+                    (true, Some(h)) if h + 1 < count => h + 1,
+                    (true, Some(_)) => {
+                        // The last fragment has nothing after it.
+                        out.push_str("__typename ");
+                        continue;
+                    }
+                    _ => 0,
+                };
+                out.push_str(&format!("...F{} ", from + pick % (count - from)));
+            }
+            Sel::Inline { on, children } => {
+                out.push_str("... ");
+                if let Some(t) = on {
+                    out.push_str("on ");
+                    out.push_str(t);
+                    out.push(' ');
+                }
+                render(children, here, count, out);
+            }
+        }
+    }
+    out.push_str("} ");
+}
+
+impl Doc {
+    fn text(&self) -> String {
+        let mut out = String::new();
+        let count = self.fragments.len();
+        for (i, op) in self.ops.iter().enumerate() {
+            out.push_str(op.kind);
+            if self.ops.len() > 1 || !op.vars.is_empty() {
+                out.push_str(&format!(" Op{i}"));
+            }
+            if !op.vars.is_empty() {
+                out.push('(');
+                for (v, ty) in &op.vars {
+                    out.push_str(&format!("$v{v}: {ty} "));
+                }
+                out.push(')');
+            }
+            out.push(' ');
+            let mut sels = op.selections.clone();
+            if op.uses_chain && self.chain.is_some() {
+                sels.push(Sel::Field {
+                    alias: None,
+                    name: "__typename".into(),
+                    args: Vec::new(),
+                    skip: false,
+                    children: Vec::new(),
+                });
+            }
+            let mut body = String::new();
+            render(&sels, None, count, &mut body);
+            if op.uses_chain && self.chain.is_some() {
+                body = body.replacen("{ ", "{ ...C0 ", 1);
+            }
+            out.push_str(&body);
+            out.push('\n');
+        }
+        for (i, (on, sels)) in self.fragments.iter().enumerate() {
+            out.push_str(&format!("fragment F{i} on {on} "));
+            render(sels, Some(i), count, &mut out);
+            out.push('\n');
+        }
+        if let Some(c) = &self.chain {
+            for i in 0..c.n {
+                let next = format!("...C{}", i + 1);
+                let spreads: Vec<String> = (0..c.k)
+                    .map(|j| match c.style {
+                        0 => next.clone(),
+                        1 => format!("a{j}: __typename {next}"),
+                        _ => format!("... on Query {{ {next} }}"),
+                    })
+                    .collect();
+                out.push_str(&format!(
+                    "fragment C{i} on Query {{ {} }}\n",
+                    spreads.join(" ")
+                ));
+            }
+            out.push_str(&format!("fragment C{} on Query {{ __typename }}\n", c.n));
+        }
+        out
+    }
+
+    fn operation_name(&self) -> Option<String> {
+        self.operation_name.map(|i| format!("Op{i}"))
+    }
+}
+
+fn vm(pid: u32, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| {
+        let rest = l.strip_prefix(key)?.strip_prefix(':')?;
+        Some(
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()?
+                * 1024,
+        )
+    })
+}
+
+/// The server binary in a child process, killed when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Random documents (nesting, fragments with chains that fan out and cycles, aliases, inline
+/// fragments, arguments and variables, several operations with or without a name, GET and
+/// POST) against the real binary in a child process: every answer must arrive within
+/// `ANSWER_WITHIN` and below 500, and the process's peak resident memory (VmHWM, which catches
+/// a peak between two samples) must stay within `MEMORY_GROWTH` of where it started. The memory
+/// is read from /proc for the server alone: measured in this process, the allocator would count
+/// the test's own client and generator too. Shrinking is off: a failure is reported on the first
+/// document found (a shrink would rerun documents that each take the time bound).
+#[test]
+fn random_graphql_documents_are_answered_in_time_within_a_memory_bound() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_volcengine-ai-server"));
+    cmd.arg("serve")
+        .current_dir(dir.path())
+        .env("HOST", "127.0.0.1")
+        .env("PORT", port.to_string())
+        .env("DATA_DIR", dir.path().join("data"))
+        .env("LOG_LEVEL", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    for var in [
+        "VOLCENGINE_API_KEY",
+        "ARK_API_KEY",
+        "MONGO_URL",
+        "MONGODB_URI",
+        "REDIS_URL",
+        "ADMIN_API_KEY",
+        "GRAPHQL_MAX_EXPANDED_FIELDS",
+        "GRAPHQL_MAX_DEPTH",
+        "GRAPHQL_MAX_COMPLEXITY",
+    ] {
+        cmd.env_remove(var);
+    }
+    let child = Child(cmd.spawn().expect("server starts"));
+    let pid = child.0.id();
+    let base = format!("http://127.0.0.1:{port}");
+
+    // The watchdog: kills the server past HARD_CAP, before the machine feels it.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let killed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watchdog = {
+        let (stop, killed) = (stop.clone(), killed.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if vm(pid, "VmRSS").is_some_and(|rss| rss > HARD_CAP) {
+                    killed.store(true, Ordering::Relaxed);
+                    unsafe {
+                        libc::kill(pid as i32, libc::SIGKILL);
+                    }
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let http = reqwest::Client::builder()
+        .timeout(ANSWER_WITHIN)
+        .build()
+        .expect("client");
+    rt.block_on(async {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if http
+                .get(format!("{base}/health"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Warm up (schemas built, first allocations made) before the baseline.
+        for q in ["{ __typename }", "{ imageModels { id name } }"] {
+            let _ = http
+                .post(format!("{base}/graphql"))
+                .json(&json!({ "query": q }))
+                .send()
+                .await;
+        }
+    });
+    let baseline = vm(pid, "VmHWM").expect("VmHWM");
+
+    let mut runner = TestRunner::new(PropConfig {
+        cases: gql_cases(),
+        failure_persistence: None,
+        max_shrink_iters: 0,
+        ..PropConfig::default()
+    });
+    let slowest = std::sync::Mutex::new(Duration::ZERO);
+    let tried = AtomicUsize::new(0);
+    let result = runner.run(&document(), |doc| {
+        rt.block_on(async {
+            tried.fetch_add(1, Ordering::Relaxed);
+            let text = doc.text();
+            // A GET carries the document in its URL: long variables go by POST instead.
+            let req = if doc.get && doc.variables.to_string().len() < 2048 {
+                let mut url = reqwest::Url::parse(&format!("{base}/graphql")).expect("url");
+                url.query_pairs_mut()
+                    .append_pair("query", &text)
+                    .append_pair("variables", &doc.variables.to_string());
+                if let Some(n) = doc.operation_name() {
+                    url.query_pairs_mut().append_pair("operationName", &n);
+                }
+                http.get(url)
+            } else {
+                http.post(format!("{base}/graphql")).json(&json!({
+                    "query": text,
+                    "variables": doc.variables,
+                    "operationName": doc.operation_name(),
+                }))
+            };
+            let started = std::time::Instant::now();
+            let answer = req.send().await;
+            let took = started.elapsed();
+            let status = match answer {
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    let _ = r.bytes().await;
+                    status
+                }
+                Err(e) if e.is_timeout() => {
+                    return Err(TestCaseError::fail(format!(
+                        "no answer within {ANSWER_WITHIN:?} for:\n{text}"
+                    )))
+                }
+                Err(e) => {
+                    return Err(TestCaseError::fail(format!(
+                        "no answer ({}; killed by the watchdog: {}) for:\n{text}",
+                        e.without_url(),
+                        killed.load(Ordering::Relaxed)
+                    )))
+                }
+            };
+            {
+                let mut s = slowest.lock().expect("lock");
+                *s = (*s).max(took);
+            }
+            if status >= 500 {
+                return Err(TestCaseError::fail(format!("{status} for:\n{text}")));
+            }
+            let peak = vm(pid, "VmHWM").unwrap_or(u64::MAX);
+            if peak.saturating_sub(baseline) > MEMORY_GROWTH {
+                return Err(TestCaseError::fail(format!(
+                    "peak memory grew from {} MB to {} MB after:\n{text}",
+                    baseline >> 20,
+                    peak >> 20
+                )));
+            }
+            Ok(())
+        })
+    });
+    stop.store(true, Ordering::Relaxed);
+    let _ = watchdog.join();
+    let peak = vm(pid, "VmHWM").unwrap_or(0);
+    eprintln!(
+        "graphql fuzz: {} documents, slowest answer {:?}, peak memory {} MB (from {} MB)",
+        tried.load(Ordering::Relaxed),
+        slowest.lock().map(|s| *s).unwrap_or_default(),
+        peak >> 20,
+        baseline >> 20
+    );
+    drop(child);
+    if let Err(e) = result {
+        panic!("{e}");
+    }
 }
