@@ -11,7 +11,9 @@
 // blank on a screenshot, the gallery, cancel and retry, a key revoked mid-session (refused over
 // HTTP, and over the WebSocket when it reconnects after a server restart: 4403 shown as "Invalid
 // key"), the admin key picking a user. One more scenario runs a second server without keys
-// (loopback, auth off) and signs in with an empty key.
+// (loopback, auth off) and signs in with an empty key. The GraphiQL playground (`GET /graphql`)
+// is loaded with the network cut to anything but the server: its docs explorer shows the schema
+// (graphql-js's introspection query on the default limits) and its editor runs a query.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
@@ -389,4 +391,58 @@ test("the REST docs page renders every operation of /openapi.json", async () => 
   assert.deepEqual(shown.sort(), expected.sort());
   assert.ok(await page.locator("#schema-TaskJson").isVisible(), "schemas are listed");
   await page.close();
+});
+
+test("GraphiQL works offline: served whole by the server, nothing fetched elsewhere, docs explorer and queries", async () => {
+  const open = await startServer({}, "300ms");
+  const page = await context.newPage();
+  try {
+    const server = new URL(open.url);
+    const elsewhere = [];
+    const problems = [];
+    // The network stops at the server: any other host is refused (and recorded).
+    await page.route("**/*", (route) => {
+      const url = new URL(route.request().url());
+      if (url.host === server.host || url.protocol === "data:") return route.continue();
+      elsewhere.push(url.href);
+      return route.abort("internetdisconnected");
+    });
+    page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
+    page.on("console", (m) => { if (m.type() === "error") problems.push(`console: ${m.text()}`); });
+    page.on("requestfailed", (r) => problems.push(`failed: ${r.url()} ${r.failure()?.errorText}`));
+
+    await page.goto(`${open.url}/graphql`);
+    const editor = page.locator(".graphiql-query-editor .CodeMirror");
+    await editor.waitFor({ timeout: WAIT });
+
+    // The docs explorer loads the schema by introspection (graphql-js's query, as GraphiQL sends
+    // it) and shows it: Mutation, then createImageTask and its type.
+    await page.getByRole("button", { name: /Documentation Explorer/i }).click();
+    const explorer = page.locator(".graphiql-doc-explorer");
+    await explorer.locator("a.graphiql-doc-explorer-type-name", { hasText: /^Mutation$/ }).click({ timeout: WAIT });
+    const field = explorer.locator(".graphiql-doc-explorer-item", { hasText: "createImageTask" }).first();
+    await field.waitFor({ timeout: WAIT });
+    assert.match(await field.textContent(), /createImageTask\(.*\): Task!/s);
+    await field.locator("a.graphiql-doc-explorer-type-name", { hasText: /^Task$/ }).click();
+    await explorer.locator(".graphiql-doc-explorer-field-name", { hasText: /^queuePosition$|^status$/ }).first()
+      .waitFor({ timeout: WAIT });
+    assert.equal(await explorer.getByText("Error fetching schema").count(), 0);
+
+    // The editor runs a query against the server.
+    await editor.evaluate((el) => el.CodeMirror.setValue("query Models { imageModels { name } }"));
+    await page.locator("button.graphiql-execute-button").click();
+    const result = page.locator(".graphiql-response .CodeMirror");
+    await page.waitForFunction(() => {
+      const cm = document.querySelector(".graphiql-response .CodeMirror")?.CodeMirror;
+      return cm && cm.getValue().includes("imageModels");
+    }, null, { timeout: WAIT });
+    const answer = JSON.parse(await result.evaluate((el) => el.CodeMirror.getValue()));
+    assert.ok(answer.data.imageModels.length >= 1, JSON.stringify(answer));
+
+    assert.deepEqual(elsewhere, [], "nothing requested from another host");
+    assert.deepEqual(problems, [], "no errors (a CSP violation would show here)");
+  } finally {
+    await page.close();
+    await stopServer(open);
+  }
 });
