@@ -505,8 +505,9 @@ enum Arg {
     Object(Vec<(String, Arg)>),
 }
 
-/// A run of fragments C0..Cn, each spreading the next `k` times (with aliases and inline
-/// fragments around the spreads in some styles): the shape of the attack.
+/// A run of fragments C0..Cn, each spreading the next `k` times (with aliases or inline fragments
+/// around the spreads in styles 1 and 2; style 3 ends in an unknown fragment): the shape of the
+/// attack.
 #[derive(Debug, Clone)]
 struct Chain {
     n: usize,
@@ -659,7 +660,7 @@ fn document() -> impl Strategy<Value = Doc> {
         ),
         proptest::option::weighted(
             0.5,
-            (1usize..=16, 1usize..=5, 0u8..3).prop_map(|(n, k, style)| Chain { n, k, style }),
+            (1usize..=16, 1usize..=5, 0u8..4).prop_map(|(n, k, style)| Chain { n, k, style }),
         ),
         proptest::option::of(0usize..4),
         hash_map("v[0-3]", json_value(), 0..4),
@@ -826,7 +827,13 @@ impl Doc {
                     spreads.join(" ")
                 ));
             }
-            out.push_str(&format!("fragment C{} on Query {{ __typename }}\n", c.n));
+            // Style 3 ends in an unknown fragment: spreads only, not one field.
+            let last = if c.style == 3 {
+                "...Missing"
+            } else {
+                "__typename"
+            };
+            out.push_str(&format!("fragment C{} on Query {{ {last} }}\n", c.n));
         }
         out
     }

@@ -136,6 +136,10 @@ async fn fragment_fan_out_is_refused_before_validation_on_every_path() {
     );
     let (_, _, r) = post(&s, None, json!({"query": many, "operationName": "Op3"})).await;
     assert_too_large(&r);
+    // No field at all: the chain ends in an unknown fragment, yet has 4^9 spreads to walk.
+    let spreads_only = fan_out(9, 4).replace("{ __typename }", "{ ...Missing }");
+    let (_, _, r) = post(&s, None, json!({"query": spreads_only})).await;
+    assert_too_large(&r);
 
     // A document under the budget runs as before, from the cache too.
     for _ in 0..2 {

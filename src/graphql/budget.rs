@@ -11,9 +11,11 @@
 //! size is computed once (memoised, fragments in dependency order) and a spread adds its
 //! fragment's size instead of walking it again. Fragment cycles are found by the same walk, with
 //! an explicit stack (no recursion a long chain could overflow). The measure counts what the
-//! visitors visit: every field of every operation and of every fragment definition (validation
-//! visits each definition on its own, used or not), spreads expanded, inline fragments and
-//! aliased fields included.
+//! walks visit: every field, fragment spread and inline fragment of every operation and of every
+//! fragment definition (validation visits each definition on its own, used or not), spreads
+//! expanded, aliased fields included. Spreads count too: a chain of fragments that spread each
+//! other four times and end in an unknown fragment has no field at all, yet async-graphql's
+//! nesting check walks all 4^n spreads of it.
 
 use std::collections::HashMap;
 
@@ -26,8 +28,8 @@ pub const TOO_LARGE: &str = "QUERY_TOO_LARGE";
 /// The limits a document is held to before it is validated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Fields of the document once every fragment spread is expanded
-    /// (`GRAPHQL_MAX_EXPANDED_FIELDS`).
+    /// Fields (spreads and inline fragments included) of the document once every fragment
+    /// spread is expanded (`GRAPHQL_MAX_EXPANDED_FIELDS`).
     pub max_fields: u64,
     /// `GRAPHQL_MAX_DEPTH`: async-graphql checks it for ordinary documents; this module checks it
     /// for introspection documents, which run without the library's depth limit (see `Shape`).
@@ -46,8 +48,8 @@ impl Limits {
 /// The measures of one document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shape {
-    /// Fields visited by validation (every operation and fragment definition, spreads expanded);
-    /// saturates at `u64::MAX`.
+    /// Selections (fields, fragment spreads, inline fragments) visited by validation: every
+    /// operation and fragment definition, spreads expanded; saturates at `u64::MAX`.
     pub fields: u64,
     /// Every operation is a query selecting only `__schema`, `__type` and `__typename`.
     pub introspection_only: bool,
@@ -61,7 +63,7 @@ pub struct Shape {
 /// Why a document is refused before validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
-    /// The expanded document has more fields than `limit`.
+    /// The expanded document has more selections than `limit`.
     TooLarge { fields: u64, limit: u64 },
     /// A fragment spreads itself, directly or through others (the names along the cycle).
     Cycle(Vec<String>),
@@ -80,15 +82,15 @@ impl Refusal {
                     fields.to_string()
                 };
                 let message = format!(
-                    "Query is too large: with its fragments spread it has {size} fields, more \
-                     than the limit of {limit} (GRAPHQL_MAX_EXPANDED_FIELDS)"
+                    "Query is too large: with its fragments spread it has {size} fields and \
+                     fragments, more than the limit of {limit} (GRAPHQL_MAX_EXPANDED_FIELDS)"
                 );
                 let (fields, limit) = (*fields, *limit);
                 async_graphql::Error::new(message)
                     .extend_with(|_, e| {
                         e.set("code", TOO_LARGE);
                         e.set("limit", limit);
-                        e.set("expandedFields", fields);
+                        e.set("expandedSize", fields);
                     })
                     .into_server_error(Default::default())
             }
@@ -181,8 +183,12 @@ fn local(set: &Positioned<SelectionSet>) -> Local<'_> {
                         stack.push((&f.node.selection_set, d, false));
                     }
                 }
-                Selection::InlineFragment(i) => stack.push((&i.node.selection_set, depth, top)),
+                Selection::InlineFragment(i) => {
+                    out.fields = out.fields.saturating_add(1);
+                    stack.push((&i.node.selection_set, depth, top));
+                }
                 Selection::FragmentSpread(s) => {
+                    out.fields = out.fields.saturating_add(1);
                     let name = s.node.fragment_name.node.as_str();
                     let e = out.spreads.entry(name).or_insert((0, 0));
                     e.0 = e.0.saturating_add(1);
@@ -315,18 +321,19 @@ mod tests {
     }
 
     #[test]
-    fn plain_fields_aliases_and_inline_fragments_count_once_each() {
+    fn fields_aliases_and_inline_fragments_count_once_each() {
+        // Five fields and an inline fragment.
         let s = shape("{ a: __typename b: __typename ... on Query { c: __typename } me { id } }")
             .expect("measured");
-        assert_eq!(s.fields, 5);
+        assert_eq!(s.fields, 6);
         assert!(!s.introspection_only);
     }
 
     #[test]
     fn a_fragment_counts_where_it_is_spread_and_as_a_definition() {
-        // The operation expands to 1 + 2*2 = 5 fields; the fragment is 2 fields on its own.
+        // The operation: `me`, two spreads, 2 * 2 fields = 7; the fragment on its own: 2.
         let s = shape("{ me { ...U ...U } } fragment U on User { id email }").expect("measured");
-        assert_eq!(s.fields, 5 + 2);
+        assert_eq!(s.fields, 7 + 2);
     }
 
     #[test]
@@ -338,15 +345,22 @@ mod tests {
 
     #[test]
     fn the_fan_out_attack_is_counted_exactly_without_expanding_it() {
-        // Operation: 4^n leaves; fragment Fi on its own: 4^(n-i) leaves.
         for n in [3usize, 14, 30] {
             let s = shape(&fan_out(n, 4)).expect("measured");
-            let leaves = |m: u32| 4u64.saturating_pow(m);
-            let want = (0..=n as u32)
-                .map(|i| leaves(n as u32 - i))
-                .fold(leaves(n as u32), u64::saturating_add);
+            // F_n is one field; F_i is four spreads of F_(i+1); the operation one spread of F_0.
+            let mut size = vec![0u64; n + 1];
+            size[n] = 1;
+            for i in (0..n).rev() {
+                size[i] = 4u64.saturating_add(4u64.saturating_mul(size[i + 1]));
+            }
+            let want = size
+                .iter()
+                .fold(1u64.saturating_add(size[0]), |a, b| a.saturating_add(*b));
             assert_eq!(s.fields, want, "n = {n}");
         }
+        // A chain ending in an unknown fragment has no field, and 4^n spreads to walk.
+        let empty = fan_out(14, 4).replace("{ __typename }", "{ ...Missing }");
+        assert!(shape(&empty).expect("measured").fields > 4u64.pow(14));
         // 4^40 does not fit in a u64: the count saturates.
         assert_eq!(shape(&fan_out(40, 4)).expect("measured").fields, u64::MAX);
     }
@@ -402,8 +416,10 @@ mod tests {
         }
         q.push_str(&format!("fragment F{n} on Query {{ __typename }}\n"));
         let s = shape(&q).expect("measured");
-        // The operation's one field, and each fragment's: F_i reaches the one leaf.
-        assert_eq!(s.fields, 1 + (n as u64 + 1));
+        // F_i is n - i spreads and the leaf; the operation one spread more than F_0. Validation
+        // walks each definition expanded, hence the square.
+        let n = n as u64;
+        assert_eq!(s.fields, (n + 2) + (n + 1) * (n + 2) / 2);
         let mut cyclic = q.clone();
         cyclic.push_str("fragment Loop on Query { ...F0 }\n");
         cyclic = cyclic.replace(
@@ -414,9 +430,9 @@ mod tests {
     }
 
     #[test]
-    fn unknown_fragments_add_nothing() {
+    fn an_unknown_fragment_is_its_spread_alone() {
         let s = shape("{ me { ...Missing id } }").expect("measured");
-        assert_eq!(s.fields, 2);
+        assert_eq!(s.fields, 3);
     }
 
     #[test]
