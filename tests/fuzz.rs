@@ -859,12 +859,18 @@ fn vm(pid: u32, key: &str) -> Option<u64> {
 }
 
 /// The server binary in a child process, killed when dropped.
-struct Child(std::process::Child);
+struct Child(Arc<std::sync::Mutex<std::process::Child>>);
+
+fn kill(child: &std::sync::Mutex<std::process::Child>) {
+    if let Ok(mut c) = child.lock() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
 
 impl Drop for Child {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        kill(&self.0);
     }
 }
 
@@ -905,22 +911,21 @@ fn random_graphql_documents_are_answered_in_time_within_a_memory_bound() {
     ] {
         cmd.env_remove(var);
     }
-    let child = Child(cmd.spawn().expect("server starts"));
-    let pid = child.0.id();
+    let spawned = cmd.spawn().expect("server starts");
+    let pid = spawned.id();
+    let child = Child(Arc::new(std::sync::Mutex::new(spawned)));
     let base = format!("http://127.0.0.1:{port}");
 
     // The watchdog: kills the server past HARD_CAP, before the machine feels it.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let killed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watchdog = {
-        let (stop, killed) = (stop.clone(), killed.clone());
+        let (stop, killed, child) = (stop.clone(), killed.clone(), child.0.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 if vm(pid, "VmRSS").is_some_and(|rss| rss > HARD_CAP) {
                     killed.store(true, Ordering::Relaxed);
-                    unsafe {
-                        libc::kill(pid as i32, libc::SIGKILL);
-                    }
+                    kill(&child);
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(20));
