@@ -4,9 +4,6 @@
 pub mod app;
 pub mod auth;
 pub mod banner;
-// Reads resource limits and CPU clock ticks through libc (each block says why it is sound).
-#[allow(unsafe_code)]
-pub mod bench;
 pub mod cache;
 pub mod config;
 pub mod console;
@@ -18,7 +15,6 @@ pub mod events;
 pub mod graphql;
 pub mod http;
 pub mod observability;
-pub mod progress;
 pub mod provider;
 pub mod queue;
 pub mod rest;

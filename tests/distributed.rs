@@ -900,43 +900,6 @@ async fn a_worker_serves_health_readiness_and_its_provider_metrics() {
     assert_eq!(r.status().as_u16(), 404, "a worker serves no API");
 }
 
-/// `bench http --backend distributed` with tiny numbers: every scenario and the backend floor
-/// (a minimal MongoDB insert + Redis enqueue) are measured; timings are not judged here.
-#[test]
-fn bench_http_distributed_smoke_run() {
-    let (mongo, redis) = services();
-    let out = Command::new(env!("CARGO_BIN_EXE_volcengine-ai-server"))
-        .current_dir(std::env::temp_dir())
-        .args([
-            "bench",
-            "http",
-            "--backend",
-            "distributed",
-            "--mongo-url",
-            &mongo,
-            "--redis-url",
-            &redis,
-            "--requests",
-            "20",
-            "--connections",
-            "2",
-        ])
-        .output()
-        .expect("run");
-    let (stdout, _) = common::succeeded(out);
-    common::assert_contains(
-        &stdout,
-        &[
-            "MongoDB + Redis, API role",
-            "backend floor",
-            "REST submit",
-            "GraphQL submit",
-            "REST poll",
-            "GraphQL poll",
-        ],
-    );
-}
-
 /// The store of `database`, connected directly (its lock documents as the server needs them).
 async fn mongo_store(
     mongo: &str,

@@ -35,8 +35,8 @@ return #due
 
 /// Adds an id to the stream unless it already waits there (the reconciler re-enqueues every
 /// due task on each pass; without this a backlog would fill the stream with copies).
-/// KEYS: stream, waiting.
-pub(crate) const ENQUEUE: &str = r"
+/// KEYS: stream, waiting. Public for the benchmarks' backend floor, which runs the same script.
+pub const ENQUEUE: &str = r"
 if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then
   redis.call('XADD', KEYS[1], '*', 'task', ARGV[1])
   return 1

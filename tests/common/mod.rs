@@ -395,19 +395,3 @@ impl WsClient {
 }
 
 pub const TASK_UPDATED: &str = "subscription($id: ID!) { taskUpdated(id: $id) { id status version attempts result { imageUrl } error { code message retryable } } }";
-
-/// The output of a command that must have succeeded (the assertion shows both streams):
-/// its stdout and stderr as text.
-pub fn succeeded(out: std::process::Output) -> (String, String) {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    (stdout, stderr)
-}
-
-/// Asserts that `text` holds every one of `parts`.
-pub fn assert_contains(text: &str, parts: &[&str]) {
-    for part in parts {
-        assert!(text.contains(part), "{part} missing: {text}");
-    }
-}

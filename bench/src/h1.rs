@@ -13,7 +13,7 @@ use hyper::header::HeaderValue;
 use hyper::{header, Method, Request};
 use hyper_util::rt::TokioIo;
 
-use super::Measure;
+use crate::harness::Measure;
 
 /// One request of a scenario: method, path and query, JSON body, the status it must answer.
 pub struct Call {
@@ -117,7 +117,7 @@ where
     for _ in 0..connections.max(1) {
         opened.push(Connection::open(addr).await?);
     }
-    super::drive_with(name, total, opened, move |mut conn, i| {
+    crate::harness::drive_with(name, total, opened, move |mut conn, i| {
         let call = make(i);
         async move {
             conn.call(call).await?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use mongodb::bson::{self, Bson, Document};
 use mongodb::options::{ClientOptions, WriteConcern};
 
-use super::{drive, floor_task, Measure};
+use crate::harness::{drive, floor_task, Measure};
 
 async fn mongo_client(url: &str) -> Result<mongodb::Client, String> {
     let mut opts = ClientOptions::parse(url)
@@ -41,7 +41,7 @@ pub async fn backend_floor(
         .get_connection_manager()
         .await
         .map_err(|e| format!("Redis: {e}"))?;
-    let script = redis::Script::new(crate::queue::redis::ENQUEUE);
+    let script = redis::Script::new(volcengine_ai_server::queue::redis::ENQUEUE);
     let (stream, waiting) = (
         format!("{namespace}:floor:queue"),
         format!("{namespace}:floor:queue:waiting"),

@@ -1,6 +1,6 @@
-//! `bench subscribe`: many `taskUpdated` WebSocket subscribers on one service process, run as a
-//! child process (`volcengine-ai-server serve`) so that its resident memory is read from
-//! `/proc/<pid>/status` without the load generator's own. The provider is the emulator, in this
+//! `subscribe`: many `taskUpdated` WebSocket subscribers on one service process, run as a child
+//! process (this binary's hidden `service`, the service as `serve` runs it) so that its resident
+//! memory is read from `/proc/<pid>/status` without the load generator's own. The provider is the emulator, in this
 //! process, holding every call for `latency`: the tasks are submitted and claimed first, the
 //! subscribers connect while the calls are held, and then the tasks complete in one burst.
 
@@ -16,18 +16,31 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::{expect_status, percentile};
-use crate::emulator::EmulatorConfig;
+use volcengine_ai_server::emulator::EmulatorConfig;
 
-#[derive(Debug, Clone)]
+use crate::harness::{create_user, drive, expect_status, json_answer, percentile, start_emulator};
+
+#[derive(Debug, Clone, clap::Args)]
 pub struct SubscribeArgs {
+    /// WebSocket `taskUpdated` subscribers.
+    #[arg(long, default_value_t = 10000)]
     pub subscribers: usize,
     /// Tasks completing in the burst; subscriber `i` follows task `i % tasks`.
+    #[arg(long, default_value_t = 1000)]
     pub tasks: usize,
-    /// How long the emulator holds each call: long enough for every subscriber to connect.
+    /// How long the emulator holds each call (every subscriber must connect meanwhile).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub latency: Duration,
-    /// WebSocket handshakes in flight at once while connecting.
+    /// WebSocket handshakes in flight at once.
+    #[arg(long, default_value_t = 64)]
     pub connect_concurrency: usize,
+}
+
+/// The `subscribe` subcommand: one run, printed.
+pub async fn run(a: SubscribeArgs) -> Result<(), String> {
+    let report = subscribe(a).await?;
+    print_subscribe(&report);
+    Ok(())
 }
 
 /// How the terminal states reached the subscribers.
@@ -221,14 +234,14 @@ struct Child {
 }
 
 impl Child {
-    /// `volcengine-ai-server serve`, configured by `env`.
+    /// The service (`service`, as `volcengine-ai-server serve`), configured by `env`.
     async fn service(env: &[(&str, String)]) -> Result<Child, String> {
-        Child::start(&["serve"], env).await
+        Child::start(&["service"], env).await
     }
 
-    /// The delivery floor (`bench delivery-floor`).
+    /// The delivery floor (`delivery-floor`).
     async fn floor() -> Result<Child, String> {
-        Child::start(&["bench", "delivery-floor"], &[]).await
+        Child::start(&["delivery-floor"], &[]).await
     }
 
     async fn start(args: &[&str], env: &[(&str, String)]) -> Result<Child, String> {
@@ -465,7 +478,7 @@ pub async fn subscribe(a: SubscribeArgs) -> Result<SubscribeReport, String> {
     }
     let tasks = a.tasks.max(1);
     let stop = CancellationToken::new();
-    let (_emu, emu_url) = super::start_emulator(
+    let (_emu, emu_url) = start_emulator(
         EmulatorConfig {
             latency: a.latency,
             reuse_images: true,
@@ -496,11 +509,11 @@ pub async fn subscribe(a: SubscribeArgs) -> Result<SubscribeReport, String> {
             .map_err(|e| e.to_string())?;
         child.wait_ready(&http).await?;
         let base = child.base.clone();
-        let user = super::create_user(&http, &base).await?;
+        let user = create_user(&http, &base).await?;
         let ids = Arc::new(std::sync::Mutex::new(vec![String::new(); tasks]));
         {
             let (http, base, user, ids) = (http.clone(), base.clone(), user.clone(), ids.clone());
-            super::drive("submit", tasks, 32, move |i| {
+            drive("submit", tasks, 32, move |i| {
                 let (http, base, user, ids) =
                     (http.clone(), base.clone(), user.clone(), ids.clone());
                 async move {
@@ -533,7 +546,7 @@ pub async fn subscribe(a: SubscribeArgs) -> Result<SubscribeReport, String> {
         // subscribers' only.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let stats = super::json_answer(http.get(format!("{base}/api/v1/queue/stats"))).await?;
+            let stats = json_answer(http.get(format!("{base}/api/v1/queue/stats"))).await?;
             let processing = stats["data"]["by_status"]["processing"]
                 .as_u64()
                 .unwrap_or(0);

@@ -1,4 +1,4 @@
-//! The delivery floor of `bench subscribe`: a bare WebSocket server (axum, like the service)
+//! The delivery floor of `subscribe`: a bare WebSocket server (axum, like the service)
 //! that speaks just enough `graphql-transport-ws` for the bench's subscribers, holds each
 //! subscription on a broadcast channel of its task, and on `POST /burst` completes its tasks
 //! evenly over the given spread, sending every subscriber of a task the same pre-rendered
@@ -47,8 +47,22 @@ struct Burst {
     spread_ms: u64,
 }
 
+/// Where the floor listens (the bench that starts it sets both).
+#[derive(Debug, Clone, clap::Args)]
+pub struct FloorArgs {
+    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+    #[arg(long, env = "PORT")]
+    port: u16,
+}
+
+/// The hidden `delivery-floor` subcommand.
+pub async fn run(a: FloorArgs) -> Result<(), String> {
+    serve(SocketAddr::new(a.host, a.port)).await
+}
+
 /// Serves on `addr` until the process is killed.
-pub async fn serve(addr: SocketAddr) -> Result<(), String> {
+async fn serve(addr: SocketAddr) -> Result<(), String> {
     let floor = Arc::new(Floor::default());
     let app = Router::new()
         .route("/ready", get(|| async { "ready" }))

@@ -6,19 +6,29 @@
 
 use std::time::Duration;
 
-use super::distributed::BACKEND_FLOOR;
-use super::subscribe::{self, SubscribeArgs, SubscribeReport};
-use super::{
-    Backend, HttpArgs, Measure, PipelineArgs, PipelineReport, Ratios, GRAPHQL_POLL, GRAPHQL_SUBMIT,
-    REST_POLL, REST_SUBMIT,
-};
+use crate::distributed::BACKEND_FLOOR;
+use crate::harness::{Backend, Measure, Ratios};
+use crate::http::{self, HttpArgs, GRAPHQL_POLL, GRAPHQL_SUBMIT, REST_POLL, REST_SUBMIT};
+use crate::pipeline::{self, PipelineArgs, PipelineReport};
+use crate::subscribe::{self, SubscribeArgs, SubscribeReport};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct AllArgs {
-    /// Every count divided by this (at least 1).
+    /// Divides every count by this, for a quick look (goals are judged at 1 only).
+    #[arg(long, default_value_t = 1)]
     pub scale: usize,
-    /// MongoDB and Redis for the distributed HTTP run; without them it is left out.
-    pub distributed: Option<(String, String)>,
+    /// MongoDB for the distributed HTTP run (with --redis-url; without both it is left out).
+    #[arg(long, env = "MONGO_URL")]
+    pub mongo_url: Option<String>,
+    /// Redis for the distributed HTTP run.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+}
+
+/// The `all` subcommand: every benchmark, then the goals.
+pub async fn run(a: AllArgs) -> Result<(), String> {
+    let report = all(a).await?;
+    print_goals(&report)
 }
 
 /// What the run measured, for the goals.
@@ -44,11 +54,11 @@ pub async fn all(a: AllArgs) -> Result<AllReport, String> {
         backend: Backend::Embedded,
         preload: 0,
     };
-    let http = super::http(http_args.clone()).await?;
-    super::print_http(&http_args, &http);
+    let http = http::http(http_args.clone()).await?;
+    http::print_http(&http_args, &http);
     println!();
-    let distributed = match &a.distributed {
-        Some((mongo_url, redis_url)) => {
+    let distributed = match (&a.mongo_url, &a.redis_url) {
+        (Some(mongo_url), Some(redis_url)) => {
             let args = HttpArgs {
                 requests: scaled(1_000, s).max(64),
                 backend: Backend::Distributed {
@@ -57,12 +67,12 @@ pub async fn all(a: AllArgs) -> Result<AllReport, String> {
                 },
                 ..http_args.clone()
             };
-            let rows = super::http(args.clone()).await?;
-            super::print_http(&args, &rows);
+            let rows = http::http(args.clone()).await?;
+            http::print_http(&args, &rows);
             println!();
             Some(rows)
         }
-        None => None,
+        _ => None,
     };
     let subscribe = subscribe::subscribe(SubscribeArgs {
         subscribers: scaled(10_000, s),
@@ -74,8 +84,8 @@ pub async fn all(a: AllArgs) -> Result<AllReport, String> {
     .await?;
     subscribe::print_subscribe(&subscribe);
     println!();
-    let paced = pipeline(scaled(2_000, s), 600, Duration::from_secs(2)).await?;
-    let unlimited = pipeline(scaled(2_000, s), 0, Duration::ZERO).await?;
+    let paced = run_pipeline(scaled(2_000, s), 600, Duration::from_secs(2)).await?;
+    let unlimited = run_pipeline(scaled(2_000, s), 0, Duration::ZERO).await?;
     Ok(AllReport {
         scale: s,
         http,
@@ -87,7 +97,7 @@ pub async fn all(a: AllArgs) -> Result<AllReport, String> {
 }
 
 /// One `bench pipeline` run, printed.
-async fn pipeline(
+async fn run_pipeline(
     tasks: usize,
     ipm: u32,
     latency: Duration,
@@ -98,8 +108,8 @@ async fn pipeline(
         latency,
         clients: 64,
     };
-    let report = super::pipeline(args.clone()).await?;
-    super::print_pipeline(&args, &report);
+    let report = pipeline::pipeline(args.clone()).await?;
+    pipeline::print_pipeline(&args, &report);
     println!();
     Ok((args, report))
 }

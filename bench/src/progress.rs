@@ -1,8 +1,7 @@
-//! Progress bars for the long-running commands (`bench`, `emulator`), drawn on stderr only when
-//! it is a terminal: redirected to a file or a CI log they are hidden, so logs stay clean.
+//! Progress bars of the long runs, drawn on stderr only when it is a terminal: redirected to a
+//! file or a CI log they are hidden, so logs stay clean.
 
 use std::io::IsTerminal;
-use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -29,17 +28,5 @@ pub fn bar(len: u64, name: &str) -> ProgressBar {
         "{prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}",
     ));
     pb.set_prefix(name.to_string());
-    pb
-}
-
-/// A line that ticks by itself and shows a changing message; hidden when not a terminal.
-pub fn spinner(name: &str) -> ProgressBar {
-    if !interactive() {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-    pb.set_style(style("{spinner} {prefix} {elapsed_precise} {msg}"));
-    pb.set_prefix(name.to_string());
-    pb.enable_steady_tick(Duration::from_millis(200));
     pb
 }

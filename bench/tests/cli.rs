@@ -1,0 +1,184 @@
+//! Smoke runs of every benchmark with tiny numbers: each one runs through and prints its report
+//! (timings are not judged here: they belong to full runs, `docs/benchmarks.md`).
+
+mod common;
+
+use common::bench;
+
+#[test]
+fn bench_pipeline_smoke_run() {
+    let out = bench()
+        .args([
+            "pipeline",
+            "--tasks",
+            "5",
+            "--ipm",
+            "600",
+            "--latency",
+            "10ms",
+            "--clients",
+            "2",
+        ])
+        .output()
+        .expect("run");
+    let (stdout, stderr) = common::succeeded(out);
+    common::assert_contains(
+        &stdout,
+        &["completed            5", "failed               0"],
+    );
+    assert!(
+        !stderr.contains("eta"),
+        "no progress bar without a terminal: {stderr}"
+    );
+}
+
+#[test]
+fn bench_http_smoke_run() {
+    let out = bench()
+        .args(["http", "--requests", "20", "--connections", "2"])
+        .output()
+        .expect("run");
+    let (stdout, stderr) = common::succeeded(out);
+    common::assert_contains(
+        &stdout,
+        &[
+            "HTTP floor",
+            "store floor",
+            "REST submit",
+            "GraphQL submit",
+            "REST poll",
+            "GraphQL poll",
+            "GraphQL poll task(id) over GET",
+        ],
+    );
+    assert!(
+        !stderr.contains("eta"),
+        "no progress bar without a terminal: {stderr}"
+    );
+}
+
+/// `bench all` with every count divided by 200: each benchmark runs and prints its report, then
+/// every goal of issue #6 is listed with what was measured (not judged at that scale).
+#[test]
+fn bench_all_smoke_run() {
+    let out = bench()
+        .args(["all", "--scale", "200"])
+        .env_remove("MONGO_URL")
+        .env_remove("REDIS_URL")
+        .output()
+        .expect("run");
+    let (stdout, _) = common::succeeded(out);
+    common::assert_contains(
+        &stdout,
+        &[
+            "HTTP benchmark",
+            "subscription benchmark",
+            "pipeline benchmark",
+            "goals of issue #6",
+            "submit >= 5,000/s embedded",
+            "poll >= 20,000/s",
+            "10,000 subscribers in <= 200 MB",
+            "delivery p99 <= 100 ms",
+            "provider >= 0.98 of its limit",
+            "not judged below full scale",
+        ],
+    );
+    assert!(
+        !stdout.contains("NOT MET"),
+        "nothing judged at scale 200: {stdout}"
+    );
+}
+
+#[test]
+fn bench_pipeline_without_a_limit_smoke_run() {
+    let out = bench()
+        .args([
+            "pipeline",
+            "--tasks",
+            "20",
+            "--ipm",
+            "0",
+            "--latency",
+            "0s",
+            "--clients",
+            "4",
+        ])
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("completed            20"), "{stdout}");
+    assert!(stdout.contains("failed               0"), "{stdout}");
+    assert!(stdout.contains("tasks/s"), "{stdout}");
+    assert!(stdout.contains("store floor"), "{stdout}");
+}
+
+#[test]
+fn bench_http_with_preloaded_tasks_smoke_run() {
+    let out = bench()
+        .args([
+            "http",
+            "--requests",
+            "20",
+            "--connections",
+            "2",
+            "--preload",
+            "50",
+        ])
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("50 tasks preloaded"), "{stdout}");
+    assert!(stdout.contains("REST poll"), "{stdout}");
+}
+
+#[test]
+fn bench_http_distributed_needs_its_urls() {
+    let out = bench()
+        .args(["http", "--backend", "distributed"])
+        .env_remove("MONGO_URL")
+        .env_remove("REDIS_URL")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--mongo-url"), "{err}");
+}
+
+#[test]
+fn bench_subscribe_smoke_run() {
+    let out = bench()
+        .args([
+            "subscribe",
+            "--subscribers",
+            "20",
+            "--tasks",
+            "5",
+            "--latency",
+            "2s",
+        ])
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every subscriber saw its task's terminal state, none of them before all were connected.
+    assert!(
+        stdout.contains("received COMPLETED     20 of 20"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("completed early        0"), "{stdout}");
+    assert!(stdout.contains("per subscriber"), "{stdout}");
+}

@@ -1,0 +1,51 @@
+//! The smoke run of `http --backend distributed`, on the MongoDB and Redis `scripts/test` starts
+//! (`TEST_MONGO_URL`, `TEST_REDIS_URL`; built with `--features distributed-tests`).
+
+mod common;
+
+use common::bench;
+
+fn services() -> (String, String) {
+    match (
+        std::env::var("TEST_MONGO_URL"),
+        std::env::var("TEST_REDIS_URL"),
+    ) {
+        (Ok(m), Ok(r)) => (m, r),
+        _ => panic!("this suite needs TEST_MONGO_URL and TEST_REDIS_URL; run ./scripts/test"),
+    }
+}
+
+/// `bench http --backend distributed` with tiny numbers: every scenario and the backend floor
+/// (a minimal MongoDB insert + Redis enqueue) are measured; timings are not judged here.
+#[test]
+fn bench_http_distributed_smoke_run() {
+    let (mongo, redis) = services();
+    let out = bench()
+        .args([
+            "http",
+            "--backend",
+            "distributed",
+            "--mongo-url",
+            &mongo,
+            "--redis-url",
+            &redis,
+            "--requests",
+            "20",
+            "--connections",
+            "2",
+        ])
+        .output()
+        .expect("run");
+    let (stdout, _) = common::succeeded(out);
+    common::assert_contains(
+        &stdout,
+        &[
+            "MongoDB + Redis, API role",
+            "backend floor",
+            "REST submit",
+            "GraphQL submit",
+            "REST poll",
+            "GraphQL poll",
+        ],
+    );
+}
