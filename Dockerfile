@@ -4,6 +4,8 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY schema.graphql ./
+# A member of the workspace: Cargo loads its manifest even though only the server is built.
+COPY bench ./bench
 RUN cargo build --release --locked && strip target/release/volcengine-ai-server
 
 FROM debian:bookworm-slim
