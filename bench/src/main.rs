@@ -14,6 +14,8 @@ mod http;
 mod pipeline;
 mod progress;
 mod service;
+// Reads resource limits and CPU clock ticks through libc (each block says why it is sound).
+#[allow(unsafe_code)]
 mod subscribe;
 mod ws_floor;
 
