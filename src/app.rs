@@ -19,7 +19,7 @@ use crate::queue::{memory::MemoryQueue, redis::RedisQueue, Queue};
 use crate::service::Service;
 use crate::state::AppState;
 use crate::store::mongo::{MongoOptions, MongoStore};
-use crate::store::{sqlite::SqliteStore, Store, StoreError};
+use crate::store::{sqlite::SqliteStore, Store, StoreError, TaskCacheBounds};
 use crate::worker::{Handles, Worker, WorkerConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +72,10 @@ impl Backends {
         let store = SqliteStore::open(
             &config.data_dir,
             config.embedded_sync,
-            config.task_cache_size,
+            TaskCacheBounds {
+                tasks: config.task_cache_size,
+                bytes: config.task_cache_bytes,
+            },
         )?;
         tracing::info!(path = %store.path().display(), "embedded store opened");
         Ok(Backends {

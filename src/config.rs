@@ -119,6 +119,8 @@ pub struct Config {
     pub embedded_sync: SyncMode,
     /// Tasks the embedded store keeps in memory for polls (0: none).
     pub task_cache_size: usize,
+    /// Bytes those tasks may weigh together (reference images included; 0: none).
+    pub task_cache_bytes: usize,
     pub mongo_url: Option<String>,
     /// Database used when `MONGO_URL` names none.
     pub mongo_database: String,
@@ -194,6 +196,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             embedded_sync: SyncMode::Normal,
             task_cache_size: 10_000,
+            task_cache_bytes: 32 << 20,
             mongo_url: None,
             mongo_database: "volcengine_ai".into(),
             mongo_majority_writes: true,
@@ -522,6 +525,8 @@ impl Config {
             }
             Ok(())
         })?;
+        self.task_cache_bytes =
+            env.parse(&["TASK_CACHE_BYTES"], self.task_cache_bytes, |_| Ok(()))?;
         (self.mongo_url, self.redis_url) = backend_urls(env)?;
         self.mongo_database = env.string(&["MONGO_DATABASE"], &self.mongo_database);
         let concerns = [("majority", true), ("1", false)];
@@ -733,6 +738,8 @@ mod tests {
             ("PROVIDER_IPM", "0"),
             ("TASK_CACHE_SIZE", "lots"),
             ("TASK_CACHE_SIZE", "20000000"),
+            ("TASK_CACHE_BYTES", "32MB"),
+            ("TASK_CACHE_BYTES", "-1"),
             ("GRAPHQL_MAX_EXPANDED_FIELDS", "0"),
             ("GRAPHQL_MAX_EXPANDED_FIELDS", "lots"),
         ] {

@@ -13,6 +13,7 @@
 //! | `websocket_connections`, `graphql_subscriptions` | gauge | |
 //! | `task_event_lag_seconds` | histogram: a change's `updated_at` to its publication | `status` (the new one) |
 //! | `subscription_update_lag_seconds` | histogram: a change's `updated_at` to its hand-over to a subscriber's socket | |
+//! | `task_cache_tasks`, `task_cache_bytes` | gauge: what the embedded store's task cache holds (`TASK_CACHE_SIZE`, `TASK_CACHE_BYTES`) | |
 
 use std::sync::OnceLock;
 

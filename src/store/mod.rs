@@ -8,6 +8,8 @@ pub mod mongo;
 pub mod sqlite;
 mod task_cache;
 
+pub use task_cache::TaskCacheBounds;
+
 use std::collections::HashMap;
 
 use async_trait::async_trait;

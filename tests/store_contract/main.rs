@@ -26,9 +26,10 @@ macro_rules! contract {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     use volcengine_ai_server::config::SyncMode;
-                    use volcengine_ai_server::store::sqlite::SqliteStore;
+                    use volcengine_ai_server::store::{sqlite::SqliteStore, TaskCacheBounds};
                     let dir = tempfile::tempdir().expect("temp dir");
-                    let store = SqliteStore::open(dir.path(), SyncMode::Normal, 1000)
+                    let cache = TaskCacheBounds { tasks: 1000, bytes: 1 << 20 };
+                    let store = SqliteStore::open(dir.path(), SyncMode::Normal, cache)
                         .expect("open the embedded store");
                     super::$module::$name(std::sync::Arc::new(store)).await;
                 }

@@ -35,7 +35,7 @@ use rusqlite::{Connection, OptionalExtension};
 
 use crate::config::SyncMode;
 use crate::domain::Task;
-use crate::store::task_cache::TaskCache;
+use crate::store::task_cache::{TaskCache, TaskCacheBounds};
 use crate::store::StoreError;
 use lane::{open_writer, Lane, LaneSpec, CHECKPOINT_EVERY, IMAGE_CHECKPOINT_EVERY};
 use schema::{add_change_column, move_legacy_images, IMAGES_SCHEMA, SCHEMA};
@@ -107,9 +107,13 @@ fn cols(t: &Task) -> TaskCols {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the databases in `dir`, taking the folder's lock. Up to
-    /// `task_cache` tasks are kept in memory for polls (`TASK_CACHE_SIZE`).
-    pub fn open(dir: &Path, sync: SyncMode, task_cache: usize) -> Result<SqliteStore, StoreError> {
+    /// Opens (creating if needed) the databases in `dir`, taking the folder's lock. Tasks are
+    /// kept in memory for polls up to `task_cache` (`TASK_CACHE_SIZE`, `TASK_CACHE_BYTES`).
+    pub fn open(
+        dir: &Path,
+        sync: SyncMode,
+        task_cache: TaskCacheBounds,
+    ) -> Result<SqliteStore, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Backend(format!("cannot create data folder {}: {e}", dir.display()))
         })?;

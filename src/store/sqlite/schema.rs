@@ -167,7 +167,15 @@ mod tests {
             )
             .expect("insert");
         }
-        let store = SqliteStore::open(dir.path(), SyncMode::Normal, 100).expect("open store");
+        let store = SqliteStore::open(
+            dir.path(),
+            SyncMode::Normal,
+            crate::store::TaskCacheBounds {
+                tasks: 100,
+                bytes: 1 << 20,
+            },
+        )
+        .expect("open store");
         let mut other = old_task.clone();
         other.id = "t-other-user".into();
         other.user_id = "u2".into();
@@ -226,7 +234,15 @@ mod tests {
             .expect("insert");
         }
         for _ in 0..2 {
-            let store = SqliteStore::open(dir.path(), SyncMode::Normal, 100).expect("open store");
+            let store = SqliteStore::open(
+                dir.path(),
+                SyncMode::Normal,
+                crate::store::TaskCacheBounds {
+                    tasks: 100,
+                    bytes: 1 << 20,
+                },
+            )
+            .expect("open store");
             let img = store
                 .get_image("i1")
                 .await
