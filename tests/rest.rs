@@ -598,3 +598,119 @@ async fn generic_create_route_and_idempotency_keys() {
         .await;
     assert_eq!((s3, conflict["code"].clone()), (409, json!("CONFLICT")));
 }
+
+/// Look-alike addresses (bidi overrides, zero-width and other invisible or control characters)
+/// are refused on every way an email comes in; an email is stored in NFC, so the same address
+/// typed composed or decomposed is one user; an offset past i64 (which used to wrap to 0 and
+/// answer the first page) is refused too.
+#[tokio::test]
+async fn look_alike_emails_and_offsets_past_i64_are_refused() {
+    let s = TestServer::start().await;
+    let user = s.create_user("edge@example.com").await;
+    let sneaky = [
+        "ad\u{202E}moc.elpmaxe@nimda",
+        "admin\u{200B}@example.com",
+        "admin@exa\u{200D}mple.com",
+        "\u{2066}admin@example.com\u{2069}",
+        "admin\u{FEFF}@example.com",
+        "admin\u{00AD}@example.com",
+        "admin\u{0007}@example.com",
+        "admin\u{E000}@example.com",
+        "admin\u{00A0}x@example.com",
+    ];
+    for email in sneaky {
+        let (status, resp) = s
+            .post(
+                "/api/v1/users",
+                json!({"email": email, "name": "Look Alike"}),
+            )
+            .await;
+        assert_eq!(
+            (status, resp["details"][0]["field"].clone()),
+            (400, json!("email")),
+            "create {email:?}: {resp}"
+        );
+        let (status, resp) = s
+            .send(
+                s.http
+                    .put(s.url(&format!("/api/v1/users/{user}")))
+                    .json(&json!({"email": email})),
+            )
+            .await;
+        assert_eq!(
+            (status, resp["details"][0]["field"].clone()),
+            (400, json!("email")),
+            "update {email:?}: {resp}"
+        );
+        let (status, resp) = s
+            .send(
+                s.http
+                    .get(s.url("/api/v1/users"))
+                    .query(&[("email", email)]),
+            )
+            .await;
+        assert_eq!(status, 400, "find {email:?}: {resp}");
+        let body = s
+            .post(
+                "/graphql",
+                json!({"query": "mutation($e: String!) { createUser(input: {email: $e, name: \"Look Alike\"}) { id } }",
+                       "variables": {"e": email}}),
+            )
+            .await
+            .1;
+        assert_eq!(
+            body["errors"][0]["extensions"]["field"], "email",
+            "GraphQL {email:?}: {body}"
+        );
+    }
+    let (_, list) = s.get("/api/v1/users").await;
+    assert_eq!(list["pagination"]["total"], 1, "{list}");
+
+    // Composed and decomposed forms of one address are one user, stored composed.
+    let (status, made) = s
+        .post(
+            "/api/v1/users",
+            json!({"email": "jose\u{301}@example.com", "name": "Jose"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{made}");
+    assert_eq!(made["data"]["email"], "jos\u{e9}@example.com");
+    let (status, dup) = s
+        .post(
+            "/api/v1/users",
+            json!({"email": "JOS\u{c9}@example.com", "name": "Jose"}),
+        )
+        .await;
+    assert_eq!(status, 409, "{dup}");
+
+    // With a task listed, a wrapped offset would show it (the first page).
+    s.create_task(&user, "a lighthouse").await;
+    for offset in ["9223372036854775808", "18446744073709551615"] {
+        let (status, resp) = s
+            .get(&format!("/api/v1/tasks/user/{user}?offset={offset}"))
+            .await;
+        assert_eq!(
+            (status, resp["details"][0]["field"].clone()),
+            (400, json!("offset")),
+            "offset {offset}: {resp}"
+        );
+    }
+    let (status, page) = s
+        .get(&format!(
+            "/api/v1/tasks/user/{user}?offset=9223372036854775807"
+        ))
+        .await;
+    assert_eq!(
+        (status, page["pagination"]["count"].clone()),
+        (200, json!(0))
+    );
+    // GraphQL pages by cursor; its `first` is a 32-bit Int, so a huge one is refused as such.
+    let body = s
+        .post(
+            "/graphql",
+            json!({"query": "{ tasks(first: 9223372036854775808) { totalCount } }"}),
+        )
+        .await
+        .1;
+    assert!(body["errors"][0]["message"].is_string(), "{body}");
+}

@@ -261,6 +261,14 @@ impl Service {
         limit: Option<i64>,
     ) -> Result<Page<Task>, AppError> {
         let limit = page_limit(limit)?;
+        // The stores take a signed 64-bit offset (SQLite's OFFSET, MongoDB's skip); beyond it a
+        // value wrapped to a negative one, which both read as none: the first page.
+        if i64::try_from(offset).is_err() {
+            return Err(AppError::invalid(
+                "offset",
+                format!("must be between 0 and {}", i64::MAX),
+            ));
+        }
         if let Some(u) = user_id {
             check_id("user_id", u)?;
             require_user(who, u)?;

@@ -1,6 +1,9 @@
 //! Input rules, written once for REST and GraphQL. Field names are the REST (snake_case) ones;
 //! the GraphQL layer renames them to its camelCase fields.
 
+use unicode_normalization::UnicodeNormalization;
+use unicode_properties::{GeneralCategoryGroup, UnicodeGeneralCategory};
+
 use crate::domain::models::ModelSpec;
 use crate::error::{AppError, FieldError};
 
@@ -36,8 +39,12 @@ impl Problems {
     }
 }
 
+/// An email, in NFC so that one address typed composed or decomposed is one user. Only
+/// letters, marks, digits, punctuation and symbols are accepted: separators and the "other"
+/// categories (controls, format characters such as bidi overrides, zero-width joiners and soft
+/// hyphens, private-use and unassigned code points) would let an address look like another.
 pub fn email(p: &mut Problems, field: &str, raw: &str) -> String {
-    let e = raw.trim().to_string();
+    let e: String = raw.trim().nfc().collect();
     let valid_shape = e.split_once('@').is_some_and(|(local, domain)| {
         !local.is_empty()
             && !domain.is_empty()
@@ -54,7 +61,21 @@ pub fn email(p: &mut Problems, field: &str, raw: &str) -> String {
             field,
             format!("email must be at most {MAX_EMAIL_CHARS} characters"),
         );
-    } else if !valid_shape || e.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    } else if e.chars().any(|c| {
+        matches!(
+            c.general_category_group(),
+            GeneralCategoryGroup::Separator | GeneralCategoryGroup::Other
+        )
+    }) {
+        p.add(
+            FieldError::new(
+                field,
+                "email must not contain spaces, control, invisible or bidirectional-override \
+                 characters",
+            )
+            .with_value(e.escape_default().to_string()),
+        );
+    } else if !valid_shape {
         p.add(FieldError::new(field, "email is not a valid address").with_value(&e));
     }
     e
