@@ -169,6 +169,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Longest an HTTP request may take (WebSocket sessions are not limited); 408 beyond.
     pub request_timeout: Duration,
+    /// Host names served besides the loopback ones while auth is off (lowercase, no port).
+    pub allowed_hosts: Vec<String>,
     pub subscription_resync: Duration,
     pub graphql_max_depth: usize,
     pub graphql_max_complexity: usize,
@@ -228,6 +230,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(30),
             max_body_bytes: 16 * 1024 * 1024,
             request_timeout: Duration::from_secs(60),
+            allowed_hosts: Vec::new(),
             subscription_resync: Duration::from_secs(15),
             graphql_max_depth: 12,
             graphql_max_complexity: 1000,
@@ -370,6 +373,27 @@ fn url(var: &'static str, value: String) -> Result<String, ConfigError> {
     }
 }
 
+/// `ALLOWED_HOSTS`: comma-separated DNS names, without scheme or port.
+fn host_names(value: &str) -> Result<Vec<String>, String> {
+    let names = value
+        .split(',')
+        .map(|n| n.trim().trim_end_matches('.').to_ascii_lowercase());
+    names
+        .filter(|n| !n.is_empty())
+        .map(|n| {
+            let label =
+                |l: &str| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+            if n.split('.').all(label) {
+                Ok(n)
+            } else {
+                Err(format!(
+                    "{n:?} is not a host name (names only, no scheme or port)"
+                ))
+            }
+        })
+        .collect()
+}
+
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
@@ -504,6 +528,10 @@ impl Config {
             }
         })?;
         self.request_timeout = env.duration(&["REQUEST_TIMEOUT"], self.request_timeout, ms(100))?;
+        if let Some((var, value)) = env.raw(&["ALLOWED_HOSTS"]) {
+            self.allowed_hosts =
+                host_names(&value).map_err(|reason| ConfigError { var, value, reason })?;
+        }
         self.shutdown_timeout =
             env.duration(&["SHUTDOWN_TIMEOUT"], self.shutdown_timeout, ms(0))?;
         Ok(())
@@ -742,6 +770,8 @@ mod tests {
             ("TASK_CACHE_BYTES", "-1"),
             ("GRAPHQL_MAX_EXPANDED_FIELDS", "0"),
             ("GRAPHQL_MAX_EXPANDED_FIELDS", "lots"),
+            ("ALLOWED_HOSTS", "http://ai.lan"),
+            ("ALLOWED_HOSTS", "ai.lan:8080"),
         ] {
             let err = from(&[(var, value)]).expect_err(var);
             assert_eq!(err.var, var, "{err}");

@@ -1219,6 +1219,98 @@ async fn without_keys_cross_site_browser_requests_are_refused() {
     assert!(tokio_tungstenite::connect_async(req).await.is_err());
 }
 
+/// DNS rebinding: a page on an attacker's domain that resolves to 127.0.0.1 sends requests whose
+/// `Host` and `Origin` both name that domain, so the same-origin check passes. While auth is off
+/// only loopback `Host` values and the names in `ALLOWED_HOSTS` are served, HTTP requests and
+/// WebSocket upgrades alike; with auth on the key decides.
+#[tokio::test]
+async fn without_keys_only_loopback_hosts_and_allowed_names_are_served() {
+    let s = TestServer::start_with(|c| c.allowed_hosts = vec!["ai.lan".into()]).await;
+    let port = s.base.rsplit(':').next().expect("port").to_string();
+    let body = json!({"email": "rebind@example.com", "name": "Re Bind"});
+    let list = json!({"query": "{ users { nodes { email } } }"});
+    for host in [
+        "evil.example".to_string(),
+        format!("evil.example:{port}"),
+        format!("127.0.0.1.evil.example:{port}"),
+        format!("localhost.evil.example:{port}"),
+        format!("ai.lan.evil.example:{port}"),
+        format!("10.0.0.7:{port}"),
+    ] {
+        for origin in [Some(format!("http://{host}")), None] {
+            let with = |mut r: reqwest::RequestBuilder| {
+                r = r.header("host", &host);
+                match &origin {
+                    Some(o) => r.header("origin", o),
+                    None => r,
+                }
+            };
+            let made = s
+                .send(with(s.http.post(s.url("/api/v1/users"))).json(&body))
+                .await;
+            assert_eq!(made.0, 403, "POST with Host {host}: {:?}", made.1);
+            let read = s
+                .send(with(s.http.post(s.url("/graphql"))).json(&list))
+                .await;
+            assert_eq!(read.0, 403, "GraphQL with Host {host}: {:?}", read.1);
+        }
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = format!("ws://127.0.0.1:{port}/graphql/ws")
+            .into_client_request()
+            .expect("request");
+        let h = req.headers_mut();
+        h.insert(
+            "sec-websocket-protocol",
+            "graphql-transport-ws".parse().expect("h"),
+        );
+        h.insert("host", host.parse().expect("h"));
+        h.insert("origin", format!("http://{host}").parse().expect("h"));
+        match tokio_tungstenite::connect_async(req).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status().as_u16(), 403, "upgrade with Host {host}")
+            }
+            other => panic!("upgrade with Host {host}: {:?}", other.map(|_| ())),
+        }
+    }
+    let (_, users) = s.get("/api/v1/users").await;
+    assert_eq!(
+        users["pagination"]["total"], 0,
+        "nothing was created: {users}"
+    );
+    for host in [
+        format!("localhost:{port}"),
+        "localhost".to_string(),
+        format!("LocalHost.:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("127.0.0.2:{port}"),
+        format!("[::1]:{port}"),
+        format!("ai.lan:{port}"),
+        "AI.LAN".to_string(),
+    ] {
+        let got = s
+            .send(
+                s.http
+                    .post(s.url("/graphql"))
+                    .header("host", &host)
+                    .header("origin", format!("http://{host}"))
+                    .json(&list),
+            )
+            .await;
+        assert_eq!(got.0, 200, "Host {host}: {:?}", got.1);
+    }
+
+    let w = World::start(|_| {}).await;
+    let got =
+        w.s.send(
+            w.s.http
+                .get(w.s.url("/api/v1/users"))
+                .header("host", "api.example.com")
+                .bearer_auth(ADMIN),
+        )
+        .await;
+    assert_eq!(got.0, 200, "with auth on any Host is served: {:?}", got.1);
+}
+
 #[tokio::test]
 async fn graphql_over_get_never_runs_a_mutation() {
     let s = TestServer::start().await;

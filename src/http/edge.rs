@@ -1,5 +1,5 @@
-//! What every request passes through before its handler: the cross-site guard (auth off only)
-//! and the request metrics. One tower layer instead of two `axum::middleware::from_fn`s: those
+//! What every request passes through before its handler: the host and cross-site guards (auth
+//! off only) and the request metrics. One tower layer instead of two `axum::middleware::from_fn`s: those
 //! box a future per request each and clone the whole inner service stack to call it, and the
 //! metrics facade looked each request's labels up in the registry again. Here the inner service
 //! is called in place, the response future is wrapped, not boxed, and the metric handles of a
@@ -23,15 +23,19 @@ use tower::{Layer, Service};
 use crate::error::AppError;
 use crate::rest::envelope::ApiError;
 
+/// While auth is off: the host names served besides loopback (`ALLOWED_HOSTS`).
+pub type Guard = Option<Arc<[String]>>;
+
 #[derive(Clone)]
 pub struct EdgeLayer {
-    /// Refuse cross-site browser requests (see `cross_site`): only while auth is off.
-    guard: bool,
+    /// Refuse other hosts and cross-site browser requests (see `refusal`): only while auth is
+    /// off.
+    guard: Guard,
     metrics: Arc<RouteMetrics>,
 }
 
 impl EdgeLayer {
-    pub fn new(guard: bool) -> EdgeLayer {
+    pub fn new(guard: Guard) -> EdgeLayer {
         EdgeLayer {
             guard,
             metrics: Arc::default(),
@@ -45,7 +49,7 @@ impl<S> Layer<S> for EdgeLayer {
     fn layer(&self, inner: S) -> Edge<S> {
         Edge {
             inner,
-            guard: self.guard,
+            guard: self.guard.clone(),
             metrics: self.metrics.clone(),
         }
     }
@@ -54,7 +58,7 @@ impl<S> Layer<S> for EdgeLayer {
 #[derive(Clone)]
 pub struct Edge<S> {
     inner: S,
-    guard: bool,
+    guard: Guard,
     metrics: Arc<RouteMetrics>,
 }
 
@@ -85,7 +89,11 @@ where
             _ => "OTHER",
         };
         let started = Instant::now();
-        let inner = match self.guard.then(|| cross_site(&req)).flatten() {
+        let inner = match self
+            .guard
+            .as_deref()
+            .and_then(|allowed| refusal(&req, allowed))
+        {
             Some(refusal) => Either::Right(ready(Ok(refusal))),
             None => Either::Left(self.inner.call(req)),
         };
@@ -107,20 +115,48 @@ where
 /// `Origin`; one that is not this server is refused. Clients other than browsers send no
 /// `Origin` and are unaffected; with auth on, a page cannot attach the bearer key, so the guard
 /// is not needed.
-fn cross_site(req: &Request) -> Option<Response> {
+///
+/// That check alone falls to DNS rebinding: a page on the attacker's name, once the name
+/// resolves to 127.0.0.1, is same-origin with "this server" (`Host` and `Origin` both name it).
+/// So the `Host` must be one the operator uses: a loopback address, `localhost`, or a name in
+/// `ALLOWED_HOSTS`. A request without one (HTTP/1.0) came from no browser and passes.
+fn refusal(req: &Request, allowed: &[String]) -> Option<Response> {
     let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let host = header(header::HOST).or_else(|| req.uri().authority().map(|a| a.as_str()));
+    if let Some(host) = host.filter(|h| !served_host(h, allowed)) {
+        tracing::warn!(host, "request for another host refused (auth is off)");
+        return Some(forbidden(
+            "this host name is not served while the server runs without API keys \
+             (use localhost or 127.0.0.1, or list the name in ALLOWED_HOSTS)",
+        ));
+    }
     let origin = header(header::ORIGIN)?;
     let origin_host = origin.split_once("://").map(|(_, h)| h).unwrap_or(origin);
-    if Some(origin_host) == header(header::HOST) {
+    if Some(origin_host) == host {
         return None;
     }
     tracing::warn!(origin, "cross-site request refused (auth is off)");
-    Some(
-        ApiError::from(AppError::Forbidden(
-            "cross-site requests are refused while the server runs without API keys".into(),
-        ))
-        .into_response(),
-    )
+    Some(forbidden(
+        "cross-site requests are refused while the server runs without API keys",
+    ))
+}
+
+/// A loopback address or `localhost` (any port), or a name of `allowed`.
+fn served_host(host: &str, allowed: &[String]) -> bool {
+    let Ok(authority) = host.parse::<axum::http::uri::Authority>() else {
+        return false;
+    };
+    let name = authority.host();
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    let literal = name.trim_start_matches('[').trim_end_matches(']');
+    match literal.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => name == "localhost" || allowed.contains(&name),
+    }
+}
+
+fn forbidden(message: &str) -> Response {
+    ApiError::from(AppError::Forbidden(message.into())).into_response()
 }
 
 pin_project_lite::pin_project! {

@@ -35,7 +35,9 @@ pub fn router(state: AppState, graphql: graphql::Endpoint) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             state.config.request_timeout,
         ))
-        .layer(edge::EdgeLayer::new(!state.service.auth_enabled()))
+        .layer(edge::EdgeLayer::new(
+            (!state.service.auth_enabled()).then(|| state.config.allowed_hosts.clone().into()),
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -48,7 +50,7 @@ pub fn ops_router(state: AppState) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(crate::observability::render))
         .fallback(not_found)
-        .layer(edge::EdgeLayer::new(false))
+        .layer(edge::EdgeLayer::new(None))
         .with_state(state)
 }
 
