@@ -1311,6 +1311,57 @@ async fn without_keys_only_loopback_hosts_and_allowed_names_are_served() {
     assert_eq!(got.0, 200, "with auth on any Host is served: {:?}", got.1);
 }
 
+/// Changing an email to a taken address answers 409 and to a free one 200, so a user key that
+/// could change its own email could learn who else is registered. Only the admin changes emails
+/// (uniqueness still holds for it); a user key gets 403 whatever the address, over REST and
+/// GraphQL, and may still rename itself or send its current email back unchanged.
+#[tokio::test]
+async fn a_user_key_cannot_change_its_email_so_cannot_probe_for_others() {
+    let w = World::start(|_| {}).await;
+    let path = format!("/api/v1/users/{}", w.alice);
+    let put = |who: &'static str, body: Value| {
+        let key = if who == "admin" { ADMIN } else { &w.alice_key };
+        call(&w.s, Some(key), "PUT", &path, Some(body))
+    };
+    let taken = put("alice", json!({"email": "BOB@example.com"})).await;
+    let free = put("alice", json!({"email": "free-one@example.com"})).await;
+    assert_eq!(taken.0, 403, "{}", taken.1);
+    assert_eq!(free.0, 403, "{}", free.1);
+    assert_eq!(taken.1, free.1, "the answers must not differ");
+    let gql = |email: &'static str| {
+        w.gql(
+            Who::Own,
+            "mutation($id: ID!, $e: String!) { updateUser(id: $id, input: {email: $e}) { email } }",
+            json!({"id": w.alice, "e": email}),
+        )
+    };
+    let (_, taken) = gql("bob@example.com").await;
+    let (_, free) = gql("free-two@example.com").await;
+    assert_eq!(
+        taken["errors"][0]["extensions"]["code"], "FORBIDDEN",
+        "{taken}"
+    );
+    assert_eq!(
+        taken["errors"], free["errors"],
+        "the answers must not differ"
+    );
+
+    let renamed = put(
+        "alice",
+        json!({"email": "Alice@Example.com", "name": "Alice Renamed"}),
+    )
+    .await;
+    assert_eq!(renamed.0, 200, "{}", renamed.1);
+    assert_eq!(renamed.1["data"]["email"], "alice@example.com");
+    assert_eq!(renamed.1["data"]["name"], "Alice Renamed");
+
+    let dup = put("admin", json!({"email": "bob@example.com"})).await;
+    assert_eq!(dup.0, 409, "{}", dup.1);
+    let moved = put("admin", json!({"email": "alice.new@example.com"})).await;
+    assert_eq!(moved.0, 200, "{}", moved.1);
+    assert_eq!(moved.1["data"]["email"], "alice.new@example.com");
+}
+
 #[tokio::test]
 async fn graphql_over_get_never_runs_a_mutation() {
     let s = TestServer::start().await;

@@ -196,7 +196,8 @@ impl Mutation {
         Ok(User(u))
     }
 
-    /// Changes a user's email and/or name.
+    /// Changes a user's name and/or email (the email only with the admin key: a user key gets
+    /// `FORBIDDEN` whatever the address, so it cannot probe which ones are taken).
     async fn update_user(
         &self,
         c: &Context<'_>,

@@ -167,8 +167,9 @@ pub async fn find(
     responses(
         (status = 200, description = "The updated user", body = Envelope<UserJson>),
         (status = 400, description = "Invalid fields, or neither given", body = ErrorBody),
+        (status = 403, description = "A user key changing its email (the admin changes emails)", body = ErrorBody),
         (status = 404, description = "No such user", body = ErrorBody),
-        (status = 409, description = "The email is taken", body = ErrorBody),
+        (status = 409, description = "The email is taken (admin)", body = ErrorBody),
     ))]
 pub async fn update(
     State(s): State<AppState>,

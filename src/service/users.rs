@@ -1,5 +1,5 @@
-//! Users: created by the admin, read and changed by the admin or their own key; deleting one
-//! deletes its tasks.
+//! Users: created by the admin, read and renamed by the admin or their own key, their email
+//! changed by the admin only; deleting one deletes its tasks.
 
 use chrono::Utc;
 
@@ -112,7 +112,11 @@ impl Service {
         let name = input.name.map(|n| validate::name(&mut p, "name", &n));
         p.into_result()?;
         let mut user = self.get_user(who, id).await?;
-        if let Some(e) = email {
+        if let Some(e) = email.filter(|e| User::email_key(e) != User::email_key(&user.email)) {
+            // A change to a taken address answers 409 and to a free one 200: let a user key make
+            // it and it learns who else is registered. So the admin changes emails; a user key
+            // gets the same 403 whatever the address (its current one is a no-op).
+            require_admin(who, "change an email (the admin can)")?;
             user.email = e;
         }
         if let Some(n) = name {
