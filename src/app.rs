@@ -432,23 +432,23 @@ async fn serve(
     role: Role,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    let files = crate::sys::raise_open_files_limit();
+    // The rest of the descriptors: the store, Redis, provider calls, downloads, the emulator.
+    let derived = files.map_or(4096, |n| (n / 4 * 3).clamp(64, 1 << 20) as usize);
+    let limits = http::server::Limits {
+        header_read_timeout: state.config.header_read_timeout,
+        max_connections: state.config.max_connections.unwrap_or(derived),
+    };
+    tracing::info!(
+        open_files = files,
+        max_connections = limits.max_connections,
+        "serving HTTP"
+    );
     let router = if role.runs_api() {
         let graphql = graphql::Endpoint::new(state.clone()).await;
         http::router(state, graphql)
     } else {
         http::ops_router(state)
     };
-    // Small writes go out at once: a subscription's messages are small, and with Nagle's
-    // algorithm one sent while the previous is unacknowledged waits for the client's
-    // (delayed) ACK, up to 40 ms on Linux.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY not set");
-        }
-    });
-    tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
-    })
+    tokio::spawn(http::server::serve(listener, router, limits, shutdown))
 }

@@ -1,4 +1,4 @@
-//! Operating-system knobs the service uses on its own threads.
+//! Operating-system knobs the service uses: its threads' priorities, its open-files limit.
 
 /// Nice value of background threads (the worker beside the API, the store's checkpointer).
 const BACKGROUND_NICE: libc::c_int = 10;
@@ -15,4 +15,34 @@ pub fn lower_thread_priority() {
             tracing::debug!("could not lower a background thread's priority");
         }
     }
+}
+
+/// Raises the soft open-files limit to the hard one (as Go's runtime does at start: the soft
+/// limit is often 1,024, a few hundred subscribers) and returns the limit now in force; `None`
+/// where it cannot be read.
+pub fn raise_open_files_limit() -> Option<u64> {
+    #[cfg(unix)]
+    #[allow(unsafe_code)]
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed by pointer.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return None;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+        Some(lim.rlim_cur)
+    }
+    #[cfg(not(unix))]
+    None
 }

@@ -2,6 +2,7 @@
 
 mod edge;
 pub mod openapi;
+pub mod server;
 
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};

@@ -171,6 +171,11 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Host names served besides the loopback ones while auth is off (lowercase, no port).
     pub allowed_hosts: Vec<String>,
+    /// A connection that has not sent a request's headers this long after it opened or after
+    /// its previous response (an idle keep-alive) is closed.
+    pub header_read_timeout: Duration,
+    /// Connections served at once; `None`: three quarters of the open-files limit.
+    pub max_connections: Option<usize>,
     pub subscription_resync: Duration,
     pub graphql_max_depth: usize,
     pub graphql_max_complexity: usize,
@@ -231,6 +236,8 @@ impl Default for Config {
             max_body_bytes: 16 * 1024 * 1024,
             request_timeout: Duration::from_secs(60),
             allowed_hosts: Vec::new(),
+            header_read_timeout: Duration::from_secs(20),
+            max_connections: None,
             subscription_resync: Duration::from_secs(15),
             graphql_max_depth: 12,
             graphql_max_complexity: 1000,
@@ -534,6 +541,18 @@ impl Config {
         }
         self.shutdown_timeout =
             env.duration(&["SHUTDOWN_TIMEOUT"], self.shutdown_timeout, ms(0))?;
+        let (var, timeout) = (["HEADER_READ_TIMEOUT"], self.header_read_timeout);
+        self.header_read_timeout = env.duration(&var, timeout, ms(100))?;
+        if self.header_read_timeout > Duration::from_secs(30) {
+            return Err(ConfigError {
+                var: var[0],
+                value: humantime::format_duration(self.header_read_timeout).to_string(),
+                reason: "must be at most 30s".into(),
+            });
+        }
+        // 0 stands for unset here: a value given must be positive.
+        let max = env.parse(&["MAX_CONNECTIONS"], 0usize, positive)?;
+        self.max_connections = (max > 0).then_some(max);
         Ok(())
     }
 
@@ -705,85 +724,4 @@ impl Config {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::HashMap;
-
-    fn from(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Config::from_lookup(&move |k| map.get(k).cloned())
-    }
-
-    #[test]
-    fn defaults_and_old_names() {
-        let c = from(&[]).expect("defaults");
-        assert_eq!(c.port, 8080);
-        assert!(c.is_sandbox());
-        let c = from(&[
-            ("ARK_API_KEY", "k"),
-            ("MONGODB_URI", "mongodb://x"),
-            ("REDIS_URL", "redis://127.0.0.1:6379"),
-            ("AI_TIMEOUT", "30s"),
-            ("VOLCENGINE_ENDPOINT", "http://127.0.0.1:9/"),
-        ])
-        .expect("aliases");
-        assert_eq!(c.volcengine_api_key.as_ref().map(Secret::expose), Some("k"));
-        assert!(
-            !format!("{c:?}").contains("\"k\""),
-            "the key must not show in Debug"
-        );
-        assert_eq!(c.mongo_url.as_deref(), Some("mongodb://x"));
-        assert_eq!(c.ai_timeout, Duration::from_secs(30));
-        assert_eq!(c.volcengine_endpoint, "http://127.0.0.1:9");
-        assert_eq!(
-            from(&[("AI_TIMEOUT", "45")])
-                .expect("secs")
-                .ai_timeout
-                .as_secs(),
-            45
-        );
-    }
-
-    #[test]
-    fn invalid_values_name_the_variable() {
-        for (var, value) in [
-            ("PORT", "eighty"),
-            ("PORT", "70000"),
-            ("AI_TIMEOUT", "soon"),
-            ("WORKER_CONCURRENCY", "0"),
-            ("DOWNLOAD_CONCURRENCY", "0"),
-            ("DOWNLOAD_CONCURRENCY", "5000"),
-            ("LOG_FORMAT", "xml"),
-            ("VOLCENGINE_ENDPOINT", "ftp://x"),
-            ("HOST", "localhost:80"),
-            ("MAX_BODY_BYTES", "-1"),
-            ("MONGO_WRITE_CONCERN", "some"),
-            ("PROVIDER_IPM", "fast"),
-            ("PROVIDER_IPM", "dall-e=5"),
-            ("PROVIDER_IPM", "0"),
-            ("TASK_CACHE_SIZE", "lots"),
-            ("TASK_CACHE_SIZE", "20000000"),
-            ("TASK_CACHE_BYTES", "32MB"),
-            ("TASK_CACHE_BYTES", "-1"),
-            ("GRAPHQL_MAX_EXPANDED_FIELDS", "0"),
-            ("GRAPHQL_MAX_EXPANDED_FIELDS", "lots"),
-            ("ALLOWED_HOSTS", "http://ai.lan"),
-            ("ALLOWED_HOSTS", "ai.lan:8080"),
-        ] {
-            let err = from(&[(var, value)]).expect_err(var);
-            assert_eq!(err.var, var, "{err}");
-            assert!(err.to_string().contains(var));
-        }
-        // Distributed mode needs both; the missing one is named.
-        let err = from(&[("MONGO_URL", "mongodb://x")]).expect_err("mongo alone");
-        assert_eq!(err.var, "REDIS_URL");
-        let err = from(&[("REDIS_URL", "redis://x")]).expect_err("redis alone");
-        assert_eq!(err.var, "MONGO_URL");
-        let err =
-            from(&[("MONGO_URL", "postgres://x"), ("REDIS_URL", "redis://x")]).expect_err("scheme");
-        assert_eq!(err.var, "MONGO_URL");
-    }
-}
+mod tests;
