@@ -445,6 +445,9 @@ async fn serve(
         "serving HTTP"
     );
     let router = if role.runs_api() {
+        // Revocations from any process close this one's sockets of the key.
+        let revocations = graphql::ws::Revocations::new(&state);
+        state.service.on_control(Arc::new(revocations));
         let graphql = graphql::Endpoint::new(state.clone()).await;
         http::router(state, graphql)
     } else {

@@ -19,7 +19,16 @@ pub struct AppState {
     /// `ark` or `sandbox`.
     pub provider_mode: &'static str,
     pub started: Instant,
-    /// Open WebSocket connections per API key (this process), against
-    /// `WS_MAX_CONNECTIONS_PER_KEY`.
-    pub sockets: Arc<Mutex<HashMap<String, usize>>>,
+    /// Open WebSocket connections of user keys (this process), by key label: counted against
+    /// `WS_MAX_CONNECTIONS_PER_KEY`, and closed when their key is revoked.
+    pub sockets: Sockets,
+}
+
+pub type Sockets = Arc<Mutex<HashMap<String, Vec<OpenSocket>>>>;
+
+/// An open socket of a user key. A revocation sends it what to signal once its close frame is
+/// out.
+pub struct OpenSocket {
+    pub id: u64,
+    pub revoke: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<()>>,
 }

@@ -1147,6 +1147,70 @@ async fn revoked_keys_stop_working_and_secrets_are_never_listed() {
     assert_eq!(st, 401, "{b}");
 }
 
+/// A revoked key's sockets are closed with 4403 before the revoke call returns, and nothing is
+/// delivered on them after (before: they kept receiving events until the next periodic key check,
+/// up to 10 s). The revocation travels over the event bus, so on the distributed backends every
+/// api process acts on it (tests/distributed.rs has two).
+#[tokio::test]
+async fn revoking_a_key_closes_its_sockets_before_the_revoke_returns() {
+    let w = World::start(|_| {}).await;
+    let task = w.alice_task(false).await;
+    let auth = json!({"authorization": format!("Bearer {}", w.alice_key)});
+    let mut socks = Vec::new();
+    for proto in [Proto::TransportWs, Proto::LegacyWs] {
+        let mut ws = WsClient::connect_with(&w.s.base, "/graphql/ws", proto, auth.clone())
+            .await
+            .expect("admitted");
+        ws.subscribe("t", common::TASK_UPDATED, json!({"id": task}))
+            .await;
+        match ws.next_event().await {
+            WsEvent::Next { data, .. } => assert_eq!(data["taskUpdated"]["id"], task),
+            other => panic!("{other:?}"),
+        }
+        socks.push(ws);
+    }
+    let (_, keys) = w
+        .call(
+            Who::Admin,
+            "GET",
+            &format!("/api/v1/users/{}/api-keys", w.alice),
+            None,
+        )
+        .await;
+    let key_id = keys["data"][0]["id"].as_str().expect("key id").to_string();
+    let (st, b) = w
+        .call(
+            Who::Admin,
+            "DELETE",
+            &format!("/api/v1/api-keys/{key_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{b}");
+    // A change the subscription would have delivered.
+    let (st, b) = w
+        .call(
+            Who::Admin,
+            "POST",
+            &format!("/api/v1/tasks/{task}/cancel"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{b}");
+    for mut ws in socks {
+        // Frames sent before the revoke (the task starting) may still be unread; the
+        // cancellation, made after it returned, must not arrive.
+        let (after, code) = ws.until_closed().await;
+        assert!(
+            after
+                .iter()
+                .all(|m| m["payload"]["data"]["taskUpdated"]["status"] != "CANCELLED"),
+            "delivered after the revoke: {after:?}"
+        );
+        assert_eq!(code, Some(4403), "{after:?}");
+    }
+}
+
 #[tokio::test]
 async fn without_keys_the_server_refuses_to_listen_beyond_loopback() {
     let dir = tempfile::tempdir().expect("dir");

@@ -1031,3 +1031,67 @@ async fn concurrent_inserts_each_hear_their_own_outcome() {
     let client = mongodb::Client::with_uri_str(&mongo).await.expect("client");
     let _ = client.database(&database).drop().await;
 }
+
+/// A key revoked through one api process: the other closes the key's sockets (4403) before the
+/// revoke call returns and delivers nothing on them after, and refuses the key at once (before:
+/// events kept arriving for up to 10 s, and the other process's key cache honoured the key for
+/// up to 5 s).
+#[tokio::test]
+async fn a_key_revoked_on_one_api_closes_its_sockets_on_another_before_the_revoke_returns() {
+    let (mongo, redis) = services();
+    let (_emu, emu_url, _stop) = emulator(Duration::from_secs(600)).await;
+    let d = Deployment::new(&mongo, &redis, &emu_url, &[]);
+    let (_a, base_a) = d.api().await;
+    let (_b, base_b) = d.api().await;
+    let http = reqwest::Client::new();
+    let user = create_user(&http, &base_a).await;
+    let (st, made) = post(
+        &http,
+        format!("{base_a}/api/v1/users/{user}/api-keys"),
+        json!({"name": "phone"}),
+    )
+    .await;
+    assert_eq!(st, 201, "{made}");
+    let key = made["data"]["key"].as_str().expect("secret").to_string();
+    let key_id = made["data"]["id"].as_str().expect("key id").to_string();
+    // No worker: the task stays pending until it is cancelled below.
+    let task_id = create_task(&http, &base_a, &user, "a lighthouse").await;
+    let own = |path: String| http.get(path).bearer_auth(&key);
+    let seen = own(format!("{base_b}/api/v1/users/{user}")).send().await;
+    assert_eq!(seen.expect("get").status().as_u16(), 200, "B knows the key");
+    let auth = json!({"authorization": format!("Bearer {key}")});
+    let mut ws = WsClient::connect_with(&base_b, "/graphql/ws", Proto::TransportWs, auth)
+        .await
+        .expect("admitted");
+    ws.subscribe("t", TASK_UPDATED, json!({"id": task_id}))
+        .await;
+    match ws.next_event().await {
+        WsEvent::Next { data, .. } => assert_eq!(data["taskUpdated"]["id"], task_id.as_str()),
+        other => panic!("{other:?}"),
+    }
+    let revoked = http
+        .delete(format!("{base_a}/api/v1/api-keys/{key_id}"))
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(revoked.status().as_u16(), 200);
+    let after = own(format!("{base_b}/api/v1/users/{user}")).send().await;
+    assert_eq!(
+        after.expect("get").status().as_u16(),
+        401,
+        "B refuses the key at once"
+    );
+    let (st, b) = post(
+        &http,
+        format!("{base_a}/api/v1/tasks/{task_id}/cancel"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(st, 200, "{b}");
+    let (frames, code) = ws.until_closed().await;
+    assert!(
+        frames.iter().all(|m| m["type"] != "next"),
+        "delivered after the revoke: {frames:?}"
+    );
+    assert_eq!(code, Some(4403), "{frames:?}");
+}

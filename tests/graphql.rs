@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use volcengine_ai_server::app::Backends;
 use volcengine_ai_server::domain::{ApiKey, Task, TaskStatus, User};
 use volcengine_ai_server::events::memory::MemoryEvents;
-use volcengine_ai_server::events::{Channel, Event, Events, EventsError};
+use volcengine_ai_server::events::{Channel, Control, ControlHandler, Event, Events, EventsError};
 use volcengine_ai_server::store::{
     ChangeCursor, ImageBlob, InsertOutcome, Store, StoreError, TaskQuery,
 };
@@ -686,6 +686,12 @@ impl Events for Lossy {
     }
     async fn subscribe(&self, channel: Channel) -> Result<BoxStream<'static, Event>, EventsError> {
         self.inner.subscribe(channel).await
+    }
+    fn on_control(&self, handler: Arc<dyn ControlHandler>) {
+        self.inner.on_control(handler)
+    }
+    async fn control(&self, msg: &Control, within: Duration) -> Result<(), EventsError> {
+        self.inner.control(msg, within).await
     }
 }
 

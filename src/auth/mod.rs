@@ -45,10 +45,17 @@ impl Principal {
     pub fn label(&self) -> String {
         match self {
             Principal::Admin => "admin".into(),
-            Principal::User { key_id, .. } => format!("key:{key_id}"),
+            Principal::User { key_id, .. } => key_label(key_id),
         }
     }
 }
+
+/// The label of a user key's principal.
+pub fn key_label(key_id: &str) -> String {
+    format!("key:{key_id}")
+}
+
+impl Principal {}
 
 /// How long a looked-up key is trusted before the store is asked again. A revocation through
 /// this process takes effect at once; through another process within this time.
@@ -155,9 +162,9 @@ impl Authenticator {
         }
     }
 
-    /// Drops a key from this process's cache (after a revocation here).
-    pub fn forget(&self, key: &ApiKey) {
-        self.cache.remove(&key.hash);
+    /// Drops a key, by its hash, from this process's cache (after a revocation).
+    pub fn forget(&self, hash: &str) {
+        self.cache.remove(hash);
     }
 }
 

@@ -4,13 +4,14 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::stream::{BoxStream, StreamExt};
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::{errors::BroadcastStreamRecvError, BroadcastStream};
 
-use super::{Channel, Event, Events, EventsError};
+use super::{Channel, Control, ControlHandler, Event, Events, EventsError};
 use crate::domain::Task;
 
 /// Events a slow subscriber may fall behind before it is told of a gap and re-reads the store.
@@ -25,6 +26,7 @@ type Channels = HashMap<Channel, broadcast::Sender<Event>>;
 #[derive(Default)]
 pub struct MemoryEvents {
     channels: Mutex<Channels>,
+    control: Mutex<Option<Arc<dyn ControlHandler>>>,
 }
 
 impl MemoryEvents {
@@ -76,9 +78,33 @@ impl Events for MemoryEvents {
             })
             .boxed())
     }
+
+    fn on_control(&self, handler: Arc<dyn ControlHandler>) {
+        if let Ok(mut h) = self.control.lock() {
+            *h = Some(handler);
+        }
+    }
+
+    async fn control(&self, msg: &Control, within: Duration) -> Result<(), EventsError> {
+        if tokio::time::timeout(within, self.handle_control(msg))
+            .await
+            .is_err()
+        {
+            tracing::warn!(?msg, "control message not handled in time");
+        }
+        Ok(())
+    }
 }
 
 impl MemoryEvents {
+    /// Runs this process's handler of control messages on `msg` (nothing without one).
+    pub async fn handle_control(&self, msg: &Control) {
+        let handler = self.control.lock().ok().and_then(|h| h.clone());
+        if let Some(h) = handler {
+            h.handle(msg).await;
+        }
+    }
+
     /// Hands a task update to this process's subscribers of its channels.
     pub fn deliver(&self, task: Arc<Task>) -> Result<(), EventsError> {
         let mut channels = self.channels()?;

@@ -6,9 +6,11 @@ pub mod memory;
 pub mod redis;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
 
 use crate::domain::Task;
 
@@ -51,6 +53,20 @@ pub enum Event {
     Gap,
 }
 
+/// A message every process acts on before its sender goes on: unlike task events, these are
+/// acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Control {
+    /// An API key was revoked: forget it and close the sockets it opened (4403).
+    KeyRevoked { key_id: String, hash: String },
+}
+
+/// What a process does with a control message (its API: the key cache and open sockets).
+#[async_trait]
+pub trait ControlHandler: Send + Sync + 'static {
+    async fn handle(&self, msg: &Control);
+}
+
 #[async_trait]
 pub trait Events: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
@@ -58,4 +74,10 @@ pub trait Events: Send + Sync + 'static {
     async fn publish(&self, task: &Task) -> Result<(), EventsError>;
     /// Events published after this call returns.
     async fn subscribe(&self, channel: Channel) -> Result<BoxStream<'static, Event>, EventsError>;
+    /// Sets what this process does with control messages; a process without a handler
+    /// acknowledges them at once.
+    fn on_control(&self, handler: Arc<dyn ControlHandler>);
+    /// Has every process reached by the bus (this one included) handle `msg`, and returns once
+    /// each has acknowledged it, or after `within`.
+    async fn control(&self, msg: &Control, within: Duration) -> Result<(), EventsError>;
 }

@@ -3,20 +3,27 @@
 //! pattern subscription to the task channels and hands what arrives to its local subscribers
 //! (one Redis connection per process, not per WebSocket subscriber).
 //!
+//! Control messages (key revocations) travel on `{prefix}:control`, which every relay also
+//! subscribes to: each process handles one and publishes an acknowledgement there, and the sender
+//! waits for as many as `PUBLISH` said received it.
+//!
 //! Pub/sub is at most once. When the relay connection drops, every local subscriber is told of a
 //! gap (and re-reads the store); the relay reconnects with backoff.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::stream::{BoxStream, StreamExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::memory::MemoryEvents;
-use super::{Channel, Event, Events, EventsError};
+use super::{Channel, Control, ControlHandler, Event, Events, EventsError};
 use crate::domain::Task;
 
 pub struct RedisEvents {
@@ -24,6 +31,18 @@ pub struct RedisEvents {
     prefix: String,
     local: Arc<MemoryEvents>,
     relay_up: Arc<AtomicBool>,
+    waiting: Waiting,
+}
+
+/// Control messages sent from this process, by id: a signal per acknowledgement received.
+type Waiting = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<()>>>>;
+
+/// What travels on `{prefix}:control`: a control message, or a process's acknowledgement of one.
+/// Every process's relay subscribes to it, so `PUBLISH` answers how many will acknowledge.
+#[derive(Serialize, Deserialize)]
+enum Wire {
+    Ask { id: String, msg: Control },
+    Ack { id: String },
 }
 
 fn unavailable(e: redis::RedisError) -> EventsError {
@@ -46,34 +65,78 @@ impl RedisEvents {
             .map_err(unavailable)?;
         let local = Arc::new(MemoryEvents::new());
         let relay_up = Arc::new(AtomicBool::new(false));
-        tokio::spawn(relay(
+        let waiting = Waiting::default();
+        let relay = Relay {
             client,
-            format!("{prefix}:task:*"),
-            local.clone(),
-            relay_up.clone(),
-            shutdown,
-        ));
+            pattern: format!("{prefix}:task:*"),
+            control: format!("{prefix}:control"),
+            local: local.clone(),
+            up: relay_up.clone(),
+            cmd: cmd.clone(),
+            waiting: waiting.clone(),
+        };
+        tokio::spawn(run_relay(relay, shutdown));
         Ok(RedisEvents {
             cmd,
             prefix: prefix.to_string(),
             local,
             relay_up,
+            waiting,
         })
     }
 }
 
-async fn relay(
+struct Relay {
     client: redis::Client,
     pattern: String,
+    control: String,
     local: Arc<MemoryEvents>,
     up: Arc<AtomicBool>,
-    shutdown: CancellationToken,
-) {
+    cmd: ConnectionManager,
+    waiting: Waiting,
+}
+
+impl Relay {
+    /// A control message: handled here, then acknowledged (on its own task, so events keep
+    /// flowing meanwhile); or an acknowledgement of one sent from here.
+    fn on_control(&self, payload: &str) {
+        match serde_json::from_str::<Wire>(payload) {
+            Ok(Wire::Ask { id, msg }) => {
+                let (local, mut cmd, channel) =
+                    (self.local.clone(), self.cmd.clone(), self.control.clone());
+                tokio::spawn(async move {
+                    local.handle_control(&msg).await;
+                    let Ok(ack) = serde_json::to_string(&Wire::Ack { id }) else {
+                        return;
+                    };
+                    let sent = redis::cmd("PUBLISH")
+                        .arg(&channel)
+                        .arg(ack)
+                        .query_async::<i64>(&mut cmd)
+                        .await;
+                    if let Err(e) = sent {
+                        tracing::warn!(error = %e, "control message not acknowledged");
+                    }
+                });
+            }
+            Ok(Wire::Ack { id }) => {
+                if let Some(tx) = self.waiting.lock().ok().and_then(|w| w.get(&id).cloned()) {
+                    let _ = tx.send(());
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "unreadable control message ignored"),
+        }
+    }
+}
+
+async fn run_relay(r: Relay, shutdown: CancellationToken) {
+    let (client, pattern, local, up) = (&r.client, &r.pattern, &r.local, &r.up);
     let mut backoff = Duration::from_millis(100);
     loop {
         let connected = async {
             let mut ps = client.get_async_pubsub().await?;
-            ps.psubscribe(&pattern).await?;
+            ps.psubscribe(pattern).await?;
+            ps.subscribe(&r.control).await?;
             Ok::<_, redis::RedisError>(ps)
         };
         let result = tokio::select! {
@@ -94,6 +157,12 @@ async fn relay(
                         m = messages.next() => m,
                     };
                     let Some(msg) = msg else { break };
+                    if msg.get_channel_name() == r.control {
+                        if let Ok(payload) = msg.get_payload::<String>() {
+                            r.on_control(&payload);
+                        }
+                        continue;
+                    }
                     match msg
                         .get_payload::<String>()
                         .ok()
@@ -166,5 +235,47 @@ impl Events for RedisEvents {
 
     async fn subscribe(&self, channel: Channel) -> Result<BoxStream<'static, Event>, EventsError> {
         self.local.subscribe(channel).await.map(|s| s.boxed())
+    }
+
+    fn on_control(&self, handler: Arc<dyn ControlHandler>) {
+        self.local.on_control(handler);
+    }
+
+    async fn control(&self, msg: &Control, within: Duration) -> Result<(), EventsError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let payload = serde_json::to_string(&Wire::Ask {
+            id: id.clone(),
+            msg: msg.clone(),
+        })
+        .map_err(|e| EventsError::Unavailable(format!("encode: {e}")))?;
+        let (tx, mut acks) = mpsc::unbounded_channel();
+        if let Ok(mut w) = self.waiting.lock() {
+            w.insert(id.clone(), tx);
+        }
+        let mut c = self.cmd.clone();
+        let sent = redis::cmd("PUBLISH")
+            .arg(format!("{}:control", self.prefix))
+            .arg(payload)
+            .query_async::<usize>(&mut c)
+            .await;
+        // Every relay subscribed (this process's too) has it and will acknowledge it.
+        let result = match sent {
+            Ok(processes) => {
+                let all = async {
+                    for _ in 0..processes {
+                        acks.recv().await;
+                    }
+                };
+                if tokio::time::timeout(within, all).await.is_err() {
+                    tracing::warn!(?msg, processes, "not every process acknowledged in time");
+                }
+                Ok(())
+            }
+            Err(e) => Err(unavailable(e)),
+        };
+        if let Ok(mut w) = self.waiting.lock() {
+            w.remove(&id);
+        }
+        result
     }
 }

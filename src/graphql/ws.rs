@@ -1,11 +1,12 @@
 //! Subscriptions over WebSocket (`/graphql/ws`, or an upgrade on `/graphql`) in both the
 //! `graphql-transport-ws` and the legacy `graphql-ws` subprotocols: the handshake authenticates
 //! `connection_init` before the GraphQL session starts, sockets and subscriptions are counted
-//! against their limits, and an open socket's key is checked again while it stays open.
+//! against their limits, an open socket's key is checked again while it stays open, and a revocation
+//! of its key (from any process, over the event bus) closes it with 4403 at once (`Revocations`).
 
 use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_graphql::http::{WebSocketProtocols, WsMessage, ALL_WEBSOCKET_PROTOCOLS};
@@ -15,12 +16,15 @@ use axum::extract::{FromRequestParts, Request, State, WebSocketUpgrade};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, oneshot};
 
 use super::handlers::request_data;
 use super::Endpoint;
-use crate::auth::Principal;
+use crate::auth::{key_label, Principal};
 use crate::error::AppError;
-use crate::state::AppState;
+use crate::events::{Control, ControlHandler};
+use crate::service::Service;
+use crate::state::{AppState, OpenSocket, Sockets};
 
 /// tungstenite's default read buffer is 128 KiB and it zeroes all of it on each read, so every
 /// open socket kept 128 KiB resident (1.3 GB for 10,000 subscribers). Clients send a few small
@@ -63,11 +67,16 @@ impl Drop for SubscriptionSlot {
     }
 }
 
-/// A connection's place in its key's `WS_MAX_CONNECTIONS_PER_KEY`.
+/// A connection's place in its key's `WS_MAX_CONNECTIONS_PER_KEY`, where a revocation of the
+/// key finds it.
 struct SocketSlot {
     state: AppState,
     key: String,
+    id: u64,
+    revoked: mpsc::Receiver<oneshot::Sender<()>>,
 }
+
+static SOCKET_IDS: AtomicU64 = AtomicU64::new(0);
 
 impl SocketSlot {
     /// The admin (an operator's tooling, or anyone while auth is off) is not capped.
@@ -77,14 +86,18 @@ impl SocketSlot {
         }
         let key = who.label();
         let mut map = state.sockets.lock().ok()?;
-        let n = map.entry(key.clone()).or_insert(0);
-        if *n >= state.config.ws_max_connections_per_key {
+        let open = map.entry(key.clone()).or_default();
+        if open.len() >= state.config.ws_max_connections_per_key {
             return None;
         }
-        *n += 1;
+        let id = SOCKET_IDS.fetch_add(1, Ordering::Relaxed);
+        let (revoke, revoked) = mpsc::channel(1);
+        open.push(OpenSocket { id, revoke });
         Some(Some(SocketSlot {
             state: state.clone(),
             key,
+            id,
+            revoked,
         }))
     }
 }
@@ -92,12 +105,74 @@ impl SocketSlot {
 impl Drop for SocketSlot {
     fn drop(&mut self) {
         if let Ok(mut map) = self.state.sockets.lock() {
-            if let Some(n) = map.get_mut(&self.key) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
+            if let Some(open) = map.get_mut(&self.key) {
+                open.retain(|s| s.id != self.id);
+                if open.is_empty() {
                     map.remove(&self.key);
                 }
             }
+        }
+    }
+}
+
+/// A revocation's `done`, for a socket of a user key; never for the admin's.
+async fn revoked(slot: &mut Option<SocketSlot>) -> oneshot::Sender<()> {
+    match slot {
+        Some(s) => match s.revoked.recv().await {
+            Some(done) => done,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// This process's part of a key revocation (from the event bus, whichever process revoked it):
+/// the key leaves the authenticator's cache and its sockets are closed with 4403, each once its
+/// close frame is written, so nothing is delivered on them after the revocation returns.
+pub struct Revocations {
+    /// Weak: the service holds the event bus, which holds this.
+    service: Weak<Service>,
+    sockets: Sockets,
+}
+
+impl Revocations {
+    pub fn new(state: &AppState) -> Revocations {
+        Revocations {
+            service: Arc::downgrade(&state.service),
+            sockets: state.sockets.clone(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ControlHandler for Revocations {
+    async fn handle(&self, msg: &Control) {
+        let Control::KeyRevoked { key_id, hash } = msg;
+        if let Some(service) = self.service.upgrade() {
+            service.forget_key(hash);
+        }
+        let senders: Vec<_> = match self.sockets.lock() {
+            Ok(map) => map
+                .get(&key_label(key_id))
+                .map(|open| open.iter().map(|s| s.revoke.clone()).collect())
+                .unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
+        let closes = senders.into_iter().map(|revoke| async move {
+            let (done, closed) = oneshot::channel();
+            if revoke.send(done).await.is_ok() {
+                let _ = closed.await;
+            }
+        });
+        let n = closes.len();
+        if tokio::time::timeout(CLOSE_WITHIN, futures::future::join_all(closes))
+            .await
+            .is_err()
+        {
+            tracing::warn!(key_id, "a revoked key's socket did not close in time");
+        }
+        if n > 0 {
+            tracing::info!(key_id, sockets = n, "closed a revoked key's sockets");
         }
     }
 }
@@ -139,7 +214,7 @@ struct Admitted {
     who: Principal,
     /// Kept to check the key again while the socket stays open.
     credential: Option<String>,
-    _slot: Option<SocketSlot>,
+    slot: Option<SocketSlot>,
 }
 
 /// How often an open socket's user key is checked again, so a revoked key does not keep
@@ -212,14 +287,14 @@ async fn admit_socket(state: &AppState, socket: &mut WebSocket) -> Result<Admitt
         first,
         who,
         credential: credential.map(str::to_string),
-        _slot: slot,
+        slot,
     })
 }
 
 async fn serve_socket(gql: Endpoint, mut socket: WebSocket, protocol: WebSocketProtocols) {
     let _open = crate::observability::GaugeGuard::new("websocket_connections");
     let state = &gql.state;
-    let admitted = match admit_socket(state, &mut socket).await {
+    let mut admitted = match admit_socket(state, &mut socket).await {
         Ok(ok) => ok,
         Err(Refusal::Gone) => {
             // A client that closed before its init gets its close answered (tungstenite queued
@@ -278,6 +353,17 @@ async fn serve_socket(gql: Endpoint, mut socket: WebSocket, protocol: WebSocketP
                 Some(m) => m,
                 None => break,
             },
+            done = revoked(&mut admitted.slot) => {
+                tracing::info!(who = %admitted.who.label(), "closing a socket whose key was revoked");
+                let _ = sink
+                    .send(Message::Close(Some(CloseFrame {
+                        code: 4403,
+                        reason: "Forbidden: API key revoked".into(),
+                    })))
+                    .await;
+                let _ = done.send(());
+                break;
+            }
             _ = recheck.tick(), if !admitted.who.is_admin() => {
                 let still = state.service.authenticate(admitted.credential.as_deref()).await;
                 if let Err(AppError::Unauthenticated(m)) = still {

@@ -1,5 +1,8 @@
 //! API keys: the admin makes them for a user; the admin or the owner lists and revokes them.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use chrono::Utc;
 
 use super::access::{check_id, require_admin, require_user};
@@ -8,6 +11,10 @@ use super::Service;
 use crate::auth::Principal;
 use crate::domain::ApiKey;
 use crate::error::AppError;
+use crate::events::{Control, ControlHandler};
+
+/// How long a revocation waits for every api process to close the key's sockets.
+const REVOKE_WITHIN: Duration = Duration::from_secs(5);
 
 impl Service {
     /// Makes a key for a user (admin only). The secret is in the answer and nowhere else.
@@ -46,8 +53,20 @@ impl Service {
         Ok(self.store.list_api_keys(user_id).await?)
     }
 
-    /// Revokes a key: the admin any, a user its own. Takes effect at once in this process and
-    /// within the authenticator's cache time in the others.
+    /// Revokes a key: the admin any, a user its own. Every process reached by the event bus
+    /// forgets the key and closes the sockets it opened (4403) before this returns; should the
+    /// bus fail, the stored revocation still holds: other processes' caches forget the key within
+    /// their time and open sockets are closed at their next periodic key check.
+    /// Sets what this process does with control messages from the event bus (its API's part).
+    pub fn on_control(&self, handler: Arc<dyn ControlHandler>) {
+        self.events.on_control(handler);
+    }
+
+    /// Forgets a key revoked elsewhere (by hash) from this process's cache.
+    pub fn forget_key(&self, hash: &str) {
+        self.auth.forget(hash);
+    }
+
     pub async fn revoke_api_key(&self, who: &Principal, id: &str) -> Result<ApiKey, AppError> {
         check_id("id", id)?;
         let not_found = || AppError::NotFound("API key not found".into());
@@ -58,7 +77,14 @@ impl Service {
         if !self.store.revoke_api_key(id, Utc::now()).await? {
             return Err(not_found());
         }
-        self.auth.forget(&key);
+        self.auth.forget(&key.hash);
+        let revoked = Control::KeyRevoked {
+            key_id: key.id.clone(),
+            hash: key.hash.clone(),
+        };
+        if let Err(e) = self.events.control(&revoked, REVOKE_WITHIN).await {
+            tracing::warn!(key_id = %key.id, error = %e, "revocation not broadcast; other processes catch up on their own");
+        }
         tracing::info!(user_id = %key.user_id, key_id = %key.id, "API key revoked");
         self.store.get_api_key(id).await?.ok_or_else(not_found)
     }

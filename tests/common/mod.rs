@@ -321,6 +321,24 @@ impl WsClient {
         }
     }
 
+    /// Every message until the server closes the socket, and the close code.
+    pub async fn until_closed(&mut self) -> (Vec<Value>, Option<u16>) {
+        let mut got = Vec::new();
+        loop {
+            let msg = tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .expect("ws message in time");
+            match msg {
+                None | Some(Err(_)) => return (got, None),
+                Some(Ok(Message::Close(f))) => return (got, f.map(|f| u16::from(f.code))),
+                Some(Ok(Message::Text(t))) => {
+                    got.push(serde_json::from_str(&t).expect("json frame"));
+                }
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
     /// Waits up to `within` for a frame; `None` when nothing came.
     pub async fn quiet_for(&mut self, within: Duration) -> Option<Value> {
         tokio::time::timeout(within, self.recv_json()).await.ok()
