@@ -5,53 +5,10 @@
 use std::error::Error;
 use std::fmt;
 
-use serde::Serialize;
-
-/// Longest input value an error repeats back.
-const MAX_ECHO_CHARS: usize = 200;
-
+pub use crate::domain::FieldError;
 use crate::events::EventsError;
 use crate::queue::QueueError;
 use crate::store::StoreError;
-
-/// One invalid input field, as listed in a `VALIDATION_FAILED` answer's `details`.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
-pub struct FieldError {
-    /// The offending field, e.g. `prompt` or `input.size`.
-    pub field: String,
-    /// What is wrong with it.
-    pub message: String,
-    /// The value received, when it can be shown.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub value: Option<serde_json::Value>,
-}
-
-impl FieldError {
-    pub fn new(field: &str, message: impl Into<String>) -> FieldError {
-        FieldError {
-            field: field.to_string(),
-            message: message.into(),
-            value: None,
-        }
-    }
-
-    pub fn with_value(mut self, value: impl Serialize) -> FieldError {
-        // A value that cannot be shown is simply not shown; a long one is cut, so an error never
-        // echoes a huge input back.
-        self.value = serde_json::to_value(value).ok().map(|v| match v {
-            serde_json::Value::String(s) if s.chars().count() > MAX_ECHO_CHARS => {
-                serde_json::Value::String(s.chars().take(MAX_ECHO_CHARS).chain(['…']).collect())
-            }
-            serde_json::Value::String(s) => serde_json::Value::String(s),
-            other if other.to_string().len() > MAX_ECHO_CHARS => {
-                serde_json::Value::String("(too long to show)".into())
-            }
-            other => other,
-        });
-        self
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -203,18 +160,6 @@ impl From<EventsError> for AppError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn long_values_are_cut_before_they_are_echoed() {
-        let e = FieldError::new("model", "unknown").with_value("m".repeat(10_000));
-        let shown = e
-            .value
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
-        assert_eq!(shown.chars().count(), MAX_ECHO_CHARS + 1);
-        let e = FieldError::new("size", "bad").with_value("512x512");
-        assert_eq!(e.value, Some(serde_json::json!("512x512")));
-    }
 
     /// Clients see the same short message; the logs get every cause down the chain.
     #[test]

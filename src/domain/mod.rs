@@ -1,14 +1,21 @@
-//! The service's vocabulary: users, tasks and the state machine that moves a task along, and the
-//! catalogue of image models. Nothing here does I/O; the service layer persists what these
-//! functions compute.
+//! The service's vocabulary: users, tasks and the state machine that moves a task along, the
+//! catalogue of image models, and the parsers that turn a request's raw fields into these types
+//! (`NewImageTask::parse`), reporting every `FieldError` at once. Nothing here does I/O; the
+//! service layer persists what these functions compute.
 
 pub mod api_key;
+pub mod field;
+pub mod image_input;
 pub mod models;
+pub mod new_task;
 pub mod task;
 pub mod user;
 
 pub use api_key::ApiKey;
+pub use field::FieldError;
+pub use image_input::ModelParams;
 pub use models::{Catalog, ModelFamily, ModelSpec, SizeRule};
+pub use new_task::{CreateImageTask, NewImageTask};
 pub use task::{
     ImageParams, ProviderImage, StoredImage, Task, TaskError, TaskResult, TaskStatus,
     TransitionError, UnkeptImages, TASK_KIND_IMAGE,

@@ -5,6 +5,8 @@
 
 use serde::Serialize;
 
+use super::field::FieldError;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ModelFamily {
@@ -278,6 +280,22 @@ impl Catalog {
                 || m.aliases.iter().any(|a| a.eq_ignore_ascii_case(name))
         })
     }
+
+    /// The model a request names (left out or blank: the default), or the error listing the
+    /// known ones.
+    pub fn parse_model(&self, raw: Option<&str>) -> Result<&ModelSpec, FieldError> {
+        match raw.map(str::trim).filter(|m| !m.is_empty()) {
+            None => Ok(self.default_model()),
+            Some(name) => self.find(name).ok_or_else(|| {
+                let known: Vec<&str> = self.models.iter().map(|m| m.name.as_str()).collect();
+                FieldError::new(
+                    "model",
+                    format!("unknown model; known models: {}", known.join(", ")),
+                )
+                .with_value(name)
+            }),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -305,5 +323,30 @@ mod tests {
         assert!(edit.check_size("adaptive").is_ok());
         assert!(edit.check_size("1024x1024").is_err());
         assert!(c.find("dall-e-3").is_none());
+    }
+
+    #[test]
+    fn a_request_names_a_known_model_or_gets_the_default() {
+        let c = Catalog::new(&ModelIds::default());
+        for blank in [None, Some(""), Some("  ")] {
+            assert_eq!(
+                c.parse_model(blank).map(|m| m.id.as_str()),
+                Ok(c.default_model().id.as_str())
+            );
+        }
+        assert_eq!(
+            c.parse_model(Some(" SEEDREAM-4.5 "))
+                .map(|m| m.name.as_str()),
+            Ok("doubao-seedream-4.5")
+        );
+        let e = c.parse_model(Some("dall-e-3")).expect_err("unknown");
+        assert_eq!(e.field, "model");
+        assert_eq!(e.value, Some(serde_json::json!("dall-e-3")));
+        assert!(
+            e.message
+                .contains("doubao-seedream-3.0-t2i, doubao-seededit-3.0-i2i"),
+            "{}",
+            e.message
+        );
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::Service;
 use crate::cache::TtlCache;
-use crate::error::AppError;
+use crate::error::{AppError, FieldError};
 use crate::provider::limiter::Pacer;
 
 /// Users' submits that passed the in-flight quota check and are not stored yet. The store's
@@ -135,6 +135,7 @@ impl Limits {
 }
 
 impl Service {
+    /// The per-user submit rate (a token bucket) and in-flight quota; the submit's place among
     /// the user's submits not stored yet.
     pub(super) async fn admit_submit(&self, user_id: &str) -> Result<SubmitSlot<'_>, AppError> {
         let l = &self.limits;
@@ -192,5 +193,20 @@ impl Service {
             });
         }
         Ok(slot)
+    }
+
+    /// A task's user must exist; one seen to exist is remembered for a while (`known_users`).
+    pub(super) async fn require_known_user(&self, user_id: &str) -> Result<(), AppError> {
+        if self.known_users.0.get(user_id).is_none() {
+            if self.store.get_user(user_id).await?.is_none() {
+                return Err(AppError::Validation(vec![FieldError::new(
+                    "user_id",
+                    "user not found",
+                )
+                .with_value(user_id)]));
+            }
+            self.known_users.0.insert(user_id, ());
+        }
+        Ok(())
     }
 }

@@ -22,10 +22,11 @@ use crate::provider::limiter::Pacer;
 use crate::queue::{Queue, QueueError};
 use crate::store::{ChangeCursor, ImageBlob, Store, StoreError};
 
+pub use crate::domain::CreateImageTask;
 pub use access::{check_id, may_see_task};
 pub use admission::Limits;
 use admission::{KnownUsers, Submitting};
-pub use tasks::{CreateImageTask, QueueStats};
+pub use tasks::QueueStats;
 pub use users::{CreateUser, UpdateUser};
 
 pub const DEFAULT_PAGE: usize = 20;

@@ -1,38 +1,18 @@
-//! Tasks: creating one (validated, stored as the commit point, then enqueued and announced),
-//! reading and listing, the user's transitions (cancel, retry, delete), the compare-and-set
-//! `commit` every state change goes through, and the queue's statistics.
+//! Tasks: creating one (parsed by `domain::NewImageTask`, stored as the commit point, then
+//! enqueued and announced), reading and listing, the user's transitions (cancel, retry, delete),
+//! the compare-and-set `commit` every state change goes through, and the queue's statistics.
 
 use std::collections::HashMap;
 
 use chrono::Utc;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use super::access::{check_id, forbidden, may_see_task, require_admin, require_user};
-use super::validate::{self, Problems};
 use super::{page_limit, Page, Service};
 use crate::auth::Principal;
-use crate::domain::{self, ImageParams, Task, TaskStatus};
+use crate::domain::{self, CreateImageTask, NewImageTask, Task, TaskStatus};
 use crate::error::AppError;
 use crate::store::{InsertOutcome, TaskQuery};
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct CreateImageTask {
-    pub user_id: Option<String>,
-    pub prompt: String,
-    pub model: Option<String>,
-    pub size: Option<String>,
-    pub seed: Option<i64>,
-    pub guidance_scale: Option<f64>,
-    pub watermark: Option<bool>,
-    pub images: Vec<String>,
-    pub n: Option<i64>,
-    pub quality: Option<String>,
-    pub style: Option<String>,
-    pub options: Option<serde_json::Value>,
-    #[serde(skip)]
-    pub idempotency_key: Option<String>,
-}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct QueueStats {
@@ -45,142 +25,34 @@ pub struct QueueStats {
 }
 
 impl Service {
-    /// Validates, stores (the commit point), then enqueues and publishes. A failed enqueue is
+    /// Parses, stores (the commit point), then enqueues and publishes. A failed enqueue is
     /// logged, not returned: the task is stored and the reconciler will run it.
     pub async fn create_image_task(
         &self,
         who: &Principal,
         mut input: CreateImageTask,
     ) -> Result<(Task, bool), AppError> {
-        // A user key submits for its own user; naming another is refused after validation.
-        let own = who.user_id().map(str::to_string);
-        if let Some(own) = &own {
+        // A user key submits for its own user; naming another is refused after parsing.
+        let own = who.user_id();
+        if let Some(own) = own {
             if input.user_id.as_deref().is_none_or(|u| u.trim().is_empty()) {
-                input.user_id = Some(own.clone());
+                input.user_id = Some(own.to_string());
             }
         }
-        let mut p = Problems::default();
-        let model = match input
-            .model
-            .as_deref()
-            .map(str::trim)
-            .filter(|m| !m.is_empty())
-        {
-            None => Some(self.catalog.default_model()),
-            Some(name) => {
-                let found = self.catalog.find(name);
-                if found.is_none() {
-                    let known: Vec<&str> =
-                        self.catalog.all().iter().map(|m| m.name.as_str()).collect();
-                    p.add(
-                        crate::error::FieldError::new(
-                            "model",
-                            format!("unknown model; known models: {}", known.join(", ")),
-                        )
-                        .with_value(name),
-                    );
-                }
-                found
-            }
-        };
-        let max_prompt = model
-            .map(|m| m.max_prompt_chars)
-            .unwrap_or(domain::models::MAX_PROMPT_CHARS);
-        let prompt = validate::prompt(&mut p, &input.prompt, max_prompt);
-        let user_id = match input.user_id.as_deref().map(str::trim) {
-            None | Some("") => {
-                p.push("user_id", "user_id is required");
-                None
-            }
-            Some(id) if !domain::is_valid_id(id) => {
-                p.push("user_id", "is not a valid id");
-                None
-            }
-            Some(id) => Some(id.to_string()),
-        };
-        let quality = validate::short_text(&mut p, "quality", input.quality.clone());
-        let style = validate::short_text(&mut p, "style", input.style.clone());
-        if let Some(o) = &input.options {
-            if serde_json::to_vec(o).map(|v| v.len()).unwrap_or(usize::MAX)
-                > validate::MAX_OPTIONS_BYTES
-            {
-                p.push(
-                    "options",
-                    format!("must be at most {} bytes", validate::MAX_OPTIONS_BYTES),
-                );
-            }
-        }
-        let idem = input
-            .idempotency_key
-            .as_deref()
-            .map(str::trim)
-            .filter(|k| !k.is_empty());
-        if let Some(k) = idem {
-            if k.len() > validate::MAX_IDEMPOTENCY_KEY || k.chars().any(|c| c.is_control()) {
-                p.push(
-                    "idempotency_key",
-                    format!(
-                        "must be at most {} printable characters",
-                        validate::MAX_IDEMPOTENCY_KEY
-                    ),
-                );
-            }
-        }
-        let params = model.map(|m| {
-            validate::model_params(
-                &mut p,
-                m,
-                input.size.clone(),
-                input.seed,
-                input.guidance_scale,
-                input.images.clone(),
-                input.n,
-            )
-        });
-        p.into_result()?;
-        let (Some(model), Some(params), Some(user_id)) = (model, params, user_id) else {
-            return Err(AppError::Internal(
-                "validation passed without values".into(),
-            ));
-        };
-        if own.as_ref().is_some_and(|o| *o != user_id) {
+        let new = NewImageTask::parse(input, &self.catalog).map_err(AppError::Validation)?;
+        let user_id = new.user_id.as_str();
+        if own.is_some_and(|o| o != user_id) {
             return Err(forbidden("create tasks for another user"));
         }
         // Held until the task is stored (or refused), so that concurrent submits count it.
         let mut slot = match who {
-            Principal::User { .. } => Some(self.admit_submit(&user_id).await?),
+            Principal::User { .. } => Some(self.admit_submit(user_id).await?),
             _ => None,
         };
-        if self.known_users.0.get(&user_id).is_none() {
-            if self.store.get_user(&user_id).await?.is_none() {
-                return Err(AppError::Validation(vec![crate::error::FieldError::new(
-                    "user_id",
-                    "user not found",
-                )
-                .with_value(&user_id)]));
-            }
-            self.known_users.0.insert(&user_id, ());
-        }
+        self.require_known_user(user_id).await?;
 
         let now = Utc::now();
-        let task = Task::new_pending(
-            user_id,
-            model.id.clone(),
-            prompt,
-            ImageParams {
-                size: params.size,
-                seed: params.seed,
-                guidance_scale: params.guidance_scale,
-                watermark: input.watermark.unwrap_or(false),
-                images: params.images,
-                n: params.n,
-                quality,
-                style,
-                options: input.options.clone(),
-            },
-            idem.map(|k| (k.to_string(), request_hash(&input))),
-            now,
-        );
+        let task = new.into_task(now);
         let earlier = self.insert_new_task(&task, now).await?;
         // Stored (or answered by an earlier task): other submits now count it in the store.
         if let Some(s) = slot.take() {
@@ -234,7 +106,6 @@ impl Service {
         ))
     }
 
-    /// The per-user submit rate (a token bucket) and in-flight quota; the submit's place among
     pub async fn get_task(&self, who: &Principal, id: &str) -> Result<Task, AppError> {
         self.find_task(who, id)
             .await?
@@ -412,12 +283,4 @@ impl Service {
             by_status,
         })
     }
-}
-
-/// Fingerprint of what a create request asks for, to tell an idempotent replay from a reuse of
-/// the key for something else.
-fn request_hash(input: &CreateImageTask) -> String {
-    let json = serde_json::to_vec(input).unwrap_or_default();
-    let digest = Sha256::digest(&json);
-    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
