@@ -69,6 +69,9 @@ pub struct Backends {
 impl Backends {
     /// The embedded default: SQLite in the data folder, in-process queue and events.
     pub fn embedded(config: &Config) -> Result<Backends, StartError> {
+        // The recorder first: the store's task cache keeps its gauges' handles, and a handle
+        // taken before the recorder is installed records nowhere.
+        let _ = crate::observability::handle();
         let store = SqliteStore::open(
             &config.data_dir,
             config.embedded_sync,

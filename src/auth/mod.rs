@@ -55,8 +55,6 @@ pub fn key_label(key_id: &str) -> String {
     format!("key:{key_id}")
 }
 
-impl Principal {}
-
 /// How long a looked-up key is trusted before the store is asked again. A revocation through
 /// this process takes effect at once; through another process within this time.
 const CACHE_TTL: Duration = Duration::from_secs(5);

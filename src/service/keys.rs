@@ -53,10 +53,6 @@ impl Service {
         Ok(self.store.list_api_keys(user_id).await?)
     }
 
-    /// Revokes a key: the admin any, a user its own. Every process reached by the event bus
-    /// forgets the key and closes the sockets it opened (4403) before this returns; should the
-    /// bus fail, the stored revocation still holds: other processes' caches forget the key within
-    /// their time and open sockets are closed at their next periodic key check.
     /// Sets what this process does with control messages from the event bus (its API's part).
     pub fn on_control(&self, handler: Arc<dyn ControlHandler>) {
         self.events.on_control(handler);
@@ -67,6 +63,10 @@ impl Service {
         self.auth.forget(hash);
     }
 
+    /// Revokes a key: the admin any, a user its own. Every process reached by the event bus
+    /// forgets the key and closes the sockets it opened (4403) before this returns; should the
+    /// bus fail, the stored revocation still holds: other processes' caches forget the key within
+    /// their time and open sockets are closed at their next periodic key check.
     pub async fn revoke_api_key(&self, who: &Principal, id: &str) -> Result<ApiKey, AppError> {
         check_id("id", id)?;
         let not_found = || AppError::NotFound("API key not found".into());

@@ -39,6 +39,10 @@ struct Inner {
     /// Sum of the entries' weights.
     bytes: usize,
     generation: u64,
+    /// `/metrics`' `task_cache_bytes` and `task_cache_tasks`: handles kept, as every poll and
+    /// every write passes here and a `gauge!` looks its name up in the registry each time.
+    bytes_gauge: metrics::Gauge,
+    tasks_gauge: metrics::Gauge,
 }
 
 struct Entry {
@@ -121,6 +125,8 @@ impl TaskCache {
                 bounds,
                 bytes: 0,
                 generation: 0,
+                bytes_gauge: metrics::gauge!("task_cache_bytes"),
+                tasks_gauge: metrics::gauge!("task_cache_tasks"),
             }),
         }
     }
@@ -231,8 +237,8 @@ impl Inner {
     /// The `task_cache_bytes` and `task_cache_tasks` gauges of `/metrics`.
     fn report(&self) {
         let tasks = self.tasks.as_ref().map_or(0, LruCache::len);
-        metrics::gauge!("task_cache_bytes").set(self.bytes as f64);
-        metrics::gauge!("task_cache_tasks").set(tasks as f64);
+        self.bytes_gauge.set(self.bytes as f64);
+        self.tasks_gauge.set(tasks as f64);
     }
 }
 

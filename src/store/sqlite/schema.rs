@@ -133,7 +133,12 @@ mod tests {
     use super::super::{to_json, SqliteStore, MAIN_FILE};
     use super::*;
     use crate::config::SyncMode;
-    use crate::store::{ChangeCursor, Store};
+    use crate::store::{ChangeCursor, Store, TaskCacheBounds};
+
+    const BOUNDS: TaskCacheBounds = TaskCacheBounds {
+        tasks: 100,
+        bytes: 1 << 20,
+    };
 
     /// A data folder of an earlier version (no change times) opens with its tasks' change times
     /// filled in from their documents, so `tasks_changed` finds them in change order; new and
@@ -167,15 +172,7 @@ mod tests {
             )
             .expect("insert");
         }
-        let store = SqliteStore::open(
-            dir.path(),
-            SyncMode::Normal,
-            crate::store::TaskCacheBounds {
-                tasks: 100,
-                bytes: 1 << 20,
-            },
-        )
-        .expect("open store");
+        let store = SqliteStore::open(dir.path(), SyncMode::Normal, BOUNDS).expect("open store");
         let mut other = old_task.clone();
         other.id = "t-other-user".into();
         other.user_id = "u2".into();
@@ -234,15 +231,8 @@ mod tests {
             .expect("insert");
         }
         for _ in 0..2 {
-            let store = SqliteStore::open(
-                dir.path(),
-                SyncMode::Normal,
-                crate::store::TaskCacheBounds {
-                    tasks: 100,
-                    bytes: 1 << 20,
-                },
-            )
-            .expect("open store");
+            let store =
+                SqliteStore::open(dir.path(), SyncMode::Normal, BOUNDS).expect("open store");
             let img = store
                 .get_image("i1")
                 .await
