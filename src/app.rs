@@ -421,6 +421,7 @@ fn worker_config(config: &Config) -> WorkerConfig {
         max_attempts: config.max_attempts,
         lease: config.task_lease,
         reconcile_interval: config.reconcile_interval,
+        sweep_interval: config.sweep_interval,
         retry_base_delay: config.retry_base_delay,
         retry_max_delay: config.retry_max_delay,
         recover_orphans_at_start: !config.is_distributed(),

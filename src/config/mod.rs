@@ -162,6 +162,8 @@ pub struct Config {
     pub max_attempts: u32,
     pub task_lease: Duration,
     pub reconcile_interval: Duration,
+    /// How often due scheduled tasks are promoted (one indexed query a pass).
+    pub sweep_interval: Duration,
     pub retry_base_delay: Duration,
     pub retry_max_delay: Duration,
     /// After SIGTERM, how long in-flight provider calls may run before their tasks are released.
@@ -230,6 +232,7 @@ impl Default for Config {
             max_attempts: 5,
             task_lease: Duration::from_secs(60),
             reconcile_interval: Duration::from_secs(5),
+            sweep_interval: Duration::from_secs(1),
             retry_base_delay: Duration::from_secs(1),
             retry_max_delay: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(30),
@@ -655,6 +658,7 @@ impl Config {
         self.task_lease = env.duration(&["TASK_LEASE"], self.task_lease, ms(500))?;
         self.reconcile_interval =
             env.duration(&["RECONCILE_INTERVAL"], self.reconcile_interval, ms(10))?;
+        self.sweep_interval = env.duration(&["SWEEP_INTERVAL"], self.sweep_interval, ms(10))?;
         self.retry_base_delay =
             env.duration(&["RETRY_BASE_DELAY"], self.retry_base_delay, ms(1))?;
         self.retry_max_delay = env.duration(&["RETRY_MAX_DELAY"], self.retry_max_delay, ms(1))?;

@@ -32,6 +32,13 @@ pub struct CreateImageTask {
     pub quality: Option<String>,
     pub style: Option<String>,
     pub options: Option<serde_json::Value>,
+    /// Seconds from now before the task starts (the older server's `delay`). Left out of the
+    /// fingerprint when absent, so fingerprints stored before it existed still match.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delay: Option<i64>,
+    /// When the task starts (RFC 3339), instead of `delay`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<String>,
     #[serde(skip)]
     pub idempotency_key: Option<String>,
 }
@@ -165,6 +172,72 @@ impl IdempotencyKey {
     }
 }
 
+/// Furthest ahead a task may be scheduled: 30 days.
+pub const MAX_SCHEDULE_AHEAD_SECS: i64 = 30 * 24 * 3600;
+/// How far in the past a `run_at` may lie and still mean "now": clocks of clients differ, and a
+/// request takes time to arrive. Further back it is refused as a mistake.
+pub const RUN_AT_PAST_TOLERANCE_SECS: i64 = 60;
+
+/// When a new task may start: `None` is now, `Some(at)` a later time (the task is scheduled).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StartAt(Option<DateTime<Utc>>);
+
+impl StartAt {
+    /// `delay` (seconds, 0 = now) or `run_at` (RFC 3339), not both; at most 30 days ahead. A
+    /// `run_at` up to a minute in the past starts now; earlier is refused.
+    pub fn parse(
+        delay: Option<i64>,
+        run_at: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<StartAt, FieldError> {
+        let run_at = run_at.map(str::trim).filter(|s| !s.is_empty());
+        let max = MAX_SCHEDULE_AHEAD_SECS;
+        let at = match (delay, run_at) {
+            (Some(_), Some(_)) => {
+                return Err(FieldError::new("run_at", "give delay or run_at, not both"))
+            }
+            (None, None) => return Ok(StartAt(None)),
+            (Some(d), None) => {
+                if !(0..=max).contains(&d) {
+                    return Err(FieldError::new(
+                        "delay",
+                        format!("must be between 0 and {max} seconds (30 days)"),
+                    )
+                    .with_value(d));
+                }
+                now + chrono::Duration::seconds(d)
+            }
+            (None, Some(raw)) => {
+                let at = DateTime::parse_from_rfc3339(raw)
+                    .map_err(|_| {
+                        FieldError::new(
+                            "run_at",
+                            "must be an RFC 3339 time, e.g. 2026-12-03T10:00:00Z",
+                        )
+                        .with_value(raw)
+                    })?
+                    .with_timezone(&Utc);
+                if at < now - chrono::Duration::seconds(RUN_AT_PAST_TOLERANCE_SECS) {
+                    return Err(
+                        FieldError::new("run_at", "must not be in the past").with_value(raw)
+                    );
+                }
+                if at > now + chrono::Duration::seconds(max) {
+                    return Err(
+                        FieldError::new("run_at", "must be at most 30 days ahead").with_value(raw)
+                    );
+                }
+                at
+            }
+        };
+        Ok(StartAt((at > now).then_some(at)))
+    }
+
+    pub fn get(self) -> Option<DateTime<Utc>> {
+        self.0
+    }
+}
+
 /// An image task request with every field parsed; what remains to check needs the store (the
 /// user exists) or the caller (may submit for this user).
 #[derive(Debug, Clone)]
@@ -179,6 +252,7 @@ pub struct NewImageTask<'c> {
     pub options: Option<ExtraOptions>,
     /// The key, with the request's fingerprint.
     pub idempotency: Option<(IdempotencyKey, String)>,
+    pub start_at: StartAt,
 }
 
 impl NewImageTask<'_> {
@@ -200,6 +274,7 @@ impl NewImageTask<'_> {
         let quality = Label::parse("quality", raw.quality);
         let style = Label::parse("style", raw.style);
         let options = ExtraOptions::parse(raw.options);
+        let start_at = StartAt::parse(raw.delay, raw.run_at.as_deref(), Utc::now());
         let model_params = RawModelParams {
             size: raw.size,
             seed: raw.seed,
@@ -219,6 +294,7 @@ impl NewImageTask<'_> {
             style,
             options,
             idempotency_key,
+            start_at,
             params,
         ) {
             (
@@ -229,6 +305,7 @@ impl NewImageTask<'_> {
                 Ok(style),
                 Ok(options),
                 Ok(key),
+                Ok(start_at),
                 Some(Ok(params)),
             ) => Ok(NewImageTask {
                 user_id,
@@ -240,8 +317,9 @@ impl NewImageTask<'_> {
                 style,
                 options,
                 idempotency: key.zip(fingerprint),
+                start_at,
             }),
-            (model, prompt, user_id, quality, style, options, key, params) => {
+            (model, prompt, user_id, quality, style, options, key, start_at, params) => {
                 let mut errors: Vec<FieldError> = [
                     model.err(),
                     prompt.err(),
@@ -250,6 +328,7 @@ impl NewImageTask<'_> {
                     style.err(),
                     options.err(),
                     key.err(),
+                    start_at.err(),
                 ]
                 .into_iter()
                 .flatten()
@@ -262,10 +341,11 @@ impl NewImageTask<'_> {
         }
     }
 
-    /// The pending task this request makes.
+    /// The task this request makes: pending, or scheduled when it starts later.
     pub fn into_task(self, now: DateTime<Utc>) -> Task {
         let p = self.params;
-        Task::new_pending(
+        let start_at = self.start_at.get().filter(|at| *at > now);
+        let task = Task::new_pending(
             self.user_id.0,
             self.model.id.clone(),
             self.prompt.0,
@@ -282,7 +362,11 @@ impl NewImageTask<'_> {
             },
             self.idempotency.map(|(k, hash)| (k.0, hash)),
             now,
-        )
+        );
+        match start_at {
+            Some(at) => task.scheduled_for(at),
+            None => task,
+        }
     }
 }
 
@@ -486,5 +570,76 @@ mod tests {
                 r#"{"user_id":"0192e4a0-0000-7000-8000-000000000001","prompt":"p","model":null,"size":null,"seed":null,"guidance_scale":null,"watermark":null,"images":[],"n":null,"quality":null,"style":null,"options":null}"#
             )
         );
+    }
+
+    #[test]
+    fn a_start_is_now_a_delay_or_a_time_within_30_days() {
+        let now: DateTime<Utc> = "2026-12-03T10:00:00Z".parse().expect("time");
+        let secs = |n| now + chrono::Duration::seconds(n);
+        let parse = |d, r| StartAt::parse(d, r, now).map(StartAt::get);
+        assert_eq!(parse(None, None), Ok(None));
+        assert_eq!(parse(Some(0), None), Ok(None), "delay 0 starts now");
+        assert_eq!(parse(Some(90), None), Ok(Some(secs(90))));
+        assert_eq!(
+            parse(Some(MAX_SCHEDULE_AHEAD_SECS), None),
+            Ok(Some(secs(MAX_SCHEDULE_AHEAD_SECS)))
+        );
+        for bad in [-1, MAX_SCHEDULE_AHEAD_SECS + 1, i64::MAX, i64::MIN] {
+            let e = parse(Some(bad), None).expect_err("out of bounds");
+            assert_eq!(e.field, "delay");
+        }
+        assert_eq!(
+            parse(None, Some("2026-12-03T11:00:00+01:00")),
+            Ok(None),
+            "an offset is honoured: that is now"
+        );
+        assert_eq!(
+            parse(None, Some(" 2026-12-03T10:05:00Z ")),
+            Ok(Some(secs(300)))
+        );
+        assert_eq!(parse(None, Some("")), Ok(None), "blank is left out");
+        assert_eq!(
+            parse(None, Some("2026-12-03T09:59:30Z")),
+            Ok(None),
+            "half a minute late: now"
+        );
+        for (bad, why) in [
+            ("2026-12-03T09:58:00Z", "must not be in the past"),
+            ("2027-01-03T10:00:01Z", "must be at most 30 days ahead"),
+            (
+                "tomorrow",
+                "must be an RFC 3339 time, e.g. 2026-12-03T10:00:00Z",
+            ),
+            (
+                "2026-12-03 10:05",
+                "must be an RFC 3339 time, e.g. 2026-12-03T10:00:00Z",
+            ),
+        ] {
+            let e = parse(None, Some(bad)).expect_err(bad);
+            assert_eq!((e.field.as_str(), e.message.as_str()), ("run_at", why));
+        }
+        let e = parse(Some(5), Some("2026-12-03T10:05:00Z")).expect_err("both");
+        assert_eq!(e.field, "run_at");
+    }
+
+    #[test]
+    fn a_delayed_request_becomes_a_scheduled_task_with_the_same_fingerprint_shape() {
+        let mut raw = request("a cat");
+        raw.delay = Some(120);
+        let before = Utc::now();
+        let t = NewImageTask::parse(raw.clone(), &catalog())
+            .expect("valid")
+            .into_task(Utc::now());
+        assert_eq!(t.status, crate::domain::TaskStatus::Scheduled);
+        let at = t.not_before.expect("due time");
+        assert!(at >= before + chrono::Duration::seconds(120));
+        assert_eq!(t.run_at, Some(at));
+        assert!(serde_json::to_string(&raw)
+            .expect("json")
+            .ends_with(r#""options":null,"delay":120}"#));
+        raw.delay = Some(-3);
+        raw.size = Some("13x7".into());
+        let e = NewImageTask::parse(raw, &catalog()).expect_err("invalid");
+        assert_eq!(fields(&e), ["delay", "size"]);
     }
 }

@@ -10,6 +10,8 @@ pub const TASK_KIND_IMAGE: &str = "image_generation";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskStatus {
+    /// Created with a later start (`delay`, `run_at`); becomes pending when due.
+    Scheduled,
     Pending,
     Processing,
     Completed,
@@ -18,7 +20,8 @@ pub enum TaskStatus {
 }
 
 impl TaskStatus {
-    pub const ALL: [TaskStatus; 5] = [
+    pub const ALL: [TaskStatus; 6] = [
+        TaskStatus::Scheduled,
         TaskStatus::Pending,
         TaskStatus::Processing,
         TaskStatus::Completed,
@@ -28,6 +31,7 @@ impl TaskStatus {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            TaskStatus::Scheduled => "scheduled",
             TaskStatus::Pending => "pending",
             TaskStatus::Processing => "processing",
             TaskStatus::Completed => "completed",
@@ -147,8 +151,12 @@ pub struct Task {
     pub idempotency_key: Option<String>,
     /// Fingerprint of the creating request, to tell a replay from a conflicting reuse of a key.
     pub request_hash: Option<String>,
-    /// A pending task is not run before this time (retry backoff).
+    /// A pending task is not run before this time (retry backoff); a scheduled one becomes
+    /// pending then.
     pub not_before: Option<DateTime<Utc>>,
+    /// When the client asked the task to start (`delay`, `run_at`), kept after it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<DateTime<Utc>>,
     pub lease_owner: Option<String>,
     pub lease_until: Option<DateTime<Utc>>,
     pub provider_request_id: Option<String>,
@@ -193,6 +201,7 @@ impl Task {
             idempotency_key,
             request_hash,
             not_before: None,
+            run_at: None,
             lease_owner: None,
             lease_until: None,
             provider_request_id: None,
@@ -202,6 +211,14 @@ impl Task {
             started_at: None,
             completed_at: None,
         }
+    }
+
+    /// The same new task, held back until `at`: scheduled, due then.
+    pub fn scheduled_for(mut self, at: DateTime<Utc>) -> Task {
+        self.status = TaskStatus::Scheduled;
+        self.not_before = Some(at);
+        self.run_at = Some(at);
+        self
     }
 
     pub fn image_url_id(&self) -> Option<&str> {
@@ -230,6 +247,14 @@ impl Task {
                 action,
             })
         }
+    }
+
+    /// scheduled → pending: the task is due and may be queued.
+    pub fn promote(&self, now: DateTime<Utc>) -> Result<Task, TransitionError> {
+        self.check(&[TaskStatus::Scheduled], "promoted")?;
+        let mut t = self.next(TaskStatus::Pending, now);
+        t.not_before = None;
+        Ok(t)
     }
 
     /// pending → processing: a worker takes the task under a lease.
@@ -304,10 +329,17 @@ impl Task {
         Ok(t)
     }
 
-    /// pending | processing → cancelled. A worker still holding a cancelled task loses its
-    /// compare-and-set and drops whatever it produced.
+    /// scheduled | pending | processing → cancelled. A worker still holding a cancelled task
+    /// loses its compare-and-set and drops whatever it produced.
     pub fn cancel(&self, now: DateTime<Utc>) -> Result<Task, TransitionError> {
-        self.check(&[TaskStatus::Pending, TaskStatus::Processing], "cancelled")?;
+        self.check(
+            &[
+                TaskStatus::Scheduled,
+                TaskStatus::Pending,
+                TaskStatus::Processing,
+            ],
+            "cancelled",
+        )?;
         let mut t = self.next(TaskStatus::Cancelled, now);
         t.lease_owner = None;
         t.lease_until = None;
@@ -391,5 +423,26 @@ mod tests {
             (q.status, q.version, q.lease_owner.clone()),
             (TaskStatus::Pending, 3, None)
         );
+    }
+
+    #[test]
+    fn a_scheduled_task_is_promoted_or_cancelled_but_never_started() {
+        let now = Utc::now();
+        let at = now + chrono::Duration::seconds(60);
+        let s = task().scheduled_for(at);
+        assert_eq!(
+            (s.status, s.not_before, s.run_at, s.version),
+            (TaskStatus::Scheduled, Some(at), Some(at), 1)
+        );
+        assert!(s.start("w", now, now).is_err(), "not before it is due");
+        assert!(s.promote(now).is_ok());
+        let p = s.promote(at).expect("promote");
+        assert_eq!(
+            (p.status, p.not_before, p.run_at, p.version),
+            (TaskStatus::Pending, None, Some(at), 2)
+        );
+        assert!(p.promote(at).is_err(), "promoted once");
+        let c = s.cancel(now).expect("cancel scheduled");
+        assert_eq!((c.status, c.not_before), (TaskStatus::Cancelled, None));
     }
 }

@@ -43,8 +43,12 @@ pub fn to_gql(e: AppError) -> async_graphql::Error {
     })
 }
 
-/// `guidance_scale` → `guidanceScale`, `image[0]` → `images[0]` (the GraphQL input's name).
+/// `guidance_scale` → `guidanceScale`, `image[0]` → `images[0]`, `delay` → `delaySeconds` (the
+/// GraphQL input's name).
 fn camel(field: &str) -> String {
+    if field == "delay" {
+        return "delaySeconds".into();
+    }
     let field = if field == "image" || field.starts_with("image[") {
         field.replacen("image", "images", 1)
     } else {

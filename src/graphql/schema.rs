@@ -225,7 +225,8 @@ impl Mutation {
         Ok(true)
     }
 
-    /// Submits a prompt; answers at once with the `PENDING` task. Follow it with `taskUpdated`.
+    /// Submits a prompt; answers at once with the `PENDING` task (`SCHEDULED` with
+    /// `delaySeconds` or `runAt`). Follow it with `taskUpdated`.
     async fn create_image_task(
         &self,
         c: &Context<'_>,
@@ -248,6 +249,8 @@ impl Mutation {
                     quality: None,
                     style: None,
                     options: None,
+                    delay: input.delay_seconds,
+                    run_at: input.run_at.map(crate::domain::rfc3339),
                     idempotency_key: input.idempotency_key,
                 },
             )
@@ -256,7 +259,7 @@ impl Mutation {
         Ok(task(t))
     }
 
-    /// Cancels a pending or processing task.
+    /// Cancels a scheduled, pending or processing task.
     async fn cancel_task(&self, c: &Context<'_>, id: ID) -> async_graphql::Result<Task> {
         Ok(task(ctx(c)?.service.cancel_task(who(c)?, &id).await.gql()?))
     }

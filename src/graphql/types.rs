@@ -11,9 +11,13 @@ use super::loader::UserLoader;
 use crate::domain::{self, ModelSpec, SizeRule, StoredImage};
 use crate::state::AppState;
 
-/// Where a task is in its life: `PENDING` → `PROCESSING` → `COMPLETED`, `FAILED` or `CANCELLED`.
+/// Where a task is in its life: (`SCHEDULED` →) `PENDING` → `PROCESSING` → `COMPLETED`,
+/// `FAILED` or `CANCELLED`.
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
 pub enum TaskStatus {
+    /// Created with `delaySeconds` or `runAt` and not yet due (see `Task.runAt`); becomes
+    /// `PENDING` then. `cancelTask` cancels it.
+    Scheduled,
     /// Waiting for a worker (new, or a retry after a retryable error).
     Pending,
     /// A worker is calling the provider.
@@ -29,6 +33,7 @@ pub enum TaskStatus {
 impl From<domain::TaskStatus> for TaskStatus {
     fn from(s: domain::TaskStatus) -> Self {
         match s {
+            domain::TaskStatus::Scheduled => TaskStatus::Scheduled,
             domain::TaskStatus::Pending => TaskStatus::Pending,
             domain::TaskStatus::Processing => TaskStatus::Processing,
             domain::TaskStatus::Completed => TaskStatus::Completed,
@@ -41,6 +46,7 @@ impl From<domain::TaskStatus> for TaskStatus {
 impl From<TaskStatus> for domain::TaskStatus {
     fn from(s: TaskStatus) -> Self {
         match s {
+            TaskStatus::Scheduled => domain::TaskStatus::Scheduled,
             TaskStatus::Pending => domain::TaskStatus::Pending,
             TaskStatus::Processing => domain::TaskStatus::Processing,
             TaskStatus::Completed => domain::TaskStatus::Completed,
@@ -178,6 +184,10 @@ impl Task {
     /// When it reached a terminal state.
     async fn completed_at(&self) -> Option<DateTime<Utc>> {
         self.0.completed_at
+    }
+    /// When a task created with `delaySeconds` or `runAt` was to start; `SCHEDULED` until then.
+    async fn run_at(&self) -> Option<DateTime<Utc>> {
+        self.0.run_at
     }
 }
 
@@ -362,6 +372,11 @@ pub struct CreateImageTaskInput {
     pub n: Option<i64>,
     /// The same key with the same input returns the same task.
     pub idempotency_key: Option<String>,
+    /// Start after this many seconds (0 to 2592000, 30 days); the task is `SCHEDULED` until then.
+    pub delay_seconds: Option<i64>,
+    /// Start at this time (at most 30 days ahead; up to a minute in the past counts as now),
+    /// instead of `delaySeconds`.
+    pub run_at: Option<DateTime<Utc>>,
 }
 
 /// Extra fields on connections.

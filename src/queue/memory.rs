@@ -2,7 +2,7 @@
 //! every pending task, and the reconciler refills this queue at start and on its interval.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashSet, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -14,9 +14,33 @@ use super::{Delivery, Queue, QueueError};
 #[derive(Default)]
 struct State {
     ready: VecDeque<String>,
+    /// May hold stale entries: an id enqueued again for an earlier time keeps its old entry,
+    /// which `waiting` no longer matches and which is dropped when it comes up.
     delayed: BinaryHeap<Reverse<(DateTime<Utc>, String)>>,
-    /// Ids in `ready` or `delayed`, so that re-enqueueing a waiting id adds nothing.
-    waiting: HashSet<String>,
+    /// Ids in `ready` (`None`) or `delayed` (when due), so that re-enqueueing a waiting id adds
+    /// nothing unless it makes the id due sooner.
+    waiting: HashMap<String, Option<DateTime<Utc>>>,
+}
+
+impl State {
+    /// Moves every delayed id due at `now` to `ready`, dropping stale entries.
+    fn release_due(&mut self, now: DateTime<Utc>) {
+        while self
+            .delayed
+            .peek()
+            .is_some_and(|Reverse((at, _))| *at <= now)
+        {
+            let Some(Reverse((at, id))) = self.delayed.pop() else {
+                break;
+            };
+            if let Some(due) = self.waiting.get_mut(&id) {
+                if *due == Some(at) {
+                    *due = None;
+                    self.ready.push_back(id);
+                }
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -54,12 +78,19 @@ impl Queue for MemoryQueue {
     ) -> Result<(), QueueError> {
         {
             let mut st = self.lock()?;
-            if !st.waiting.insert(task_id.to_string()) {
-                return Ok(());
+            let due = not_before.filter(|at| *at > Utc::now());
+            match st.waiting.get(task_id) {
+                // Waiting already, due as soon or sooner.
+                Some(None) => return Ok(()),
+                Some(Some(waiting)) if due.is_some_and(|d| d >= *waiting) => return Ok(()),
+                // New, or due sooner now (a user's retry of a task whose backoff still runs, a
+                // scheduled time brought forward): it overtakes its old place.
+                _ => {}
             }
-            match not_before {
-                Some(at) if at > Utc::now() => st.delayed.push(Reverse((at, task_id.to_string()))),
-                _ => st.ready.push_back(task_id.to_string()),
+            st.waiting.insert(task_id.to_string(), due);
+            match due {
+                Some(at) => st.delayed.push(Reverse((at, task_id.to_string()))),
+                None => st.ready.push_back(task_id.to_string()),
             }
         }
         // notify_one stores a permit when nobody waits, so a worker about to wait still wakes.
@@ -71,12 +102,7 @@ impl Queue for MemoryQueue {
         loop {
             let next_due = {
                 let mut st = self.lock()?;
-                let now = Utc::now();
-                while st.delayed.peek().is_some_and(|Reverse((at, _))| *at <= now) {
-                    if let Some(Reverse((_, id))) = st.delayed.pop() {
-                        st.ready.push_back(id);
-                    }
-                }
+                st.release_due(Utc::now());
                 if let Some(id) = st.ready.pop_front() {
                     st.waiting.remove(&id);
                     let more = !st.ready.is_empty();
@@ -111,7 +137,7 @@ impl Queue for MemoryQueue {
 
     async fn depth(&self) -> Result<u64, QueueError> {
         let st = self.lock()?;
-        Ok((st.ready.len() + st.delayed.len()) as u64)
+        Ok(st.waiting.len() as u64)
     }
 }
 
@@ -138,5 +164,52 @@ mod tests {
             .expect("c");
         assert_eq!(c.task_id, "c");
         assert_eq!(q.depth().await.expect("depth"), 0);
+    }
+
+    /// An id waiting for a later time and enqueued again for an earlier one (now, or a sooner
+    /// time) is delivered at the earlier time, once; an id enqueued for later behind a waiting
+    /// sooner one keeps its sooner place.
+    #[tokio::test]
+    async fn an_earlier_due_time_overtakes_a_waiting_later_one() {
+        let q = MemoryQueue::new();
+        let later = Utc::now() + chrono::Duration::seconds(3600);
+        q.enqueue("retried", Some(later)).await.expect("enqueue");
+        q.enqueue("retried", None).await.expect("due now");
+        assert_eq!(q.depth().await.expect("depth"), 1);
+        let d = tokio::time::timeout(Duration::from_secs(5), q.dequeue())
+            .await
+            .expect("delivered now, not in an hour")
+            .expect("dequeue");
+        assert_eq!(d.task_id, "retried");
+
+        q.enqueue("a", Some(later)).await.expect("enqueue");
+        q.enqueue("a", Some(Utc::now() + chrono::Duration::milliseconds(50)))
+            .await
+            .expect("sooner");
+        q.enqueue("a", Some(later))
+            .await
+            .expect("later again: no-op");
+        q.enqueue("b", Some(Utc::now() + chrono::Duration::milliseconds(150)))
+            .await
+            .expect("enqueue");
+        let first = tokio::time::timeout(Duration::from_secs(5), q.dequeue())
+            .await
+            .expect("a arrives")
+            .expect("a");
+        let second = tokio::time::timeout(Duration::from_secs(5), q.dequeue())
+            .await
+            .expect("b arrives")
+            .expect("b");
+        assert_eq!(
+            (first.task_id.as_str(), second.task_id.as_str()),
+            ("a", "b")
+        );
+        assert_eq!(
+            q.depth().await.expect("depth"),
+            0,
+            "the stale entry is not counted"
+        );
+        let nothing = tokio::time::timeout(Duration::from_millis(200), q.dequeue()).await;
+        assert!(nothing.is_err(), "a is delivered once: {nothing:?}");
     }
 }

@@ -58,6 +58,12 @@ pub struct ImageBody {
     image: Option<OneOrMany>,
     /// More reference images.
     images: Option<Vec<String>>,
+    /// Start after this many seconds (0 to 2592000, i.e. 30 days): the task is `scheduled`
+    /// until then. The older server's field.
+    delay: Option<i64>,
+    /// Start at this time (RFC 3339, at most 30 days ahead; up to a minute in the past counts
+    /// as now), instead of `delay`.
+    run_at: Option<String>,
 }
 
 /// The generic task request (`POST /api/v1/ai/tasks`).
@@ -70,6 +76,11 @@ pub struct GenericBody {
     model: Option<String>,
     /// Overrides `input.user_id`.
     user_id: Option<String>,
+    /// Start after this many seconds (overrides `input.delay`); the task is `scheduled` until
+    /// then.
+    delay: Option<i64>,
+    /// Start at this time (RFC 3339; overrides `input.run_at`).
+    run_at: Option<String>,
     /// The image request.
     #[serde(default)]
     input: ImageBody,
@@ -118,6 +129,8 @@ impl ImageBody {
             quality: self.quality,
             style: self.style,
             options: self.options,
+            delay: self.delay,
+            run_at: self.run_at,
             idempotency_key,
         }
     }
@@ -180,7 +193,7 @@ pub struct TaskJson {
     seed: Option<i64>,
     guidance_scale: Option<f64>,
     watermark: bool,
-    /// `pending`, `processing`, `completed`, `failed` or `cancelled`.
+    /// `scheduled`, `pending`, `processing`, `completed`, `failed` or `cancelled`.
     #[schema(value_type = String, example = "pending")]
     status: TaskStatus,
     /// Grows by one with every change.
@@ -194,6 +207,9 @@ pub struct TaskJson {
     provider_request_id: Option<String>,
     /// When a pending retry may start (RFC 3339).
     next_attempt_at: Option<String>,
+    /// When a task created with `delay` or `run_at` was to start (RFC 3339); a `scheduled` task
+    /// becomes `pending` then.
+    run_at: Option<String>,
     /// RFC 3339, UTC.
     created_at: String,
     updated_at: String,
@@ -246,6 +262,7 @@ pub fn task_json(t: &Task, base: &str) -> TaskJson {
             .not_before
             .filter(|_| t.status == TaskStatus::Pending)
             .map(rfc3339),
+        run_at: t.run_at.map(rfc3339),
         created_at: rfc3339(t.created_at),
         updated_at: rfc3339(t.updated_at),
         started_at: t.started_at.map(rfc3339),
@@ -278,7 +295,8 @@ async fn create(s: &AppState, who: &Principal, input: CreateImageTask) -> ApiRes
 
 /// Create an image task
 ///
-/// Answers at once with the `pending` task; poll `GET /api/v1/ai/image/result/{task_id}` or
+/// Answers at once with the `pending` task (`scheduled` with `delay` or `run_at`: it becomes
+/// `pending` when due, within `SWEEP_INTERVAL`); poll `GET /api/v1/ai/image/result/{task_id}` or
 /// subscribe to `taskUpdated` over GraphQL. The same `Idempotency-Key` from the same user returns
 /// the same task (header `Idempotent-Replayed: true`); with a different body it is 409.
 #[utoipa::path(post, path = "/api/v1/ai/image/task", tag = "tasks",
@@ -303,8 +321,9 @@ pub async fn create_image(
 
 /// Create a task (generic form)
 ///
-/// `{type: "image_generation", model, user_id, input: {prompt, size, …}}`; otherwise as
-/// `POST /api/v1/ai/image/task`.
+/// `{type: "image_generation", model, user_id, delay, input: {prompt, size, …}}`; otherwise as
+/// `POST /api/v1/ai/image/task`. With `delay` (seconds) or `run_at` the task is `scheduled`
+/// until due, as the older server answered.
 #[utoipa::path(post, path = "/api/v1/ai/tasks", tag = "tasks",
     params(("Idempotency-Key" = Option<String>, Header, description = "Replays the task created with this key")),
     request_body = GenericBody,
@@ -334,12 +353,14 @@ pub async fn create_generic(
     let mut input = b.input;
     input.model = b.model.or(input.model);
     input.user_id = b.user_id.or(input.user_id);
+    input.delay = b.delay.or(input.delay);
+    input.run_at = b.run_at.or(input.run_at);
     create(&s, &who, input.into_input(key)).await
 }
 
 /// Get a task (poll)
 ///
-/// `data.status` is `pending`, `processing`, `completed`, `failed` or `cancelled`; when
+/// `data.status` is `scheduled`, `pending`, `processing`, `completed`, `failed` or `cancelled`; when
 /// completed `data.result.image_url` is the stored image, when failed `data.error` says why.
 #[utoipa::path(get, path = "/api/v1/ai/image/result/{task_id}", tag = "tasks",
     params(("task_id" = String, Path, description = "Task id")),
@@ -400,7 +421,7 @@ pub fn parse_limit(q: &HashMap<String, String>) -> Result<Option<i64>, AppError>
         ("limit" = Option<i64>, Query, description = "Page size, default 20, at most 100"),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
         ("offset" = Option<usize>, Query, description = "Items to skip (instead of a cursor)"),
-        ("status" = Option<String>, Query, description = "pending, processing, completed, failed or cancelled"),
+        ("status" = Option<String>, Query, description = "scheduled, pending, processing, completed, failed or cancelled"),
     ),
     responses(
         (status = 200, description = "A page of tasks", body = Paged<TaskJson, TaskPagination>),
@@ -429,7 +450,7 @@ pub async fn list_for_user(
             TaskStatus::parse(st).ok_or_else(|| {
                 AppError::invalid(
                     "status",
-                    "must be one of pending, processing, completed, failed, cancelled",
+                    "must be one of scheduled, pending, processing, completed, failed, cancelled",
                 )
             })
         })
@@ -472,7 +493,8 @@ pub async fn list_for_user(
 
 /// Cancel a task
 ///
-/// A pending or processing task becomes `cancelled`; a provider call in flight is abandoned.
+/// A scheduled, pending or processing task becomes `cancelled`; a provider call in flight is
+/// abandoned.
 #[utoipa::path(post, path = "/api/v1/tasks/{task_id}/cancel", tag = "tasks",
     params(("task_id" = String, Path, description = "Task id")),
     responses(

@@ -67,8 +67,14 @@ impl Service {
                 ))
             };
         }
-        tracing::info!(task_id = %task.id, user_id = %task.user_id, model = %task.model, "task accepted");
-        if let Err(e) = self.queue.enqueue(&task.id, None).await {
+        tracing::info!(task_id = %task.id, user_id = %task.user_id, model = %task.model, status = %task.status, "task accepted");
+        // A scheduled task is queued by the promoter once due (worker::timers), not now: a
+        // queue entry waiting for days would be lost with the process (embedded) or the Redis.
+        let queued = match task.status {
+            TaskStatus::Pending => self.queue.enqueue(&task.id, None).await,
+            _ => Ok(()),
+        };
+        if let Err(e) = queued {
             tracing::warn!(task_id = %task.id, error = %e, "enqueue failed; the reconciler will pick the task up");
         }
         self.publish(&task).await;

@@ -146,6 +146,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
     /// Pending tasks due at `now` and processing tasks whose lease ran out, oldest first.
     async fn due_tasks(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Task>, StoreError>;
+    /// Scheduled tasks due at `now`, earliest first: one range of the `(status, due time)`
+    /// index, so the promoter's pass costs the same however many tasks are stored.
+    async fn due_scheduled(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Task>, StoreError>;
     /// The pending task created first (the queue's oldest wait), if any.
     async fn oldest_pending(&self) -> Result<Option<Task>, StoreError>;
     /// Processing tasks, whoever holds them (crash recovery of the embedded single process).

@@ -4,6 +4,7 @@
 //! a task finish twice.
 
 pub mod reconciler;
+pub mod timers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +38,8 @@ pub struct WorkerConfig {
     pub max_attempts: u32,
     pub lease: Duration,
     pub reconcile_interval: Duration,
+    /// How often due scheduled tasks are promoted (`SWEEP_INTERVAL`).
+    pub sweep_interval: Duration,
     pub retry_base_delay: Duration,
     pub retry_max_delay: Duration,
     /// Embedded mode owns its data folder alone, so every `processing` task found at start was
@@ -226,6 +229,8 @@ impl Worker {
             let (stop, ready) = (shutdown.clone(), ready.clone());
             set.spawn_on(async move { w.run_loop(stop, ready).await }, rt);
         }
+        let (w, stop) = (self.clone(), shutdown.clone());
+        set.spawn_on(async move { timers::run(w, stop).await }, rt);
         let w = self.clone();
         set.spawn_on(
             async move { reconciler::run(w, shutdown, recovered).await },

@@ -56,6 +56,9 @@ pub struct TestServer {
     pub http: reqwest::Client,
     pub running: Option<Running>,
     pub dir: tempfile::TempDir,
+    /// What it was started with (the backends' database and key prefix included), so that
+    /// `start_again` opens the same data.
+    pub cfg: Config,
 }
 
 /// A configuration for tests: temp data folder, fast sandbox, short intervals. It reads nothing
@@ -66,6 +69,7 @@ pub fn test_config(dir: &std::path::Path) -> Config {
         port: 0,
         sandbox_latency: Duration::from_millis(100),
         reconcile_interval: Duration::from_millis(200),
+        sweep_interval: Duration::from_millis(100),
         retry_base_delay: Duration::from_millis(20),
         retry_max_delay: Duration::from_millis(100),
         subscription_resync: Duration::from_secs(2),
@@ -89,7 +93,7 @@ impl TestServer {
 
     pub async fn start_on(cfg: Config, backends: Backends, dir: tempfile::TempDir) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let running = app::start_with(cfg, Some(listener), Role::Serve, backends)
+        let running = app::start_with(cfg.clone(), Some(listener), Role::Serve, backends)
             .await
             .expect("start");
         let base = format!("http://{}", running.addr.expect("api address"));
@@ -98,7 +102,27 @@ impl TestServer {
             http: reqwest::Client::new(),
             running: Some(running),
             dir,
+            cfg,
         }
+    }
+
+    /// Stops the server and starts a new one on the same data (data folder, or MongoDB database
+    /// and Redis prefix), on a new port: a restart.
+    pub async fn start_again(&mut self) {
+        self.stop().await;
+        let cfg = self.cfg.clone();
+        let backends = match (&cfg.mongo_url, &cfg.redis_url) {
+            (Some(mongo), Some(redis)) => Backends::distributed(&cfg, mongo, redis)
+                .await
+                .expect("distributed backends"),
+            _ => Backends::embedded(&cfg).expect("embedded backends"),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let running = app::start_with(cfg, Some(listener), Role::Serve, backends)
+            .await
+            .expect("start again");
+        self.base = format!("http://{}", running.addr.expect("api address"));
+        self.running = Some(running);
     }
 
     pub async fn stop(&mut self) {

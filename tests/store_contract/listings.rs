@@ -436,3 +436,49 @@ pub async fn a_limit_bounds_every_listing_and_zero_reads_nothing(s: S) {
         );
     }
 }
+
+/// Scheduled tasks are due from their start time on, earliest start first; pending, promoted and
+/// cancelled ones never (and a scheduled task is never a due pending one for the reconciler).
+pub async fn scheduled_tasks_are_due_from_their_start_earliest_first(s: S) {
+    let u = id_at(1);
+    let now = at(1_000);
+    // Created in this order, due in another: 30 (at 900), 10 (at 950), 40 (exactly now).
+    let early = task_at(10, &u).scheduled_for(at(950));
+    let later = task_at(20, &u).scheduled_for(at(1_001));
+    let earliest = task_at(30, &u).scheduled_for(at(900));
+    let exactly = task_at(40, &u).scheduled_for(now);
+    let promoted = task_at(50, &u).scheduled_for(at(800));
+    let cancelled = task_at(60, &u).scheduled_for(at(800));
+    let plain = task_at(70, &u);
+    for t in [
+        &later, &exactly, &plain, &early, &promoted, &cancelled, &earliest,
+    ] {
+        insert(&s, t).await;
+    }
+    replace(&s, &promoted.promote(at(801)).expect("promote"), &promoted).await;
+    replace(&s, &cancelled.cancel(at(802)).expect("cancel"), &cancelled).await;
+
+    assert_eq!(
+        ids(&s.due_scheduled(now, 10).await.expect("due")),
+        [earliest.id.clone(), early.id.clone(), exactly.id.clone()]
+    );
+    assert_eq!(
+        ids(&s.due_scheduled(now, 2).await.expect("due")),
+        [earliest.id.clone(), early.id.clone()]
+    );
+    assert!(s.due_scheduled(now, 0).await.expect("due").is_empty());
+    assert!(s.due_scheduled(at(899), 10).await.expect("due").is_empty());
+    // The reconciler's due pending tasks: the promoted one and the plain one, no scheduled one.
+    let mut pending = ids(&s.due_tasks(at(5_000), 10).await.expect("due"));
+    pending.sort();
+    let mut want = vec![promoted.id.clone(), plain.id.clone()];
+    want.sort();
+    assert_eq!(pending, want);
+    assert_eq!(
+        stored(&s, &later.id).await,
+        later,
+        "a scheduled task round-trips"
+    );
+    let counts = s.status_counts().await.expect("counts");
+    assert_eq!(counts.get(&TaskStatus::Scheduled), Some(&4));
+}

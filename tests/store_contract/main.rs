@@ -76,6 +76,7 @@ contract! {
         counts_follow_every_change
         tasks_changed_reads_changes_in_order_after_a_cursor
         a_limit_bounds_every_listing_and_zero_reads_nothing
+        scheduled_tasks_are_due_from_their_start_earliest_first
     ]
     idempotency: [
         an_idempotency_key_belongs_to_one_user

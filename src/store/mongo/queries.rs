@@ -418,6 +418,25 @@ impl Store for MongoStore {
         collect_tasks(cursor).await
     }
 
+    async fn due_scheduled(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Task>, StoreError> {
+        if limit == 0 {
+            return Ok(vec![]);
+        }
+        // A range of the (status, due_ms) index.
+        let cursor = self
+            .tasks
+            .find(doc! {"status": "scheduled", "due_ms": {"$lte": now.timestamp_millis()}})
+            .sort(doc! {"due_ms": 1})
+            .limit(find_limit(limit))
+            .await
+            .map_err(backend)?;
+        collect_tasks(cursor).await
+    }
+
     async fn oldest_pending(&self) -> Result<Option<Task>, StoreError> {
         self.tasks
             .find_one(doc! {"status": "pending"})

@@ -13,6 +13,10 @@ use super::{
 use crate::domain::{ApiKey, Task, TaskStatus, User};
 use crate::store::{ChangeCursor, ImageBlob, InsertOutcome, Store, StoreError, TaskQuery};
 
+/// One range of `tasks_due`, however many tasks are stored (a test holds the plan).
+pub(super) const DUE_SCHEDULED: &str = "SELECT doc FROM tasks \
+     WHERE status = 'scheduled' AND due_ms <= ?1 ORDER BY due_ms LIMIT ?2";
+
 #[async_trait]
 impl Store for SqliteStore {
     fn kind(&self) -> &'static str {
@@ -390,6 +394,19 @@ impl Store for SqliteStore {
                      ORDER BY id LIMIT ?2",
                 )
                 .map_err(backend)?;
+            collect_docs(&mut s, params![now, limit as i64])
+        })
+        .await
+    }
+
+    async fn due_scheduled(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Task>, StoreError> {
+        let now = now.timestamp_millis();
+        self.read(move |c| {
+            let mut s = c.prepare_cached(DUE_SCHEDULED).map_err(backend)?;
             collect_docs(&mut s, params![now, limit as i64])
         })
         .await

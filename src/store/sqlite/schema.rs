@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS api_keys (
 );
 CREATE INDEX IF NOT EXISTS api_keys_by_user ON api_keys (user_id, id);
 CREATE INDEX IF NOT EXISTS tasks_active ON tasks (user_id, status);
+CREATE INDEX IF NOT EXISTS tasks_due ON tasks (status, due_ms);
 ";
 
 pub(super) const IMAGES_SCHEMA: &str = "
@@ -252,5 +253,28 @@ mod tests {
                 .expect("count");
             assert_eq!(tables, 0, "the main database keeps no images table");
         }
+    }
+
+    /// The promoter's query reads one range of an index, never the table: its cost does not
+    /// grow with the tasks stored.
+    #[test]
+    fn due_scheduled_tasks_are_one_index_range() {
+        let c = Connection::open_in_memory().expect("open");
+        c.execute_batch(SCHEMA).expect("schema");
+        let plan: Vec<String> = c
+            .prepare(&format!(
+                "EXPLAIN QUERY PLAN {}",
+                super::super::queries::DUE_SCHEDULED
+            ))
+            .expect("prepare")
+            .query_map(params![0, 10], |r| r.get::<_, String>(3))
+            .expect("plan")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert_eq!(
+            plan,
+            ["SEARCH tasks USING INDEX tasks_due (status=? AND due_ms<?)"],
+            "{plan:?}"
+        );
     }
 }
