@@ -15,6 +15,7 @@ pub mod events;
 pub mod graphql;
 pub mod http;
 pub mod observability;
+pub mod openai;
 pub mod provider;
 pub mod queue;
 pub mod rest;

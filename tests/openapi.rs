@@ -29,6 +29,10 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/queue/stats"),
     ("get", "/images/{file}"),
     ("post", "/graphql"),
+    ("post", "/v1/images/generations"),
+    ("get", "/v1/images/generations/{task_id}"),
+    ("get", "/v1/models"),
+    ("get", "/v1/models/{model}"),
 ];
 
 async fn spec(s: &TestServer) -> Value {

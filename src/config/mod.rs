@@ -171,6 +171,12 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Longest an HTTP request may take (WebSocket sessions are not limited); 408 beyond.
     pub request_timeout: Duration,
+    /// Longest a synchronous `POST /v1/images/*` waits for its task (less when the client says
+    /// its own timeout is shorter); the task goes on after it.
+    pub openai_max_wait: Duration,
+    /// How long such a wait stays silent before the answer is committed as 200 and a space is
+    /// sent every few seconds so that proxies do not cut the idle call; `None`: never.
+    pub openai_keepalive_after: Option<Duration>,
     /// Host names served besides the loopback ones while auth is off (lowercase, no port).
     pub allowed_hosts: Vec<String>,
     /// A connection that has not sent a request's headers this long after it opened or after
@@ -238,6 +244,8 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(30),
             max_body_bytes: 16 * 1024 * 1024,
             request_timeout: Duration::from_secs(60),
+            openai_max_wait: Duration::from_secs(600),
+            openai_keepalive_after: Some(Duration::from_secs(25)),
             allowed_hosts: Vec::new(),
             header_read_timeout: Duration::from_secs(20),
             max_connections: None,
@@ -538,6 +546,14 @@ impl Config {
             }
         })?;
         self.request_timeout = env.duration(&["REQUEST_TIMEOUT"], self.request_timeout, ms(100))?;
+        self.openai_max_wait = env.duration(&["OPENAI_MAX_WAIT"], self.openai_max_wait, ms(100))?;
+        if let Some((var, value)) = env.raw(&["OPENAI_KEEPALIVE_AFTER"]) {
+            self.openai_keepalive_after = if value.trim().eq_ignore_ascii_case("off") {
+                None
+            } else {
+                Some(env.duration(&[var], Duration::ZERO, ms(100))?)
+            };
+        }
         if let Some((var, value)) = env.raw(&["ALLOWED_HOSTS"]) {
             self.allowed_hosts =
                 host_names(&value).map_err(|reason| ConfigError { var, value, reason })?;

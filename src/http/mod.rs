@@ -36,6 +36,9 @@ pub fn router(state: AppState, graphql: graphql::Endpoint) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             state.config.request_timeout,
         ))
+        // After the timeout layer: these wait for their task as long as the client does, and
+        // bound their own body reads by REQUEST_TIMEOUT and MAX_BODY_BYTES.
+        .merge(crate::openai::routes())
         .layer(edge::EdgeLayer::new(
             (!state.service.auth_enabled()).then(|| state.config.allowed_hosts.clone().into()),
         ))

@@ -40,6 +40,10 @@ are `{success: false, error, message, code, details?}`. Live updates: GraphQL su
         crate::rest::keys::list,
         crate::rest::keys::list_own,
         crate::rest::keys::revoke,
+        crate::openai::images::generations,
+        crate::openai::images::poll,
+        crate::openai::models::list,
+        crate::openai::models::get,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -50,6 +54,7 @@ are `{success: false, error, message, code, details?}`. Live updates: GraphQL su
         (name = "operations", description = "Health, readiness, metrics"),
         (name = "graphql", description = "The GraphQL endpoint (schema in schema.graphql)"),
         (name = "keys", description = "API keys: the admin makes them; owners list and revoke"),
+        (name = "openai", description = "OpenAI-compatible images API over the same tasks (errors are `{error: {message, type, param, code}}`)"),
     )
 )]
 pub struct ApiDoc;

@@ -8,6 +8,7 @@ mod keys;
 mod tasks;
 mod users;
 pub mod validate;
+mod wait;
 
 use std::sync::Arc;
 
