@@ -499,6 +499,33 @@ async fn a_long_wait_is_kept_alive_with_spaces_before_the_json() {
     w.s.stop().await;
 }
 
+/// Python's SDK gives up after its read timeout of silence: the keep-alive starts before it,
+/// however long `OPENAI_KEEPALIVE_AFTER` is.
+#[tokio::test]
+async fn the_keep_alive_starts_before_the_clients_read_timeout() {
+    let mut w = World::start(|c| {
+        c.sandbox_latency = Duration::from_millis(2500);
+        c.openai_keepalive_after = Some(Duration::from_secs(600));
+    })
+    .await;
+    let text =
+        w.s.http
+            .post(w.s.url("/v1/images/generations"))
+            .bearer_auth(&w.key)
+            .header("x-stainless-read-timeout", "1")
+            .json(&json!({"prompt": "slow"}))
+            .send()
+            .await
+            .expect("request")
+            .text()
+            .await
+            .expect("body");
+    assert!(text.starts_with(' '), "no keep-alive before {text:?}");
+    let b: Value = serde_json::from_str(&text).expect("JSON after the spaces");
+    assert_eq!(b["data"].as_array().map_or(0, Vec::len), 1, "{b}");
+    w.s.stop().await;
+}
+
 #[tokio::test]
 async fn the_wait_ends_before_the_clients_timeout_and_names_the_task() {
     let mut w = World::start(|c| {

@@ -2,11 +2,12 @@
 //! task underneath, OpenAI's `{created, data: [{url | b64_json}]}` out once the task is done.
 //!
 //! The wait follows the task's events (`Service::wait_terminal`). It lasts at most
-//! `OPENAI_MAX_WAIT`, or less when the SDK's `X-Stainless-Timeout` says the client gives up
-//! sooner: the answer then comes just before the client's own timeout, naming the task. After
-//! `OPENAI_KEEPALIVE_AFTER` of silence the answer is committed as 200 and a space is sent every
-//! 10 s (JSON parsers skip leading whitespace), so that proxies do not cut the call; an error
-//! after that point is the same `{"error": …}` body under the 200.
+//! `OPENAI_MAX_WAIT`, or less when the SDK's `X-Stainless-Timeout` (Node: the whole call) says
+//! the client gives up sooner: the answer then comes just before, a 504 naming the task. After
+//! `OPENAI_KEEPALIVE_AFTER` of silence, or just before Python's `X-Stainless-Read-Timeout`, the
+//! answer is committed as 200 and a space is sent every 10 s (or sooner; JSON parsers skip
+//! leading whitespace), so that neither proxies nor the client's read timeout cut the call; an
+//! error after that point is the same `{"error": …}` body under the 200.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -380,19 +381,46 @@ fn accepted(task: &Task) -> Response {
     resp
 }
 
-/// How long to wait: `OPENAI_MAX_WAIT`, or just under the client's own timeout when its SDK
-/// says it (`X-Stainless-Timeout`, seconds).
-fn deadline(s: &AppState, h: &HeaderMap) -> Instant {
-    let client = h
-        .get("x-stainless-timeout")
+/// How a wait goes: when it ends, and how long it may stay silent before the 200 is committed
+/// and spaces keep the call alive (`None`: never).
+struct WaitPlan {
+    deadline: Instant,
+    silent: Option<Duration>,
+}
+
+/// A client timeout in seconds from an SDK header, shortened so the answer comes first.
+fn client_timeout(h: &HeaderMap, name: &str) -> Option<Duration> {
+    h.get(name)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|t| t.is_finite() && *t > 0.0)
-        .map(|t| Duration::from_secs_f64((t - 1.0).max(t / 2.0)));
-    let wait = client.map_or(s.config.openai_max_wait, |c| {
-        c.min(s.config.openai_max_wait)
-    });
-    Instant::now() + wait
+        .filter(|t| t.is_finite() && *t > 0.0 && *t < 1e9)
+        .map(|t| Duration::from_secs_f64((t - 1.0).max(t / 2.0)))
+}
+
+/// The SDKs say their timeouts: Node's `X-Stainless-Timeout` covers the whole call, its body
+/// included, so the answer must be whole before it (a 504 naming the task otherwise); Python's
+/// `X-Stainless-Read-Timeout` is the longest silence between bytes, so the keep-alive starts
+/// before it (or, with keep-alive off, the answer comes before it).
+fn plan(s: &AppState, h: &HeaderMap) -> WaitPlan {
+    let total = client_timeout(h, "x-stainless-timeout");
+    let read = client_timeout(h, "x-stainless-read-timeout");
+    let mut wait = s.config.openai_max_wait;
+    if let Some(t) = total {
+        wait = wait.min(t);
+    }
+    let silent = match (s.config.openai_keepalive_after, read) {
+        (Some(k), Some(r)) => Some(k.min(r)),
+        (Some(k), None) => Some(k),
+        (None, Some(r)) => {
+            wait = wait.min(r);
+            None
+        }
+        (None, None) => None,
+    };
+    WaitPlan {
+        deadline: Instant::now() + wait,
+        silent,
+    }
 }
 
 fn with_task_headers(mut resp: Response, task_id: &str, replayed: bool) -> Response {
@@ -426,17 +454,16 @@ pub async fn create_and_answer(
         );
         return Ok(with_task_headers(resp, &id, !created));
     }
-    let until = deadline(&s, headers);
+    let plan = plan(&s, headers);
     let resync = s.config.subscription_resync;
-    let keepalive = s.config.openai_keepalive_after;
     let done = async move {
         let task = s
             .service
-            .wait_terminal(&who, &task.id, until, resync)
+            .wait_terminal(&who, &task.id, plan.deadline, resync)
             .await?;
         outcome(&s, &task, format).await
     };
-    let resp = answer(done, keepalive).await;
+    let resp = answer(done, plan.silent).await;
     Ok(with_task_headers(resp, &id, !created))
 }
 
@@ -501,7 +528,8 @@ fn json_bytes(r: Result<ImagesResponse, OpenAiError>) -> bytes::Bytes {
     params(
         ("Idempotency-Key" = Option<String>, Header, description = "Replays the task created with this key"),
         ("Prefer" = Option<String>, Header, description = "`respond-async`: answer 202 at once"),
-        ("X-Stainless-Timeout" = Option<f64>, Header, description = "The client's timeout (seconds), as the SDKs send it: the wait ends just before it"),
+        ("X-Stainless-Timeout" = Option<f64>, Header, description = "The client's timeout for the whole call (seconds, Node SDK): the wait ends just before it"),
+        ("X-Stainless-Read-Timeout" = Option<f64>, Header, description = "The client's read timeout (seconds, Python SDK): the keep-alive starts before it"),
     ),
     request_body = GenerationBody,
     responses(
