@@ -244,6 +244,8 @@ impl GenerationBody {
             style: self.style,
             options: None,
             idempotency_key,
+            // Scheduling is not part of OpenAI's API; these calls run now.
+            ..CreateImageTask::default()
         };
         Ok((input, format))
     }
@@ -279,7 +281,9 @@ pub async fn outcome(
         (TaskStatus::Completed, None) | (TaskStatus::Failed | TaskStatus::Cancelled, _) => {
             return Err(task_failure(task.status, task.error.as_ref()))
         }
-        (TaskStatus::Pending | TaskStatus::Processing, _) => return Err(still_running(task)),
+        (TaskStatus::Pending | TaskStatus::Processing | TaskStatus::Scheduled, _) => {
+            return Err(still_running(task))
+        }
     };
     let mut data = Vec::with_capacity(result.images.len());
     for img in &result.images {
@@ -356,7 +360,7 @@ pub struct TaskAccepted {
     pub id: String,
     /// Always `image.generation.task`.
     pub object: &'static str,
-    /// `pending` or `processing`.
+    /// `pending`, `processing` (or `scheduled` for a task made elsewhere).
     pub status: String,
     /// Unix seconds.
     pub created: i64,
