@@ -68,15 +68,17 @@ impl World {
     }
 
     async fn generate(&self, body: Value) -> (u16, reqwest::header::HeaderMap, Value) {
+        self.generate_at("/v1/images/generations", body).await
+    }
+
+    async fn generate_at(
+        &self,
+        path: &str,
+        body: Value,
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
         let key = self.key.clone();
-        self.call(
-            &key,
-            reqwest::Method::POST,
-            "/v1/images/generations",
-            Some(body),
-            &[],
-        )
-        .await
+        self.call(&key, reqwest::Method::POST, path, Some(body), &[])
+            .await
     }
 }
 
@@ -607,5 +609,164 @@ async fn models_lists_the_image_models_and_unknown_routes_are_openai_404s() {
         .await;
     assert_eq!(st, 404, "{b}");
     error_of(&b);
+    w.s.stop().await;
+}
+
+/// A 1×1 PNG.
+const PNG_1PX: &str =
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC";
+
+/// A multipart body as the SDKs send it: text fields, then files `(field, filename, bytes)`.
+fn multipart(fields: &[(&str, &str)], files: &[(&str, &str, Vec<u8>)]) -> (String, Vec<u8>) {
+    let boundary = "----openai-test-boundary-7d2f";
+    let mut body = Vec::new();
+    for (name, value) in fields {
+        body.extend(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n")
+                .as_bytes(),
+        );
+    }
+    for (name, filename, bytes) in files {
+        body.extend(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend(bytes);
+        body.extend(b"\r\n");
+    }
+    body.extend(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+async fn edit(w: &World, form: (String, Vec<u8>)) -> (u16, Value) {
+    let resp =
+        w.s.http
+            .post(w.s.url("/v1/images/edits"))
+            .bearer_auth(&w.key)
+            .header("content-type", form.0)
+            .body(form.1)
+            .send()
+            .await
+            .expect("request");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.expect("body");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+#[tokio::test]
+async fn an_edit_takes_the_uploaded_images_as_references() {
+    let mut w = World::start(|_| {}).await;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(PNG_1PX)
+        .expect("png");
+    // SeedEdit by default, one file as `image`.
+    let (st, b) = edit(
+        &w,
+        multipart(
+            &[("prompt", "make it blue"), ("size", "adaptive")],
+            &[("image", "ref.png", png.clone())],
+        ),
+    )
+    .await;
+    assert_eq!(st, 200, "{b}");
+    let url = b["data"][0]["url"].as_str().expect("url");
+    let id = url.rsplit('/').next().unwrap_or_default();
+    assert!(!id.is_empty());
+    let (_, _, tasks) = w
+        .call(
+            ADMIN,
+            reqwest::Method::GET,
+            &format!("/api/v1/tasks/user/{}", w.alice),
+            None,
+            &[],
+        )
+        .await;
+    let task = &tasks["data"][0];
+    assert_eq!(task["model"], "doubao-seededit-3-0-i2i-250628", "{task}");
+
+    // Several references as `image[]`, for Seedream 4.x, with b64_json.
+    let (st, b) = edit(
+        &w,
+        multipart(
+            &[
+                ("prompt", "merge them"),
+                ("model", "doubao-seedream-4.0"),
+                ("response_format", "b64_json"),
+                ("n", "1"),
+            ],
+            &[
+                ("image[]", "a.png", png.clone()),
+                ("image[]", "b.png", png.clone()),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(st, 200, "{b}");
+    assert!(b["data"][0]["b64_json"].is_string(), "{b}");
+    w.s.stop().await;
+}
+
+#[tokio::test]
+async fn bad_edits_are_400_naming_the_param() {
+    let mut w = World::start(|_| {}).await;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(PNG_1PX)
+        .expect("png");
+    let cases = [
+        (multipart(&[("prompt", "x")], &[]), "image"),
+        (
+            multipart(
+                &[("prompt", "x")],
+                &[("image", "a.txt", b"not an image".to_vec())],
+            ),
+            "image",
+        ),
+        (
+            multipart(
+                &[("prompt", "x")],
+                &[
+                    ("image", "a.png", png.clone()),
+                    ("mask", "m.png", png.clone()),
+                ],
+            ),
+            "mask",
+        ),
+        (
+            multipart(
+                &[("prompt", "x"), ("n", "many")],
+                &[("image", "a.png", png.clone())],
+            ),
+            "n",
+        ),
+        (
+            multipart(
+                &[("prompt", "x"), ("input_fidelity", "high")],
+                &[("image", "a.png", png.clone())],
+            ),
+            "input_fidelity",
+        ),
+        (
+            multipart(
+                &[("prompt", "x"), ("model", "doubao-seedream-3.0-t2i")],
+                &[("image", "a.png", png.clone())],
+            ),
+            "image",
+        ),
+    ];
+    for (form, param) in cases {
+        let (st, b) = edit(&w, form).await;
+        assert_eq!(st, 400, "{param}: {b}");
+        assert_eq!(error_of(&b)["param"], param, "{b}");
+    }
+    let (st, _, b) = w
+        .generate_at("/v1/images/edits", json!({"prompt": "x"}))
+        .await;
+    assert_eq!(st, 400, "{b}");
+    assert_eq!(error_of(&b)["code"], "invalid_multipart");
     w.s.stop().await;
 }

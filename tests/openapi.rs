@@ -31,6 +31,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/graphql"),
     ("post", "/v1/images/generations"),
     ("get", "/v1/images/generations/{task_id}"),
+    ("post", "/v1/images/edits"),
     ("get", "/v1/models"),
     ("get", "/v1/models/{model}"),
 ];

@@ -56,6 +56,17 @@ test('b64_json, n = 2', async () => {
   }
 });
 
+test('an edit with a reference image', async () => {
+  const r = await client().images.edit({
+    model: 'doubao-seededit-3.0-i2i',
+    image: await toFile(PNG_1PX, 'ref.png', { type: 'image/png' }),
+    prompt: 'make it green',
+    size: 'adaptive',
+  });
+  assert.equal(r.data.length, 1);
+  assert.ok(r.data[0].url.startsWith(`${API_URL}/images/`));
+});
+
 test('a bad size is a BadRequestError naming the param', async () => {
   await assert.rejects(
     client().images.generate({ model: 'doubao-seedream-3.0-t2i', prompt: 'x', size: '12x12' }),

@@ -65,6 +65,27 @@ class OpenAiPython(unittest.TestCase):
         )
         self.assertEqual(len(resp.data), 1)
 
+    def test_edit_with_a_reference_image(self):
+        resp = client().images.edit(
+            model="doubao-seededit-3.0-i2i",
+            image=("ref.png", PNG_1PX, "image/png"),
+            prompt="make it blue",
+            size="adaptive",
+        )
+        self.assertEqual(len(resp.data), 1)
+        with urllib.request.urlopen(resp.data[0].url) as r:
+            self.assertTrue(is_image(r.read()))
+
+    def test_edit_with_several_references_on_seedream_4(self):
+        resp = client().images.edit(
+            model="doubao-seedream-4.0",
+            image=[("a.png", PNG_1PX, "image/png"), ("b.png", PNG_1PX, "image/png")],
+            prompt="put them side by side",
+            response_format="b64_json",
+        )
+        self.assertEqual(len(resp.data), 1)
+        self.assertTrue(is_image(base64.b64decode(resp.data[0].b64_json)))
+
     def test_keep_alive_before_the_read_timeout(self):
         # The sandbox takes 1 s; the SDK gives up after 0.8 s without a byte. The server commits
         # the 200 before that and sends spaces, which the SDK's JSON parsing skips.

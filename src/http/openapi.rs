@@ -42,6 +42,7 @@ are `{success: false, error, message, code, details?}`. Live updates: GraphQL su
         crate::rest::keys::revoke,
         crate::openai::images::generations,
         crate::openai::images::poll,
+        crate::openai::edits::edits,
         crate::openai::models::list,
         crate::openai::models::get,
     ),

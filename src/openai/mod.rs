@@ -3,6 +3,7 @@
 //! GraphQL, so that the official `openai` SDKs and the tools built on them work unchanged. The
 //! handlers translate and call the service; the business rules stay in `service` and `domain`.
 
+pub mod edits;
 pub mod error;
 pub mod images;
 pub mod models;
@@ -22,6 +23,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/images/generations", post(images::generations))
         .route("/v1/images/generations/{task_id}", get(images::poll))
+        .route("/v1/images/edits", post(edits::edits))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{model}", get(models::get))
         .route("/v1/{*rest}", any(not_found))
