@@ -245,7 +245,7 @@ async fn bad_parameters_are_400_naming_the_param() {
     }
     // What asks for nothing is accepted.
     let (st, _, b) = w
-        .generate(json!({"prompt": "x", "stream": false, "background": "auto", "size": "auto", "quality": "auto", "style": null}))
+        .generate(json!({"prompt": "x", "stream": false, "background": "auto", "size": "auto", "quality": "auto", "style": null, "safety_identifier": "end-user-1"}))
         .await;
     assert_eq!(st, 200, "{b}");
     let (st, _, b) = w

@@ -20,6 +20,8 @@ const DEFAULT_EDIT_MODEL: &str = "doubao-seededit-3.0-i2i";
 
 /// The form fields an edit reads, besides the image files.
 const KNOWN: &[&str] = &[
+    // OpenAI's end-user id for abuse monitoring: accepted, not used.
+    "safety_identifier",
     "prompt",
     "model",
     "n",

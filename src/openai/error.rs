@@ -301,3 +301,64 @@ impl IntoResponse for OpenAiError {
         resp
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(code: &str, retryable: bool) -> OpenAiError {
+        let e = TaskError {
+            code: code.into(),
+            message: "m".into(),
+            retryable,
+        };
+        task_failure(TaskStatus::Failed, Some(&e))
+    }
+
+    #[test]
+    fn provider_refusals_are_400_with_the_providers_code_and_the_rest_500() {
+        let e = failed("InputTextSensitiveContentDetected", false);
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            e.error.code.as_deref(),
+            Some("InputTextSensitiveContentDetected")
+        );
+        assert_eq!(e.error.param.as_deref(), Some("prompt"));
+        let e = failed("InputImageSensitiveContentDetected", false);
+        assert_eq!(e.error.param.as_deref(), Some("image"));
+        let e = failed("OutputImageSensitiveContentDetected", false);
+        assert_eq!(
+            (e.status, e.error.param.as_deref()),
+            (StatusCode::BAD_REQUEST, None)
+        );
+        assert_eq!(
+            failed("InvalidParameter", false).status,
+            StatusCode::BAD_REQUEST
+        );
+        let e = failed("InternalServiceError", true);
+        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(e.should_retry, Some(false));
+        let e = task_failure(TaskStatus::Cancelled, None);
+        assert_eq!(e.status, StatusCode::CONFLICT);
+    }
+
+    #[test]
+    fn field_errors_name_the_parameter_the_client_sent() {
+        let e = OpenAiError::from(AppError::Validation(vec![
+            FieldError::new("image[1]", "bad"),
+            FieldError::new("size", "bad"),
+        ]));
+        assert_eq!(e.error.param.as_deref(), Some("image"));
+        assert!(e.error.message.contains("size: bad"), "{}", e.error.message);
+        let e = OpenAiError::from(AppError::invalid("user_id", "user_id is required"));
+        assert_eq!(e.error.param.as_deref(), Some("user"));
+        let e = OpenAiError::from(AppError::RateLimited {
+            retry_after_secs: 7,
+            reason: "r".into(),
+        });
+        assert_eq!(
+            (e.status, e.retry_after),
+            (StatusCode::TOO_MANY_REQUESTS, Some(7))
+        );
+    }
+}

@@ -121,6 +121,8 @@ const REFUSED: &[(&str, Option<Value>)] = &[
 
 /// The parameters `GenerationBody` reads.
 const KNOWN: &[&str] = &[
+    // OpenAI's end-user id for abuse monitoring: accepted, not used.
+    "safety_identifier",
     "prompt",
     "model",
     "n",
