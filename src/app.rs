@@ -338,6 +338,7 @@ pub async fn start_with(
             &config.provider_ipm,
             config.provider_concurrency,
             pacer,
+            config.provider_rate_window,
         ));
         let worker = Arc::new(Worker::new(
             service.clone(),

@@ -254,19 +254,78 @@ async fn downloads_stay_within_their_memory_budget() {
 #[tokio::test]
 async fn retries_stop_at_the_attempt_budget_keeping_the_last_error() {
     let (emu, url, _stop) = emulator(EmulatorConfig {
-        overload_rate: 1.0,
+        fail_rate: 1.0,
         ..emu_cfg()
     })
     .await;
     let s = server(&url, KEY, 3).await;
     let user = s.create_user("budget@example.com").await;
-    let id = s.create_task(&user, "always overloaded").await;
+    let id = s.create_task(&user, "always failing").await;
     let t = s.wait_terminal(&id).await;
     assert_eq!(t["status"], "failed");
-    assert_eq!(t["error"]["code"], "ServerOverloaded");
+    assert_eq!(t["error"]["code"], "InternalServiceError");
     assert_eq!(t["error"]["retryable"], true);
     assert_eq!(t["attempts"], 3);
-    assert_eq!(emu.stats().by_prompt.get("always overloaded"), Some(&3));
+    assert_eq!(emu.stats().by_prompt.get("always failing"), Some(&3));
+}
+
+/// Issue #18.1: the provider allows 2 images per 2 s (60 a minute) and the service, told
+/// nothing, starts at 600 a minute; the first two calls of all answer 500. Every task completes
+/// although each may make one attempt only beyond those 500s: a 429 spends no attempt, the task
+/// waits for the pace. The pace learns the limit from the 429s: without learning, a pace ten
+/// times the limit would meet dozens of 429s, not a few per task.
+#[tokio::test]
+async fn rate_limits_never_spend_an_attempt_and_the_pace_learns_the_limit() {
+    let (emu, url, _stop) = emulator(EmulatorConfig {
+        latency: Duration::from_millis(20),
+        // Low enough that four workers meet it even on a slow machine over FerretDB.
+        images_per_minute: Some(2),
+        ipm_window: Duration::from_secs(2),
+        fail_calls_first: 2,
+        ..emu_cfg()
+    })
+    .await;
+    let endpoint = url.clone();
+    let s = TestServer::start_with(move |c| {
+        c.volcengine_endpoint = endpoint;
+        c.volcengine_api_key = Some(KEY.into());
+        c.provider_ipm = volcengine_ai_server::config::ProviderIpm {
+            all: Some(600),
+            ..Default::default()
+        };
+        c.provider_rate_window = Duration::from_secs(2);
+        c.worker_concurrency = 4;
+        // Room for the two 500s (on one task or two), and not one attempt more.
+        c.max_attempts = 3;
+        c.retry_base_delay = Duration::from_millis(10);
+        c.retry_max_delay = Duration::from_millis(50);
+    })
+    .await;
+    let user = s.create_user("pace@example.com").await;
+    let tasks: u64 = 12;
+    let prompts: Vec<String> = (0..tasks).map(|i| format!("paced {i}")).collect();
+    let ids = futures::future::join_all(prompts.iter().map(|p| s.create_task(&user, p))).await;
+    let mut attempts = 0;
+    for id in &ids {
+        let t = s.wait_terminal(id).await;
+        assert_eq!(t["status"], "completed", "{t}");
+        attempts += t["attempts"].as_u64().expect("attempts");
+    }
+    let stats = emu.stats();
+    let throttled = stats.by_status.get(&429).copied().unwrap_or(0);
+    eprintln!("undisclosed limit: {tasks} tasks, {throttled} answers 429, 0 failed");
+    assert!(throttled > 0, "the limit was never met");
+    assert_eq!(stats.succeeded, tasks);
+    assert_eq!(stats.by_status.get(&500), Some(&2));
+    assert_eq!(
+        attempts,
+        tasks + 2,
+        "one attempt per task and per 500, none per 429"
+    );
+    assert!(
+        throttled <= 2 * tasks,
+        "{throttled} answers 429 for {tasks} tasks: the pace did not learn the limit"
+    );
 }
 
 #[tokio::test]

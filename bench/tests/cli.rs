@@ -32,6 +32,37 @@ fn bench_pipeline_smoke_run() {
     );
 }
 
+/// `undisclosed` on a 2 s window: every task completes although the provider allows a tenth of
+/// the service's default pace (the ratio and utilisation are judged on full runs only).
+#[test]
+fn bench_undisclosed_smoke_run() {
+    let out = bench()
+        .args([
+            "undisclosed",
+            "--tasks",
+            "8",
+            "--limit",
+            "4",
+            "--window",
+            "2s",
+            "--fail-calls-first",
+            "1",
+            "--latency",
+            "10ms",
+        ])
+        .output()
+        .expect("run");
+    let (stdout, _) = common::succeeded(out);
+    common::assert_contains(
+        &stdout,
+        &[
+            "completed            8",
+            "failed               0",
+            "x the ideal",
+        ],
+    );
+}
+
 #[test]
 fn bench_http_smoke_run() {
     let out = bench()

@@ -197,6 +197,9 @@ pub struct Config {
     pub provider_ipm: ProviderIpm,
     /// Provider calls in flight per model and worker process.
     pub provider_concurrency: usize,
+    /// The window the learned pace counts accepted images over and waits quiet before it
+    /// climbs (Ark's images-per-minute limits count over a sliding 60 s).
+    pub provider_rate_window: Duration,
 }
 
 pub const DEFAULT_ENDPOINT: &str = "https://ark.cn-beijing.volces.com";
@@ -258,6 +261,7 @@ impl Default for Config {
             model_ids: ModelIds::default(),
             provider_ipm: ProviderIpm::default(),
             provider_concurrency: 32,
+            provider_rate_window: Duration::from_secs(60),
         }
     }
 }
@@ -649,6 +653,11 @@ impl Config {
             &["PROVIDER_CONCURRENCY"],
             self.provider_concurrency,
             positive,
+        )?;
+        self.provider_rate_window = env.duration(
+            &["PROVIDER_RATE_WINDOW"],
+            self.provider_rate_window,
+            ms(100),
         )?;
         Ok(())
     }

@@ -329,6 +329,21 @@ impl Task {
         Ok(t)
     }
 
+    /// processing → pending after the provider refused for rate (a 429): the task waits for
+    /// the pace and tries again, and the attempt it started is given back, since nothing was
+    /// attempted but a call the provider would not take yet. Bounded by the task's deadline,
+    /// not by its attempts.
+    pub fn requeue_paced(
+        &self,
+        error: TaskError,
+        not_before: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Task, TransitionError> {
+        let mut t = self.requeue(Some(error), not_before, now)?;
+        t.attempts = t.attempts.saturating_sub(1);
+        Ok(t)
+    }
+
     /// scheduled | pending | processing → cancelled. A worker still holding a cancelled task
     /// loses its compare-and-set and drops whatever it produced.
     pub fn cancel(&self, now: DateTime<Utc>) -> Result<Task, TransitionError> {

@@ -55,6 +55,12 @@ pub struct EmulatorArgs {
     /// The first N calls of each distinct prompt fail with 500 InternalServiceError.
     #[arg(long, env = "EMULATOR_FAIL_FIRST", default_value_t = 0)]
     fail_first: u32,
+    /// The first N generation calls of all answer 500 InternalServiceError.
+    #[arg(long, env = "EMULATOR_FAIL_CALLS_FIRST", default_value_t = 0)]
+    fail_calls_first: u32,
+    /// Length of the images-per-minute window (Ark's: 60 s).
+    #[arg(long, env = "EMULATOR_IPM_WINDOW", default_value = "60s", value_parser = duration)]
+    ipm_window: Duration,
     /// The first N downloads of each generated image answer 503 ServiceUnavailable.
     #[arg(long, env = "EMULATOR_FAIL_DOWNLOADS_FIRST", default_value_t = 0)]
     fail_downloads_first: u32,
@@ -191,13 +197,14 @@ impl EmulatorArgs {
             bad_keys: self.bad_keys,
             images_per_minute: self.ipm,
             key_ipm: self.key_ipm,
-            ipm_window: Duration::from_secs(60),
+            ipm_window: self.ipm_window,
             max_concurrency: self.max_concurrency,
             retry_after: self.retry_after,
             hang_rate: self.hang_rate,
             fail_rate: self.fail_rate,
             overload_rate: self.overload_rate,
             fail_first: self.fail_first,
+            fail_calls_first: self.fail_calls_first,
             fail_downloads_first: self.fail_downloads_first,
             download_latency: self.download_latency,
             sensitive_words: self.sensitive_words,

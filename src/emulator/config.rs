@@ -40,6 +40,10 @@ pub struct EmulatorConfig {
     /// The first this-many calls of each distinct prompt fail with 500 `InternalServiceError`
     /// (deterministic transient failures for retry tests).
     pub fail_first: u32,
+    /// The first this-many generation calls of all, whatever their prompt or key, fail with
+    /// 500 `InternalServiceError` before anything is counted against a limit (a provider
+    /// having a bad minute as the run starts).
+    pub fail_calls_first: u32,
     /// The first this-many downloads of each generated image answer 503, as an object store
     /// does under load (deterministic, for tests of a download retried without a new call).
     pub fail_downloads_first: u32,
@@ -86,6 +90,7 @@ impl Default for EmulatorConfig {
             fail_rate: 0.0,
             overload_rate: 0.0,
             fail_first: 0,
+            fail_calls_first: 0,
             fail_downloads_first: 0,
             download_latency: Duration::ZERO,
             sensitive_words: vec!["sensitive-content".into()],

@@ -313,9 +313,17 @@ pub(super) async fn generations(
     body: Bytes,
 ) -> Response {
     emu.hit("POST /api/v3/images/generations");
-    emu.with_stats(|s| s.requests += 1);
+    let mut call = 0;
+    emu.with_stats(|s| {
+        s.requests += 1;
+        call = s.requests;
+    });
     let rid = request_id();
-    let result = emu.generate(&headers, &body, &rid).await;
+    let result = if call <= u64::from(emu.0.cfg.fail_calls_first) {
+        Err(ArkError::internal())
+    } else {
+        emu.generate(&headers, &body, &rid).await
+    };
     emu.ark_response(&headers, &rid, result)
 }
 

@@ -16,6 +16,7 @@ pub struct ArkClient {
     http: reqwest::Client,
     generations_url: String,
     api_key: String,
+    fingerprint: String,
     mode: &'static str,
 }
 
@@ -149,6 +150,7 @@ impl ArkClient {
             http,
             generations_url: format!("{root}/api/v3/images/generations"),
             api_key: api_key.to_string(),
+            fingerprint: super::key_fingerprint(api_key),
             mode,
         })
     }
@@ -158,6 +160,10 @@ impl ArkClient {
 impl ImageProvider for ArkClient {
     fn mode(&self) -> &'static str {
         self.mode
+    }
+
+    fn key_fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     #[tracing::instrument(skip_all, fields(task_id = %req.task_id, model = %req.model))]

@@ -1,11 +1,12 @@
-//! Provider rate limiting per model: images per minute (paced, shared by every worker process
-//! through Redis in distributed mode) and calls in flight (per process). Adaptive: when the
-//! provider still answers 429, the pace drops by 30 % and then recovers by 2 % per success.
+//! Provider rate limiting per API key and model: images per minute, paced at the rate learned
+//! from the provider's answers (`pace`; shared by every worker process through Redis in
+//! distributed mode), and calls in flight per model (per process).
 //!
-//! Pacing is GCRA's virtual scheduling: each call reserves `images × interval` on the model's
-//! theoretical arrival time (TAT) and waits until its slot. The reservation is one atomic step
+//! Pacing is GCRA's virtual scheduling: each call reserves `images × 60 / pace` seconds on the
+//! schedule and waits until its slot. The reservation and the pace's changes are one atomic step
 //! (a mutex here, a Lua script in Redis), so processes never overbook. `governor` implements the
-//! same algorithm in-process but with a fixed quota; adaptivity needs the interval per call.
+//! same algorithm in-process but with a fixed quota; a learned pace needs the interval per call
+//! and a schedule shared between processes.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::pace::{PaceRule, PaceSignal, PaceState};
 use crate::config::ProviderIpm;
 use crate::domain::Catalog;
 
@@ -24,8 +26,25 @@ pub struct LimiterError(pub String);
 /// Where the theoretical arrival times live.
 #[async_trait]
 pub trait Pacer: Send + Sync + 'static {
-    /// Reserves `cost` of the key's schedule and says how long to wait for the reserved slot.
-    async fn reserve(&self, key: &str, cost: Duration) -> Result<Duration, LimiterError>;
+    /// Reserves the slot of a call generating `images` on the learned pace of `key` and says
+    /// how long to wait for it.
+    async fn pace_reserve(
+        &self,
+        key: &str,
+        images: u32,
+        rule: &PaceRule,
+    ) -> Result<Duration, LimiterError>;
+
+    /// Tells the pace of `key` what the provider answered.
+    async fn pace_signal(
+        &self,
+        key: &str,
+        signal: PaceSignal,
+        rule: &PaceRule,
+    ) -> Result<(), LimiterError>;
+
+    /// The pace of `key` now, in images per minute.
+    async fn pace_rate(&self, key: &str, rule: &PaceRule) -> Result<f64, LimiterError>;
 
     /// A token bucket in GCRA form, for admission rather than pacing: lets one request through
     /// when fewer than `burst` are ahead of the key's schedule (one every `interval`), and
@@ -75,6 +94,7 @@ fn gcra_admit(tat: f64, now: f64, interval: f64, burst: u32) -> Result<f64, f64>
 pub struct MemoryPacer {
     epoch: Instant,
     tat_ms: Mutex<HashMap<String, f64>>,
+    paces: Mutex<HashMap<String, PaceState>>,
 }
 
 impl Default for MemoryPacer {
@@ -82,22 +102,49 @@ impl Default for MemoryPacer {
         MemoryPacer {
             epoch: Instant::now(),
             tat_ms: Mutex::default(),
+            paces: Mutex::default(),
         }
+    }
+}
+
+impl MemoryPacer {
+    fn with_pace<T>(
+        &self,
+        key: &str,
+        f: impl FnOnce(&mut PaceState, f64) -> T,
+    ) -> Result<T, LimiterError> {
+        let now = self.epoch.elapsed().as_secs_f64() * 1000.0;
+        let mut map = self
+            .paces
+            .lock()
+            .map_err(|_| LimiterError("mutex poisoned".into()))?;
+        Ok(f(map.entry(key.to_string()).or_default(), now))
     }
 }
 
 #[async_trait]
 impl Pacer for MemoryPacer {
-    async fn reserve(&self, key: &str, cost: Duration) -> Result<Duration, LimiterError> {
-        let now = self.epoch.elapsed().as_secs_f64() * 1000.0;
-        let mut map = self
-            .tat_ms
-            .lock()
-            .map_err(|_| LimiterError("mutex poisoned".into()))?;
-        let tat = map.entry(key.to_string()).or_insert(now);
-        let start = tat.max(now);
-        *tat = start + cost.as_secs_f64() * 1000.0;
-        Ok(Duration::from_secs_f64((start - now).max(0.0) / 1000.0))
+    async fn pace_reserve(
+        &self,
+        key: &str,
+        images: u32,
+        rule: &PaceRule,
+    ) -> Result<Duration, LimiterError> {
+        let wait = self.with_pace(key, |p, now| p.reserve(now, images, rule))?;
+        Ok(Duration::from_secs_f64(wait.max(0.0) / 1000.0))
+    }
+
+    async fn pace_signal(
+        &self,
+        key: &str,
+        signal: PaceSignal,
+        rule: &PaceRule,
+    ) -> Result<(), LimiterError> {
+        self.with_pace(key, |p, now| p.signal(now, signal, rule))
+    }
+
+    async fn pace_rate(&self, key: &str, rule: &PaceRule) -> Result<f64, LimiterError> {
+        self.with_pace(key, |p, _| p.rate(rule))
     }
 
     async fn admit(
@@ -126,19 +173,67 @@ impl Pacer for MemoryPacer {
 pub struct RedisPacer {
     conn: redis::aio::ConnectionManager,
     prefix: String,
-    script: redis::Script,
+    pace: redis::Script,
     admit: redis::Script,
     hold: redis::Script,
 }
 
-const RESERVE: &str = r"
+/// `PaceState` (pace.rs) over a hash (the pace, its step, the last cut and climb, the hold and
+/// the schedule) and a sorted set of the images accepted within the window, one atomic step on
+/// Redis's clock. ARGV: operation (`reserve`, `accepted`, `throttled`, `rate`), ceiling (images
+/// a minute), window (ms), images or Retry-After (ms), a unique id, then the rule's constants:
+/// burst spacing (ms), cut-to share, most cut, floor, step share. Returns the wait in ms
+/// (`reserve`) or the pace (`rate`).
+const PACE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then tat = now end
-local next = tat + tonumber(ARGV[1])
-redis.call('SET', KEYS[1], tostring(next), 'PX', math.ceil(next - now) + 60000)
-return tostring(tat - now)
+local op, ceiling, window, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local spacing, cut_to, max_cut = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local floor, step_share = tonumber(ARGV[9]), tonumber(ARGV[10])
+local s = redis.call('HMGET', KEYS[1], 'rate', 'step', 'cut', 'climbed', 'hold', 'tat')
+local rate, step, cut = tonumber(s[1]), tonumber(s[2]) or 1, tonumber(s[3])
+local climbed, hold, tat = tonumber(s[4]) or 0, tonumber(s[5]) or 0, tonumber(s[6]) or 0
+local function current()
+  if rate and rate < ceiling then return rate end
+  return ceiling
+end
+local reply = '0'
+if op == 'reserve' then
+  if rate then
+    local quiet = climbed
+    if cut and cut > quiet then quiet = cut end
+    if now - quiet >= window then
+      if rate + step < ceiling then rate = rate + step else rate = nil end
+      step = step * 2
+      climbed = now
+    end
+  end
+  local start = math.max(tat, now, hold)
+  tat = start + 60000 / math.max(current(), floor) * math.max(n, 1)
+  reply = tostring(start - now)
+elseif op == 'accepted' then
+  for i = 1, math.max(n, 1) do
+    redis.call('ZADD', KEYS[2], now, ARGV[5] .. ':' .. i)
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
+  redis.call('PEXPIRE', KEYS[2], math.ceil(window))
+elseif op == 'throttled' then
+  if now + n > hold then hold = now + n end
+  if not cut or now - cut >= spacing then
+    redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
+    local measured = redis.call('ZCARD', KEYS[2]) * 60000 / window
+    local r = current()
+    local next = math.max(math.min(math.max(cut_to * measured, r * max_cut), r), floor)
+    rate, step, cut = next, math.max(next * step_share, 1), now
+  end
+else
+  reply = tostring(current())
+end
+if rate then redis.call('HSET', KEYS[1], 'rate', tostring(rate)) else redis.call('HDEL', KEYS[1], 'rate') end
+if cut then redis.call('HSET', KEYS[1], 'cut', tostring(cut)) end
+redis.call('HSET', KEYS[1], 'step', tostring(step), 'climbed', tostring(climbed), 'hold', tostring(hold), 'tat', tostring(tat))
+redis.call('PEXPIRE', KEYS[1], math.ceil(math.max(tat - now, 0) + window * 60))
+return reply
 ";
 
 /// The same rule as `gcra_admit`, in one atomic step on Redis's clock. Returns the wait in ms,
@@ -177,10 +272,41 @@ impl RedisPacer {
         RedisPacer {
             conn,
             prefix: prefix.to_string(),
-            script: redis::Script::new(RESERVE),
+            pace: redis::Script::new(PACE),
             admit: redis::Script::new(ADMIT),
             hold: redis::Script::new(HOLD),
         }
+    }
+
+    async fn run_pace(
+        &self,
+        key: &str,
+        op: &str,
+        rule: &PaceRule,
+        n: f64,
+    ) -> Result<f64, LimiterError> {
+        use super::pace::{BURST_SHARE, CUT_TO, FLOOR_IPM, MAX_CUT, STEP_SHARE};
+        let mut c = self.conn.clone();
+        let reply: String = self
+            .pace
+            .key(format!("{}:pace:{key}", self.prefix))
+            .key(format!("{}:pace:{key}:accepted", self.prefix))
+            .arg(op)
+            .arg(rule.ceiling)
+            .arg(rule.window_ms())
+            .arg(n)
+            .arg(uuid::Uuid::new_v4().to_string())
+            .arg(rule.window_ms() * BURST_SHARE)
+            .arg(CUT_TO)
+            .arg(MAX_CUT)
+            .arg(FLOOR_IPM)
+            .arg(STEP_SHARE)
+            .invoke_async(&mut c)
+            .await
+            .map_err(|e| LimiterError(e.to_string()))?;
+        reply
+            .parse()
+            .map_err(|_| LimiterError(format!("bad reply {reply}")))
     }
 
     fn holds_key(&self, key: &str) -> String {
@@ -190,19 +316,35 @@ impl RedisPacer {
 
 #[async_trait]
 impl Pacer for RedisPacer {
-    async fn reserve(&self, key: &str, cost: Duration) -> Result<Duration, LimiterError> {
-        let mut c = self.conn.clone();
-        let wait: String = self
-            .script
-            .key(format!("{}:ratelimit:{key}", self.prefix))
-            .arg(cost.as_secs_f64() * 1000.0)
-            .invoke_async(&mut c)
-            .await
-            .map_err(|e| LimiterError(e.to_string()))?;
-        let ms: f64 = wait
-            .parse()
-            .map_err(|_| LimiterError(format!("bad reply {wait}")))?;
+    async fn pace_reserve(
+        &self,
+        key: &str,
+        images: u32,
+        rule: &PaceRule,
+    ) -> Result<Duration, LimiterError> {
+        let ms = self
+            .run_pace(key, "reserve", rule, f64::from(images))
+            .await?;
         Ok(Duration::from_secs_f64(ms.max(0.0) / 1000.0))
+    }
+
+    async fn pace_signal(
+        &self,
+        key: &str,
+        signal: PaceSignal,
+        rule: &PaceRule,
+    ) -> Result<(), LimiterError> {
+        let (op, n) = match signal {
+            PaceSignal::Accepted(images) => ("accepted", f64::from(images)),
+            PaceSignal::Throttled(after) => {
+                ("throttled", after.map_or(0.0, |a| a.as_secs_f64() * 1000.0))
+            }
+        };
+        self.run_pace(key, op, rule, n).await.map(|_| ())
+    }
+
+    async fn pace_rate(&self, key: &str, rule: &PaceRule) -> Result<f64, LimiterError> {
+        self.run_pace(key, "rate", rule, 0.0).await
     }
 
     async fn admit(
@@ -251,30 +393,21 @@ impl Pacer for RedisPacer {
     }
 }
 
-struct ModelLimit {
-    images_per_minute: u32,
-    in_flight: Arc<Semaphore>,
-    adaptive: Mutex<Adaptive>,
-}
-
-struct Adaptive {
-    /// Share of the configured rate in use, in `[MIN_FACTOR, 1]`.
-    factor: f64,
-    last_cut: Option<Instant>,
-}
-
-const MIN_FACTOR: f64 = 0.1;
-/// Pace a hair under the configured rate: a sliding one-minute window on the provider's side,
-/// seen through network jitter, otherwise catches the 601st image of a minute now and then.
+/// The pace's ceiling runs a hair under the configured rate: a sliding one-minute window on the
+/// provider's side, seen through network jitter, otherwise catches the 601st image of a minute
+/// now and then, and each such 429 would cut a pace that was right.
 const HEADROOM: f64 = 0.995;
-const CUT: f64 = 0.7;
-const RECOVER: f64 = 0.02;
-/// 429s arriving together are one signal, not several.
-const CUT_SPACING: Duration = Duration::from_secs(2);
+
+struct ModelLimit {
+    /// The configured images per minute: the learned pace's ceiling.
+    ceiling: f64,
+    in_flight: Arc<Semaphore>,
+}
 
 pub struct ProviderLimiter {
     pacer: Arc<dyn Pacer>,
     models: HashMap<String, ModelLimit>,
+    window: Duration,
 }
 
 /// Held for the duration of one provider call.
@@ -283,14 +416,21 @@ pub struct CallPermit {
     pub waited: Duration,
 }
 
+/// The pacer's key of one API key (by its fingerprint) on one model.
+fn pace_key(key: &str, model: &str) -> String {
+    format!("{key}:{model}")
+}
+
 impl ProviderLimiter {
-    /// `images_per_minute` overrides the model table's values; `concurrency` bounds the calls
-    /// in flight per model in this process.
+    /// `images_per_minute` overrides the model table's values as the ceiling of every key's
+    /// pace; `concurrency` bounds the calls in flight per model in this process; `window` is
+    /// `PROVIDER_RATE_WINDOW`.
     pub fn new(
         catalog: &Catalog,
         images_per_minute: &ProviderIpm,
         concurrency: usize,
         pacer: Arc<dyn Pacer>,
+        window: Duration,
     ) -> ProviderLimiter {
         let models = catalog
             .all()
@@ -299,29 +439,44 @@ impl ProviderLimiter {
                 (
                     m.id.clone(),
                     ModelLimit {
-                        images_per_minute: images_per_minute
-                            .for_model(&m.id, m.images_per_minute)
-                            .max(1),
+                        ceiling: f64::from(
+                            images_per_minute
+                                .for_model(&m.id, m.images_per_minute)
+                                .max(1),
+                        ) * HEADROOM,
                         in_flight: Arc::new(Semaphore::new(concurrency.max(1))),
-                        adaptive: Mutex::new(Adaptive {
-                            factor: 1.0,
-                            last_cut: None,
-                        }),
                     },
                 )
             })
             .collect();
-        ProviderLimiter { pacer, models }
+        ProviderLimiter {
+            pacer,
+            models,
+            window,
+        }
     }
 
-    /// Waits for a call slot of `model` and for `images` images' worth of its per-minute budget.
-    pub async fn acquire(&self, model: &str, images: u32) -> Option<CallPermit> {
+    fn rule(&self, model: &str) -> Option<(&ModelLimit, PaceRule)> {
         let limit = self.models.get(model)?;
+        Some((
+            limit,
+            PaceRule {
+                ceiling: limit.ceiling,
+                window: self.window,
+            },
+        ))
+    }
+
+    /// Waits for a call slot of `model` and for `images` images' worth of the pace learned for
+    /// `key` (an API key's fingerprint) on it.
+    pub async fn acquire(&self, key: &str, model: &str, images: u32) -> Option<CallPermit> {
+        let (limit, rule) = self.rule(model)?;
         let in_flight = limit.in_flight.clone().acquire_owned().await.ok()?;
-        let factor = limit.adaptive.lock().map(|a| a.factor).unwrap_or(1.0);
-        let per_image = 60.0 / (f64::from(limit.images_per_minute) * factor * HEADROOM);
-        let cost = Duration::from_secs_f64(per_image * f64::from(images.max(1)));
-        let waited = match self.pacer.reserve(model, cost).await {
+        let waited = match self
+            .pacer
+            .pace_reserve(&pace_key(key, model), images, &rule)
+            .await
+        {
             Ok(wait) => {
                 tokio::time::sleep(wait).await;
                 wait
@@ -338,35 +493,37 @@ impl ProviderLimiter {
         })
     }
 
-    /// The provider answered 429 although we paced: lower this model's pace.
-    pub fn throttled(&self, model: &str) {
-        if let Some(l) = self.models.get(model) {
-            if let Ok(mut a) = l.adaptive.lock() {
-                if a.last_cut.is_none_or(|t| t.elapsed() >= CUT_SPACING) {
-                    a.factor = (a.factor * CUT).max(MIN_FACTOR);
-                    a.last_cut = Some(Instant::now());
-                    tracing::warn!(
-                        model,
-                        factor = a.factor,
-                        "provider still rate-limits; slowing down"
-                    );
-                }
-            }
+    /// Tells the pace of `key` on `model` what the provider answered.
+    pub async fn signal(&self, key: &str, model: &str, signal: PaceSignal) {
+        let Some((_, rule)) = self.rule(model) else {
+            return;
+        };
+        let pace = pace_key(key, model);
+        if let Err(e) = self.pacer.pace_signal(&pace, signal, &rule).await {
+            tracing::warn!(error = %e, "rate limiter unavailable; the pace learns nothing");
+            return;
+        }
+        if let PaceSignal::Throttled(after) = signal {
+            let rate = self.rate(key, model).await.unwrap_or(rule.ceiling);
+            metrics::gauge!("provider_pace_images_per_minute", "key" => key.to_string(), "model" => model.to_string())
+                .set(rate);
+            tracing::info!(
+                model,
+                key,
+                pace = rate,
+                retry_after_ms = after.map(|a| a.as_millis() as u64),
+                "provider rate-limits; pacing at the rate it accepts"
+            );
         }
     }
 
-    pub fn succeeded(&self, model: &str) {
-        if let Some(l) = self.models.get(model) {
-            if let Ok(mut a) = l.adaptive.lock() {
-                a.factor = (a.factor + RECOVER).min(1.0);
-            }
-        }
-    }
-
-    pub fn factor(&self, model: &str) -> Option<f64> {
-        self.models
-            .get(model)
-            .and_then(|l| l.adaptive.lock().ok().map(|a| a.factor))
+    /// The pace of `key` on `model` now, in images per minute.
+    pub async fn rate(&self, key: &str, model: &str) -> Option<f64> {
+        let (_, rule) = self.rule(model)?;
+        self.pacer
+            .pace_rate(&pace_key(key, model), &rule)
+            .await
+            .ok()
     }
 }
 
@@ -378,19 +535,25 @@ mod tests {
     #[tokio::test]
     async fn reservations_are_spaced_by_the_per_image_interval() {
         let p = MemoryPacer::default();
-        let step = Duration::from_millis(100);
+        let rule = PaceRule {
+            ceiling: 600.0,
+            window: Duration::from_secs(60),
+        };
         let waits = [
-            p.reserve("m", step).await.expect("r"),
-            p.reserve("m", step).await.expect("r"),
-            p.reserve("m", step * 2).await.expect("r"),
-            p.reserve("m", step).await.expect("r"),
+            p.pace_reserve("m", 1, &rule).await.expect("r"),
+            p.pace_reserve("m", 1, &rule).await.expect("r"),
+            p.pace_reserve("m", 2, &rule).await.expect("r"),
+            p.pace_reserve("m", 1, &rule).await.expect("r"),
         ];
         let ms: Vec<u128> = waits
             .iter()
             .map(|w| (w.as_millis() + 5) / 10 * 10)
             .collect();
         assert_eq!(ms, vec![0, 100, 200, 400]);
-        assert_eq!(p.reserve("other", step).await.expect("r"), Duration::ZERO);
+        assert_eq!(
+            p.pace_reserve("other", 1, &rule).await.expect("r"),
+            Duration::ZERO
+        );
     }
 
     #[test]
@@ -407,24 +570,33 @@ mod tests {
         assert!(gcra_admit(tat, 99.0, interval, burst).is_err());
     }
 
-    #[test]
-    fn throttling_cuts_the_pace_once_per_burst_and_success_recovers_it() {
+    #[tokio::test]
+    async fn each_key_learns_its_own_pace_per_model() {
         let catalog = Catalog::new(&ModelIds::default());
         let id = catalog.default_model().id.clone();
         let ipm = ProviderIpm {
             all: Some(600),
             ..ProviderIpm::default()
         };
-        let l = ProviderLimiter::new(&catalog, &ipm, 4, Arc::new(MemoryPacer::default()));
-        l.throttled(&id);
-        l.throttled(&id);
-        assert!(
-            (l.factor(&id).expect("f") - 0.7).abs() < 1e-9,
+        let l = ProviderLimiter::new(
+            &catalog,
+            &ipm,
+            4,
+            Arc::new(MemoryPacer::default()),
+            Duration::from_secs(60),
+        );
+        l.signal("k1", &id, PaceSignal::Throttled(None)).await;
+        l.signal("k1", &id, PaceSignal::Throttled(None)).await;
+        assert_eq!(
+            l.rate("k1", &id).await,
+            Some(300.0 * HEADROOM),
             "one cut per burst"
         );
-        for _ in 0..100 {
-            l.succeeded(&id);
-        }
-        assert_eq!(l.factor(&id), Some(1.0));
+        assert_eq!(
+            l.rate("k2", &id).await,
+            Some(600.0 * HEADROOM),
+            "another key keeps its pace"
+        );
+        assert_eq!(l.rate("k1", "no-such-model").await, None);
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod ark;
 pub mod limiter;
+pub mod pace;
 pub mod volc_sign;
 
 use std::time::Duration;
@@ -140,6 +141,12 @@ pub struct ProviderError {
 }
 
 impl ProviderError {
+    /// The provider refused for rate (429 `ServerOverloaded`, `…RateLimitExceeded`, …), not
+    /// for a spent quota: a signal to call slower, which costs the task no attempt.
+    pub fn is_pace_signal(&self) -> bool {
+        self.status == Some(429) && self.retryable
+    }
+
     /// A failure on our side of a call (no status, no request id from the provider).
     pub fn ours(code: &str, message: impl Into<String>, retryable: bool) -> ProviderError {
         ProviderError {
@@ -153,10 +160,20 @@ impl ProviderError {
     }
 }
 
+/// A short, stable name of an API key for logs, metrics, `/ready` and the pacer: the first 8
+/// hex digits of its SHA-256, which identify a key among a pool without revealing it.
+pub fn key_fingerprint(key: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(key.as_bytes());
+    digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[async_trait]
 pub trait ImageProvider: Send + Sync + 'static {
     /// `ark` or `sandbox`, for `/health` and logs.
     fn mode(&self) -> &'static str;
+    /// `key_fingerprint` of the API key the calls are made with.
+    fn key_fingerprint(&self) -> &str;
     async fn generate(&self, req: &GenerateRequest) -> Result<Generated, ProviderError>;
     /// Downloads a generated image before the provider's URL expires, within `budget`;
     /// `estimate` is the image's expected length, reserved before the request is sent.

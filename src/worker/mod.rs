@@ -21,6 +21,7 @@ use crate::domain::{
 use crate::events::Events;
 use crate::events::{Channel, Event};
 use crate::provider::limiter::ProviderLimiter;
+use crate::provider::pace::PaceSignal;
 use crate::provider::{
     DownloadBudget, GenerateRequest, GeneratedImage, ImageProvider, ProviderError,
 };
@@ -383,7 +384,8 @@ impl Worker {
             images: task.params.images.clone(),
             max_images: task.params.n.min(spec.max_output_images),
         };
-        let permit = self.limiter.acquire(&req.model, req.max_images).await;
+        let key = self.provider.key_fingerprint().to_string();
+        let permit = self.limiter.acquire(&key, &req.model, req.max_images).await;
         if let Some(p) = &permit {
             metrics::histogram!("rate_limiter_wait_seconds", "model" => req.model.clone())
                 .record(p.waited.as_secs_f64());
@@ -412,12 +414,18 @@ impl Worker {
             .record(called.elapsed().as_secs_f64());
         let generated = match result {
             Ok(g) => {
-                self.limiter.succeeded(&req.model);
+                let made = g
+                    .images
+                    .iter()
+                    .filter(|i| matches!(i, GeneratedImage::Url { .. }));
+                let signal = PaceSignal::Accepted(made.count().max(1) as u32);
+                self.limiter.signal(&key, &req.model, signal).await;
                 g
             }
             Err(e) => {
-                if e.status == Some(429) {
-                    self.limiter.throttled(&req.model);
+                if e.is_pace_signal() {
+                    let signal = PaceSignal::Throttled(e.retry_after);
+                    self.limiter.signal(&key, &req.model, signal).await;
                 }
                 return Err(e);
             }
@@ -561,7 +569,19 @@ impl Worker {
             message: e.message.clone(),
             retryable: e.retryable,
         };
-        if e.retryable && running.attempts < self.cfg.max_attempts {
+        if e.is_pace_signal() {
+            // The pace already waits for the provider; only a Retry-After also holds the task.
+            let at = now
+                + chrono::Duration::from_std(e.retry_after.unwrap_or_default()).unwrap_or_default();
+            let Ok(mut next) = running.requeue_paced(error, at, now) else {
+                return Ok(());
+            };
+            next.unkept = unkept;
+            if self.commit(running, next).await?.is_some() {
+                tracing::info!(code = %e.code, retry_at = %at, "rate-limited; waiting for the pace, no attempt spent");
+                self.backends.queue.enqueue(&running.id, Some(at)).await?;
+            }
+        } else if e.retryable && running.attempts < self.cfg.max_attempts {
             let at = self.retry_at(running.attempts, e.retry_after, now);
             let Ok(mut next) = running.requeue(Some(error), at, now) else {
                 return Ok(());
