@@ -25,6 +25,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/tasks/user/{user_id}"),
     ("post", "/api/v1/tasks/{task_id}/cancel"),
     ("post", "/api/v1/tasks/{task_id}/retry"),
+    ("get", "/api/v1/tasks/{task_id}/stream"),
     ("delete", "/api/v1/tasks/{task_id}"),
     ("get", "/api/v1/queue/stats"),
     ("get", "/images/{file}"),

@@ -185,6 +185,9 @@ pub struct Config {
     /// Connections served at once; `None`: three quarters of the open-files limit.
     pub max_connections: Option<usize>,
     pub subscription_resync: Duration,
+    /// How often an idle event stream (`/api/v1/tasks/{id}/stream`) sends a comment, so that
+    /// proxies and clients do not take it for dead.
+    pub sse_keep_alive: Duration,
     pub graphql_max_depth: usize,
     pub graphql_max_complexity: usize,
     /// Fields a GraphQL document may have with its fragments spread (every operation and
@@ -253,6 +256,7 @@ impl Default for Config {
             header_read_timeout: Duration::from_secs(20),
             max_connections: None,
             subscription_resync: Duration::from_secs(15),
+            sse_keep_alive: Duration::from_secs(15),
             graphql_max_depth: 12,
             graphql_max_complexity: 1000,
             graphql_max_expanded_fields: 10_000,
@@ -723,6 +727,7 @@ impl Config {
         )?;
         self.subscription_resync =
             env.duration(&["SUBSCRIPTION_RESYNC"], self.subscription_resync, ms(10))?;
+        self.sse_keep_alive = env.duration(&["SSE_KEEP_ALIVE"], self.sse_keep_alive, ms(100))?;
         self.graphql_max_depth =
             env.parse(&["GRAPHQL_MAX_DEPTH"], self.graphql_max_depth, positive)?;
         self.graphql_max_complexity = env.parse(

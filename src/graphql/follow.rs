@@ -12,8 +12,27 @@ use futures::stream::{BoxStream, Stream, StreamExt};
 use super::types::Task;
 use crate::domain;
 use crate::events::Event;
+use crate::service::follow::next_event;
 use crate::service::Service;
 use crate::store::ChangeCursor;
+
+/// `taskUpdated`: the snapshot, then newer versions only (`service::follow`).
+pub fn follow(
+    service: Arc<Service>,
+    snapshot: domain::Task,
+    events: BoxStream<'static, Event>,
+    resync: Duration,
+) -> impl Stream<Item = Task> {
+    crate::service::follow::follow_from(service, snapshot, events, None, resync)
+        .enumerate()
+        .map(|(i, t)| {
+            // The snapshot is not an update: its lag would be the task's age.
+            if i > 0 {
+                delivered(&t);
+            }
+            Task(t)
+        })
+}
 
 fn delivered(t: &domain::Task) {
     // Once per message to every subscriber: the handle is looked up in the registry once, not
@@ -24,91 +43,6 @@ fn delivered(t: &domain::Task) {
         .unwrap_or_default();
     LAG.get_or_init(|| metrics::histogram!("subscription_update_lag_seconds"))
         .record(lag.as_secs_f64());
-}
-
-/// Waits for the next event; `None` after `wait` without one. A stream that ended is dropped
-/// (`events` becomes `None`) and then only the wait passes.
-async fn next_event(
-    events: &mut Option<BoxStream<'static, Event>>,
-    wait: Duration,
-) -> Option<Event> {
-    match events.as_mut() {
-        Some(ev) => match tokio::time::timeout(wait, ev.next()).await {
-            Ok(Some(e)) => Some(e),
-            Ok(None) => {
-                *events = None;
-                None
-            }
-            Err(_) => None,
-        },
-        None => {
-            tokio::time::sleep(wait).await;
-            None
-        }
-    }
-}
-
-struct Follow {
-    service: Arc<Service>,
-    id: String,
-    events: Option<BoxStream<'static, Event>>,
-    last_version: i64,
-    first: Option<domain::Task>,
-    done: bool,
-    resync: Duration,
-}
-
-/// `taskUpdated`: the snapshot, then newer versions only, a store re-read on any gap or quiet
-/// spell, the end after the terminal state.
-pub fn follow(
-    service: Arc<Service>,
-    snapshot: domain::Task,
-    events: BoxStream<'static, Event>,
-    resync: Duration,
-) -> impl Stream<Item = Task> {
-    let state = Follow {
-        service,
-        id: snapshot.id.clone(),
-        events: Some(events),
-        last_version: snapshot.version,
-        first: Some(snapshot),
-        done: false,
-        resync,
-    };
-    futures::stream::unfold(state, |mut st| async move {
-        if let Some(t) = st.first.take() {
-            st.done = t.status.is_terminal();
-            return Some((Task(Arc::new(t)), st));
-        }
-        if st.done {
-            return None;
-        }
-        loop {
-            // An event's task is shared by all its subscribers, not copied for each.
-            let candidate = match next_event(&mut st.events, st.resync).await {
-                Some(Event::Updated(t)) => Some(t),
-                Some(Event::Gap) | None => reread(&st.service, &st.id).await?.map(Arc::new),
-            };
-            if let Some(t) = candidate.filter(|t| t.version > st.last_version) {
-                st.last_version = t.version;
-                st.done = t.status.is_terminal();
-                delivered(&t);
-                return Some((Task(t), st));
-            }
-        }
-    })
-}
-
-/// `None` ends the stream (the task was deleted); `Some(None)` means nothing new could be read.
-async fn reread(service: &Service, id: &str) -> Option<Option<domain::Task>> {
-    match service.reread_task(id).await {
-        Ok(Some(t)) => Some(Some(t)),
-        Ok(None) => None,
-        Err(e) => {
-            tracing::warn!(task_id = %id, error = %e.chain(), "subscription re-read failed");
-            Some(None)
-        }
-    }
 }
 
 /// How far before the newest change seen a re-read of `tasksUpdated` starts: room for a change

@@ -12,8 +12,9 @@ use utoipa::OpenApi;
         title = "volcengine-ai-server REST API",
         description = "The legacy REST routes of the older server (unchanged shapes), operations \
 endpoints and stored images. Successful answers are `{success: true, data, message?}`; errors \
-are `{success: false, error, message, code, details?}`. Live updates: GraphQL subscription \
-`taskUpdated` at `/graphql/ws` (see `schema.graphql`)."
+are `{success: false, error, message, code, details?}`. Live updates: server-sent events at \
+`/api/v1/tasks/{task_id}/stream`, or GraphQL subscription `taskUpdated` at `/graphql/ws` (see \
+`schema.graphql`)."
     ),
     paths(
         crate::rest::users::create,
@@ -30,6 +31,7 @@ are `{success: false, error, message, code, details?}`. Live updates: GraphQL su
         crate::rest::tasks::list_for_user,
         crate::rest::tasks::cancel,
         crate::rest::tasks::retry,
+        crate::rest::stream::stream,
         crate::rest::tasks::queue_stats,
         super::health,
         super::ready,

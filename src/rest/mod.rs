@@ -2,6 +2,8 @@
 //! (`rest-compat.md`). Handlers translate and call the service; no business rule lives here.
 
 pub mod envelope;
+pub mod prefer;
+pub mod stream;
 pub mod tasks;
 pub mod users;
 
@@ -53,6 +55,7 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/api/v1/tasks/user/{user_id}", get(tasks::list_for_user))
         .route("/api/v1/tasks/{task_id}/cancel", post(tasks::cancel))
+        .route("/api/v1/tasks/{task_id}/stream", get(stream::stream))
         .route("/api/v1/tasks/{task_id}/retry", post(tasks::retry))
         .route("/api/v1/queue/stats", get(tasks::queue_stats))
         .route(

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use utoipa::ToSchema;
 
 use super::envelope::{ok, ok_page, ApiJson, ApiResult, Envelope, ErrorBody, Paged};
-use super::Caller;
+use super::{prefer, Caller};
 use crate::auth::Principal;
 use crate::domain::{image_url, rfc3339, Task, TaskStatus, TASK_KIND_IMAGE};
 use crate::error::AppError;
@@ -280,8 +280,18 @@ fn idempotency_key(h: &HeaderMap) -> Result<Option<String>, AppError> {
     }
 }
 
-async fn create(s: &AppState, who: &Principal, input: CreateImageTask) -> ApiResult {
+async fn create(
+    s: &AppState,
+    who: &Principal,
+    headers: &HeaderMap,
+    input: CreateImageTask,
+) -> ApiResult {
+    let wait = prefer::wait_preference(headers).map(|n| prefer::applied_wait(s, n));
     let (t, created) = s.service.create_image_task(who, input).await?;
+    let t = match wait {
+        Some(secs) => prefer::wait_for_outcome(s, who, t, secs).await,
+        None => t,
+    };
     let mut data = serde_json::to_value(task_json(&t, &s.public_base))
         .map_err(|e| AppError::internal("task JSON", e))?;
     data["message"] = json!("image generation task created");
@@ -290,17 +300,31 @@ async fn create(s: &AppState, who: &Principal, input: CreateImageTask) -> ApiRes
         resp.headers_mut()
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
+    if let Some(secs) = wait {
+        resp.headers_mut()
+            .insert("preference-applied", prefer::preference_applied(secs));
+    }
     Ok(resp)
 }
 
 /// Create an image task
 ///
 /// Answers at once with the `pending` task (`scheduled` with `delay` or `run_at`: it becomes
-/// `pending` when due, within `SWEEP_INTERVAL`); poll `GET /api/v1/ai/image/result/{task_id}` or
+/// `pending` when due, within `SWEEP_INTERVAL`); poll `GET /api/v1/ai/image/result/{task_id}`,
+/// stream `GET /api/v1/tasks/{task_id}/stream` or
 /// subscribe to `taskUpdated` over GraphQL. The same `Idempotency-Key` from the same user returns
 /// the same task (header `Idempotent-Replayed: true`); with a different body it is 409.
+///
+/// `Prefer: wait=N` (RFC 7240, N at most 60) holds the answer until the task is completed,
+/// failed or cancelled, or N seconds have passed, and answers with its newest state;
+/// `Preference-Applied: wait=N` tells the wait honoured (less than asked only when
+/// `REQUEST_TIMEOUT` leaves less room). Still `pending` or `processing` after the wait: poll or
+/// stream as usual.
 #[utoipa::path(post, path = "/api/v1/ai/image/task", tag = "tasks",
-    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the task created with this key")),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "Replays the task created with this key"),
+        ("Prefer" = Option<String>, Header, description = "`wait=N` (seconds, at most 60): answer once the task is finished, or after N seconds"),
+    ),
     request_body = ImageBody,
     responses(
         (status = 201, description = "Task created (`data.message` says so too)", body = Envelope<TaskJson>),
@@ -316,16 +340,19 @@ pub async fn create_image(
     ApiJson(b): ApiJson<ImageBody>,
 ) -> ApiResult {
     let key = idempotency_key(&headers)?;
-    create(&s, &who, b.into_input(key)).await
+    create(&s, &who, &headers, b.into_input(key)).await
 }
 
 /// Create a task (generic form)
 ///
 /// `{type: "image_generation", model, user_id, delay, input: {prompt, size, …}}`; otherwise as
-/// `POST /api/v1/ai/image/task`. With `delay` (seconds) or `run_at` the task is `scheduled`
-/// until due, as the older server answered.
+/// `POST /api/v1/ai/image/task` (`Idempotency-Key` and `Prefer: wait=N` included). With `delay`
+/// (seconds) or `run_at` the task is `scheduled` until due, as the older server answered.
 #[utoipa::path(post, path = "/api/v1/ai/tasks", tag = "tasks",
-    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the task created with this key")),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "Replays the task created with this key"),
+        ("Prefer" = Option<String>, Header, description = "`wait=N` (seconds, at most 60): answer once the task is finished, or after N seconds"),
+    ),
     request_body = GenericBody,
     responses(
         (status = 201, description = "Task created", body = Envelope<TaskJson>),
@@ -355,7 +382,7 @@ pub async fn create_generic(
     input.user_id = b.user_id.or(input.user_id);
     input.delay = b.delay.or(input.delay);
     input.run_at = b.run_at.or(input.run_at);
-    create(&s, &who, input.into_input(key)).await
+    create(&s, &who, &headers, input.into_input(key)).await
 }
 
 /// Get a task (poll)

@@ -4,6 +4,7 @@
 
 mod access;
 mod admission;
+pub mod follow;
 mod keys;
 mod tasks;
 mod users;
