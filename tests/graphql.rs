@@ -14,7 +14,7 @@ use futures::stream::BoxStream;
 use serde_json::{json, Value};
 
 use volcengine_ai_server::app::Backends;
-use volcengine_ai_server::domain::{ApiKey, Task, TaskStatus, User};
+use volcengine_ai_server::domain::{ApiKey, Task, TaskStatus, User, WebhookDelivery};
 use volcengine_ai_server::events::memory::MemoryEvents;
 use volcengine_ai_server::events::{Channel, Control, ControlHandler, Event, Events, EventsError};
 use volcengine_ai_server::store::{
@@ -590,6 +590,31 @@ impl Store for Counting {
     }
     async fn touch_api_key(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
         self.inner.touch_api_key(id, at).await
+    }
+    async fn setting_or_insert(&self, n: &str, c: &str) -> Result<(String, bool), StoreError> {
+        self.inner.setting_or_insert(n, c).await
+    }
+    async fn claim_webhooks(
+        &self,
+        c: &str,
+        n: DateTime<Utc>,
+        u: DateTime<Utc>,
+        l: usize,
+    ) -> Result<Vec<WebhookDelivery>, StoreError> {
+        self.inner.claim_webhooks(c, n, u, l).await
+    }
+    async fn finish_webhook(&self, d: &WebhookDelivery, c: &str) -> Result<bool, StoreError> {
+        self.inner.finish_webhook(d, c).await
+    }
+    async fn webhook_deliveries(&self, t: &str) -> Result<Vec<WebhookDelivery>, StoreError> {
+        self.inner.webhook_deliveries(t).await
+    }
+    async fn redeliver_webhook(
+        &self,
+        id: &str,
+        n: DateTime<Utc>,
+    ) -> Result<Option<WebhookDelivery>, StoreError> {
+        self.inner.redeliver_webhook(id, n).await
     }
     async fn put_image(&self, i: &ImageBlob) -> Result<(), StoreError> {
         self.inner.put_image(i).await

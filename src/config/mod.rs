@@ -203,6 +203,7 @@ pub struct Config {
     /// The window the learned pace counts accepted images over and waits quiet before it
     /// climbs (Ark's images-per-minute limits count over a sliding 60 s).
     pub provider_rate_window: Duration,
+    pub webhooks: WebhookConfig,
 }
 
 pub const DEFAULT_ENDPOINT: &str = "https://ark.cn-beijing.volces.com";
@@ -266,6 +267,7 @@ impl Default for Config {
             provider_ipm: ProviderIpm::default(),
             provider_concurrency: 32,
             provider_rate_window: Duration::from_secs(60),
+            webhooks: WebhookConfig::default(),
         }
     }
 }
@@ -503,6 +505,7 @@ impl Config {
         c.read_provider(&env)?;
         c.read_worker(&env)?;
         c.read_limits(&env)?;
+        c.webhooks = webhooks::read(&env, c.webhooks.clone())?;
         Ok(c)
     }
 
@@ -759,3 +762,6 @@ impl Config {
 
 #[cfg(test)]
 mod tests;
+mod webhooks;
+
+pub use webhooks::{check_secret, WebhookConfig};

@@ -10,6 +10,7 @@ pub mod models;
 pub mod new_task;
 pub mod task;
 pub mod user;
+pub mod webhook;
 
 pub use api_key::ApiKey;
 pub use field::FieldError;
@@ -21,6 +22,9 @@ pub use task::{
     TransitionError, UnkeptImages, TASK_KIND_IMAGE,
 };
 pub use user::User;
+pub use webhook::{
+    DeliveryAttempt, DeliveryState, RetrySchedule, WebhookDelivery, WebhookEvent, WebhookTarget,
+};
 
 /// New ids are UUIDv7: unique without coordination and ordered by creation time, so "newest
 /// first" paging can sort on the id alone, in SQLite and MongoDB alike.

@@ -11,6 +11,7 @@ use super::field::FieldError;
 use super::image_input::{ModelParams, RawModelParams};
 use super::models::{Catalog, ModelSpec, MAX_PROMPT_CHARS};
 use super::task::{ImageParams, Task};
+use super::webhook::WebhookTarget;
 
 pub const MAX_SHORT_TEXT: usize = 64;
 pub const MAX_OPTIONS_BYTES: usize = 4096;
@@ -41,6 +42,11 @@ pub struct CreateImageTask {
     pub run_at: Option<String>,
     #[serde(skip)]
     pub idempotency_key: Option<String>,
+    /// Left out of the fingerprint when absent, so requests without them hash as before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_events_filter: Option<Vec<String>>,
 }
 
 impl CreateImageTask {
@@ -253,6 +259,7 @@ pub struct NewImageTask<'c> {
     /// The key, with the request's fingerprint.
     pub idempotency: Option<(IdempotencyKey, String)>,
     pub start_at: StartAt,
+    pub webhook: Option<WebhookTarget>,
 }
 
 impl NewImageTask<'_> {
@@ -265,6 +272,8 @@ impl NewImageTask<'_> {
     ) -> Result<NewImageTask<'_>, Vec<FieldError>> {
         let idempotency_key = IdempotencyKey::parse(raw.idempotency_key.as_deref());
         let fingerprint = matches!(idempotency_key, Ok(Some(_))).then(|| raw.fingerprint());
+        let webhook =
+            WebhookTarget::parse(raw.webhook.as_deref(), raw.webhook_events_filter.as_deref());
         let model = catalog.parse_model(raw.model.as_deref());
         let max_prompt = model
             .as_ref()
@@ -286,7 +295,7 @@ impl NewImageTask<'_> {
             .as_ref()
             .ok()
             .map(|m| ModelParams::parse(model_params, m));
-        match (
+        let parsed = match (
             model,
             prompt,
             user_id,
@@ -318,6 +327,7 @@ impl NewImageTask<'_> {
                 options,
                 idempotency: key.zip(fingerprint),
                 start_at,
+                webhook: None,
             }),
             (model, prompt, user_id, quality, style, options, key, start_at, params) => {
                 let mut errors: Vec<FieldError> = [
@@ -338,6 +348,18 @@ impl NewImageTask<'_> {
                 }
                 Err(errors)
             }
+        };
+        match (parsed, webhook) {
+            (Ok(mut t), Ok(w)) => {
+                t.webhook = w;
+                Ok(t)
+            }
+            (Ok(_), Err(e)) => Err(e),
+            (Err(mut errors), Err(e)) => {
+                errors.extend(e);
+                Err(errors)
+            }
+            (Err(errors), Ok(_)) => Err(errors),
         }
     }
 
@@ -345,7 +367,8 @@ impl NewImageTask<'_> {
     pub fn into_task(self, now: DateTime<Utc>) -> Task {
         let p = self.params;
         let start_at = self.start_at.get().filter(|at| *at > now);
-        let task = Task::new_pending(
+        let webhook = self.webhook;
+        let mut task = Task::new_pending(
             self.user_id.0,
             self.model.id.clone(),
             self.prompt.0,
@@ -363,6 +386,7 @@ impl NewImageTask<'_> {
             self.idempotency.map(|(k, hash)| (k.0, hash)),
             now,
         );
+        task.webhook = webhook;
         match start_at {
             Some(at) => task.scheduled_for(at),
             None => task,

@@ -5,6 +5,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::webhook::{WebhookDelivery, WebhookTarget};
+
 pub const TASK_KIND_IMAGE: &str = "image_generation";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -166,6 +168,13 @@ pub struct Task {
     pub updated_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// Where the task's events are posted, if anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookTarget>,
+    /// Webhook events made by the changes to this task and not yet handed to the delivery log:
+    /// the store writes them in the same write as the change (see `Store::replace_task`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outbox: Vec<WebhookDelivery>,
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
@@ -210,6 +219,8 @@ impl Task {
             updated_at: now,
             started_at: None,
             completed_at: None,
+            webhook: None,
+            outbox: Vec::new(),
         }
     }
 

@@ -252,6 +252,8 @@ impl Mutation {
                     delay: input.delay_seconds,
                     run_at: input.run_at.map(crate::domain::rfc3339),
                     idempotency_key: input.idempotency_key,
+                    webhook: None,
+                    webhook_events_filter: None,
                 },
             )
             .await

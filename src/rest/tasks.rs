@@ -64,6 +64,11 @@ pub struct ImageBody {
     /// Start at this time (RFC 3339, at most 30 days ahead; up to a minute in the past counts
     /// as now), instead of `delay`.
     run_at: Option<String>,
+    /// An http(s) URL to post the task's events to, signed per Standard Webhooks. Refused when
+    /// it resolves to a loopback, private, link-local or metadata address.
+    webhook: Option<String>,
+    /// Which events to post: `start`, `completed` (every terminal state); default both.
+    webhook_events_filter: Option<Vec<String>>,
 }
 
 /// The generic task request (`POST /api/v1/ai/tasks`).
@@ -84,6 +89,10 @@ pub struct GenericBody {
     /// The image request.
     #[serde(default)]
     input: ImageBody,
+    /// Overrides `input.webhook` (where Replicate's clients put it).
+    webhook: Option<String>,
+    /// Overrides `input.webhook_events_filter`.
+    webhook_events_filter: Option<Vec<String>>,
 }
 
 /// Paging of `GET /api/v1/tasks/user/{user_id}`.
@@ -132,6 +141,8 @@ impl ImageBody {
             delay: self.delay,
             run_at: self.run_at,
             idempotency_key,
+            webhook: self.webhook,
+            webhook_events_filter: self.webhook_events_filter,
         }
     }
 }
@@ -382,6 +393,8 @@ pub async fn create_generic(
     input.user_id = b.user_id.or(input.user_id);
     input.delay = b.delay.or(input.delay);
     input.run_at = b.run_at.or(input.run_at);
+    input.webhook = b.webhook.or(input.webhook);
+    input.webhook_events_filter = b.webhook_events_filter.or(input.webhook_events_filter);
     create(&s, &who, &headers, input.into_input(key)).await
 }
 

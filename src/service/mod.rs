@@ -10,6 +10,7 @@ mod tasks;
 mod users;
 pub mod validate;
 mod wait;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -54,6 +55,10 @@ pub struct Service {
     known_users: KnownUsers,
     /// Submits of each user between their quota check and their insert (this process).
     submitting: Submitting,
+    /// `WEBHOOK_ALLOW_PRIVATE`: webhooks may point at local and private addresses.
+    webhook_allow_private: bool,
+    /// Notified when a change wrote webhook events.
+    webhook_wake: Arc<tokio::sync::Notify>,
 }
 
 /// The backends' names, for `/health`.
@@ -106,6 +111,8 @@ impl Service {
             pacer,
             known_users: KnownUsers::default(),
             submitting: Submitting::default(),
+            webhook_allow_private: config.webhooks.allow_private,
+            webhook_wake: Arc::new(tokio::sync::Notify::new()),
         }
     }
 

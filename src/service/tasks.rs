@@ -50,6 +50,9 @@ impl Service {
             _ => None,
         };
         self.require_known_user(user_id).await?;
+        if let Some(w) = &new.webhook {
+            self.check_webhook_target(&w.url).await?;
+        }
 
         let now = Utc::now();
         let task = new.into_task(now);
@@ -229,7 +232,11 @@ impl Service {
 
     /// Stores `next` if `current` is still what the store holds, then publishes it. `None` when
     /// somebody else changed the task first.
-    pub async fn commit(&self, current: &Task, next: Task) -> Result<Option<Task>, AppError> {
+    /// The change's webhook events go into the task's outbox, which the store writes with it.
+    pub async fn commit(&self, current: &Task, mut next: Task) -> Result<Option<Task>, AppError> {
+        let events = domain::webhook::events_for(current, &next);
+        let wake = !events.is_empty();
+        next.outbox.extend(events);
         if self
             .store
             .replace_task(&next, current.version, current.status)
@@ -237,7 +244,17 @@ impl Service {
         {
             metrics::counter!("task_transitions_total", "status" => next.status.as_str())
                 .increment(1);
-            self.publish(&next).await;
+            if wake {
+                self.webhook_wake.notify_one();
+            }
+            if next.outbox.is_empty() {
+                self.publish(&next).await;
+            } else {
+                // Subscribers see the task, not its undelivered events.
+                let mut shown = next.clone();
+                shown.outbox.clear();
+                self.publish(&shown).await;
+            }
             Ok(Some(next))
         } else {
             Ok(None)

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::domain::{ApiKey, Task, TaskStatus, User};
+use crate::domain::{ApiKey, Task, TaskStatus, User, WebhookDelivery};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -129,7 +129,9 @@ pub trait Store: Send + Sync + 'static {
         status: Option<TaskStatus>,
     ) -> Result<u64, StoreError>;
     /// Writes `task` only if the stored one still has `expected_version` and `expected_status`.
-    /// `false` means somebody else changed it first; nothing was written.
+    /// `false` means somebody else changed it first; nothing was written. The webhook events in
+    /// `task.outbox` are written in the same step (an event whose id is already stored is left
+    /// as it is), so a crash can never keep the change and lose its events.
     async fn replace_task(
         &self,
         task: &Task,
@@ -183,6 +185,40 @@ pub trait Store: Send + Sync + 'static {
     async fn revoke_api_key(&self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError>;
     /// Records a use. Touches only `last_used_at`, so it can never undo a revocation.
     async fn touch_api_key(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// The value stored under `name`, or `candidate` stored now when there was none (then
+    /// `true`): how processes agree on a generated secret.
+    async fn setting_or_insert(
+        &self,
+        name: &str,
+        candidate: &str,
+    ) -> Result<(String, bool), StoreError>;
+    /// Webhook deliveries due at `now` (pending, next attempt reached), oldest due first, each
+    /// claimed under `claim` until `lease_until`: nobody else gets it before then, and if the
+    /// claimer dies it is due again at `lease_until`.
+    async fn claim_webhooks(
+        &self,
+        claim: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<WebhookDelivery>, StoreError>;
+    /// Stores a claimed delivery's state after an attempt and ends the claim; `false` when the
+    /// claim was lost (it ran out and somebody else claimed the delivery).
+    async fn finish_webhook(
+        &self,
+        delivery: &WebhookDelivery,
+        claim: &str,
+    ) -> Result<bool, StoreError>;
+    /// A task's deliveries, oldest first.
+    async fn webhook_deliveries(&self, task_id: &str) -> Result<Vec<WebhookDelivery>, StoreError>;
+    /// Makes a delivery due at `now` from a fresh schedule, whatever its state; the delivery as
+    /// stored then, or `None` when there is no such delivery.
+    async fn redeliver_webhook(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<WebhookDelivery>, StoreError>;
 
     async fn put_image(&self, image: &ImageBlob) -> Result<(), StoreError>;
     async fn get_image(&self, id: &str) -> Result<Option<ImageBlob>, StoreError>;

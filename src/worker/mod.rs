@@ -5,6 +5,7 @@
 
 pub mod reconciler;
 pub mod timers;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;

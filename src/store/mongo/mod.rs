@@ -9,6 +9,7 @@
 mod inserts;
 mod locks;
 mod queries;
+mod webhooks;
 
 use std::time::Duration;
 
@@ -122,6 +123,7 @@ fn task_doc(t: &Task) -> Result<Document, StoreError> {
     d.insert("due_ms", due);
     d.insert("lease_until_ms", ms(t.lease_until));
     d.insert("updated_ms", t.updated_at.timestamp_millis());
+    d.insert("outbox_pending", !t.outbox.is_empty());
     Ok(d)
 }
 
@@ -211,6 +213,7 @@ impl MongoStore {
             db,
         };
         store.create_indexes().await?;
+        store.create_webhook_indexes().await?;
         store.add_change_times().await?;
         Ok(store)
     }

@@ -14,7 +14,7 @@ use super::{
     backend, collect, collect_tasks, decode, decode_task, encode, find_limit, idem_id,
     is_duplicate, task_doc, user_doc, MongoStore,
 };
-use crate::domain::{ApiKey, Task, TaskStatus, User};
+use crate::domain::{ApiKey, Task, TaskStatus, User, WebhookDelivery};
 use crate::store::{ChangeCursor, ImageBlob, InsertOutcome, Store, StoreError, TaskQuery};
 
 #[async_trait]
@@ -462,6 +462,18 @@ impl Store for MongoStore {
     }
 
     async fn delete_task(&self, id: &str) -> Result<bool, StoreError> {
+        // A completion event still in the task's outbox outlives the task.
+        if let Some(d) = self
+            .tasks
+            .find_one(doc! {"_id": id})
+            .await
+            .map_err(backend)?
+        {
+            let t = decode_task(d)?;
+            if !t.outbox.is_empty() {
+                self.relay_outbox(&t).await?;
+            }
+        }
         self.delete_images_of(&[id.to_string()]).await?;
         self.idempotency
             .delete_many(doc! {"task_id": id})
@@ -489,6 +501,41 @@ impl Store for MongoStore {
             }
         }
         Ok(out)
+    }
+
+    async fn setting_or_insert(
+        &self,
+        name: &str,
+        candidate: &str,
+    ) -> Result<(String, bool), StoreError> {
+        self.mongo_setting_or_insert(name, candidate).await
+    }
+
+    async fn claim_webhooks(
+        &self,
+        claim: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<WebhookDelivery>, StoreError> {
+        self.mongo_claim_webhooks(claim, now, lease_until, limit)
+            .await
+    }
+
+    async fn finish_webhook(&self, d: &WebhookDelivery, claim: &str) -> Result<bool, StoreError> {
+        self.mongo_finish_webhook(d, claim).await
+    }
+
+    async fn webhook_deliveries(&self, task_id: &str) -> Result<Vec<WebhookDelivery>, StoreError> {
+        self.mongo_webhook_deliveries(task_id).await
+    }
+
+    async fn redeliver_webhook(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<WebhookDelivery>, StoreError> {
+        self.mongo_redeliver_webhook(id, now).await
     }
 
     async fn put_image(&self, image: &ImageBlob) -> Result<(), StoreError> {

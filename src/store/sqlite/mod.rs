@@ -26,6 +26,7 @@
 mod lane;
 mod queries;
 mod schema;
+mod webhooks;
 
 use std::fs::File;
 use std::path::Path;
@@ -154,6 +155,9 @@ impl SqliteStore {
             checkpoint_every: IMAGE_CHECKPOINT_EVERY,
         };
         let mut main_conn = open_writer(&main_spec)?;
+        main_conn
+            .execute_batch(webhooks::WEBHOOK_SCHEMA)
+            .map_err(backend)?;
         let images_conn = open_writer(&images_spec)?;
         move_legacy_images(&main_conn, &images_spec.path)?;
         add_change_column(&mut main_conn)?;

@@ -6,11 +6,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, OptionalExtension};
 
+use super::webhooks::{without_outbox, write_outbox};
 use super::{
     backend, collect_docs, cols, is_unique_violation, read_task, to_json, ImageKey, SqliteStore,
     TaskCols,
 };
-use crate::domain::{ApiKey, Task, TaskStatus, User};
+use crate::domain::{ApiKey, Task, TaskStatus, User, WebhookDelivery};
 use crate::store::{ChangeCursor, ImageBlob, InsertOutcome, Store, StoreError, TaskQuery};
 
 /// One range of `tasks_due`, however many tasks are stored (a test holds the plan).
@@ -311,7 +312,7 @@ impl Store for SqliteStore {
         expected_version: i64,
         expected_status: TaskStatus,
     ) -> Result<bool, StoreError> {
-        let doc = to_json(task)?;
+        let doc = to_json(&without_outbox(task))?;
         let t = task.clone();
         let since = self.tasks.generation();
         let outcome = self
@@ -342,11 +343,14 @@ impl Store for SqliteStore {
                     ])
                 })
                 .map_err(backend)?;
+                if n == 1 {
+                    write_outbox(c, &t)?;
+                }
                 Ok(n == 1)
             })
             .await?;
         if outcome {
-            self.tasks.keep(task, since);
+            self.tasks.keep(&without_outbox(task), since);
         }
         Ok(outcome)
     }
@@ -592,6 +596,41 @@ impl Store for SqliteStore {
             Ok(out)
         })
         .await
+    }
+
+    async fn setting_or_insert(
+        &self,
+        name: &str,
+        candidate: &str,
+    ) -> Result<(String, bool), StoreError> {
+        self.sqlite_setting_or_insert(name, candidate).await
+    }
+
+    async fn claim_webhooks(
+        &self,
+        claim: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<WebhookDelivery>, StoreError> {
+        self.sqlite_claim_webhooks(claim, now, lease_until, limit)
+            .await
+    }
+
+    async fn finish_webhook(&self, d: &WebhookDelivery, claim: &str) -> Result<bool, StoreError> {
+        self.sqlite_finish_webhook(d, claim).await
+    }
+
+    async fn webhook_deliveries(&self, task_id: &str) -> Result<Vec<WebhookDelivery>, StoreError> {
+        self.sqlite_webhook_deliveries(task_id).await
+    }
+
+    async fn redeliver_webhook(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<WebhookDelivery>, StoreError> {
+        self.sqlite_redeliver_webhook(id, now).await
     }
 
     async fn put_image(&self, image: &ImageBlob) -> Result<(), StoreError> {
