@@ -389,7 +389,7 @@ mod tests {
             "ftp://example.com/",
             "example.com/hook",
             "http://user:pw@example.com/",
-            "http:///path",
+            "http://",
         ] {
             let e = WebhookTarget::parse(Some(bad), None).expect_err(bad);
             assert_eq!(e[0].field, "webhook", "{bad}");
