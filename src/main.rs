@@ -154,6 +154,7 @@ async fn live_count(emu: emulator::Emulator, stop: CancellationToken) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    volcengine_ai_server::sys::tune_allocator();
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve);
     if let Command::Schema = command {

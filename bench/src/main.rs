@@ -83,6 +83,7 @@ where
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    volcengine_ai_server::sys::tune_allocator();
     let command = Cli::parse().command;
     // Warnings on stderr, beside the reports on stdout; the service logs as it configures.
     if !matches!(command, Command::Service) {
