@@ -185,6 +185,16 @@ pub struct TransitionError {
 }
 
 impl Task {
+    /// The task without its reference images, for events: no subscriber reads them (neither
+    /// GraphQL's `Task` nor REST's answers carry them) and each may weigh 14 MB, while an event
+    /// is kept in broadcast buffers after it is read and crossed Redis to every process.
+    pub fn without_reference_images(&self) -> Task {
+        // A copy, as the publishers made before; what matters is what is kept.
+        let mut t = self.clone();
+        t.params.images = Vec::new();
+        t
+    }
+
     /// A newly accepted task: pending, version 1, no attempt yet.
     pub fn new_pending(
         user_id: String,

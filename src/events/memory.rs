@@ -52,7 +52,7 @@ impl Events for MemoryEvents {
     }
 
     async fn publish(&self, task: &Task) -> Result<(), EventsError> {
-        self.deliver(Arc::new(task.clone()))
+        self.deliver(Arc::new(task.without_reference_images()))
     }
 
     async fn subscribe(&self, channel: Channel) -> Result<BoxStream<'static, Event>, EventsError> {

@@ -216,7 +216,7 @@ impl Events for RedisEvents {
     }
 
     async fn publish(&self, task: &Task) -> Result<(), EventsError> {
-        let payload = serde_json::to_string(task)
+        let payload = serde_json::to_string(&task.without_reference_images())
             .map_err(|e| EventsError::Unavailable(format!("encode: {e}")))?;
         let mut c = self.cmd.clone();
         redis::pipe()

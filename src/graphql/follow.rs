@@ -108,9 +108,12 @@ impl FollowMany {
                 }
             };
             let full = page.len() == REREAD_PAGE;
-            for t in page {
+            for mut t in page {
                 after = ChangeCursor::of(&t);
                 if self.admit(&t) {
+                    // Queued until sent, like an event, and as unread: see
+                    // `Task::without_reference_images`.
+                    t.params.images = Vec::new();
                     self.ready.push_back(Arc::new(t));
                 }
             }
