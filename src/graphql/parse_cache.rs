@@ -21,16 +21,35 @@ use async_graphql::ServerError;
 use super::budget::{self, Limits, Shape};
 use super::inputs::InputCheck;
 
-/// Documents kept; when full the cache starts over (clients use a handful of documents, so a
-/// full cache means someone sends generated ones, which a cache cannot help with anyway).
-const MAX_DOCUMENTS: usize = 512;
+/// Bytes of documents kept, their parsed trees included (`weight`); when full the cache starts
+/// over (clients use a handful of documents, so a full cache means someone sends generated ones,
+/// which a cache cannot help with anyway). Bounded by count before (512 documents of up to
+/// 16 KiB), it could hold about 850 MB of trees.
+const MAX_CACHE_BYTES: usize = 16 << 20;
 /// Longer documents are parsed every time rather than kept.
 const MAX_QUERY_BYTES: usize = 16 * 1024;
+/// A parsed tree's size in bytes per byte of the document's text, at most: measured 15 for
+/// aliased `__typename`s, 31–38 for a poll, a submit or a fragment chain, 52 with arguments,
+/// 63 for nested selections and 120 for one-letter fields (about 240 bytes a field).
+const TREE_BYTES_PER_BYTE: usize = 128;
 
 pub struct ParseCache {
-    docs: Mutex<HashMap<String, Known>>,
+    docs: Mutex<Docs>,
     inputs: InputCheck,
     limits: Limits,
+}
+
+#[derive(Default)]
+struct Docs {
+    by_query: HashMap<String, Known>,
+    /// Sum of the kept documents' `weight`.
+    bytes: usize,
+}
+
+/// What a kept document costs: its text (the key) and its tree (an upper estimate from the
+/// text's length: the tree is not measured, it is a foreign type).
+fn weight(query: &str) -> usize {
+    query.len() * (1 + TREE_BYTES_PER_BYTE)
 }
 
 struct Known {
@@ -74,7 +93,7 @@ impl ParseCache {
     /// time).
     pub fn prepare(&self, req: &mut async_graphql::Request) -> Result<Prepared, ServerError> {
         let cached = self.docs.lock().ok().and_then(|d| {
-            d.get(&req.query).map(|k| match &k.doc {
+            d.by_query.get(&req.query).map(|k| match &k.doc {
                 Ok((doc, shape)) => Ok((doc.clone(), *shape, k.validated)),
                 Err(e) => Err(e.clone()),
             })
@@ -112,16 +131,17 @@ impl ParseCache {
                 Err(e) => Err(e.clone()),
             };
             if let Ok(mut docs) = self.docs.lock() {
-                if docs.len() >= MAX_DOCUMENTS {
-                    docs.clear();
+                let w = weight(&key);
+                if docs.bytes + w > MAX_CACHE_BYTES {
+                    *docs = Docs::default();
                 }
-                docs.insert(
-                    key,
-                    Known {
-                        doc: kept,
-                        validated: false,
-                    },
-                );
+                let known = Known {
+                    doc: kept,
+                    validated: false,
+                };
+                if docs.by_query.insert(key, known).is_none() {
+                    docs.bytes += w;
+                }
             }
         }
         let shape = verdict?;
@@ -138,7 +158,7 @@ impl ParseCache {
             .lock()
             .ok()
             .as_mut()
-            .and_then(|d| d.get_mut(query))
+            .and_then(|d| d.by_query.get_mut(query))
         {
             k.validated = true;
         }
@@ -170,7 +190,7 @@ mod tests {
             assert!(err.message.contains("limit of 10"), "{}", err.message);
         }
         let docs = c.docs.lock().expect("lock");
-        assert!(docs.get(q).is_some_and(|k| k.doc.is_err()));
+        assert!(docs.by_query.get(q).is_some_and(|k| k.doc.is_err()));
     }
 
     #[test]
@@ -179,7 +199,7 @@ mod tests {
         let q = format!("{{ {} }}", "__typename ".repeat(MAX_QUERY_BYTES / 10));
         let mut req = async_graphql::Request::new(q.clone());
         assert!(c.prepare(&mut req).is_err());
-        assert!(c.docs.lock().expect("lock").get(&q).is_none());
+        assert!(!c.docs.lock().expect("lock").by_query.contains_key(&q));
     }
 
     #[test]
@@ -203,6 +223,26 @@ mod tests {
         assert_eq!(
             c.prepare(&mut req).expect("left to execution").validation,
             Validation::Needed
+        );
+    }
+    /// Distinct documents just under the length kept, each with thousands of one-letter fields
+    /// (the heaviest tree per byte): by count, 512 of them were kept.
+    #[test]
+    fn kept_documents_stay_within_the_byte_bound() {
+        let c = cache(10_000);
+        let fields = "a ".repeat(MAX_QUERY_BYTES / 2 - 16);
+        let mut kept_most = 0;
+        for i in 0..64 {
+            let q = format!("{{ b{i}: a {fields}}}");
+            assert!(q.len() <= MAX_QUERY_BYTES);
+            let _ = c.prepare(&mut async_graphql::Request::new(q));
+            let docs = c.docs.lock().expect("lock");
+            assert!(docs.bytes <= MAX_CACHE_BYTES, "{} bytes kept", docs.bytes);
+            kept_most = kept_most.max(docs.by_query.len());
+        }
+        assert!(
+            (1..64).contains(&kept_most),
+            "{kept_most} documents were kept at once"
         );
     }
 }
