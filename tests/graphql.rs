@@ -573,6 +573,12 @@ impl Store for Counting {
     async fn release_idempotency_key(&self, u: &str, k: &str, t: &str) -> Result<(), StoreError> {
         self.inner.release_idempotency_key(u, k, t).await
     }
+    async fn usage(
+        &self,
+        q: &volcengine_ai_server::store::UsageQuery,
+    ) -> Result<Vec<volcengine_ai_server::store::UsageRow>, StoreError> {
+        self.inner.usage(q).await
+    }
     async fn insert_api_key(&self, k: &ApiKey) -> Result<(), StoreError> {
         self.inner.insert_api_key(k).await
     }

@@ -91,6 +91,10 @@ fn one() -> u32 {
     1
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 /// An image we hold ourselves: the bytes live in the store under `id`, so the URL we hand out
 /// outlives the provider's 24-hour link (kept as `provider_url` for reference).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -123,6 +127,9 @@ pub struct UnkeptImages {
     pub images: Vec<ProviderImage>,
     pub request_id: Option<String>,
     pub generated_at: DateTime<Utc>,
+    /// What the provider billed for the call that made these (`usage.generated_images`).
+    #[serde(default)]
+    pub billed: u32,
 }
 
 /// One generated image at the provider.
@@ -164,6 +171,13 @@ pub struct Task {
     pub provider_request_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unkept: Option<UnkeptImages>,
+    /// The user key that created the task (`None` for the admin): usage is counted per key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_id: Option<String>,
+    /// Images the provider billed for this task over all its calls (`usage.generated_images`),
+    /// kept or not: what its usage counts once it is terminal.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generated_images: u32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
@@ -225,6 +239,8 @@ impl Task {
             lease_until: None,
             provider_request_id: None,
             unkept: None,
+            api_key_id: None,
+            generated_images: 0,
             created_at: now,
             updated_at: now,
             started_at: None,

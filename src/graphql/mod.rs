@@ -18,6 +18,7 @@ pub mod parse_cache;
 pub mod playground;
 pub mod schema;
 pub mod types;
+pub mod usage;
 pub mod ws;
 
 use std::sync::Arc;

@@ -7,6 +7,7 @@ use async_graphql::dataloader::DataLoader;
 use async_graphql::{ComplexObject, Context, Enum, InputObject, Object, SimpleObject, ID};
 use chrono::{DateTime, Utc};
 
+use super::error::GqlResultExt;
 use super::loader::UserLoader;
 use crate::domain::{self, ModelSpec, SizeRule, StoredImage};
 use crate::state::AppState;
@@ -80,6 +81,25 @@ impl User {
     /// When the user was last changed.
     async fn updated_at(&self) -> DateTime<Utc> {
         self.0.updated_at
+    }
+    /// What the user's tasks cost, settled on the server: between the UTC days `from` and `to`
+    /// (both included; `YYYY-MM-DD` or an RFC 3339 time), optionally of one API key only.
+    async fn usage(
+        &self,
+        c: &Context<'_>,
+        from: Option<String>,
+        to: Option<String>,
+        api_key_id: Option<ID>,
+    ) -> async_graphql::Result<super::usage::Usage> {
+        let s = c.data::<AppState>()?;
+        let who = c.data::<crate::auth::Principal>()?;
+        let filter = crate::service::UsageFilter {
+            api_key_id: api_key_id.map(|k| k.0),
+            from,
+            to,
+        };
+        let u = s.service.user_usage(who, &self.0.id, filter).await.gql()?;
+        Ok((&u).into())
     }
 }
 

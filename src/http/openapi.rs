@@ -22,6 +22,7 @@ are `{success: false, error, message, code, details?}`. Live updates: server-sen
         crate::rest::users::get,
         crate::rest::users::update,
         crate::rest::users::delete,
+        crate::rest::usage::get,
         crate::rest::tasks::create_image,
         crate::rest::tasks::get,
         crate::rest::tasks::create_generic,

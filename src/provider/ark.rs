@@ -56,6 +56,12 @@ struct MaxImages {
 struct WireResponse {
     #[serde(default)]
     data: Vec<WireItem>,
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+struct WireUsage {
+    generated_images: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -213,6 +219,7 @@ impl ImageProvider for ArkClient {
                 retry_after: None,
                 request_id: request_id.clone(),
             })?;
+            let billed = wire.usage.and_then(|u| u.generated_images);
             let images = wire
                 .data
                 .into_iter()
@@ -228,7 +235,11 @@ impl ImageProvider for ArkClient {
                     (None, None) => None,
                 })
                 .collect();
-            return Ok(Generated { images, request_id });
+            return Ok(Generated {
+                images,
+                request_id,
+                billed,
+            });
         }
         // Gateways (502–504) may answer with HTML; keep the status as the code then.
         let (code, message) = match serde_json::from_slice::<WireError>(&bytes) {

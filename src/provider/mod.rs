@@ -37,6 +37,8 @@ pub enum GeneratedImage {
 pub struct Generated {
     pub images: Vec<GeneratedImage>,
     pub request_id: Option<String>,
+    /// `usage.generated_images`: the images billed for this call, when the provider says.
+    pub billed: Option<u32>,
 }
 
 #[derive(Debug)]

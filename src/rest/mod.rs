@@ -5,6 +5,7 @@ pub mod envelope;
 pub mod prefer;
 pub mod stream;
 pub mod tasks;
+pub mod usage;
 pub mod users;
 
 pub mod keys;
@@ -45,6 +46,7 @@ pub fn routes() -> Router<AppState> {
             "/api/v1/users/{id}",
             get(users::get).put(users::update).delete(users::delete),
         )
+        .route("/api/v1/users/{id}/usage", get(usage::get))
         .route("/api/v1/ai/image/task", post(tasks::create_image))
         .route("/api/v1/ai/image/result/{task_id}", get(tasks::get))
         .route("/api/v1/ai/tasks", post(tasks::create_generic))

@@ -7,6 +7,7 @@ mod admission;
 pub mod follow;
 mod keys;
 mod tasks;
+mod usage;
 mod users;
 pub mod validate;
 mod wait;
@@ -30,6 +31,7 @@ pub use access::{check_id, may_see_task};
 pub use admission::Limits;
 use admission::{KnownUsers, Submitting};
 pub use tasks::QueueStats;
+pub use usage::{TaskCounts, Usage, UsageFilter, UsageTotals};
 pub use users::{CreateUser, UpdateUser};
 
 pub const DEFAULT_PAGE: usize = 20;

@@ -55,7 +55,10 @@ impl Service {
         }
 
         let now = Utc::now();
-        let task = new.into_task(now);
+        let mut task = new.into_task(now);
+        if let Principal::User { key_id, .. } = who {
+            task.api_key_id = Some(key_id.clone());
+        }
         let earlier = self.insert_new_task(&task, now).await?;
         // Stored (or answered by an earlier task): other submits now count it in the store.
         if let Some(s) = slot.take() {

@@ -74,6 +74,36 @@ impl ChangeCursor {
     }
 }
 
+/// Which usage to read: one user's (or everybody's), optionally one API key's, between two UTC
+/// days (`YYYY-MM-DD`, both included).
+#[derive(Debug, Clone, Default)]
+pub struct UsageQuery {
+    pub user_id: Option<String>,
+    pub api_key_id: Option<String>,
+    pub from_day: Option<String>,
+    pub to_day: Option<String>,
+}
+
+/// Terminal tasks of one key, model, day and status, and the images they were billed for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageRow {
+    /// `None` for tasks the admin created.
+    pub api_key_id: Option<String>,
+    pub model: String,
+    pub day: String,
+    pub status: TaskStatus,
+    pub tasks: u64,
+    pub images: u64,
+}
+
+/// The UTC day a terminal task counts on.
+pub fn usage_day(task: &Task) -> String {
+    task.completed_at
+        .unwrap_or(task.updated_at)
+        .format("%Y-%m-%d")
+        .to_string()
+}
+
 /// What inserting a task with an idempotency key found.
 #[derive(Debug)]
 pub enum InsertOutcome {
@@ -131,7 +161,10 @@ pub trait Store: Send + Sync + 'static {
     /// Writes `task` only if the stored one still has `expected_version` and `expected_status`.
     /// `false` means somebody else changed it first; nothing was written. The webhook events in
     /// `task.outbox` are written in the same step (an event whose id is already stored is left
-    /// as it is), so a crash can never keep the change and lose its events.
+    /// as it is), so a crash can never keep the change and lose its events. A write that makes the
+    /// task terminal records its usage in the same step, keyed by task id: a task counts once,
+    /// with its last terminal state (a user's retry that ends again replaces the record),
+    /// whatever the retries, crashes and polls.
     async fn replace_task(
         &self,
         task: &Task,
@@ -174,6 +207,9 @@ pub trait Store: Send + Sync + 'static {
         key: &str,
         task_id: &str,
     ) -> Result<(), StoreError>;
+
+    /// Usage of terminal tasks, summed by key, model, day and status.
+    async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError>;
 
     async fn insert_api_key(&self, key: &ApiKey) -> Result<(), StoreError>;
     async fn get_api_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError>;

@@ -88,11 +88,13 @@ pub struct Worker {
 const PROVIDER_URLS_USABLE_FOR: chrono::Duration = chrono::Duration::hours(23);
 
 /// Why an attempt ended without a result to store.
+/// `billed` is what this attempt's own provider call cost (0 when it reused an earlier one's
+/// images): added to the task's `generated_images` with the outcome.
 enum Outcome {
-    Images(Vec<StoredImage>, Option<String>),
+    Images(Vec<StoredImage>, Option<String>, u32),
     Error(ProviderError),
     /// The provider made the images but one could not be kept (downloaded or stored).
-    NotKept(ProviderError, UnkeptImages),
+    NotKept(ProviderError, UnkeptImages, u32),
     /// The task was cancelled or taken over while the provider worked.
     Lost,
 }
@@ -343,16 +345,19 @@ impl Worker {
             .unkept
             .clone()
             .filter(|u| Utc::now() < u.generated_at + PROVIDER_URLS_USABLE_FOR);
-        let made = match reusable {
+        let (made, billed) = match reusable {
             Some(u) => {
                 tracing::info!(
                     images = u.images.len(),
                     "downloading the images of an earlier attempt again instead of generating"
                 );
-                u
+                (u, 0)
             }
             None => match self.generate(task, spec).await {
-                Ok(u) => u,
+                Ok(u) => {
+                    let billed = u.billed;
+                    (u, billed)
+                }
                 Err(e) => return Outcome::Error(e),
             },
         };
@@ -365,11 +370,11 @@ impl Worker {
                 Ok(img) => stored.push(img),
                 Err(e) => {
                     self.forget(&stored).await;
-                    return Outcome::NotKept(e, made);
+                    return Outcome::NotKept(e, made, billed);
                 }
             }
         }
-        Outcome::Images(stored, made.request_id)
+        Outcome::Images(stored, made.request_id, billed)
     }
 
     /// One paid provider call; the images it made, or why there are none.
@@ -454,10 +459,13 @@ impl Worker {
                 request_id: generated.request_id,
             });
         }
+        // A provider that does not report usage billed the images it returned.
+        let billed = generated.billed.unwrap_or(images.len() as u32);
         Ok(UnkeptImages {
             images,
             request_id: generated.request_id,
             generated_at: Utc::now(),
+            billed,
         })
     }
 
@@ -531,11 +539,12 @@ impl Worker {
             Outcome::Lost => {
                 tracing::info!("task was cancelled or taken over during the provider call");
             }
-            Outcome::Images(images, request_id) => {
+            Outcome::Images(images, request_id, billed) => {
                 let count = images.len();
-                let Ok(next) = running.complete(images.clone(), request_id, now) else {
+                let Ok(mut next) = running.complete(images.clone(), request_id, now) else {
                     return Ok(());
                 };
+                next.generated_images = next.generated_images.saturating_add(billed);
                 if self.commit(running, next).await?.is_some() {
                     tracing::info!(images = count, "task completed");
                 } else {
@@ -544,12 +553,12 @@ impl Worker {
                 }
             }
             // Nothing was made (an earlier generation, if any, was too old to reuse).
-            Outcome::Error(e) => self.record_error(running, e, None, now).await?,
+            Outcome::Error(e) => self.record_error(running, e, None, 0, now).await?,
             // A link that no longer works (expired, refused) will not start working: then the
             // next attempt generates afresh.
-            Outcome::NotKept(e, made) => {
+            Outcome::NotKept(e, made, billed) => {
                 let unkept = e.retryable.then_some(made);
-                self.record_error(running, e, unkept, now).await?
+                self.record_error(running, e, unkept, billed, now).await?
             }
         }
         Ok(())
@@ -563,6 +572,7 @@ impl Worker {
         running: &Task,
         e: ProviderError,
         unkept: Option<UnkeptImages>,
+        billed: u32,
         now: DateTime<Utc>,
     ) -> Result<(), crate::error::AppError> {
         let error = TaskError {
@@ -588,6 +598,7 @@ impl Worker {
                 return Ok(());
             };
             next.unkept = unkept;
+            next.generated_images = next.generated_images.saturating_add(billed);
             if self.commit(running, next).await?.is_some() {
                 tracing::warn!(code = %e.code, attempt = running.attempts, retry_at = %at, "attempt failed; retry scheduled");
                 self.backends.queue.enqueue(&running.id, Some(at)).await?;
@@ -597,6 +608,7 @@ impl Worker {
                 return Ok(());
             };
             next.unkept = unkept;
+            next.generated_images = next.generated_images.saturating_add(billed);
             if self.commit(running, next).await?.is_some() {
                 tracing::warn!(code = %e.code, attempts = running.attempts, "task failed");
             }

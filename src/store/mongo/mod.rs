@@ -9,6 +9,7 @@
 mod inserts;
 mod locks;
 mod queries;
+mod usage;
 mod webhooks;
 
 use std::time::Duration;
@@ -214,6 +215,7 @@ impl MongoStore {
         };
         store.create_indexes().await?;
         store.create_webhook_indexes().await?;
+        store.create_usage_indexes().await?;
         store.add_change_times().await?;
         Ok(store)
     }

@@ -15,7 +15,9 @@ use super::{
     is_duplicate, task_doc, user_doc, MongoStore,
 };
 use crate::domain::{ApiKey, Task, TaskStatus, User, WebhookDelivery};
-use crate::store::{ChangeCursor, ImageBlob, InsertOutcome, Store, StoreError, TaskQuery};
+use crate::store::{
+    ChangeCursor, ImageBlob, InsertOutcome, Store, StoreError, TaskQuery, UsageQuery, UsageRow,
+};
 
 #[async_trait]
 impl Store for MongoStore {
@@ -293,6 +295,10 @@ impl Store for MongoStore {
         Ok(())
     }
 
+    async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
+        self.read_usage(query).await
+    }
+
     async fn insert_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
         let mut d = encode(key)?;
         d.insert("_id", key.id.clone());
@@ -375,8 +381,17 @@ impl Store for MongoStore {
             )
             .await
             .map_err(backend);
+        // Under the lock still: a later write of the task waits for its usage.
+        let replaced = match r {
+            Ok(r) if r.matched_count == 1 => {
+                self.record_usage(task, expected_status).await;
+                Ok(true)
+            }
+            Ok(_) => Ok(false),
+            Err(e) => Err(e),
+        };
         self.unlock(held).await;
-        Ok(r?.matched_count == 1)
+        replaced
     }
 
     async fn extend_lease(

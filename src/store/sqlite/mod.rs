@@ -26,6 +26,7 @@
 mod lane;
 mod queries;
 mod schema;
+mod usage;
 mod webhooks;
 
 use std::fs::File;

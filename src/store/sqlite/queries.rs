@@ -12,7 +12,9 @@ use super::{
     TaskCols,
 };
 use crate::domain::{ApiKey, Task, TaskStatus, User, WebhookDelivery};
-use crate::store::{ChangeCursor, ImageBlob, InsertOutcome, Store, StoreError, TaskQuery};
+use crate::store::{
+    ChangeCursor, ImageBlob, InsertOutcome, Store, StoreError, TaskQuery, UsageQuery, UsageRow,
+};
 
 /// One range of `tasks_due`, however many tasks are stored (a test holds the plan).
 pub(super) const DUE_SCHEDULED: &str = "SELECT doc FROM tasks \
@@ -345,6 +347,7 @@ impl Store for SqliteStore {
                 .map_err(backend)?;
                 if n == 1 {
                     write_outbox(c, &t)?;
+                    super::usage::record(c, &t, expected_status)?;
                 }
                 Ok(n == 1)
             })
@@ -492,6 +495,11 @@ impl Store for SqliteStore {
             .await;
         self.tasks.remove(task_id);
         released
+    }
+
+    async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
+        let q = query.clone();
+        self.read(move |c| super::usage::query(c, &q)).await
     }
 
     async fn insert_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {

@@ -39,6 +39,16 @@ CREATE TABLE IF NOT EXISTS api_keys (
 CREATE INDEX IF NOT EXISTS api_keys_by_user ON api_keys (user_id, id);
 CREATE INDEX IF NOT EXISTS tasks_active ON tasks (user_id, status);
 CREATE INDEX IF NOT EXISTS tasks_due ON tasks (status, due_ms);
+CREATE TABLE IF NOT EXISTS usage_events (
+    task_id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    api_key_id TEXT,
+    model TEXT NOT NULL,
+    day TEXT NOT NULL,
+    status TEXT NOT NULL,
+    images INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_by_user ON usage_events (user_id, day);
 ";
 
 pub(super) const IMAGES_SCHEMA: &str = "
