@@ -49,7 +49,10 @@ pub async fn a_task_round_trips_with_every_field(s: S) {
         }],
         request_id: Some("req-0".into()),
         generated_at: at(9),
+        billed: 1,
     });
+    t.api_key_id = Some("key-1".into());
+    t.generated_images = 2;
     t.created_at = at(10) + chrono::Duration::nanoseconds(123_456_789);
     t.updated_at = at(13) + chrono::Duration::nanoseconds(987_654_321);
     t.started_at = Some(at(11));
