@@ -113,9 +113,11 @@ async fn the_stream_sends_the_state_then_each_version_and_ends_after_the_termina
             .any(|e| matches!(e, Sse::Comment(c) if c == "keep-alive")),
         "an idle stream sends keep-alive comments: {all:?}"
     );
-    // Same as a poll of the finished task.
-    let done = s.wait_terminal(&id).await;
-    assert_eq!(evs.last().expect("last").1, done);
+    // Same as the finished task read back (the detail route: the poll route adds the Go
+    // server's data.image_url and message).
+    s.wait_terminal(&id).await;
+    let (_, done) = s.get(&format!("/api/v1/tasks/{id}")).await;
+    assert_eq!(evs.last().expect("last").1, done["data"]);
     s.stop().await;
 }
 

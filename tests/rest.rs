@@ -266,7 +266,7 @@ async fn bad_inputs_are_rejected_with_codes_and_change_nothing() {
             Some("user_id"),
         ),
         (
-            json!({"prompt": "p", "user_id": "not-an-id"}),
+            json!({"prompt": "p", "user_id": "not an id!"}),
             "VALIDATION_FAILED",
             Some("user_id"),
         ),
@@ -336,20 +336,15 @@ async fn bad_inputs_are_rejected_with_codes_and_change_nothing() {
         assert_eq!(resp["details"][0]["field"], field);
     }
 
+    // The Go server answered 404 for any id it could not find, malformed or not.
     let (status, resp) = s.get("/api/v1/ai/image/result/not-a-uuid").await;
-    assert_eq!(
-        (status, resp["code"].clone()),
-        (400, json!("VALIDATION_FAILED"))
-    );
+    assert_eq!((status, resp["code"].clone()), (404, json!("NOT_FOUND")));
     let (status, resp) = s
         .get(&format!("/api/v1/ai/image/result/{unknown_user}"))
         .await;
     assert_eq!((status, resp["code"].clone()), (404, json!("NOT_FOUND")));
     let (status, resp) = s.get("/api/v1/users/12345").await;
-    assert_eq!(
-        (status, resp["code"].clone()),
-        (400, json!("VALIDATION_FAILED"))
-    );
+    assert_eq!((status, resp["code"].clone()), (404, json!("NOT_FOUND")));
     let (status, resp) = s.get("/api/v1/nope").await;
     assert_eq!(
         (status, resp["code"].clone(), resp["path"].clone()),
@@ -408,7 +403,13 @@ async fn listing_pages_by_cursor_and_offset_with_status_filter() {
         let (status, page) = s.get(&path).await;
         assert_eq!(status, 200, "{page}");
         assert_eq!(page["pagination"]["total"], 5);
-        for t in page["data"].as_array().expect("array") {
+        // The Go server's shape: data {tasks, count, limit, offset}.
+        assert_eq!(
+            page["data"]["count"],
+            page["data"]["tasks"].as_array().map(Vec::len).unwrap_or(0)
+        );
+        assert_eq!(page["data"]["limit"], 2);
+        for t in page["data"]["tasks"].as_array().expect("array") {
             seen.push(t["task_id"].as_str().expect("id").to_string());
         }
         match page["pagination"]["next_cursor"].as_str() {
@@ -424,7 +425,8 @@ async fn listing_pages_by_cursor_and_offset_with_status_filter() {
     let (_, page) = s
         .get(&format!("/api/v1/tasks/user/{user}?limit=2&offset=3"))
         .await;
-    let got: Vec<&str> = page["data"]
+    assert_eq!(page["data"]["offset"], 3);
+    let got: Vec<&str> = page["data"]["tasks"]
         .as_array()
         .expect("array")
         .iter()
@@ -438,11 +440,11 @@ async fn listing_pages_by_cursor_and_offset_with_status_filter() {
     let (_, page) = s
         .get(&format!("/api/v1/tasks/user/{user}?status=completed"))
         .await;
-    assert_eq!(page["data"].as_array().map(Vec::len), Some(5));
+    assert_eq!(page["data"]["tasks"].as_array().map(Vec::len), Some(5));
     let (_, page) = s
         .get(&format!("/api/v1/tasks/user/{user}?status=failed"))
         .await;
-    assert_eq!(page["data"].as_array().map(Vec::len), Some(0));
+    assert_eq!(page["data"]["tasks"].as_array().map(Vec::len), Some(0));
 
     let (status, stats) = s.get("/api/v1/queue/stats").await;
     assert_eq!(status, 200);
@@ -508,11 +510,22 @@ async fn cancel_retry_and_delete_follow_the_state_machine() {
         .await;
     assert_eq!((status, again["code"].clone()), (409, json!("CONFLICT")));
 
+    // As on the Go server, deleting a waiting task works: it is cancelled, then deleted; an
+    // unknown id answers 200 with deleted false.
     let pending = s.create_task(&user, "third").await;
     let (status, del) = s
         .send(s.http.delete(s.url(&format!("/api/v1/tasks/{pending}"))))
         .await;
-    assert_eq!((status, del["code"].clone()), (409, json!("CONFLICT")));
+    assert_eq!((status, del["data"]["deleted"].clone()), (200, json!(true)));
+    let (status, _) = s.get(&format!("/api/v1/tasks/{pending}")).await;
+    assert_eq!(status, 404);
+    let (status, del) = s
+        .send(s.http.delete(s.url(&format!("/api/v1/tasks/{pending}"))))
+        .await;
+    assert_eq!(
+        (status, del["data"]["deleted"].clone()),
+        (200, json!(false))
+    );
 
     let url = done["result"]["image_url"]
         .as_str()

@@ -38,6 +38,15 @@ pub fn is_valid_id(id: &str) -> bool {
     id.len() == 36 && uuid::Uuid::parse_str(id).is_ok()
 }
 
+/// An id the older Go server's clients may hold for a user (`user_123`, a 24-hex ObjectId):
+/// 1 to 64 characters of `[A-Za-z0-9_-]`. Ids issued here are UUIDs, which are of this form too.
+pub fn is_opaque_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 /// A time as every surface and store writes it: RFC 3339 in UTC with milliseconds.
 pub fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)

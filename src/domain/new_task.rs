@@ -47,6 +47,10 @@ pub struct CreateImageTask {
     pub webhook: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook_events_filter: Option<Vec<String>>,
+    /// Set by the legacy REST routes: `user_id` may be any opaque id (`is_opaque_id`), not only
+    /// a UUID issued here.
+    #[serde(skip)]
+    pub opaque_owner: bool,
 }
 
 impl CreateImageTask {
@@ -100,9 +104,10 @@ impl Prompt {
 pub struct Owner(String);
 
 impl Owner {
-    pub fn parse(raw: Option<&str>) -> Result<Owner, FieldError> {
+    pub fn parse(raw: Option<&str>, opaque: bool) -> Result<Owner, FieldError> {
         match raw.map(str::trim) {
             None | Some("") => Err(FieldError::new("user_id", "user_id is required")),
+            Some(id) if opaque && super::is_opaque_id(id) => Ok(Owner(id.to_string())),
             Some(id) if !super::is_valid_id(id) => {
                 Err(FieldError::new("user_id", "is not a valid id"))
             }
@@ -279,7 +284,7 @@ impl NewImageTask<'_> {
             .as_ref()
             .map_or(MAX_PROMPT_CHARS, |m| m.max_prompt_chars);
         let prompt = Prompt::parse(&raw.prompt, max_prompt);
-        let user_id = Owner::parse(raw.user_id.as_deref());
+        let user_id = Owner::parse(raw.user_id.as_deref(), raw.opaque_owner);
         let quality = Label::parse("quality", raw.quality);
         let style = Label::parse("style", raw.style);
         let options = ExtraOptions::parse(raw.options);
@@ -439,15 +444,22 @@ mod tests {
     #[test]
     fn owner_is_a_uuid() {
         assert_eq!(
-            Owner::parse(Some(&format!(" {USER} "))).map(|o| o.as_str().to_string()),
+            Owner::parse(Some(&format!(" {USER} ")), false).map(|o| o.as_str().to_string()),
             Ok(USER.into())
         );
         assert_eq!(
-            Owner::parse(None).map_err(|e| e.message),
+            Owner::parse(None, false).map_err(|e| e.message),
             Err("user_id is required".into())
         );
-        assert!(Owner::parse(Some(" ")).is_err());
-        let e = Owner::parse(Some("user-1")).expect_err("not a uuid");
+        assert!(Owner::parse(Some(" "), false).is_err());
+        assert_eq!(
+            Owner::parse(Some("user_123"), true).map(|o| o.as_str().to_string()),
+            Ok("user_123".into()),
+            "the legacy routes' opaque ids"
+        );
+        assert!(Owner::parse(Some("a b"), true).is_err());
+        assert!(Owner::parse(Some(&"a".repeat(65)), true).is_err());
+        let e = Owner::parse(Some("user-1"), false).expect_err("not a uuid");
         assert_eq!(
             (e.field.as_str(), e.message.as_str()),
             ("user_id", "is not a valid id")

@@ -254,6 +254,7 @@ impl Mutation {
                     idempotency_key: input.idempotency_key,
                     webhook: None,
                     webhook_events_filter: None,
+                    opaque_owner: false,
                 },
             )
             .await

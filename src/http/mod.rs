@@ -66,8 +66,12 @@ pub fn ops_router(state: AppState) -> Router {
     responses((status = 200, description = "`{status: \"ok\", provider, mode, store, queue, events, version, uptime_seconds}`", body = Object)))]
 pub async fn health(State(s): State<AppState>) -> Response {
     let kinds = s.service.backend_kinds();
+    // `message` is the v2 Go server's and `success`/`data.status` the latest one's.
     Json(json!({
         "status": "ok",
+        "success": true,
+        "message": "service is running",
+        "data": {"status": "ok"},
         "service": "volcengine-ai-server",
         "version": env!("CARGO_PKG_VERSION"),
         "provider": s.provider_mode,

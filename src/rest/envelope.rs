@@ -84,7 +84,19 @@ impl IntoResponse for ApiError {
             message: e.public_message(),
             code: e.code(),
             details: match &e {
-                AppError::Validation(fields) => Some(fields.clone()),
+                // `value` always present, "" when none was received, as the Go server wrote it.
+                AppError::Validation(fields) => Some(
+                    fields
+                        .iter()
+                        .cloned()
+                        .map(|mut f| {
+                            f.value.get_or_insert_with(|| serde_json::json!(""));
+                            f
+                        })
+                        .collect(),
+                ),
+                // The Go server named the body as the offending field of unreadable JSON.
+                AppError::InvalidJson(why) => Some(vec![FieldError::new("request_body", why)]),
                 _ => None,
             },
             path: self.path,

@@ -2,8 +2,10 @@
 //! (`rest-compat.md`). Handlers translate and call the service; no business rule lives here.
 
 pub mod envelope;
+pub mod legacy;
 pub mod prefer;
 pub mod stream;
+pub mod task_lists;
 pub mod tasks;
 pub mod usage;
 pub mod users;
@@ -49,13 +51,21 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/users/{id}/usage", get(usage::get))
         .route("/api/v1/ai/image/task", post(tasks::create_image))
         .route("/api/v1/ai/image/result/{task_id}", get(tasks::get))
-        .route("/api/v1/ai/tasks", post(tasks::create_generic))
+        .route(
+            "/api/v1/ai/tasks",
+            post(tasks::create_generic).get(task_lists::list_latest),
+        )
+        .route("/api/v1/ai/task/result/{task_id}", get(tasks::poll_latest))
+        .route("/api/v1/ai/task/{task_id}", delete(tasks::delete_latest))
         .route("/api/v1/ai/tasks/{task_id}", get(tasks::get_ai_task))
         .route(
             "/api/v1/tasks/{task_id}",
             get(tasks::get_task).delete(tasks::delete),
         )
-        .route("/api/v1/tasks/user/{user_id}", get(tasks::list_for_user))
+        .route(
+            "/api/v1/tasks/user/{user_id}",
+            get(task_lists::list_for_user),
+        )
         .route("/api/v1/tasks/{task_id}/cancel", post(tasks::cancel))
         .route("/api/v1/tasks/{task_id}/stream", get(stream::stream))
         .route("/api/v1/tasks/{task_id}/retry", post(tasks::retry))

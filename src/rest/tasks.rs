@@ -4,16 +4,17 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use utoipa::ToSchema;
 
-use super::envelope::{ok, ok_page, ApiJson, ApiResult, Envelope, ErrorBody, Paged};
+use super::envelope::{ok, ApiJson, ApiResult, Envelope, ErrorBody};
+use super::legacy::{self, Poll};
 use super::{prefer, Caller};
 use crate::auth::Principal;
-use crate::domain::{image_url, rfc3339, Task, TaskStatus, TASK_KIND_IMAGE};
+use crate::domain::{image_url, is_valid_id, rfc3339, Task, TaskStatus, TASK_KIND_IMAGE};
 use crate::error::AppError;
 use crate::service::CreateImageTask;
 use crate::state::AppState;
@@ -98,22 +99,22 @@ pub struct GenericBody {
 /// Paging of `GET /api/v1/tasks/user/{user_id}`.
 #[derive(Serialize, ToSchema)]
 pub struct TaskPagination {
-    limit: i64,
-    offset: usize,
+    pub limit: i64,
+    pub offset: usize,
     /// Items on this page.
-    count: usize,
+    pub count: usize,
     /// Items matching the filter, across all pages.
-    total: u64,
-    has_more: bool,
+    pub total: u64,
+    pub has_more: bool,
     /// Pass as `cursor` for the next page.
-    next_cursor: Option<String>,
+    pub next_cursor: Option<String>,
 }
 
 /// `data` of a task deletion.
 #[derive(Serialize, ToSchema)]
 pub struct Deleted {
     task_id: String,
-    /// Always `true`.
+    /// Whether there was such a task.
     deleted: bool,
 }
 
@@ -143,6 +144,7 @@ impl ImageBody {
             idempotency_key,
             webhook: self.webhook,
             webhook_events_filter: self.webhook_events_filter,
+            opaque_owner: true,
         }
     }
 }
@@ -170,6 +172,27 @@ pub struct ResultJson {
     /// URL of the first image (what old clients read as `.data.result.image_url`).
     image_url: Option<String>,
     images: Vec<ImageJson>,
+    /// The task id (the v2 Go server's `AIResponse.id`).
+    id: String,
+    /// Always `image`.
+    #[serde(rename = "type")]
+    kind: &'static str,
+    /// Always "" (text generation's output in the Go server).
+    content: &'static str,
+    /// Always 0.
+    tokens_used: u32,
+    /// Provider model id.
+    model: String,
+    /// Always `volcengine`.
+    provider: &'static str,
+    /// Nanoseconds from the start of the run to completion.
+    duration: i64,
+    /// Not known here: 0.
+    cost: f64,
+    /// `{task_id, model, prompt, size, quality, created (Unix seconds), data: [{url, revised_prompt}]}`
+    /// as the v2 Go server wrote it.
+    #[schema(value_type = Object)]
+    metadata: Value,
 }
 
 /// Why a task failed, or why its last attempt failed while a retry waits.
@@ -226,12 +249,25 @@ pub struct TaskJson {
     updated_at: String,
     started_at: Option<String>,
     completed_at: Option<String>,
+    /// The request as JSON text (the v2 Go server's `input`).
+    input: String,
+    /// The first image's URL, or "" (v2's `output`).
+    output: String,
+    /// Why the task failed, or "" (v2's `error_msg`).
+    error_msg: String,
+    /// Always `volcengine`.
+    provider: &'static str,
+    /// On the poll routes once completed: the first image's URL (the Go server's `data.image_url`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image_url: Option<String>,
+    /// On the poll routes and creates: what the answer means.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
 }
 
 pub fn task_json(t: &Task, base: &str) -> TaskJson {
-    let result = t.result.as_ref().map(|r| ResultJson {
-        image_url: r.images.first().map(|i| image_url(base, i)),
-        images: r
+    let result = t.result.as_ref().map(|r| {
+        let images: Vec<ImageJson> = r
             .images
             .iter()
             .map(|i| ImageJson {
@@ -243,7 +279,32 @@ pub fn task_json(t: &Task, base: &str) -> TaskJson {
                 bytes: i.bytes,
                 content_type: i.content_type.clone(),
             })
-            .collect(),
+            .collect();
+        let data: Vec<Value> = images
+            .iter()
+            .map(|i| json!({"url": i.url, "revised_prompt": ""}))
+            .collect();
+        ResultJson {
+            image_url: images.first().map(|i| i.url.clone()),
+            id: t.id.clone(),
+            kind: "image",
+            content: "",
+            tokens_used: 0,
+            model: t.model.clone(),
+            provider: legacy::PROVIDER,
+            duration: match (t.started_at, t.completed_at) {
+                (Some(s), Some(c)) => (c - s).num_nanoseconds().unwrap_or(0),
+                _ => 0,
+            },
+            cost: 0.0,
+            metadata: json!({
+                "task_id": t.id, "model": t.model, "prompt": t.prompt, "size": t.params.size,
+                "quality": t.params.quality.clone().unwrap_or_default(),
+                "created": t.completed_at.unwrap_or(t.created_at).timestamp(),
+                "data": data,
+            }),
+            images,
+        }
     });
     TaskJson {
         task_id: t.id.clone(),
@@ -278,6 +339,25 @@ pub fn task_json(t: &Task, base: &str) -> TaskJson {
         updated_at: rfc3339(t.updated_at),
         started_at: t.started_at.map(rfc3339),
         completed_at: t.completed_at.map(rfc3339),
+        input: json!({
+            "prompt": t.prompt, "model": t.model, "size": t.params.size,
+            "quality": t.params.quality, "style": t.params.style, "n": t.params.n,
+        })
+        .to_string(),
+        output: t
+            .result
+            .as_ref()
+            .and_then(|r| r.images.first())
+            .map(|i| image_url(base, i))
+            .unwrap_or_default(),
+        error_msg: t
+            .error
+            .as_ref()
+            .map(|e| e.message.clone())
+            .unwrap_or_default(),
+        provider: legacy::PROVIDER,
+        image_url: None,
+        message: None,
     }
 }
 
@@ -303,9 +383,7 @@ async fn create(
         Some(secs) => prefer::wait_for_outcome(s, who, t, secs).await,
         None => t,
     };
-    let mut data = serde_json::to_value(task_json(&t, &s.public_base))
-        .map_err(|e| AppError::internal("task JSON", e))?;
-    data["message"] = json!("image generation task created");
+    let data = legacy::created(&t, &s.public_base)?;
     let mut resp = ok(StatusCode::CREATED, data, Some("task created"))?;
     if !created {
         resp.headers_mut()
@@ -398,23 +476,58 @@ pub async fn create_generic(
     create(&s, &who, &headers, input.into_input(key)).await
 }
 
-/// Get a task (poll)
+/// Poll a task (the v2 Go server's route)
 ///
-/// `data.status` is `scheduled`, `pending`, `processing`, `completed`, `failed` or `cancelled`; when
-/// completed `data.result.image_url` is the stored image, when failed `data.error` says why.
+/// 202 while the task is scheduled, pending or processing (`data.status` is then `processing`,
+/// as the Go server said; the task's own status is on `GET /api/v1/tasks/{task_id}`); 200 once
+/// completed, with `data.image_url` and `data.result.image_url` the stored image; 500
+/// `TASK_FAILED` once failed, the task in `data` (`data.error` says why); 200 with status
+/// `cancelled` for a cancelled task.
 #[utoipa::path(get, path = "/api/v1/ai/image/result/{task_id}", tag = "tasks",
     params(("task_id" = String, Path, description = "Task id")),
     responses(
-        (status = 200, description = "The task", body = Envelope<TaskJson>),
+        (status = 200, description = "Completed (or cancelled)", body = Envelope<TaskJson>),
+        (status = 202, description = "Not finished: poll again", body = Envelope<TaskJson>),
         (status = 404, description = "No such task", body = ErrorBody),
+        (status = 500, description = "`TASK_FAILED`: the task failed; `data` is the task", body = ErrorBody),
     ))]
 pub async fn get(
     State(s): State<AppState>,
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> ApiResult {
+    legacy::path_id(&id, "task")?;
     let t = s.service.get_task(&who, &id).await?;
-    ok(StatusCode::OK, task_json(&t, &s.public_base), None)
+    legacy::poll(&t, &s.public_base, Poll::V2)
+}
+
+/// Poll a task (the latest Go server's route)
+///
+/// 202 while the task waits or runs (`data.status` its status), 200 once completed
+/// (`data.image_url`), 500 `TASK_FAILED` once failed.
+#[utoipa::path(get, path = "/api/v1/ai/task/result/{task_id}", tag = "tasks",
+    params(("task_id" = String, Path, description = "Task id")),
+    responses(
+        (status = 200, description = "Completed (or cancelled)", body = Envelope<TaskJson>),
+        (status = 202, description = "Pending or processing: poll again", body = Envelope<TaskJson>),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 500, description = "`TASK_FAILED`: the task failed; `data` is the task", body = ErrorBody),
+    ))]
+pub async fn poll_latest(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> ApiResult {
+    legacy::path_id(&id, "task")?;
+    let t = s.service.get_task(&who, &id).await?;
+    legacy::poll(&t, &s.public_base, Poll::Latest)
+}
+
+/// A task in v2's shape (the detail routes, cancel, retry).
+async fn detail(s: &AppState, who: &Principal, id: &str) -> ApiResult {
+    legacy::path_id(id, "task")?;
+    let t = s.service.get_task(who, id).await?;
+    ok(StatusCode::OK, legacy::v2_task(&t, &s.public_base)?, None)
 }
 
 /// Get a task (generic route)
@@ -426,8 +539,12 @@ pub async fn get(
         (status = 200, description = "The task", body = Envelope<TaskJson>),
         (status = 404, description = "No such task", body = ErrorBody),
     ))]
-pub async fn get_ai_task(state: State<AppState>, who: Caller, id: Path<String>) -> ApiResult {
-    get(state, who, id).await
+pub async fn get_ai_task(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> ApiResult {
+    detail(&s, &who, &id).await
 }
 
 /// Get a task (detail route)
@@ -439,8 +556,12 @@ pub async fn get_ai_task(state: State<AppState>, who: Caller, id: Path<String>) 
         (status = 200, description = "The task", body = Envelope<TaskJson>),
         (status = 404, description = "No such task", body = ErrorBody),
     ))]
-pub async fn get_task(state: State<AppState>, who: Caller, id: Path<String>) -> ApiResult {
-    get(state, who, id).await
+pub async fn get_task(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> ApiResult {
+    detail(&s, &who, &id).await
 }
 
 pub fn parse_limit(q: &HashMap<String, String>) -> Result<Option<i64>, AppError> {
@@ -450,85 +571,6 @@ pub fn parse_limit(q: &HashMap<String, String>) -> Result<Option<i64>, AppError>
                 .map_err(|_| AppError::invalid("limit", "must be a whole number"))
         })
         .transpose()
-}
-
-/// List a user's tasks
-///
-/// Newest first. Page with `cursor` (the `next_cursor` of the previous page) or `offset`.
-#[utoipa::path(get, path = "/api/v1/tasks/user/{user_id}", tag = "tasks",
-    params(
-        ("user_id" = String, Path, description = "User id"),
-        ("limit" = Option<i64>, Query, description = "Page size, default 20, at most 100"),
-        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
-        ("offset" = Option<usize>, Query, description = "Items to skip (instead of a cursor)"),
-        ("status" = Option<String>, Query, description = "scheduled, pending, processing, completed, failed or cancelled"),
-    ),
-    responses(
-        (status = 200, description = "A page of tasks", body = Paged<TaskJson, TaskPagination>),
-        (status = 400, description = "Invalid paging or status", body = ErrorBody),
-        (status = 404, description = "No such user", body = ErrorBody),
-    ))]
-pub async fn list_for_user(
-    State(s): State<AppState>,
-    Caller(who): Caller,
-    Path(user_id): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
-) -> ApiResult {
-    let limit = parse_limit(&q)?;
-    let offset = q
-        .get("offset")
-        .map(|o| {
-            o.parse::<usize>()
-                .map_err(|_| AppError::invalid("offset", "must be a whole number"))
-        })
-        .transpose()?
-        .unwrap_or(0);
-    let status = q
-        .get("status")
-        .filter(|st| !st.is_empty())
-        .map(|st| {
-            TaskStatus::parse(st).ok_or_else(|| {
-                AppError::invalid(
-                    "status",
-                    "must be one of scheduled, pending, processing, completed, failed, cancelled",
-                )
-            })
-        })
-        .transpose()?;
-    s.service.get_user(&who, &user_id).await?;
-    let cursor = q.get("cursor").filter(|c| !c.is_empty());
-    let page = s
-        .service
-        .list_tasks(
-            &who,
-            Some(&user_id),
-            status,
-            cursor.map(String::as_str),
-            offset,
-            limit,
-        )
-        .await?;
-    let next = page
-        .has_more
-        .then(|| page.items.last().map(|t| t.id.clone()))
-        .flatten();
-    let count = page.items.len();
-    let data: Vec<TaskJson> = page
-        .items
-        .iter()
-        .map(|t| task_json(t, &s.public_base))
-        .collect();
-    ok_page(
-        data,
-        TaskPagination {
-            limit: limit.unwrap_or(crate::service::DEFAULT_PAGE as i64),
-            offset,
-            count,
-            total: page.total,
-            has_more: page.has_more,
-            next_cursor: next,
-        },
-    )
 }
 
 /// Cancel a task
@@ -547,10 +589,11 @@ pub async fn cancel(
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> ApiResult {
+    legacy::path_id(&id, "task")?;
     let t = s.service.cancel_task(&who, &id).await?;
     ok(
         StatusCode::OK,
-        task_json(&t, &s.public_base),
+        legacy::v2_task(&t, &s.public_base)?,
         Some("task cancelled"),
     )
 }
@@ -570,38 +613,54 @@ pub async fn retry(
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> ApiResult {
+    legacy::path_id(&id, "task")?;
     let t = s.service.retry_task(&who, &id).await?;
     ok(
         StatusCode::OK,
-        task_json(&t, &s.public_base),
+        legacy::v2_task(&t, &s.public_base)?,
         Some("task queued again"),
     )
 }
 
 /// Delete a task
 ///
-/// Only a finished task; its stored images go with it.
+/// Any task, with its stored images; a pending or processing one is cancelled first. As on the
+/// Go server, an unknown id is a success too (`data.deleted` false).
 #[utoipa::path(delete, path = "/api/v1/tasks/{task_id}", tag = "tasks",
     params(("task_id" = String, Path, description = "Task id")),
     responses(
-        (status = 200, description = "Deleted", body = Envelope<Deleted>),
-        (status = 404, description = "No such task", body = ErrorBody),
-        (status = 409, description = "The task is still pending or processing", body = ErrorBody),
+        (status = 200, description = "Deleted (`data.deleted` false when there was no such task)", body = Envelope<Deleted>),
     ))]
 pub async fn delete(
     State(s): State<AppState>,
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> ApiResult {
-    let t = s.service.delete_task(&who, &id).await?;
+    let found = if is_valid_id(&id) {
+        s.service.discard_task(&who, &id).await?
+    } else {
+        None
+    };
     ok(
         StatusCode::OK,
         Deleted {
-            task_id: t.id,
-            deleted: true,
+            deleted: found.is_some(),
+            task_id: id,
         },
         Some("task deleted"),
     )
+}
+
+/// Delete a task (the latest Go server's route)
+///
+/// As `DELETE /api/v1/tasks/{task_id}`.
+#[utoipa::path(delete, path = "/api/v1/ai/task/{task_id}", tag = "tasks",
+    params(("task_id" = String, Path, description = "Task id")),
+    responses(
+        (status = 200, description = "Deleted (`data.deleted` false when there was no such task)", body = Envelope<Deleted>),
+    ))]
+pub async fn delete_latest(state: State<AppState>, who: Caller, id: Path<String>) -> ApiResult {
+    delete(state, who, id).await
 }
 
 /// Queue statistics
@@ -609,10 +668,23 @@ pub async fn delete(
 /// Queue depth and tasks by status.
 #[utoipa::path(get, path = "/api/v1/queue/stats", tag = "tasks",
     responses(
-        (status = 200, description = "`data.by_status`, `data.total`, queue depth", body = Envelope<Object>),
+        (status = 200, description = "`data.by_status`, `data.total`, queue depth; the Go server's `pending`, `active`, `scheduled`, `retry`, `archived`, `completed`, `processed`, `failed`, `timestamp`", body = Envelope<Object>),
         (status = 503, description = "A backend is unreachable", body = ErrorBody),
     ))]
 pub async fn queue_stats(State(s): State<AppState>, Caller(who): Caller) -> ApiResult {
     let stats = s.service.queue_stats(&who).await?;
-    ok(StatusCode::OK, stats, None)
+    let n = |st: &str| stats.by_status.get(st).copied().unwrap_or(0);
+    let mut data = serde_json::to_value(&stats).map_err(|e| AppError::internal("stats", e))?;
+    // The Go server's keys (asynq's queue counters), from the same numbers: tasks waiting,
+    // running, scheduled, finished. Retries wait as pending here and nothing is archived.
+    let go = json!({
+        "pending": n("pending"), "active": n("processing"), "scheduled": n("scheduled"),
+        "retry": 0, "archived": 0, "completed": n("completed"),
+        "processed": n("completed") + n("failed") + n("cancelled"), "failed": n("failed"),
+        "timestamp": rfc3339(chrono::Utc::now()),
+    });
+    if let (Some(d), Value::Object(x)) = (data.as_object_mut(), go) {
+        d.extend(x);
+    }
+    ok(StatusCode::OK, data, None)
 }

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::envelope::{ok, ok_page, ApiJson, ApiResult, Envelope, ErrorBody};
-use super::Caller;
-use crate::domain::User;
+use super::{legacy, Caller};
+use crate::domain::{is_valid_id, User};
 use crate::error::AppError;
 use crate::service::{CreateUser, UpdateUser};
 use crate::state::AppState;
@@ -59,6 +59,8 @@ pub struct UserPagination {
 #[derive(Serialize, ToSchema)]
 pub struct DeletedUser {
     id: String,
+    /// Whether there was such a user.
+    deleted: bool,
 }
 
 pub fn user_json(u: &User) -> UserJson<'_> {
@@ -109,6 +111,7 @@ pub async fn get(
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> ApiResult {
+    legacy::path_id(&id, "user")?;
     let u = s.service.get_user(&who, &id).await?;
     ok(StatusCode::OK, user_json(&u), None)
 }
@@ -166,7 +169,7 @@ pub async fn find(
     request_body = UpdateBody,
     responses(
         (status = 200, description = "The updated user", body = Envelope<UserJson>),
-        (status = 400, description = "Invalid fields, or neither given", body = ErrorBody),
+        (status = 400, description = "Invalid fields (neither given answers the user unchanged)", body = ErrorBody),
         (status = 403, description = "A user key changing its email (the admin changes emails)", body = ErrorBody),
         (status = 404, description = "No such user", body = ErrorBody),
         (status = 409, description = "The email is taken (admin)", body = ErrorBody),
@@ -177,8 +180,11 @@ pub async fn update(
     Path(id): Path<String>,
     ApiJson(b): ApiJson<UpdateBody>,
 ) -> ApiResult {
+    legacy::path_id(&id, "user")?;
+    // Nothing to change answers the user as it is, as the Go server did.
     if b.email.is_none() && b.name.is_none() {
-        return Err(AppError::invalid("body", "give email and/or name").into());
+        let u = s.service.get_user(&who, &id).await?;
+        return ok(StatusCode::OK, user_json(&u), Some("user updated"));
     }
     let u = s
         .service
@@ -200,14 +206,26 @@ pub async fn update(
 #[utoipa::path(delete, path = "/api/v1/users/{id}", tag = "users",
     params(("id" = String, Path, description = "User id")),
     responses(
-        (status = 200, description = "Deleted", body = Envelope<DeletedUser>),
-        (status = 404, description = "No such user", body = ErrorBody),
+        (status = 200, description = "Deleted (`data.deleted` false when there was no such user)", body = Envelope<DeletedUser>),
     ))]
 pub async fn delete(
     State(s): State<AppState>,
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> ApiResult {
-    s.service.delete_user(&who, &id).await?;
-    ok(StatusCode::OK, DeletedUser { id }, Some("user deleted"))
+    // As on the Go server, deleting a user that is not there succeeds (`deleted` false).
+    let deleted = if is_valid_id(&id) {
+        match s.service.delete_user(&who, &id).await {
+            Ok(()) => true,
+            Err(AppError::NotFound(_)) => false,
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        false
+    };
+    ok(
+        StatusCode::OK,
+        DeletedUser { id, deleted },
+        Some("user deleted"),
+    )
 }

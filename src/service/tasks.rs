@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::access::{check_id, forbidden, may_see_task, require_admin, require_user};
 use super::{page_limit, Page, Service};
 use crate::auth::Principal;
-use crate::domain::{self, CreateImageTask, NewImageTask, Task, TaskStatus};
+use crate::domain::{self, is_valid_id, CreateImageTask, NewImageTask, Task, TaskStatus};
 use crate::error::AppError;
 use crate::store::{InsertOutcome, TaskQuery};
 
@@ -49,7 +49,12 @@ impl Service {
             Principal::User { .. } => Some(self.admit_submit(user_id).await?),
             _ => None,
         };
-        self.require_known_user(user_id).await?;
+        // A UUID is an id issued here and must name a user; any other opaque id (legacy
+        // routes only, admin or auth off) is an owner the older Go server's clients hold, whose
+        // user was never created here and is not created now.
+        if is_valid_id(user_id) || own.is_some() {
+            self.require_known_user(user_id).await?;
+        }
         if let Some(w) = &new.webhook {
             self.check_webhook_target(&w.url).await?;
         }
@@ -153,7 +158,10 @@ impl Service {
             ));
         }
         if let Some(u) = user_id {
-            check_id("user_id", u)?;
+            // Tasks may belong to an opaque owner id of the older Go server's clients.
+            if !domain::is_opaque_id(u) {
+                check_id("user_id", u)?;
+            }
             require_user(who, u)?;
         }
         let user_id = user_id.or(who.user_id());
@@ -231,6 +239,27 @@ impl Service {
         }
         tracing::info!(task_id = %id, "task deleted");
         Ok(t)
+    }
+
+    /// The older Go server's DELETE: any task goes, a pending or processing one cancelled first
+    /// (so a worker's late result is refused by the compare-and-set). `None` when there was no
+    /// such task, which the Go server answered as a success too.
+    pub async fn discard_task(&self, who: &Principal, id: &str) -> Result<Option<Task>, AppError> {
+        let Some(t) = self.find_task(who, id).await? else {
+            return Ok(None);
+        };
+        if !t.status.is_terminal() {
+            match self.cancel_task(who, id).await {
+                // Finished meanwhile: terminal now, so it can go.
+                Ok(_) | Err(AppError::Conflict(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        match self.delete_task(who, id).await {
+            Ok(t) => Ok(Some(t)),
+            Err(AppError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Stores `next` if `current` is still what the store holds, then publishes it. `None` when

@@ -195,14 +195,15 @@ impl TestServer {
             .to_string()
     }
 
-    /// Polls the legacy result route, as old clients do, until the task is terminal.
+    /// Polls the legacy result route, as old clients do, until the task is terminal: 202 while
+    /// it is not, then 200 (completed, cancelled) or 500 (failed), the task in `data`.
     pub async fn wait_terminal(&self, task_id: &str) -> Value {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
             let (status, body) = self
                 .get(&format!("/api/v1/ai/image/result/{task_id}"))
                 .await;
-            assert_eq!(status, 200, "{body}");
+            assert!(matches!(status, 200 | 202 | 500), "{status} {body}");
             let st = body["data"]["status"]
                 .as_str()
                 .unwrap_or_default()
@@ -218,12 +219,12 @@ impl TestServer {
         }
     }
 
+    /// Reads the task's own status (the detail route; the result route says `processing` for
+    /// any unfinished task) until it is `want`.
     pub async fn wait_status(&self, task_id: &str, want: &str) -> Value {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
-            let (_, body) = self
-                .get(&format!("/api/v1/ai/image/result/{task_id}"))
-                .await;
+            let (_, body) = self.get(&format!("/api/v1/tasks/{task_id}")).await;
             if body["data"]["status"] == want {
                 return body["data"].clone();
             }
