@@ -407,12 +407,21 @@ async fn start_webhooks(
     if generated {
         // Straight to the terminal, not through the logs (which are shipped and kept): the one
         // time the admin sees it. Set WEBHOOK_SECRET to choose it instead.
-        #[allow(clippy::print_stderr)]
-        {
-            eprintln!(
+        // With JSON logs stdout is read by machines line by line: the secret goes there as one
+        // JSON object of its own (not a tracing event), and stderr stays empty.
+        #[allow(clippy::print_stderr, clippy::print_stdout)]
+        match config.log_format {
+            crate::config::LogFormat::Json => println!(
+                "{}",
+                serde_json::json!({
+                    "webhook_secret_generated": secret.to_string(),
+                    "note": "shown this once; receivers verify webhook-signature with it",
+                })
+            ),
+            crate::config::LogFormat::Pretty => eprintln!(
                 "\nWEBHOOK SECRET generated and stored (shown this once; receivers verify \
                  webhook-signature with it):\n\n    {secret}\n"
-            );
+            ),
         }
         tracing::warn!("generated the webhook signing secret (printed to the terminal once)");
     }
