@@ -21,6 +21,8 @@ pub struct Call {
     pub path: String,
     pub body: Option<Bytes>,
     pub want: u16,
+    /// A second status that counts as answered (the legacy poll's 202 while a task runs).
+    pub also: Option<u16>,
 }
 
 impl Call {
@@ -30,6 +32,16 @@ impl Call {
             path,
             body: None,
             want: 200,
+            also: None,
+        }
+    }
+
+    /// The legacy result route as the Go server answers it: 200 once the task is done, 202
+    /// while it waits or runs (both are a served poll).
+    pub fn legacy_poll(path: String) -> Call {
+        Call {
+            also: Some(202),
+            ..Call::get(path)
         }
     }
 
@@ -39,6 +51,7 @@ impl Call {
             path: path.to_string(),
             body: Some(Bytes::from(body.to_string())),
             want,
+            also: None,
         }
     }
 }
@@ -90,7 +103,7 @@ impl Connection {
             .await
             .map_err(|e| e.to_string())?
             .to_bytes();
-        if status == call.want {
+        if status == call.want || Some(status) == call.also {
             Ok(())
         } else {
             Err(format!(

@@ -226,7 +226,7 @@ pub async fn http(a: HttpArgs) -> Result<Vec<(Measure, Ratios)>, String> {
     let rest_poll = {
         let ids = ids.clone();
         h1::drive(REST_POLL, addr, n, c, move |i| {
-            h1::Call::get(format!("/api/v1/ai/image/result/{}", ids[i % ids.len()]))
+            h1::Call::legacy_poll(format!("/api/v1/ai/image/result/{}", ids[i % ids.len()]))
         })
         .await?
     };
