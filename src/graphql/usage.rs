@@ -10,8 +10,11 @@ use crate::service;
 /// Tasks that ended, by outcome.
 #[derive(SimpleObject)]
 pub struct UsageTaskCounts {
+    /// Tasks that completed.
     pub completed: u64,
+    /// Tasks that failed (after their last attempt, or refused by the provider).
     pub failed: u64,
+    /// Tasks cancelled by their owner or the admin.
     pub cancelled: u64,
 }
 
@@ -21,7 +24,9 @@ pub struct UsageEntry {
     /// The model id, the UTC day (`YYYY-MM-DD`) or the API key id (`admin` for tasks the admin
     /// created).
     pub key: String,
+    /// Images the provider billed for these tasks.
     pub images: u64,
+    /// These tasks by outcome.
     pub tasks: UsageTaskCounts,
 }
 
@@ -30,10 +35,13 @@ pub struct UsageEntry {
 pub struct Usage {
     /// Images the provider billed (`usage.generated_images`), whether the task completed or not.
     pub images: u64,
+    /// Tasks that ended, by outcome.
     pub tasks: UsageTaskCounts,
+    /// By model id.
     pub by_model: Vec<UsageEntry>,
     /// By UTC day of the terminal transition, oldest first.
     pub by_day: Vec<UsageEntry>,
+    /// By the API key that created the task (`admin` for the admin's).
     pub by_api_key: Vec<UsageEntry>,
 }
 
