@@ -686,7 +686,7 @@ async fn an_edit_takes_the_uploaded_images_as_references() {
             &[],
         )
         .await;
-    let task = &tasks["data"][0];
+    let task = &tasks["data"]["tasks"][0];
     assert_eq!(task["model"], "doubao-seededit-3-0-i2i-250628", "{task}");
 
     // Several references as `image[]`, for Seedream 4.x, with b64_json.

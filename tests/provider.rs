@@ -534,7 +534,7 @@ async fn retry_after_is_honoured() {
     s.wait_terminal(&first).await;
     let second = s.create_task(&user, "second").await;
     let t = loop {
-        let (_, body) = s.get(&format!("/api/v1/ai/image/result/{second}")).await;
+        let (_, body) = s.get(&format!("/api/v1/tasks/{second}")).await;
         if body["data"]["error"]["code"] == "ModelAccountIpmRateLimitExceeded" {
             break body["data"].clone();
         }
