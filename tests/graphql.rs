@@ -555,6 +555,9 @@ impl Store for Counting {
     async fn due_scheduled(&self, n: DateTime<Utc>, l: usize) -> Result<Vec<Task>, StoreError> {
         self.inner.due_scheduled(n, l).await
     }
+    async fn past_deadline(&self, n: DateTime<Utc>, l: usize) -> Result<Vec<Task>, StoreError> {
+        self.inner.past_deadline(n, l).await
+    }
     async fn oldest_pending(&self) -> Result<Option<Task>, StoreError> {
         self.inner.oldest_pending().await
     }

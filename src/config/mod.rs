@@ -162,8 +162,11 @@ pub struct Config {
     pub max_attempts: u32,
     pub task_lease: Duration,
     pub reconcile_interval: Duration,
-    /// How often due scheduled tasks are promoted (one indexed query a pass).
+    /// How often due scheduled tasks are promoted and overdue tasks failed (one indexed query
+    /// each a pass).
     pub sweep_interval: Duration,
+    /// How long a task may take from its start to a terminal state unless it asks otherwise.
+    pub task_deadline: Duration,
     pub retry_base_delay: Duration,
     pub retry_max_delay: Duration,
     /// After SIGTERM, how long in-flight provider calls may run before their tasks are released.
@@ -246,6 +249,7 @@ impl Default for Config {
             task_lease: Duration::from_secs(60),
             reconcile_interval: Duration::from_secs(5),
             sweep_interval: Duration::from_secs(1),
+            task_deadline: Duration::from_secs(30 * 60),
             retry_base_delay: Duration::from_secs(1),
             retry_max_delay: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(30),
@@ -691,6 +695,19 @@ impl Config {
         self.reconcile_interval =
             env.duration(&["RECONCILE_INTERVAL"], self.reconcile_interval, ms(10))?;
         self.sweep_interval = env.duration(&["SWEEP_INTERVAL"], self.sweep_interval, ms(10))?;
+        self.task_deadline = env.duration(
+            &["TASK_DEADLINE"],
+            self.task_deadline,
+            Duration::from_secs(1),
+        )?;
+        let max = Duration::from_secs(crate::domain::new_task::MAX_DEADLINE_SECS);
+        if self.task_deadline > max {
+            return Err(ConfigError {
+                var: "TASK_DEADLINE",
+                value: humantime::format_duration(self.task_deadline).to_string(),
+                reason: "must be at most 7 days".into(),
+            });
+        }
         self.retry_base_delay =
             env.duration(&["RETRY_BASE_DELAY"], self.retry_base_delay, ms(1))?;
         self.retry_max_delay = env.duration(&["RETRY_MAX_DELAY"], self.retry_max_delay, ms(1))?;

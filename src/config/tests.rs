@@ -15,6 +15,11 @@ fn from(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
 fn defaults_and_old_names() {
     let c = from(&[]).expect("defaults");
     assert_eq!(c.port, 8080);
+    assert_eq!(c.task_deadline, Duration::from_secs(1800));
+    assert_eq!(
+        from(&[("TASK_DEADLINE", "2h")]).expect("2h").task_deadline,
+        Duration::from_secs(7200)
+    );
     assert!(c.is_sandbox());
     let c = from(&[
         ("ARK_API_KEY", "k"),
@@ -69,6 +74,10 @@ fn invalid_values_name_the_variable() {
         ("HEADER_READ_TIMEOUT", "31s"),
         ("HEADER_READ_TIMEOUT", "10ms"),
         ("MAX_CONNECTIONS", "0"),
+        ("TASK_DEADLINE", "500ms"),
+        ("TASK_DEADLINE", "8d"),
+        ("TASK_DEADLINE", "never"),
+        ("SWEEP_INTERVAL", "1ms"),
     ] {
         let err = from(&[(var, value)]).expect_err(var);
         assert_eq!(err.var, var, "{err}");

@@ -40,6 +40,9 @@ pub struct CreateImageTask {
     /// When the task starts (RFC 3339), instead of `delay`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run_at: Option<String>,
+    /// Seconds the task may take from its start to a terminal state (`TASK_DEADLINE` if none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadline_seconds: Option<i64>,
     #[serde(skip)]
     pub idempotency_key: Option<String>,
     /// Left out of the fingerprint when absent, so requests without them hash as before.
@@ -249,6 +252,33 @@ impl StartAt {
     }
 }
 
+/// Longest deadline a task may have, and `TASK_DEADLINE`'s bound: 7 days.
+pub const MAX_DEADLINE_SECS: u64 = 7 * 24 * 3600;
+
+/// A task's own deadline: 1 second to 7 days.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeadlineSecs(u64);
+
+impl DeadlineSecs {
+    pub fn parse(raw: Option<i64>) -> Result<Option<DeadlineSecs>, FieldError> {
+        let Some(n) = raw else {
+            return Ok(None);
+        };
+        match u64::try_from(n) {
+            Ok(s) if (1..=MAX_DEADLINE_SECS).contains(&s) => Ok(Some(DeadlineSecs(s))),
+            _ => Err(FieldError::new(
+                "deadline_seconds",
+                format!("must be between 1 and {MAX_DEADLINE_SECS} seconds (7 days)"),
+            )
+            .with_value(n)),
+        }
+    }
+
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
 /// An image task request with every field parsed; what remains to check needs the store (the
 /// user exists) or the caller (may submit for this user).
 #[derive(Debug, Clone)]
@@ -265,6 +295,8 @@ pub struct NewImageTask<'c> {
     pub idempotency: Option<(IdempotencyKey, String)>,
     pub start_at: StartAt,
     pub webhook: Option<WebhookTarget>,
+    /// `None`: the server's `TASK_DEADLINE`.
+    pub deadline: Option<DeadlineSecs>,
 }
 
 impl NewImageTask<'_> {
@@ -289,6 +321,7 @@ impl NewImageTask<'_> {
         let style = Label::parse("style", raw.style);
         let options = ExtraOptions::parse(raw.options);
         let start_at = StartAt::parse(raw.delay, raw.run_at.as_deref(), Utc::now());
+        let deadline = DeadlineSecs::parse(raw.deadline_seconds);
         let model_params = RawModelParams {
             size: raw.size,
             seed: raw.seed,
@@ -309,6 +342,7 @@ impl NewImageTask<'_> {
             options,
             idempotency_key,
             start_at,
+            deadline,
             params,
         ) {
             (
@@ -320,6 +354,7 @@ impl NewImageTask<'_> {
                 Ok(options),
                 Ok(key),
                 Ok(start_at),
+                Ok(deadline),
                 Some(Ok(params)),
             ) => Ok(NewImageTask {
                 user_id,
@@ -333,8 +368,9 @@ impl NewImageTask<'_> {
                 idempotency: key.zip(fingerprint),
                 start_at,
                 webhook: None,
+                deadline,
             }),
-            (model, prompt, user_id, quality, style, options, key, start_at, params) => {
+            (model, prompt, user_id, quality, style, options, key, start_at, deadline, params) => {
                 let mut errors: Vec<FieldError> = [
                     model.err(),
                     prompt.err(),
@@ -344,6 +380,7 @@ impl NewImageTask<'_> {
                     options.err(),
                     key.err(),
                     start_at.err(),
+                    deadline.err(),
                 ]
                 .into_iter()
                 .flatten()
@@ -368,8 +405,12 @@ impl NewImageTask<'_> {
         }
     }
 
-    /// The task this request makes: pending, or scheduled when it starts later.
-    pub fn into_task(self, now: DateTime<Utc>) -> Task {
+    /// The task this request makes: pending, or scheduled when it starts later; with its own
+    /// deadline or `default_deadline_secs` (`TASK_DEADLINE`), from when it may start.
+    pub fn into_task(self, now: DateTime<Utc>, default_deadline_secs: u64) -> Task {
+        let deadline = self
+            .deadline
+            .map_or(default_deadline_secs, DeadlineSecs::get);
         let p = self.params;
         let start_at = self.start_at.get().filter(|at| *at > now);
         let webhook = self.webhook;
@@ -396,6 +437,7 @@ impl NewImageTask<'_> {
             Some(at) => task.scheduled_for(at),
             None => task,
         }
+        .with_deadline(deadline)
     }
 }
 
@@ -516,7 +558,7 @@ mod tests {
         let new = NewImageTask::parse(raw, &c).expect("valid");
         assert_eq!(new.model.name, "doubao-seedream-4.0");
         let now = Utc::now();
-        let t = new.into_task(now);
+        let t = new.into_task(now, 1800);
         assert_eq!(t.user_id, USER);
         assert_eq!(t.model, "doubao-seedream-4-0-250828");
         assert_eq!(t.prompt, "a lighthouse");
@@ -533,7 +575,7 @@ mod tests {
 
         let plain = NewImageTask::parse(request("p"), &c).expect("defaults");
         assert_eq!(plain.model.id, c.default_model().id);
-        let t = plain.into_task(now);
+        let t = plain.into_task(now, 1800);
         assert_eq!((t.params.size.as_str(), t.params.n), ("1024x1024", 1));
         assert!(!t.params.watermark);
         assert_eq!((t.idempotency_key, t.request_hash), (None, None));
@@ -665,7 +707,7 @@ mod tests {
         let before = Utc::now();
         let t = NewImageTask::parse(raw.clone(), &catalog())
             .expect("valid")
-            .into_task(Utc::now());
+            .into_task(Utc::now(), 1800);
         assert_eq!(t.status, crate::domain::TaskStatus::Scheduled);
         let at = t.not_before.expect("due time");
         assert!(at >= before + chrono::Duration::seconds(120));
@@ -677,5 +719,36 @@ mod tests {
         raw.size = Some("13x7".into());
         let e = NewImageTask::parse(raw, &catalog()).expect_err("invalid");
         assert_eq!(fields(&e), ["delay", "size"]);
+    }
+
+    #[test]
+    fn a_deadline_is_one_second_to_seven_days_and_defaults_to_the_servers() {
+        assert_eq!(DeadlineSecs::parse(None), Ok(None));
+        assert_eq!(
+            DeadlineSecs::parse(Some(1)).map(|d| d.map(DeadlineSecs::get)),
+            Ok(Some(1))
+        );
+        assert!(DeadlineSecs::parse(Some(604_800)).is_ok());
+        for bad in [0, -1, 604_801, i64::MIN, i64::MAX] {
+            let e = DeadlineSecs::parse(Some(bad)).expect_err("out of bounds");
+            assert_eq!(e.field, "deadline_seconds");
+        }
+        let now = Utc::now();
+        let models = catalog();
+        let t = NewImageTask::parse(request("p"), &models)
+            .expect("valid")
+            .into_task(now, 1800);
+        assert_eq!(
+            (t.deadline_secs, t.deadline_at),
+            (Some(1800), Some(now + chrono::Duration::seconds(1800)))
+        );
+        let mut raw = request("p");
+        raw.deadline_seconds = Some(30);
+        raw.delay = Some(100);
+        let t = NewImageTask::parse(raw, &catalog())
+            .expect("valid")
+            .into_task(now, 1800);
+        let due = t.run_at.expect("scheduled");
+        assert_eq!(t.deadline_at, Some(due + chrono::Duration::seconds(30)));
     }
 }

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use super::webhook::{WebhookDelivery, WebhookTarget};
 
 pub const TASK_KIND_IMAGE: &str = "image_generation";
+/// `error.code` of a task failed because it was not finished by its deadline.
+pub const DEADLINE_EXCEEDED: &str = "DEADLINE_EXCEEDED";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -166,6 +168,14 @@ pub struct Task {
     /// When the client asked the task to start (`delay`, `run_at`), kept after it started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_at: Option<DateTime<Utc>>,
+    /// How long the task may take from its start (its due time, for a scheduled task) to a
+    /// terminal state; a user's retry gets this much again. `None` for tasks stored before
+    /// deadlines existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_secs: Option<u64>,
+    /// Not terminal by then, the task fails with `DEADLINE_EXCEEDED`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_at: Option<DateTime<Utc>>,
     pub lease_owner: Option<String>,
     pub lease_until: Option<DateTime<Utc>>,
     pub provider_request_id: Option<String>,
@@ -235,6 +245,8 @@ impl Task {
             request_hash,
             not_before: None,
             run_at: None,
+            deadline_secs: None,
+            deadline_at: None,
             lease_owner: None,
             lease_until: None,
             provider_request_id: None,
@@ -256,6 +268,19 @@ impl Task {
         self.not_before = Some(at);
         self.run_at = Some(at);
         self
+    }
+
+    /// The same new task with `secs` to finish, counted from when it may start.
+    pub fn with_deadline(mut self, secs: u64) -> Task {
+        let start = self.run_at.unwrap_or(self.created_at);
+        self.deadline_secs = Some(secs);
+        self.deadline_at = Some(start + deadline_span(secs));
+        self
+    }
+
+    /// Whether the task should have been terminal by `now`.
+    pub fn is_overdue(&self, now: DateTime<Utc>) -> bool {
+        !self.status.is_terminal() && self.deadline_at.is_some_and(|d| d <= now)
     }
 
     pub fn image_url_id(&self) -> Option<&str> {
@@ -400,6 +425,33 @@ impl Task {
         Ok(t)
     }
 
+    /// scheduled | pending | processing → failed with `DEADLINE_EXCEEDED`: the task was not
+    /// finished in time. A worker still holding it loses its compare-and-set, as on a cancel.
+    pub fn expire(&self, now: DateTime<Utc>) -> Result<Task, TransitionError> {
+        self.check(
+            &[
+                TaskStatus::Scheduled,
+                TaskStatus::Pending,
+                TaskStatus::Processing,
+            ],
+            "expired",
+        )?;
+        let mut t = self.next(TaskStatus::Failed, now);
+        t.error = Some(TaskError {
+            code: DEADLINE_EXCEEDED.into(),
+            message: match self.deadline_secs {
+                Some(s) => format!("the task did not finish within its deadline of {s} s"),
+                None => "the task did not finish within its deadline".into(),
+            },
+            retryable: false,
+        });
+        t.lease_owner = None;
+        t.lease_until = None;
+        t.not_before = None;
+        t.completed_at = Some(now);
+        Ok(t)
+    }
+
     /// failed | cancelled → pending: a user asks for another go. Attempts count from zero again
     /// so that the automatic retry budget applies afresh.
     pub fn retry(&self, now: DateTime<Utc>) -> Result<Task, TransitionError> {
@@ -411,8 +463,14 @@ impl Task {
         t.not_before = None;
         t.started_at = None;
         t.completed_at = None;
+        // The whole deadline again, from now: the old one has passed or nearly.
+        t.deadline_at = t.deadline_secs.map(|s| now + deadline_span(s));
         Ok(t)
     }
+}
+
+fn deadline_span(secs: u64) -> chrono::Duration {
+    chrono::Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX).min(i64::MAX / 1000))
 }
 
 #[cfg(test)]
@@ -496,5 +554,47 @@ mod tests {
         assert!(p.promote(at).is_err(), "promoted once");
         let c = s.cancel(now).expect("cancel scheduled");
         assert_eq!((c.status, c.not_before), (TaskStatus::Cancelled, None));
+    }
+
+    #[test]
+    fn a_deadline_counts_from_the_start_and_fails_any_unfinished_state() {
+        let now = Utc::now();
+        let secs = |n| chrono::Duration::seconds(n);
+        let t = task().with_deadline(60);
+        assert_eq!(t.deadline_at, Some(t.created_at + secs(60)));
+        let s = task().scheduled_for(now + secs(100)).with_deadline(60);
+        assert_eq!(s.deadline_at, Some(now + secs(160)), "from the due time");
+        assert!(!s.is_overdue(now + secs(159)));
+        assert!(s.is_overdue(now + secs(160)));
+
+        let p = t.start("w", now, now).expect("start");
+        for unfinished in [&t, &s, &p] {
+            let f = unfinished.expire(now).expect("expire");
+            let e = f.error.clone().expect("error");
+            assert_eq!(
+                (
+                    f.status,
+                    e.code.as_str(),
+                    e.retryable,
+                    f.lease_owner.clone()
+                ),
+                (TaskStatus::Failed, DEADLINE_EXCEEDED, false, None)
+            );
+            assert_eq!(f.version, unfinished.version + 1);
+            assert!(!f.is_overdue(now + secs(1000)), "terminal: never overdue");
+        }
+        let done = p.complete(vec![], None, now).expect("complete");
+        assert!(
+            done.expire(now).is_err(),
+            "a finished task keeps its outcome"
+        );
+        let failed = p.expire(now).expect("expire");
+        let later = now + secs(3600);
+        let again = failed.retry(later).expect("retry");
+        assert_eq!(
+            again.deadline_at,
+            Some(later + secs(60)),
+            "a fresh deadline"
+        );
     }
 }

@@ -251,6 +251,7 @@ impl Mutation {
                     options: None,
                     delay: input.delay_seconds,
                     run_at: input.run_at.map(crate::domain::rfc3339),
+                    deadline_seconds: input.deadline_seconds,
                     idempotency_key: input.idempotency_key,
                     webhook: None,
                     webhook_events_filter: None,

@@ -209,6 +209,10 @@ impl Task {
     async fn run_at(&self) -> Option<DateTime<Utc>> {
         self.0.run_at
     }
+    /// Not finished by then, the task is `FAILED` with `error.code` `DEADLINE_EXCEEDED`.
+    async fn deadline_at(&self) -> Option<DateTime<Utc>> {
+        self.0.deadline_at
+    }
 }
 
 /// The generated images of a completed task.
@@ -397,6 +401,10 @@ pub struct CreateImageTaskInput {
     /// Start at this time (at most 30 days ahead; up to a minute in the past counts as now),
     /// instead of `delaySeconds`.
     pub run_at: Option<DateTime<Utc>>,
+    /// Seconds the task may take from its start (its due time when scheduled) to a final
+    /// state, 1 to 604800 (7 days); default the server's `TASK_DEADLINE` (30 minutes). Past it
+    /// the task is `FAILED` with `error.code` `DEADLINE_EXCEEDED`.
+    pub deadline_seconds: Option<i64>,
 }
 
 /// Extra fields on connections.

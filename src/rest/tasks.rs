@@ -70,6 +70,10 @@ pub struct ImageBody {
     webhook: Option<String>,
     /// Which events to post: `start`, `completed` (every terminal state); default both.
     webhook_events_filter: Option<Vec<String>>,
+    /// Seconds the task may take from its start (its due time when scheduled) to a final state,
+    /// 1 to 604800 (7 days); default `TASK_DEADLINE` (30 min). Past it the task fails with
+    /// `DEADLINE_EXCEEDED`.
+    deadline_seconds: Option<i64>,
 }
 
 /// The generic task request (`POST /api/v1/ai/tasks`).
@@ -87,6 +91,8 @@ pub struct GenericBody {
     delay: Option<i64>,
     /// Start at this time (RFC 3339; overrides `input.run_at`).
     run_at: Option<String>,
+    /// The task's own deadline in seconds (overrides `input.deadline_seconds`).
+    deadline_seconds: Option<i64>,
     /// The image request.
     #[serde(default)]
     input: ImageBody,
@@ -141,6 +147,7 @@ impl ImageBody {
             options: self.options,
             delay: self.delay,
             run_at: self.run_at,
+            deadline_seconds: self.deadline_seconds,
             idempotency_key,
             webhook: self.webhook,
             webhook_events_filter: self.webhook_events_filter,
@@ -236,7 +243,8 @@ pub struct TaskJson {
     attempts: u32,
     /// Set once completed.
     result: Option<ResultJson>,
-    /// Set when failed (or while a retry after an error waits).
+    /// Set when failed (or while a retry after an error waits); `code` `DEADLINE_EXCEEDED`
+    /// when the task passed its deadline.
     error: Option<ErrorJson>,
     provider_request_id: Option<String>,
     /// When a pending retry may start (RFC 3339).
@@ -244,6 +252,9 @@ pub struct TaskJson {
     /// When a task created with `delay` or `run_at` was to start (RFC 3339); a `scheduled` task
     /// becomes `pending` then.
     run_at: Option<String>,
+    /// Not in a final state by then (RFC 3339), the task fails with `error.code`
+    /// `DEADLINE_EXCEEDED`.
+    deadline_at: Option<String>,
     /// RFC 3339, UTC.
     created_at: String,
     updated_at: String,
@@ -335,6 +346,7 @@ pub fn task_json(t: &Task, base: &str) -> TaskJson {
             .filter(|_| t.status == TaskStatus::Pending)
             .map(rfc3339),
         run_at: t.run_at.map(rfc3339),
+        deadline_at: t.deadline_at.map(rfc3339),
         created_at: rfc3339(t.created_at),
         updated_at: rfc3339(t.updated_at),
         started_at: t.started_at.map(rfc3339),
@@ -473,6 +485,7 @@ pub async fn create_generic(
     input.run_at = b.run_at.or(input.run_at);
     input.webhook = b.webhook.or(input.webhook);
     input.webhook_events_filter = b.webhook_events_filter.or(input.webhook_events_filter);
+    input.deadline_seconds = b.deadline_seconds.or(input.deadline_seconds);
     create(&s, &who, &headers, input.into_input(key)).await
 }
 

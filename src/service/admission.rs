@@ -121,6 +121,8 @@ pub struct Limits {
     pub submit_burst: u32,
     pub max_in_flight: u64,
     pub idempotency_ttl: std::time::Duration,
+    /// A new task's deadline unless it asks for its own (`TASK_DEADLINE`).
+    pub task_deadline: std::time::Duration,
 }
 
 impl Limits {
@@ -130,6 +132,7 @@ impl Limits {
             submit_burst: c.user_submit_burst,
             max_in_flight: c.user_max_in_flight,
             idempotency_ttl: c.idempotency_ttl,
+            task_deadline: c.task_deadline,
         }
     }
 }

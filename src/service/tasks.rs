@@ -60,7 +60,7 @@ impl Service {
         }
 
         let now = Utc::now();
-        let mut task = new.into_task(now);
+        let mut task = new.into_task(now, self.limits.task_deadline.as_secs());
         if let Principal::User { key_id, .. } = who {
             task.api_key_id = Some(key_id.clone());
         }

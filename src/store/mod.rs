@@ -188,6 +188,14 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<Task>, StoreError>;
+    /// Unfinished (scheduled, pending, processing) tasks whose deadline is at or before `now`,
+    /// in no particular order: ranges of the `(status, deadline)` index that hold unfinished
+    /// tasks only, so the sweep costs the same however many tasks are stored.
+    async fn past_deadline(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Task>, StoreError>;
     /// The pending task created first (the queue's oldest wait), if any.
     async fn oldest_pending(&self) -> Result<Option<Task>, StoreError>;
     /// Processing tasks, whoever holds them (crash recovery of the embedded single process).

@@ -97,6 +97,8 @@ enum Outcome {
     NotKept(ProviderError, UnkeptImages, u32),
     /// The task was cancelled or taken over while the provider worked.
     Lost,
+    /// Its deadline passed while the provider worked.
+    Overdue,
 }
 
 fn image_type(bytes: &[u8]) -> &'static str {
@@ -291,6 +293,10 @@ impl Worker {
             return Ok(());
         }
         let now = Utc::now();
+        if task.is_overdue(now) {
+            timers::expire(self, &task, now).await?;
+            return Ok(());
+        }
         if let Some(at) = task.not_before.filter(|at| *at > now) {
             svc.queue.enqueue(&task.id, Some(at)).await?;
             return Ok(());
@@ -330,8 +336,19 @@ impl Worker {
             self.cfg.lease,
             lost.clone(),
         ));
+        // The deadline ends the attempt here too, not only at the next sweep.
+        let overdue = async {
+            match task.deadline_at {
+                Some(at) => {
+                    let left = (at - Utc::now()).to_std().unwrap_or_default();
+                    tokio::time::sleep(left).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
         let outcome = tokio::select! {
             _ = lost.cancelled() => Outcome::Lost,
+            _ = overdue => Outcome::Overdue,
             o = self.call(task, spec) => o,
         };
         watcher.abort();
@@ -538,6 +555,9 @@ impl Worker {
         match outcome {
             Outcome::Lost => {
                 tracing::info!("task was cancelled or taken over during the provider call");
+            }
+            Outcome::Overdue => {
+                timers::expire(self, running, now).await?;
             }
             Outcome::Images(images, request_id, billed) => {
                 let count = images.len();

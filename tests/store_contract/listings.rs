@@ -482,3 +482,54 @@ pub async fn scheduled_tasks_are_due_from_their_start_earliest_first(s: S) {
     let counts = s.status_counts().await.expect("counts");
     assert_eq!(counts.get(&TaskStatus::Scheduled), Some(&4));
 }
+
+/// Unfinished tasks (scheduled, pending, processing) are past their deadline from it on;
+/// finished ones never, whatever their deadline said, nor tasks without one.
+pub async fn unfinished_tasks_are_past_their_deadline_from_it_on(s: S) {
+    let u = id_at(1);
+    let now = at(10_000);
+    let with = |ms, secs| task_at(ms, &u).with_deadline(secs);
+    // Deadlines: created at 10..60 ms plus whole seconds.
+    let pending = with(10, 5); // 5_010
+    let scheduled = task_at(20, &u).scheduled_for(at(3_000)).with_deadline(7); // 10_000
+    let processing = with(30, 1); // 1_030
+    let later = with(40, 11); // 11_040
+    let completed = with(50, 1);
+    let none = task_at(60, &u);
+    for t in [&later, &pending, &none, &scheduled, &processing, &completed] {
+        insert(&s, t).await;
+    }
+    let running = processing.start("w", at(90_000), at(31)).expect("start");
+    replace(&s, &running, &processing).await;
+    let started = completed.start("w", at(90_000), at(51)).expect("start");
+    replace(&s, &started, &completed).await;
+    let done = started.complete(vec![], None, at(52)).expect("complete");
+    replace(&s, &done, &started).await;
+
+    let mut found = ids(&s.past_deadline(now, 10).await.expect("overdue"));
+    found.sort();
+    let mut want = vec![
+        pending.id.clone(),
+        scheduled.id.clone(),
+        processing.id.clone(),
+    ];
+    want.sort();
+    assert_eq!(found, want);
+    assert_eq!(s.past_deadline(now, 2).await.expect("overdue").len(), 2);
+    assert!(s.past_deadline(now, 0).await.expect("overdue").is_empty());
+    assert!(s
+        .past_deadline(at(1_029), 10)
+        .await
+        .expect("overdue")
+        .is_empty());
+    // Expired: finished, out of the sweep.
+    let expired = running.expire(at(1_031)).expect("expire");
+    replace(&s, &expired, &running).await;
+    assert_eq!(stored(&s, &expired.id).await, expired);
+    assert_eq!(
+        ids(&s.past_deadline(at(1_040), 10).await.expect("overdue")),
+        Vec::<String>::new()
+    );
+    let overdue = s.past_deadline(at(5_010), 10).await.expect("overdue");
+    assert_eq!(overdue, vec![pending.clone()]);
+}

@@ -77,6 +77,7 @@ contract! {
         tasks_changed_reads_changes_in_order_after_a_cursor
         a_limit_bounds_every_listing_and_zero_reads_nothing
         scheduled_tasks_are_due_from_their_start_earliest_first
+        unfinished_tasks_are_past_their_deadline_from_it_on
     ]
     idempotency: [
         an_idempotency_key_belongs_to_one_user

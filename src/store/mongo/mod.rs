@@ -3,8 +3,8 @@
 //! MongoDB-compatible servers such as FerretDB alike.
 //!
 //! Task documents are the serde form of `Task` plus `_id` and a few numeric fields that queries
-//! filter on (`due_ms`, `lease_until_ms`): chrono times serialise as strings, which do not
-//! compare as times.
+//! filter on (`due_ms`, `lease_until_ms`, `deadline_ms`): chrono times serialise as strings,
+//! which do not compare as times.
 
 mod inserts;
 mod locks;
@@ -125,6 +125,13 @@ fn task_doc(t: &Task) -> Result<Document, StoreError> {
     d.insert("lease_until_ms", ms(t.lease_until));
     d.insert("updated_ms", t.updated_at.timestamp_millis());
     d.insert("outbox_pending", !t.outbox.is_empty());
+    // Only while it can still pass: finished tasks stay out of the sweep's index ranges.
+    let deadline = if t.status.is_terminal() {
+        Bson::Null
+    } else {
+        ms(t.deadline_at)
+    };
+    d.insert("deadline_ms", deadline);
     Ok(d)
 }
 
@@ -240,6 +247,7 @@ impl MongoStore {
             doc! {"status": 1, "due_ms": 1},
             doc! {"status": 1, "lease_until_ms": 1},
             doc! {"updated_ms": 1, "_id": 1},
+            doc! {"status": 1, "deadline_ms": 1},
         ] {
             self.tasks
                 .create_index(IndexModel::builder().keys(keys).build())

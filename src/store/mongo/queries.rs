@@ -452,6 +452,27 @@ impl Store for MongoStore {
         collect_tasks(cursor).await
     }
 
+    async fn past_deadline(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Task>, StoreError> {
+        if limit == 0 {
+            return Ok(vec![]);
+        }
+        // Ranges of the (status, deadline_ms) index, one per unfinished status.
+        let cursor = self
+            .tasks
+            .find(doc! {
+                "status": {"$in": ["scheduled", "pending", "processing"]},
+                "deadline_ms": {"$lte": now.timestamp_millis()},
+            })
+            .limit(find_limit(limit))
+            .await
+            .map_err(backend)?;
+        collect_tasks(cursor).await
+    }
+
     async fn oldest_pending(&self) -> Result<Option<Task>, StoreError> {
         self.tasks
             .find_one(doc! {"status": "pending"})

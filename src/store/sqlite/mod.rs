@@ -40,7 +40,7 @@ use crate::domain::Task;
 use crate::store::task_cache::{TaskCache, TaskCacheBounds};
 use crate::store::StoreError;
 use lane::{open_writer, Lane, LaneSpec, CHECKPOINT_EVERY, IMAGE_CHECKPOINT_EVERY};
-use schema::{add_change_column, move_legacy_images, IMAGES_SCHEMA, SCHEMA};
+use schema::{add_change_column, add_deadline_column, move_legacy_images, IMAGES_SCHEMA, SCHEMA};
 
 pub struct SqliteStore {
     // Fields drop in this order: the image lane is closed before the main lane frees the data
@@ -98,6 +98,9 @@ struct TaskCols {
     due_ms: Option<i64>,
     lease_until_ms: Option<i64>,
     updated_ms: i64,
+    /// Only while the task can still pass it: finished tasks stay out of the sweep's index
+    /// ranges.
+    deadline_ms: Option<i64>,
 }
 
 fn cols(t: &Task) -> TaskCols {
@@ -105,6 +108,7 @@ fn cols(t: &Task) -> TaskCols {
         due_ms: ms(t.not_before),
         lease_until_ms: ms(t.lease_until),
         updated_ms: t.updated_at.timestamp_millis(),
+        deadline_ms: ms(t.deadline_at).filter(|_| !t.status.is_terminal()),
     }
 }
 
@@ -162,6 +166,7 @@ impl SqliteStore {
         let images_conn = open_writer(&images_spec)?;
         move_legacy_images(&main_conn, &images_spec.path)?;
         add_change_column(&mut main_conn)?;
+        add_deadline_column(&main_conn)?;
         let images = Lane::start(&images_spec, images_conn, None)?;
         let main = Lane::start(&main_spec, main_conn, Some(lock))?;
         Ok(SqliteStore {

@@ -20,6 +20,10 @@ use crate::store::{
 pub(super) const DUE_SCHEDULED: &str = "SELECT doc FROM tasks \
      WHERE status = 'scheduled' AND due_ms <= ?1 ORDER BY due_ms LIMIT ?2";
 
+/// Ranges of `tasks_deadline`, one per unfinished status (a test holds the plan).
+pub(super) const PAST_DEADLINE: &str = "SELECT doc FROM tasks \
+     WHERE status IN ('scheduled', 'pending', 'processing') AND deadline_ms <= ?1 LIMIT ?2";
+
 #[async_trait]
 impl Store for SqliteStore {
     fn kind(&self) -> &'static str {
@@ -177,12 +181,13 @@ impl Store for SqliteStore {
                     due_ms,
                     lease_until_ms,
                     updated_ms,
+                    deadline_ms,
                 } = cols(&t);
                 let inserted = c
                     .prepare_cached(
                         "INSERT INTO tasks (id, user_id, status, version, due_ms, lease_owner, \
-                     lease_until_ms, idem_key, doc, updated_ms) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                     lease_until_ms, idem_key, doc, updated_ms, deadline_ms) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                     )
                     .and_then(|mut s| {
                         s.execute(params![
@@ -195,7 +200,8 @@ impl Store for SqliteStore {
                             lease_until_ms,
                             t.idempotency_key,
                             doc,
-                            updated_ms
+                            updated_ms,
+                            deadline_ms
                         ])
                     });
                 match inserted {
@@ -323,11 +329,12 @@ impl Store for SqliteStore {
                     due_ms,
                     lease_until_ms,
                     updated_ms,
+                    deadline_ms,
                 } = cols(&t);
                 let n = c
                 .prepare_cached(
                     "UPDATE tasks SET status = ?2, version = ?3, due_ms = ?4, lease_owner = ?5, \
-                     lease_until_ms = ?6, doc = ?7, updated_ms = ?10 \
+                     lease_until_ms = ?6, doc = ?7, updated_ms = ?10, deadline_ms = ?11 \
                      WHERE id = ?1 AND version = ?8 AND status = ?9",
                 )
                 .and_then(|mut s| {
@@ -341,7 +348,8 @@ impl Store for SqliteStore {
                         doc,
                         expected_version,
                         expected_status.as_str(),
-                        updated_ms
+                        updated_ms,
+                        deadline_ms
                     ])
                 })
                 .map_err(backend)?;
@@ -414,6 +422,19 @@ impl Store for SqliteStore {
         let now = now.timestamp_millis();
         self.read(move |c| {
             let mut s = c.prepare_cached(DUE_SCHEDULED).map_err(backend)?;
+            collect_docs(&mut s, params![now, limit as i64])
+        })
+        .await
+    }
+
+    async fn past_deadline(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Task>, StoreError> {
+        let now = now.timestamp_millis();
+        self.read(move |c| {
+            let mut s = c.prepare_cached(PAST_DEADLINE).map_err(backend)?;
             collect_docs(&mut s, params![now, limit as i64])
         })
         .await

@@ -25,7 +25,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     lease_until_ms INTEGER,
     idem_key TEXT,
     doc TEXT NOT NULL,
-    updated_ms INTEGER
+    updated_ms INTEGER,
+    deadline_ms INTEGER
 );
 CREATE INDEX IF NOT EXISTS tasks_by_user ON tasks (user_id, id);
 CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks (status, id);
@@ -102,6 +103,25 @@ pub(super) fn add_change_column(main: &mut Connection) -> Result<(), StoreError>
     tx.execute_batch("CREATE INDEX IF NOT EXISTS tasks_changed ON tasks (updated_ms, id)")
         .map_err(backend)?;
     tx.commit().map_err(backend)
+}
+
+/// Data folders of earlier versions have no `deadline_ms` column (the deadline sweep's): added
+/// empty, as their tasks were created without a deadline, with the index the sweep reads.
+pub(super) fn add_deadline_column(main: &Connection) -> Result<(), StoreError> {
+    let present = main
+        .query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('tasks') WHERE name = 'deadline_ms'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_err(backend)?
+        > 0;
+    if !present {
+        main.execute_batch("ALTER TABLE tasks ADD COLUMN deadline_ms INTEGER")
+            .map_err(backend)?;
+    }
+    main.execute_batch("CREATE INDEX IF NOT EXISTS tasks_deadline ON tasks (status, deadline_ms)")
+        .map_err(backend)
 }
 
 /// Data folders of earlier versions kept the images in the main database: moved into the image
@@ -265,26 +285,81 @@ mod tests {
         }
     }
 
-    /// The promoter's query reads one range of an index, never the table: its cost does not
-    /// grow with the tasks stored.
-    #[test]
-    fn due_scheduled_tasks_are_one_index_range() {
-        let c = Connection::open_in_memory().expect("open");
-        c.execute_batch(SCHEMA).expect("schema");
-        let plan: Vec<String> = c
-            .prepare(&format!(
-                "EXPLAIN QUERY PLAN {}",
-                super::super::queries::DUE_SCHEDULED
-            ))
+    fn plan(c: &Connection, query: &str) -> Vec<String> {
+        c.prepare(&format!("EXPLAIN QUERY PLAN {query}"))
             .expect("prepare")
             .query_map(params![0, 10], |r| r.get::<_, String>(3))
             .expect("plan")
             .collect::<Result<_, _>>()
-            .expect("rows");
+            .expect("rows")
+    }
+
+    /// The promoter's and the deadline sweep's queries read ranges of an index, never the
+    /// table: their cost does not grow with the tasks stored (finished ones are not even in the
+    /// deadline's ranges).
+    #[test]
+    fn the_sweeps_are_index_ranges() {
+        let c = Connection::open_in_memory().expect("open");
+        c.execute_batch(SCHEMA).expect("schema");
+        add_deadline_column(&c).expect("deadline index");
+        let due = plan(&c, super::super::queries::DUE_SCHEDULED);
         assert_eq!(
-            plan,
+            due,
             ["SEARCH tasks USING INDEX tasks_due (status=? AND due_ms<?)"],
-            "{plan:?}"
+            "{due:?}"
         );
+        let overdue = plan(&c, super::super::queries::PAST_DEADLINE);
+        assert_eq!(
+            overdue,
+            ["SEARCH tasks USING INDEX tasks_deadline (status=? AND deadline_ms<?)"],
+            "{overdue:?}"
+        );
+    }
+
+    /// A data folder from before deadlines opens with the column added (empty) and its tasks
+    /// still read; opening it again changes nothing.
+    #[tokio::test]
+    async fn a_layout_without_deadlines_gains_the_column() {
+        use crate::domain::{ImageParams, Task};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut t = Task::new_pending(
+            "u1".into(),
+            "m".into(),
+            "p".into(),
+            ImageParams::default(),
+            None,
+            chrono::Utc::now(),
+        );
+        t.id = "t-old".into();
+        {
+            let old = Connection::open(dir.path().join(MAIN_FILE)).expect("open");
+            old.execute_batch(
+                "CREATE TABLE tasks (id TEXT PRIMARY KEY, user_id TEXT NOT NULL, \
+                 status TEXT NOT NULL, version INTEGER NOT NULL, due_ms INTEGER, \
+                 lease_owner TEXT, lease_until_ms INTEGER, idem_key TEXT, doc TEXT NOT NULL, \
+                 updated_ms INTEGER);",
+            )
+            .expect("old schema");
+            old.execute(
+                "INSERT INTO tasks (id, user_id, status, version, doc, updated_ms) \
+                 VALUES (?1, 'u1', 'pending', 1, ?2, 0)",
+                params![t.id, to_json(&t).expect("json")],
+            )
+            .expect("insert");
+        }
+        for _ in 0..2 {
+            let store =
+                SqliteStore::open(dir.path(), SyncMode::Normal, BOUNDS).expect("open store");
+            assert_eq!(
+                store.get_task("t-old").await.expect("read"),
+                Some(t.clone())
+            );
+            let far = chrono::Utc::now() + chrono::Duration::days(365);
+            assert!(store
+                .past_deadline(far, 10)
+                .await
+                .expect("sweep")
+                .is_empty());
+        }
     }
 }
