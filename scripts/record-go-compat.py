@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Record the older Go server's REST answers, case by case, as fixtures for tests/rest_compat.rs.
+"""Record the older Go server's REST answers, case by case, as fixtures for tests/suites/rest_compat.rs.
 
 The Go server (github.com/SweetRetry/volcengine-ai) is built and run outside this repository
 (its code is never committed here); see docs/rest-compat.md for how. This script drives one

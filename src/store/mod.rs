@@ -112,7 +112,7 @@ pub enum InsertOutcome {
     Existing(Box<Task>),
 }
 
-/// The rules every implementation keeps are pinned by `tests/store_contract.rs`, run against
+/// The rules every implementation keeps are pinned by `tests/suites/store_contract`, run against
 /// each of them. Every `limit` means "at most": 0 reads nothing.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {

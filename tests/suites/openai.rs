@@ -2,12 +2,12 @@
 //! runs are in scripts/test-clients), the statuses they map to exception classes, and that the
 //! answer is an ordinary durable task.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
+use crate::common::TestServer;
 use base64::Engine;
-use common::TestServer;
 use serde_json::{json, Value};
 
 const ADMIN: &str = "admin-secret-for-openai-tests";

@@ -2,11 +2,9 @@
 //! `Prefer: wait` on create, and queue positions. Black-box over HTTP against the real router, on
 //! either backend (`TEST_BACKEND=distributed`).
 
-mod common;
-
 use std::time::Duration;
 
-use common::{TestServer, PATIENCE};
+use crate::common::{TestServer, PATIENCE};
 use serde_json::{json, Value};
 
 const ADMIN: &str = "push-admin-key-0123456789";

@@ -3,11 +3,9 @@
 //! and the failures the design promises to survive (a worker killed with SIGKILL, FLUSHALL, a
 //! Redis restart, MongoDB unreachable).
 //!
-//! Built with `--features distributed-tests`; needs `TEST_MONGO_URL` and `TEST_REDIS_URL` (set by
-//! `scripts/test`, which starts both) and
+//! Needs `TEST_MONGO_URL` and `TEST_REDIS_URL` (set by `scripts/test`, which starts both; its
+//! embedded pass skips `distributed::`) and
 //! `redis-server` on PATH for the tests that run a private Redis they can flush and restart.
-
-mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
@@ -15,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{unique_name, Proto, WsClient, WsEvent, PATIENCE, TASK_UPDATED};
+use crate::common::{unique_name, Proto, WsClient, WsEvent, PATIENCE, TASK_UPDATED};
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -24,8 +22,8 @@ use volcengine_ai_server::emulator::{self, Emulator, EmulatorConfig};
 
 const KEY: &str = "dist-key";
 
-/// The suite is built only with `--features distributed-tests` (see `scripts/test`), so the
-/// services must be there.
+/// The suite runs only where the services are (`scripts/test` skips it otherwise), so they must be
+/// there.
 fn services() -> (String, String) {
     match (
         std::env::var("TEST_MONGO_URL"),

@@ -4,12 +4,10 @@
 //! worker's late result does not bring it back, subscribers see the failure, a scheduled task's
 //! deadline counts from its due time, and the bounds of `deadline_seconds`.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::{Proto, TestServer, WsClient, WsEvent};
 use chrono::{DateTime, Utc};
-use common::{Proto, TestServer, WsClient, WsEvent};
 use serde_json::{json, Value};
 
 fn time(v: &Value) -> DateTime<Utc> {

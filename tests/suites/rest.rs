@@ -1,8 +1,6 @@
 //! The legacy REST routes, black-box, on the embedded default.
 
-mod common;
-
-use common::TestServer;
+use crate::common::TestServer;
 use serde_json::{json, Value};
 
 #[tokio::test]

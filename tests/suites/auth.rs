@@ -3,11 +3,11 @@
 //! per-user rate limit and quota, idempotency, and the refusal to serve beyond loopback without
 //! keys. Black-box over HTTP and WebSocket against the real router.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
-use common::{Proto, TestServer, WsClient, WsEvent};
+use crate::common::{Proto, TestServer, WsClient, WsEvent};
 use serde_json::{json, Value};
 use volcengine_ai_server::app::{self, Role};
 

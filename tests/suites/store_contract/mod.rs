@@ -3,8 +3,8 @@
 //! the embedded store, MongoDB, FerretDB, and the next backend be trusted to mean the same thing.
 //!
 //! Each test is one story over a fresh, empty store: `sqlite::<name>` on a temp data folder, and
-//! with `--features distributed-tests`, `mongo::<name>` on a database of its own at
-//! `TEST_MONGO_URL` (set by `scripts/test`, which starts FerretDB). Ids are UUIDv7 with chosen
+//! `mongo::<name>` on a database of its own at `TEST_MONGO_URL` (set by `scripts/test`, which
+//! starts FerretDB; without it the `mongo::` tests fail, and the embedded pass skips them). Ids are UUIDv7 with chosen
 //! times, so "oldest first" and "newest first" are known in advance, and rows are inserted out of
 //! that order so a backend returning insertion order cannot pass.
 
@@ -12,12 +12,11 @@ mod fixtures;
 mod idempotency;
 mod keys_and_images;
 mod listings;
-#[cfg(feature = "distributed-tests")]
 mod mongo_only;
 mod tasks;
 mod users;
 
-/// One test per rule and backend: `sqlite::name` always, `mongo::name` with the feature. Each
+/// One test per rule and backend: `sqlite::name` and `mongo::name`. Each
 /// runs `module::name(store)` on a store of its own.
 macro_rules! contract {
     ($($module:ident: [$($name:ident)*])*) => {
@@ -36,8 +35,7 @@ macro_rules! contract {
             )*)*
         }
 
-        #[cfg(feature = "distributed-tests")]
-        mod mongo {
+                mod mongo {
             $($(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
@@ -95,7 +93,6 @@ contract! {
     ]
 }
 
-#[cfg(feature = "distributed-tests")]
 mod mongo_backend {
     use std::sync::Arc;
     use std::time::Duration;

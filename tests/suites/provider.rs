@@ -1,11 +1,9 @@
 //! The worker against a separately started emulator over real HTTP, as a deployment pointing
 //! `VOLCENGINE_ENDPOINT` at a stand-in provider: keys, error classes, retries, URL expiry.
 
-mod common;
-
 use std::time::Duration;
 
-use common::TestServer;
+use crate::common::TestServer;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 

@@ -1,8 +1,6 @@
 //! The OpenAPI document (`/openapi.json`) against the routes clients use, and the `/docs` page.
 
-mod common;
-
-use common::TestServer;
+use crate::common::TestServer;
 use serde_json::{json, Value};
 
 /// Every route of the legacy contract (rest-compat.md) and the router's other REST routes,

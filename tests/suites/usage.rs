@@ -3,12 +3,12 @@
 //! day, on REST and GraphQL; counted once per task whatever the polls, retries, races with a
 //! cancel and restarts; a user key sees only its own user's usage.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
+use crate::common::TestServer;
 use chrono::Utc;
-use common::TestServer;
 use serde_json::{json, Value};
 
 const ADMIN: &str = "admin-key-for-the-usage-tests-0123456789";

@@ -8,13 +8,11 @@
 //! answer within a time bound, the process's peak memory within a bound (`GQL_FUZZ_CASES`
 //! raises the number of documents).
 
-mod common;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::TestServer;
+use crate::common::TestServer;
 use proptest::collection::{hash_map, vec};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PropConfig, TestCaseError, TestRunner};

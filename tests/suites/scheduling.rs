@@ -2,10 +2,10 @@
 //! `TEST_BACKEND=distributed`): `delay` and `run_at` on the REST routes, `delaySeconds` and
 //! `runAt` on GraphQL, the bounds, cancelling a scheduled task, and a restart while scheduled.
 
-mod common;
+use crate::common;
 
+use crate::common::TestServer;
 use chrono::{DateTime, Utc};
-use common::TestServer;
 use serde_json::{json, Value};
 
 fn time(v: &Value) -> DateTime<Utc> {

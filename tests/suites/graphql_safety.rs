@@ -4,11 +4,11 @@
 //! GraphiQL playground served whole from the binary. Black-box, on the embedded default and (by
 //! `scripts/test`) on MongoDB + Redis.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
-use common::{Proto, TestServer, WsClient, WsEvent, PATIENCE};
+use crate::common::{Proto, TestServer, WsClient, WsEvent, PATIENCE};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 /// graphql-js's `getIntrospectionQuery({descriptions, specifiedByUrl, directiveIsRepeatable,
 /// schemaDescription, inputValueDeprecation, oneOf})`, the text printed by graphql@17.1.0 (the
 /// same, byte for byte, as graphql@16.15.0's).
-const INTROSPECTION: &str = include_str!("fixtures/introspection-query.graphql");
+const INTROSPECTION: &str = include_str!("../fixtures/introspection-query.graphql");
 
 const GRAPHQL_RESPONSE: &str = "application/graphql-response+json";
 

@@ -1,15 +1,15 @@
 //! GraphQL over HTTP and WebSocket (both subprotocols), black-box, on the embedded default.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::{Proto, TestServer, WsClient, WsEvent, TASK_UPDATED};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use common::{Proto, TestServer, WsClient, WsEvent, TASK_UPDATED};
 use futures::stream::BoxStream;
 use serde_json::{json, Value};
 

@@ -6,14 +6,14 @@
 //! the recorded ones). The cases that differ must be exactly those listed, each with its
 //! reason, in tests/fixtures/go-compat/differences.json (docs/rest-compat.md says why).
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use serde_json::Value;
 
-use common::{TestServer, PATIENCE};
+use crate::common::{TestServer, PATIENCE};
 
 fn fixture(name: &str) -> Value {
     let path = format!(

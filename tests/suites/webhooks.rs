@@ -2,8 +2,6 @@
 //! that fails the first deliveries and checks every signature with the Standard Webhooks
 //! library; the retries carry the same `webhook-id`; targets in forbidden ranges are refused.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,7 +10,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{json, Value};
 
-use common::{TestServer, PATIENCE};
+use crate::common::{TestServer, PATIENCE};
 use volcengine_ai_server::config::Secret;
 
 /// 32 bytes, base64.
