@@ -142,8 +142,11 @@ pub struct Config {
     pub user_submit_per_minute: u32,
     /// How many submits a user key may make at once above the average rate.
     pub user_submit_burst: u32,
-    /// Pending plus processing tasks a user may have at a time.
+    /// Scheduled, pending and processing tasks a user may have at a time.
     pub user_max_in_flight: u64,
+    /// Images a user key may have per UTC day, generated or asked for by unfinished tasks
+    /// (`USER_IMAGES_PER_DAY`); 0: no daily quota.
+    pub user_images_per_day: u64,
     /// How long an idempotency key keeps answering with its first task.
     pub idempotency_ttl: Duration,
     /// Open WebSocket connections per API key (per api process).
@@ -234,6 +237,7 @@ impl Default for Config {
             user_submit_per_minute: 120,
             user_submit_burst: 20,
             user_max_in_flight: 100,
+            user_images_per_day: 0,
             idempotency_ttl: Duration::from_secs(24 * 3600),
             ws_max_connections_per_key: 32,
             ws_max_subscriptions: 200,
@@ -733,6 +737,11 @@ impl Config {
             env.parse(&["USER_SUBMIT_BURST"], self.user_submit_burst, positive)?;
         self.user_max_in_flight =
             env.parse(&["USER_MAX_IN_FLIGHT"], self.user_max_in_flight, positive)?;
+        self.user_images_per_day = env.parse(
+            &["USER_IMAGES_PER_DAY"],
+            self.user_images_per_day,
+            |_: &u64| Ok(()),
+        )?;
         self.idempotency_ttl =
             env.duration(&["IDEMPOTENCY_TTL"], self.idempotency_ttl, ms(1000))?;
         self.ws_max_connections_per_key = env.parse(

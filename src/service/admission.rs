@@ -9,6 +9,7 @@ use super::Service;
 use crate::cache::TtlCache;
 use crate::error::{AppError, FieldError};
 use crate::provider::limiter::Pacer;
+use crate::store::UsageQuery;
 
 /// Users' submits that passed the in-flight quota check and are not stored yet. The store's
 /// count cannot see them, so without this, concurrent submits of one user each saw the same count
@@ -120,6 +121,8 @@ pub struct Limits {
     pub submit_per_minute: u32,
     pub submit_burst: u32,
     pub max_in_flight: u64,
+    /// Images per UTC day (`USER_IMAGES_PER_DAY`); 0: none.
+    pub images_per_day: u64,
     pub idempotency_ttl: std::time::Duration,
     /// A new task's deadline unless it asks for its own (`TASK_DEADLINE`).
     pub task_deadline: std::time::Duration,
@@ -131,6 +134,7 @@ impl Limits {
             submit_per_minute: c.user_submit_per_minute,
             submit_burst: c.user_submit_burst,
             max_in_flight: c.user_max_in_flight,
+            images_per_day: c.user_images_per_day,
             idempotency_ttl: c.idempotency_ttl,
             task_deadline: c.task_deadline,
         }
@@ -138,9 +142,13 @@ impl Limits {
 }
 
 impl Service {
-    /// The per-user submit rate (a token bucket) and in-flight quota; the submit's place among
-    /// the user's submits not stored yet.
-    pub(super) async fn admit_submit(&self, user_id: &str) -> Result<SubmitSlot<'_>, AppError> {
+    /// The per-user submit rate (a token bucket), in-flight quota and daily image quota, for a
+    /// task asking for `images`; the submit's place among the user's submits not stored yet.
+    pub(super) async fn admit_submit(
+        &self,
+        user_id: &str,
+        images: u64,
+    ) -> Result<SubmitSlot<'_>, AppError> {
         let l = &self.limits;
         let interval =
             std::time::Duration::from_secs_f64(60.0 / f64::from(l.submit_per_minute.max(1)));
@@ -190,12 +198,44 @@ impl Service {
             return Err(AppError::RateLimited {
                 retry_after_secs: 5,
                 reason: format!(
-                    "{active} tasks are pending, processing or being submitted, the most a user may have is {}",
+                    "{active} tasks are scheduled, pending, processing or being submitted, the most a user may have is {}",
                     l.max_in_flight
                 ),
             });
         }
+        if l.images_per_day > 0 {
+            // Other submits not stored yet count one image each: their `n` is not known here.
+            let held = self.images_today(user_id).await? + others;
+            if held + images > l.images_per_day {
+                slot.release().await;
+                metrics::counter!("rate_limited_total", "limit" => "images_per_day").increment(1);
+                return Err(AppError::RateLimited {
+                    retry_after_secs: seconds_to_next_utc_day(chrono::Utc::now()),
+                    reason: format!(
+                        "{held} images today (generated, or asked for by unfinished tasks) and {images} more would pass the daily quota of {}",
+                        l.images_per_day
+                    ),
+                });
+            }
+        }
         Ok(slot)
+    }
+
+    /// The user's images of the current UTC day: billed to its tasks finished today (the usage
+    /// record) and asked for by its unfinished tasks, which are settled when they finish.
+    async fn images_today(&self, user_id: &str) -> Result<u64, AppError> {
+        let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+        let rows = self
+            .store
+            .usage(&UsageQuery {
+                user_id: Some(user_id.to_string()),
+                api_key_id: None,
+                from_day: Some(today.clone()),
+                to_day: Some(today),
+            })
+            .await?;
+        let billed: u64 = rows.iter().map(|r| r.images).sum();
+        Ok(billed + self.store.active_task_images(user_id).await?)
     }
 
     /// A task's user must exist; one seen to exist is remembered for a while (`known_users`).
@@ -211,5 +251,39 @@ impl Service {
             self.known_users.0.insert(user_id, ());
         }
         Ok(())
+    }
+}
+
+/// Seconds from `now` to the next UTC midnight, when the daily image quota starts afresh (at
+/// least 1).
+fn seconds_to_next_utc_day(now: chrono::DateTime<chrono::Utc>) -> u64 {
+    let next = now
+        .date_naive()
+        .succ_opt()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc());
+    next.map(|t| (t - now).num_seconds())
+        .and_then(|s| u64::try_from(s).ok())
+        .unwrap_or(1)
+        .max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::seconds_to_next_utc_day;
+
+    #[test]
+    fn the_daily_quota_starts_afresh_at_the_next_utc_midnight() {
+        let at = |h, m, s| {
+            chrono::Utc
+                .with_ymd_and_hms(2026, 12, 31, h, m, s)
+                .single()
+                .expect("time")
+        };
+        assert_eq!(seconds_to_next_utc_day(at(0, 0, 0)), 86_400);
+        assert_eq!(seconds_to_next_utc_day(at(23, 59, 59)), 1);
+        assert_eq!(seconds_to_next_utc_day(at(12, 0, 0)), 43_200);
     }
 }

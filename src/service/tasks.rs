@@ -46,7 +46,10 @@ impl Service {
         }
         // Held until the task is stored (or refused), so that concurrent submits count it.
         let mut slot = match who {
-            Principal::User { .. } => Some(self.admit_submit(user_id).await?),
+            Principal::User { .. } => Some(
+                self.admit_submit(user_id, u64::from(new.params.n.get()))
+                    .await?,
+            ),
             _ => None,
         };
         // A UUID is an id issued here and must name a user; any other opaque id (legacy

@@ -204,8 +204,11 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_task(&self, id: &str) -> Result<bool, StoreError>;
     async fn status_counts(&self) -> Result<HashMap<TaskStatus, u64>, StoreError>;
 
-    /// Counts the user's pending and processing tasks (the in-flight quota).
+    /// Counts the user's unfinished (scheduled, pending, processing) tasks: the in-flight quota.
     async fn count_active_tasks(&self, user_id: &str) -> Result<u64, StoreError>;
+    /// The images the user's unfinished tasks ask for (the sum of their `n`): what the daily
+    /// image quota holds back for them until their usage is settled.
+    async fn active_task_images(&self, user_id: &str) -> Result<u64, StoreError>;
     /// Frees an expired idempotency key held by `task_id`, so a new task may take it. Nothing
     /// happens when another task holds it by now. The task itself is not changed (it keeps the
     /// key it was created under in `idempotency_key`).

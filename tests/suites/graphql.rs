@@ -573,6 +573,9 @@ impl Store for Counting {
     async fn count_active_tasks(&self, u: &str) -> Result<u64, StoreError> {
         self.inner.count_active_tasks(u).await
     }
+    async fn active_task_images(&self, u: &str) -> Result<u64, StoreError> {
+        self.inner.active_task_images(u).await
+    }
     async fn release_idempotency_key(&self, u: &str, k: &str, t: &str) -> Result<(), StoreError> {
         self.inner.release_idempotency_key(u, k, t).await
     }

@@ -285,3 +285,89 @@ async fn a_task_racing_a_cancel_counts_once_with_the_outcome_it_kept() {
     assert!(cancelled > 0, "no cancel won a race: {u}");
     s.stop().await;
 }
+
+/// `USER_IMAGES_PER_DAY`: the images a user's tasks were billed for today plus those its
+/// unfinished tasks ask for (a scheduled task's too); a submit that would pass the quota is
+/// refused with 429 and a Retry-After to the next UTC midnight, before anything is stored.
+/// Cancelling an unfinished task gives its images back; another user is not held by it.
+#[tokio::test]
+async fn the_daily_image_quota_counts_billed_and_asked_for_images_and_refuses_before_storing() {
+    let s = TestServer::start_with(|c| {
+        c.admin_api_key = Some(ADMIN.into());
+        c.sandbox_latency = Duration::from_millis(50);
+        c.user_images_per_day = 5;
+    })
+    .await;
+    let alice = user(&s, "alice-quota@example.com").await;
+    let bob = user(&s, "bob-quota@example.com").await;
+    let (_, ka) = key(&s, &alice).await;
+    let (_, kb) = key(&s, &bob).await;
+    let group =
+        |prompt: &str, n: u32| json!({"prompt": prompt, "model": "doubao-seedream-4.0", "n": n});
+
+    let three = submit(&s, &ka, group("three boats", 3)).await;
+    assert_eq!(wait_terminal(&s, &ka, &three).await["status"], "completed");
+    let mut later = group("later", 2);
+    later["delay"] = json!(600);
+    let later = submit(&s, &ka, later).await;
+
+    // 3 billed + 2 held by the scheduled task: one more image passes the quota of 5.
+    let refused = |body: Value| {
+        let s = &s;
+        let ka = ka.clone();
+        async move {
+            let resp = s
+                .http
+                .post(s.url("/api/v1/ai/image/task"))
+                .bearer_auth(&ka)
+                .json(&body)
+                .send()
+                .await
+                .expect("post");
+            assert_eq!(resp.status().as_u16(), 429);
+            let retry: u64 = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .expect("Retry-After");
+            assert!((1..=86_400).contains(&retry), "retry after {retry}");
+            let body: Value = resp.json().await.expect("json");
+            assert_eq!(body["code"], "RATE_LIMITED", "{body}");
+            assert!(
+                body["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("daily quota of 5"),
+                "{body}"
+            );
+        }
+    };
+    refused(json!({"prompt": "one too many"})).await;
+    let (st, b) = get(&s, &ka, &format!("/api/v1/tasks/user/{alice}")).await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(
+        b["data"]["tasks"].as_array().map(Vec::len),
+        Some(2),
+        "the refused submit stored nothing: {b}"
+    );
+    // Bob has his own quota.
+    let bobs = submit(&s, &kb, group("bob's boats", 4)).await;
+    assert_eq!(wait_terminal(&s, &kb, &bobs).await["status"], "completed");
+
+    // Cancelling the scheduled task frees its two images: one fits, then two more do not.
+    let (st, b) = post(&s, &ka, &format!("/api/v1/tasks/{later}/cancel"), json!({})).await;
+    assert_eq!(st, 200, "{b}");
+    let one = submit(&s, &ka, json!({"prompt": "one boat"})).await;
+    refused(group("two more", 2)).await;
+    assert_eq!(wait_terminal(&s, &ka, &one).await["status"], "completed");
+    refused(group("two more, after", 2)).await;
+    let last = submit(&s, &ka, json!({"prompt": "the fifth"})).await;
+    assert_eq!(wait_terminal(&s, &ka, &last).await["status"], "completed");
+    refused(json!({"prompt": "a sixth"})).await;
+    assert_eq!(
+        counts(&usage(&s, &ka, &alice, "").await).0,
+        5,
+        "exactly the quota was generated"
+    );
+}

@@ -19,6 +19,9 @@ use crate::store::{
     ChangeCursor, ImageBlob, InsertOutcome, Store, StoreError, TaskQuery, UsageQuery, UsageRow,
 };
 
+/// The statuses of unfinished tasks.
+const ACTIVE: [&str; 3] = ["scheduled", "pending", "processing"];
+
 #[async_trait]
 impl Store for MongoStore {
     fn kind(&self) -> &'static str {
@@ -275,11 +278,31 @@ impl Store for MongoStore {
 
     async fn count_active_tasks(&self, user_id: &str) -> Result<u64, StoreError> {
         self.tasks
-            .count_documents(
-                doc! {"user_id": user_id, "status": {"$in": ["pending", "processing"]}},
-            )
+            .count_documents(doc! {"user_id": user_id, "status": {"$in": ACTIVE.to_vec()}})
             .await
             .map_err(backend)
+    }
+
+    async fn active_task_images(&self, user_id: &str) -> Result<u64, StoreError> {
+        // Summed here, not with `$group`: FerretDB's `$sum` of a field answers 0. A user's
+        // unfinished tasks are bounded by the in-flight quota.
+        let mut cursor = self
+            .tasks
+            .find(doc! {"user_id": user_id, "status": {"$in": ACTIVE.to_vec()}})
+            .projection(doc! {"params.n": 1})
+            .await
+            .map_err(backend)?;
+        let mut images = 0u64;
+        while let Some(d) = cursor.try_next().await.map_err(backend)? {
+            let n = d
+                .get_document("params")
+                .ok()
+                .and_then(|p| p.get("n"))
+                .and_then(|n| n.as_i64().or_else(|| n.as_i32().map(i64::from)))
+                .unwrap_or(1);
+            images += u64::try_from(n).unwrap_or(0);
+        }
+        Ok(images)
     }
 
     async fn release_idempotency_key(

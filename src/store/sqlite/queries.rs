@@ -485,10 +485,25 @@ impl Store for SqliteStore {
         self.read(move |c| {
             c.prepare_cached(
                 "SELECT COUNT(*) FROM tasks WHERE user_id = ?1 \
-                 AND status IN ('pending', 'processing')",
+                 AND status IN ('scheduled', 'pending', 'processing')",
             )
             .and_then(|mut s| s.query_row([id], |r| r.get::<_, i64>(0)))
             .map(|n| n as u64)
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn active_task_images(&self, user_id: &str) -> Result<u64, StoreError> {
+        let id = user_id.to_string();
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT COALESCE(SUM(COALESCE(json_extract(doc, '$.params.n'), 1)), 0) \
+                 FROM tasks WHERE user_id = ?1 \
+                 AND status IN ('scheduled', 'pending', 'processing')",
+            )
+            .and_then(|mut s| s.query_row([id], |r| r.get::<_, i64>(0)))
+            .map(|n| u64::try_from(n).unwrap_or(0))
             .map_err(backend)
         })
         .await

@@ -533,3 +533,41 @@ pub async fn unfinished_tasks_are_past_their_deadline_from_it_on(s: S) {
     let overdue = s.past_deadline(at(5_010), 10).await.expect("overdue");
     assert_eq!(overdue, vec![pending.clone()]);
 }
+
+/// The quotas' counts: a user's unfinished tasks (scheduled ones too) and the images they ask for
+/// (`n`, 1 when a task says nothing); finished tasks and other users' are not counted.
+pub async fn active_tasks_and_their_images_count_scheduled_pending_and_processing(s: S) {
+    let (a, b) = (id_at(1), id_at(2));
+    assert_eq!(s.active_task_images(&a).await.expect("images"), 0);
+    let with_n = |t: Task, n: u32| {
+        let mut t = t;
+        t.params.n = n;
+        t
+    };
+    let pending = with_n(task_at(10, &a), 3);
+    let running = with_n(task_at(20, &a), 2);
+    let scheduled = with_n(task_at(30, &a), 4).scheduled_for(at(9_000));
+    let done = with_n(task_at(40, &a), 4);
+    let failed = with_n(task_at(50, &a), 4);
+    let others = with_n(task_at(60, &b), 4);
+    for t in [&pending, &running, &scheduled, &done, &failed, &others] {
+        insert(&s, t).await;
+    }
+    let started = running.start("w", at(900), at(100)).expect("start");
+    replace(&s, &started, &running).await;
+    let d1 = done.start("w", at(900), at(100)).expect("start");
+    replace(&s, &d1, &done).await;
+    replace(
+        &s,
+        &d1.complete(vec![], None, at(101)).expect("complete"),
+        &d1,
+    )
+    .await;
+    replace(&s, &failed.cancel(at(102)).expect("cancel"), &failed).await;
+
+    assert_eq!(s.count_active_tasks(&a).await.expect("active"), 3);
+    assert_eq!(s.active_task_images(&a).await.expect("images"), 3 + 2 + 4);
+    assert_eq!(s.count_active_tasks(&b).await.expect("active"), 1);
+    assert_eq!(s.active_task_images(&b).await.expect("images"), 4);
+    assert_eq!(s.active_task_images(&id_at(3)).await.expect("images"), 0);
+}

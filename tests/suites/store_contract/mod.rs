@@ -75,6 +75,7 @@ contract! {
         tasks_changed_reads_changes_in_order_after_a_cursor
         a_limit_bounds_every_listing_and_zero_reads_nothing
         scheduled_tasks_are_due_from_their_start_earliest_first
+        active_tasks_and_their_images_count_scheduled_pending_and_processing
         unfinished_tasks_are_past_their_deadline_from_it_on
     ]
     idempotency: [
