@@ -33,6 +33,14 @@ impl WebhookEvent {
         }
     }
 
+    /// The name `webhook_events_filter` takes.
+    pub fn filter_name(self) -> &'static str {
+        match self {
+            WebhookEvent::Start => "start",
+            WebhookEvent::Completed => "completed",
+        }
+    }
+
     fn parse(s: &str) -> Option<WebhookEvent> {
         match s.trim().to_ascii_lowercase().as_str() {
             "start" => Some(WebhookEvent::Start),

@@ -19,6 +19,7 @@ pub mod playground;
 pub mod schema;
 pub mod types;
 pub mod usage;
+pub mod webhooks;
 pub mod ws;
 
 use std::sync::Arc;

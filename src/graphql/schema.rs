@@ -12,6 +12,7 @@ use super::types::{
     ApiKey, CreateImageTaskInput, CreateUserInput, CreatedApiKey, ImageModel, Task, TaskStatus,
     TotalCount, UpdateUserInput, User,
 };
+use super::webhooks::WebhookDelivery;
 use crate::auth::Principal;
 use crate::domain;
 use crate::events::Channel;
@@ -253,8 +254,10 @@ impl Mutation {
                     run_at: input.run_at.map(crate::domain::rfc3339),
                     deadline_seconds: input.deadline_seconds,
                     idempotency_key: input.idempotency_key,
-                    webhook: None,
-                    webhook_events_filter: None,
+                    webhook: input.webhook,
+                    webhook_events_filter: input
+                        .webhook_events_filter
+                        .map(|f| f.into_iter().map(|e| e.filter_name()).collect()),
                     opaque_owner: false,
                 },
             )
@@ -271,6 +274,27 @@ impl Mutation {
     /// Runs a failed or cancelled task again.
     async fn retry_task(&self, c: &Context<'_>, id: ID) -> async_graphql::Result<Task> {
         Ok(task(ctx(c)?.service.retry_task(who(c)?, &id).await.gql()?))
+    }
+
+    /// Sends a webhook event of the task again under the same `webhook-id`, from a fresh retry
+    /// schedule: `deliveryId`, or the task's newest event. One being attempted right now is
+    /// left to that attempt. The owner or the admin only (another user's task is `NOT_FOUND`).
+    async fn redeliver_webhook(
+        &self,
+        c: &Context<'_>,
+        task_id: ID,
+        delivery_id: Option<ID>,
+    ) -> async_graphql::Result<WebhookDelivery> {
+        let d = ctx(c)?
+            .service
+            .redeliver_webhook(
+                who(c)?,
+                &task_id,
+                delivery_id.as_ref().map(|i| i.0.as_str()),
+            )
+            .await
+            .gql()?;
+        Ok((&d).into())
     }
 
     /// Deletes a finished task and its stored images.

@@ -213,6 +213,16 @@ impl Task {
     async fn deadline_at(&self) -> Option<DateTime<Utc>> {
         self.0.deadline_at
     }
+    /// The events sent to the task's `webhook`, with every attempt (empty without a webhook).
+    async fn webhook_deliveries(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Vec<super::webhooks::WebhookDelivery>> {
+        let s = ctx.data::<AppState>()?;
+        let who = ctx.data::<crate::auth::Principal>()?;
+        let all = s.service.webhook_deliveries_of(who, &self.0).await.gql()?;
+        Ok(all.iter().map(Into::into).collect())
+    }
 }
 
 /// The generated images of a completed task.
@@ -405,6 +415,12 @@ pub struct CreateImageTaskInput {
     /// state, 1 to 604800 (7 days); default the server's `TASK_DEADLINE` (30 minutes). Past it
     /// the task is `FAILED` with `error.code` `DEADLINE_EXCEEDED`.
     pub deadline_seconds: Option<i64>,
+    /// An http(s) URL the task's events are posted to, signed per Standard Webhooks (see
+    /// `Task.webhookDeliveries`). Refused when it leads to a loopback, private, link-local or
+    /// metadata address.
+    pub webhook: Option<String>,
+    /// Which events the webhook hears of; default both.
+    pub webhook_events_filter: Option<Vec<super::webhooks::WebhookEvent>>,
 }
 
 /// Extra fields on connections.

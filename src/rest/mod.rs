@@ -9,6 +9,7 @@ pub mod task_lists;
 pub mod tasks;
 pub mod usage;
 pub mod users;
+pub mod webhooks;
 
 pub mod keys;
 
@@ -69,6 +70,15 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/tasks/{task_id}/cancel", post(tasks::cancel))
         .route("/api/v1/tasks/{task_id}/stream", get(stream::stream))
         .route("/api/v1/tasks/{task_id}/retry", post(tasks::retry))
+        .route("/api/v1/tasks/{task_id}/webhooks", get(webhooks::list))
+        .route(
+            "/api/v1/tasks/{task_id}/webhooks/redeliver",
+            post(webhooks::redeliver),
+        )
+        .route(
+            "/api/v1/tasks/{task_id}/webhooks/{delivery_id}/redeliver",
+            post(webhooks::redeliver_one),
+        )
         .route("/api/v1/queue/stats", get(tasks::queue_stats))
         .route(
             "/api/v1/users/{id}/api-keys",

@@ -13,7 +13,7 @@ use super::access::may_see_task;
 use super::Service;
 use crate::auth::Principal;
 use crate::domain::webhook::{forbidden_ip, FORBIDDEN_TARGET};
-use crate::domain::{FieldError, WebhookDelivery};
+use crate::domain::{FieldError, Task, WebhookDelivery};
 use crate::error::AppError;
 use crate::store::{Store, StoreError};
 
@@ -110,27 +110,54 @@ impl Service {
         task_id: &str,
     ) -> Result<Vec<WebhookDelivery>, AppError> {
         let task = self.get_task(who, task_id).await?;
+        self.webhook_deliveries_of(who, &task).await
+    }
+
+    /// The deliveries of a task already in hand (GraphQL's `Task.webhookDeliveries`), checked
+    /// against the caller again: another user's task has none to show.
+    pub async fn webhook_deliveries_of(
+        &self,
+        who: &Principal,
+        task: &Task,
+    ) -> Result<Vec<WebhookDelivery>, AppError> {
+        if !may_see_task(who, task) {
+            return Err(AppError::NotFound("task not found".into()));
+        }
+        if task.webhook.is_none() {
+            return Ok(Vec::new());
+        }
         Ok(self.store.webhook_deliveries(&task.id).await?)
     }
 
-    /// Sends one of the task's deliveries again, whatever its state, from a fresh schedule.
+    /// Sends one of the task's deliveries again (`delivery_id`, or the newest when none is
+    /// named) from a fresh schedule, under the same `webhook-id`. A delivered or dead one is due
+    /// at once; a pending one waiting for its backoff is due at once; one being attempted right
+    /// now is left to that attempt (each event goes out by one deliverer at a time).
     pub async fn redeliver_webhook(
         &self,
         who: &Principal,
         task_id: &str,
-        delivery_id: &str,
+        delivery_id: Option<&str>,
     ) -> Result<WebhookDelivery, AppError> {
         let task = self.get_task(who, task_id).await?;
-        let known = self.store.webhook_deliveries(&task.id).await?;
-        if !known.iter().any(|d| d.id == delivery_id) || !may_see_task(who, &task) {
-            return Err(AppError::NotFound("webhook delivery not found".into()));
-        }
+        let known = self.webhook_deliveries_of(who, &task).await?;
+        let wanted = match delivery_id {
+            Some(id) => known.iter().find(|d| d.id == id),
+            None => known.iter().max_by_key(|d| (d.created_at, d.task.version)),
+        };
+        let Some(wanted) = wanted else {
+            return Err(AppError::NotFound(match delivery_id {
+                Some(_) => "webhook delivery not found".into(),
+                None => "the task has no webhook deliveries".into(),
+            }));
+        };
         let d = self
             .store
-            .redeliver_webhook(delivery_id, chrono::Utc::now())
+            .redeliver_webhook(&wanted.id, chrono::Utc::now())
             .await?
             .ok_or_else(|| AppError::NotFound("webhook delivery not found".into()))?;
         tracing::info!(task_id = %task.id, delivery = %d.id, "webhook redelivery requested");
+        metrics::counter!("webhook_redeliveries_total").increment(1);
         self.webhook_wake.notify_one();
         Ok(d)
     }

@@ -259,7 +259,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
     /// A task's deliveries, oldest first.
     async fn webhook_deliveries(&self, task_id: &str) -> Result<Vec<WebhookDelivery>, StoreError>;
-    /// Makes a delivery due at `now` from a fresh schedule, whatever its state; the delivery as
+    /// Makes a delivery due at `now` from a fresh schedule, whatever its state, unless it is
+    /// being attempted under a live claim (then it is left to that attempt); the delivery as
     /// stored then, or `None` when there is no such delivery.
     async fn redeliver_webhook(
         &self,

@@ -24,6 +24,12 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/tasks/{task_id}/cancel"),
     ("post", "/api/v1/tasks/{task_id}/retry"),
     ("get", "/api/v1/tasks/{task_id}/stream"),
+    ("get", "/api/v1/tasks/{task_id}/webhooks"),
+    ("post", "/api/v1/tasks/{task_id}/webhooks/redeliver"),
+    (
+        "post",
+        "/api/v1/tasks/{task_id}/webhooks/{delivery_id}/redeliver",
+    ),
     ("delete", "/api/v1/tasks/{task_id}"),
     ("get", "/api/v1/queue/stats"),
     ("get", "/images/{file}"),

@@ -233,7 +233,15 @@ impl MongoStore {
             else {
                 return Ok(None);
             };
+            let in_flight = !matches!(found.get("claim"), None | Some(Bson::Null))
+                && found
+                    .get_i64("next_ms")
+                    .is_ok_and(|n| n > now.timestamp_millis());
             let mut d: WebhookDelivery = decode(found)?;
+            if in_flight {
+                // Being attempted under a live claim: that attempt records its outcome.
+                return Ok(Some(d));
+            }
             d.redeliver(now);
             self.webhook_events()
                 .replace_one(doc! {"_id": id}, delivery_doc(&d, None)?)

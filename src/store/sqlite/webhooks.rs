@@ -162,14 +162,26 @@ impl SqliteStore {
     ) -> Result<Option<WebhookDelivery>, StoreError> {
         let id = id.to_string();
         self.write(move |c| {
-            let doc: Option<String> = c
-                .prepare_cached("SELECT doc FROM webhook_events WHERE id = ?1")
-                .and_then(|mut s| s.query_row([&id], |r| r.get(0)).optional())
+            let row: Option<(String, bool)> = c
+                .prepare_cached(
+                    "SELECT doc, claim IS NOT NULL AND next_ms > ?2 FROM webhook_events \
+                     WHERE id = ?1",
+                )
+                .and_then(|mut s| {
+                    s.query_row(params![&id, now.timestamp_millis()], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .optional()
+                })
                 .map_err(backend)?;
-            let Some(doc) = doc else {
+            let Some((doc, in_flight)) = row else {
                 return Ok(None);
             };
             let mut d: WebhookDelivery = from_json(&doc)?;
+            if in_flight {
+                // Being attempted under a live claim: that attempt records its outcome.
+                return Ok(Some(d));
+            }
             d.redeliver(now);
             c.prepare_cached(
                 "UPDATE webhook_events SET state = ?2, next_ms = ?3, claim = NULL, doc = ?4 \

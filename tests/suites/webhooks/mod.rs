@@ -2,6 +2,9 @@
 //! that fails the first deliveries and checks every signature with the Standard Webhooks
 //! library; the retries carry the same `webhook-id`; targets in forbidden ranges are refused.
 
+mod delivery_log;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,15 +23,34 @@ const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw2SLnSIgULnU=";
 struct Received {
     id: String,
     body: Value,
+    /// Checked against `SECRET`.
     verified: bool,
     answered: u16,
+    headers: HeaderMap,
+    raw: Bytes,
+}
+
+impl Received {
+    /// Whether the Standard Webhooks library accepts the request under `secret`.
+    fn verifies_with(&self, secret: &str) -> bool {
+        standardwebhooks::Webhook::new(secret)
+            .expect("secret")
+            .verify(&self.raw, &self.headers)
+            .is_ok()
+    }
 }
 
 #[derive(Clone, Default)]
 struct Receiver {
     seen: Arc<Mutex<Vec<Received>>>,
-    /// Requests answered 500 before the receiver starts accepting.
-    fail_first: usize,
+    /// Requests answered 500 before the receiver starts accepting (changeable while it runs).
+    fail_first: Arc<AtomicUsize>,
+}
+
+impl Receiver {
+    fn seen(&self) -> Vec<Received> {
+        self.seen.lock().expect("lock").clone()
+    }
 }
 
 async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> StatusCode {
@@ -41,19 +63,25 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
         .unwrap_or_default()
         .to_string();
     let mut seen = r.seen.lock().expect("lock");
-    let answered = if seen.len() < r.fail_first { 500 } else { 204 };
+    let answered = if seen.len() < r.fail_first.load(Ordering::SeqCst) {
+        500
+    } else {
+        204
+    };
     seen.push(Received {
         id,
         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
         verified,
         answered,
+        headers,
+        raw: body,
     });
     StatusCode::from_u16(answered).expect("status")
 }
 
 async fn start_receiver(fail_first: usize) -> (String, Receiver) {
     let r = Receiver {
-        fail_first,
+        fail_first: Arc::new(AtomicUsize::new(fail_first)),
         ..Receiver::default()
     };
     let app = axum::Router::new()
@@ -76,11 +104,11 @@ async fn server(allow_private: bool) -> TestServer {
     .await
 }
 
-/// Waits until the receiver has accepted (2xx) `n` distinct events.
+/// Waits until the receiver has accepted (2xx) `n` requests.
 async fn accepted(r: &Receiver, n: usize) -> Vec<Received> {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        let seen = r.seen.lock().expect("lock").clone();
+        let seen = r.seen();
         let ok = seen.iter().filter(|s| s.answered == 204).count();
         if ok >= n {
             return seen;
@@ -156,7 +184,7 @@ async fn the_filter_sends_only_the_events_asked_for() {
     let seen = accepted(&receiver, 1).await;
     // A start event would be written before the completion and delivered alongside it.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let seen_after = receiver.seen.lock().expect("lock").clone();
+    let seen_after = receiver.seen();
     assert_eq!(seen_after.len(), seen.len(), "{seen_after:?}");
     assert_eq!(seen_after.len(), 1);
     assert_eq!(seen_after[0].body["type"], "task.completed");
