@@ -13,13 +13,17 @@
 //! | `websocket_connections`, `graphql_subscriptions` | gauge | |
 //! | `task_event_lag_seconds` | histogram: a change's `updated_at` to its publication | `status` (the new one) |
 //! | `subscription_update_lag_seconds` | histogram: a change's `updated_at` to its hand-over to a subscriber's socket | |
+//! | `webhook_deliveries_total` | counter: attempts' outcomes (`retried`: failed, another is due; `dead`: failed, the last; `delivered`) | `outcome` |
+//! | `webhook_delivery_delay_seconds` | histogram: a change's time to its event's delivery, retries included (redelivered events not counted) | |
+//! | `webhook_attempt_duration_seconds` | histogram: one POST to a receiver | `outcome` (the delivery's state after it) |
+//! | `webhook_redeliveries_total` | counter: redeliveries asked for | |
 //! | `task_cache_tasks`, `task_cache_bytes` | gauge: what the embedded store's task cache holds (`TASK_CACHE_SIZE`, `TASK_CACHE_BYTES`) | |
 
 use std::sync::OnceLock;
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::state::AppState;
 
@@ -30,6 +34,13 @@ const SECONDS_BUCKETS: &[f64] = &[
     60.0, 120.0,
 ];
 
+/// A webhook's delay spans milliseconds (a receiver that answers) to days (one that is down
+/// through the retry schedule).
+const DELIVERY_DELAY_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0,
+    43200.0, 86400.0, 172800.0,
+];
+
 /// Installs the process's recorder (once) and returns the handle that renders it; `None` when
 /// another recorder was installed first (then `/metrics` says so).
 pub fn handle() -> Option<&'static PrometheusHandle> {
@@ -37,6 +48,11 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets(SECONDS_BUCKETS)
+                .ok()?
+                .set_buckets_for_metric(
+                    Matcher::Full("webhook_delivery_delay_seconds".into()),
+                    DELIVERY_DELAY_BUCKETS,
+                )
                 .ok()?
                 .build_recorder();
             let handle = recorder.handle();

@@ -197,12 +197,18 @@ impl Deliverer {
             &self.schedule,
             rand::random::<f64>(),
         );
+        metrics::histogram!("webhook_attempt_duration_seconds", "outcome" => d.state.as_str())
+            .record(attempt.took.as_secs_f64());
         match d.state {
             DeliveryState::Delivered => {
-                let delay = (at - d.created_at).to_std().unwrap_or_default();
                 metrics::counter!("webhook_deliveries_total", "outcome" => "delivered")
                     .increment(1);
-                metrics::histogram!("webhook_delivery_delay_seconds").record(delay.as_secs_f64());
+                // From the change to its delivery; a redelivery's wait is the user's, not ours.
+                if d.log.len() == d.attempts as usize {
+                    let delay = (at - d.created_at).to_std().unwrap_or_default();
+                    metrics::histogram!("webhook_delivery_delay_seconds")
+                        .record(delay.as_secs_f64());
+                }
                 tracing::info!(attempts = d.log.len(), "webhook delivered");
             }
             DeliveryState::Pending => {
