@@ -250,6 +250,14 @@ pub trait Store: Send + Sync + 'static {
         lease_until: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<WebhookDelivery>, StoreError>;
+    /// Moves a claim's end to `lease_until` while it is still `claim`'s (nobody claimed the
+    /// delivery since, even if the lease ran out meanwhile); `false` otherwise.
+    async fn renew_webhook(
+        &self,
+        id: &str,
+        claim: &str,
+        lease_until: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
     /// Stores a claimed delivery's state after an attempt and ends the claim; `false` when the
     /// claim was lost (it ran out and somebody else claimed the delivery).
     async fn finish_webhook(

@@ -28,8 +28,10 @@ pub type RenderTask = Arc<dyn Fn(&Task) -> serde_json::Value + Send + Sync>;
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// How often the store is asked for due deliveries when nothing wakes the deliverer sooner.
 const POLL: Duration = Duration::from_millis(500);
-/// A claim outlives the attempt by this much (waiting for a per-target slot included).
-const LEASE_MARGIN: Duration = Duration::from_secs(60);
+/// A claim outlives the attempt by this much (store writes, clocks of different processes).
+/// It is taken again once the per-target slot is free, so waiting for the slot needs no margin,
+/// and the deliveries of a process killed mid-attempt are due again this soon after.
+const LEASE_MARGIN: Duration = Duration::from_secs(10);
 
 pub struct Deliverer {
     store: Arc<dyn Store>,
@@ -134,10 +136,11 @@ impl Deliverer {
             } else {
                 let claim = format!("{}-{}", self.id, uuid::Uuid::new_v4());
                 let now = Utc::now();
-                let until = now
-                    + chrono::Duration::from_std(self.cfg.timeout + LEASE_MARGIN)
-                        .unwrap_or(chrono::Duration::minutes(2));
-                match self.store.claim_webhooks(&claim, now, until, free).await {
+                match self
+                    .store
+                    .claim_webhooks(&claim, now, self.lease_end(), free)
+                    .await
+                {
                     Ok(ds) => ds.into_iter().map(|d| (d, claim.clone())).collect(),
                     Err(e) => {
                         tracing::warn!(error = %e, "claiming webhook deliveries failed; retrying");
@@ -171,6 +174,13 @@ impl Deliverer {
         }
     }
 
+    /// The end of a claim taken (or renewed) now.
+    fn lease_end(&self) -> chrono::DateTime<Utc> {
+        Utc::now()
+            + chrono::Duration::from_std(self.cfg.timeout + LEASE_MARGIN)
+                .unwrap_or(chrono::Duration::minutes(2))
+    }
+
     fn target_slots(&self, url: &str) -> Arc<Semaphore> {
         let key = host_port(url).map_or_else(|| url.to_string(), |(h, p)| format!("{h}:{p}"));
         let mut map = self.targets.lock().unwrap_or_else(|p| p.into_inner());
@@ -187,6 +197,23 @@ impl Deliverer {
         let Ok(_slot) = target.acquire().await else {
             return;
         };
+        // The wait for the slot may have outlasted the claim: attempt only while it is still
+        // ours (then for a whole lease), else whoever claimed it since attempts it.
+        match self
+            .store
+            .renew_webhook(&d.id, claim, self.lease_end())
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!("webhook claim lost while waiting for the target; skipped");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "renewing a webhook claim failed; due again later");
+                return;
+            }
+        }
         let attempt = self.attempt(&d).await;
         let at = Utc::now();
         d.record(

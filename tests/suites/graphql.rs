@@ -615,6 +615,9 @@ impl Store for Counting {
     ) -> Result<Vec<WebhookDelivery>, StoreError> {
         self.inner.claim_webhooks(c, n, u, l).await
     }
+    async fn renew_webhook(&self, i: &str, c: &str, u: DateTime<Utc>) -> Result<bool, StoreError> {
+        self.inner.renew_webhook(i, c, u).await
+    }
     async fn finish_webhook(&self, d: &WebhookDelivery, c: &str) -> Result<bool, StoreError> {
         self.inner.finish_webhook(d, c).await
     }

@@ -581,6 +581,15 @@ impl Store for MongoStore {
             .await
     }
 
+    async fn renew_webhook(
+        &self,
+        id: &str,
+        claim: &str,
+        lease_until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.mongo_renew_webhook(id, claim, lease_until).await
+    }
+
     async fn finish_webhook(&self, d: &WebhookDelivery, claim: &str) -> Result<bool, StoreError> {
         self.mongo_finish_webhook(d, claim).await
     }

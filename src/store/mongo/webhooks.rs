@@ -172,6 +172,25 @@ impl MongoStore {
         Ok(claimed)
     }
 
+    pub(super) async fn mongo_renew_webhook(
+        &self,
+        id: &str,
+        claim: &str,
+        lease_until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let held = self.lock(id).await?;
+        let r = self
+            .webhook_events()
+            .update_one(
+                doc! {"_id": id, "claim": claim, "state": "pending"},
+                doc! {"$set": {"next_ms": lease_until.timestamp_millis()}},
+            )
+            .await
+            .map_err(backend);
+        self.unlock(held).await;
+        Ok(r?.matched_count == 1)
+    }
+
     pub(super) async fn mongo_finish_webhook(
         &self,
         d: &WebhookDelivery,

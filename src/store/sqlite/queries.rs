@@ -661,6 +661,15 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn renew_webhook(
+        &self,
+        id: &str,
+        claim: &str,
+        lease_until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.sqlite_renew_webhook(id, claim, lease_until).await
+    }
+
     async fn finish_webhook(&self, d: &WebhookDelivery, claim: &str) -> Result<bool, StoreError> {
         self.sqlite_finish_webhook(d, claim).await
     }

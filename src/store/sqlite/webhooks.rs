@@ -117,6 +117,30 @@ impl SqliteStore {
         .await
     }
 
+    pub(super) async fn sqlite_renew_webhook(
+        &self,
+        id: &str,
+        claim: &str,
+        lease_until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let (id, claim, until) = (
+            id.to_string(),
+            claim.to_string(),
+            lease_until.timestamp_millis(),
+        );
+        self.write(move |c| {
+            let n = c
+                .prepare_cached(
+                    "UPDATE webhook_events SET next_ms = ?3 \
+                     WHERE id = ?1 AND claim = ?2 AND state = 'pending'",
+                )
+                .and_then(|mut s| s.execute(params![id, claim, until]))
+                .map_err(backend)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
     pub(super) async fn sqlite_finish_webhook(
         &self,
         d: &WebhookDelivery,

@@ -2,6 +2,7 @@
 //! that fails the first deliveries and checks every signature with the Standard Webhooks
 //! library; the retries carry the same `webhook-id`; targets in forbidden ranges are refused.
 
+mod crash;
 mod delivery_log;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
