@@ -18,6 +18,7 @@ mod service;
 #[allow(unsafe_code)]
 mod subscribe;
 mod undisclosed;
+mod webhooks;
 mod ws_floor;
 
 use std::io::IsTerminal;
@@ -60,6 +61,10 @@ enum Command {
     /// --redis-url; 10,000 subscribers; the paced and the unlimited pipeline), then each goal
     /// of issue #6 beside what the run measured. About six minutes at full scale.
     All(all::AllArgs),
+    /// Tasks with a webhook (not part of `all`) to a local receiver: the delay from each change to its signed event
+    /// arriving, accepted at once and after one refused attempt, beside signed POSTs sent
+    /// straight to the receiver (the floor).
+    Webhooks(webhooks::WebhooksArgs),
     /// The bare WebSocket server `subscribe` measures its delivery floor on (run by it).
     #[command(hide = true)]
     DeliveryFloor(ws_floor::FloorArgs),
@@ -94,6 +99,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Http(a) => http::run(a).await,
         Command::Subscribe(a) => subscribe::run(a).await,
         Command::Undisclosed(a) => undisclosed::run(a).await,
+        Command::Webhooks(a) => webhooks::run(a).await,
         Command::All(a) => all::run(a).await,
         Command::DeliveryFloor(a) => ws_floor::run(a).await,
         Command::Service => service::run().await,

@@ -213,3 +213,32 @@ fn bench_subscribe_smoke_run() {
     assert!(stdout.contains("completed early        0"), "{stdout}");
     assert!(stdout.contains("per subscriber"), "{stdout}");
 }
+
+/// `webhooks` with a handful of tasks: every event of both batches arrives (the refused batch
+/// with two requests per event), and the floor runs.
+#[test]
+fn bench_webhooks_smoke_run() {
+    let out = bench()
+        .args([
+            "webhooks",
+            "--tasks",
+            "4",
+            "--clients",
+            "2",
+            "--retry-base",
+            "50ms",
+        ])
+        .output()
+        .expect("run");
+    let (stdout, _) = common::succeeded(out);
+    common::assert_contains(
+        &stdout,
+        &[
+            "accepted at once",
+            " 8 events (8 requests)",
+            "first attempt refused (50ms)",
+            " 8 events (16 requests)",
+            " 8 signed POSTs",
+        ],
+    );
+}
