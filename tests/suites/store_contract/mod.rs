@@ -15,6 +15,7 @@ mod listings;
 mod mongo_only;
 mod tasks;
 mod users;
+mod webhooks;
 
 /// One test per rule and backend: `sqlite::name` and `mongo::name`. Each
 /// runs `module::name(store)` on a store of its own.
@@ -91,6 +92,10 @@ contract! {
         touching_a_key_records_its_use_and_never_undoes_a_revocation
         images_are_stored_read_and_deleted_byte_for_byte
         an_image_put_again_under_its_id_is_replaced
+    ]
+    webhooks: [
+        webhook_events_are_stored_with_their_change_and_claimed_by_one_at_a_time
+        a_claim_is_renewed_by_its_holder_and_redelivery_spares_an_attempt_in_flight
     ]
 }
 
