@@ -233,3 +233,52 @@ async fn targets_in_forbidden_ranges_and_bad_fields_are_refused_at_create() {
     assert_eq!(s.stats_total().await, 0, "nothing was created");
     s.stop().await;
 }
+
+const GQL_CREATE: &str =
+    "mutation($input: CreateImageTaskInput!) { createImageTask(input: $input) \
+    { id status webhookDeliveries { id } } }";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graphql_creates_take_a_webhook_and_its_filter() {
+    let (url, receiver) = start_receiver(0).await;
+    let mut s = server(true).await;
+    let user = s.create_user("gql-hooks@example.com").await;
+    let g = s
+        .gql(
+            GQL_CREATE,
+            json!({"input": {"prompt": "a gql hook", "userId": user, "webhook": url,
+                             "webhookEventsFilter": ["COMPLETED"]}}),
+        )
+        .await;
+    let id = g["data"]["createImageTask"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{g}"))
+        .to_string();
+    s.wait_terminal(&id).await;
+    let seen = accepted(&receiver, 1).await;
+    // A start event would be written before the completion and delivered alongside it.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let seen_after = receiver.seen();
+    assert_eq!(seen_after.len(), seen.len(), "{seen_after:?}");
+    assert_eq!(seen_after[0].body["type"], "task.completed");
+    assert_eq!(seen_after[0].body["data"]["task_id"], id.as_str());
+    assert!(seen_after[0].verified);
+    s.stop().await;
+
+    // Without WEBHOOK_ALLOW_PRIVATE a loopback target is refused, naming the field.
+    let mut s = server(false).await;
+    let user = s.create_user("gql-ssrf@example.com").await;
+    let g = s
+        .gql(
+            GQL_CREATE,
+            json!({"input": {"prompt": "x", "userId": user, "webhook": url}}),
+        )
+        .await;
+    assert_eq!(
+        g["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        "{g}"
+    );
+    assert_eq!(g["errors"][0]["extensions"]["field"], "webhook", "{g}");
+    assert_eq!(s.stats_total().await, 0, "nothing was created");
+    s.stop().await;
+}
