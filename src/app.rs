@@ -96,6 +96,8 @@ impl Backends {
         mongo_url: &str,
         redis_url: &str,
     ) -> Result<Backends, StartError> {
+        // The recorder first: the event relay keeps its histogram's handle.
+        let _ = crate::observability::handle();
         let store = MongoStore::connect(MongoOptions {
             url: mongo_url,
             database: &config.mongo_database,
@@ -259,6 +261,28 @@ async fn provider(
     }
 }
 
+/// What answers image requests: Volcengine Ark, or the built-in emulator without an API key.
+fn provider_mode(config: &Config) -> &'static str {
+    if config.is_sandbox() {
+        "sandbox"
+    } else {
+        "ark"
+    }
+}
+
+/// Over MongoDB every poll was a database read: an api process answers them from memory kept
+/// current by the task events (`service::polls`). The embedded store caches its own tasks.
+fn cache_polls(mut service: Service, config: &Config, role: Role) -> Service {
+    if role.runs_api() && config.mongo_url.is_some() && !config.poll_cache_ttl.is_zero() {
+        let bounds = TaskCacheBounds {
+            tasks: config.task_cache_size,
+            bytes: config.task_cache_bytes,
+        };
+        service.cache_polls(bounds, config.poll_cache_ttl);
+    }
+    service
+}
+
 /// Starts the service on `listener` (ignored for `Role::Worker`) with the backends the
 /// configuration selects.
 pub async fn start(
@@ -304,24 +328,21 @@ pub async fn start_with(
         queue: backends.queue.clone(),
         events: backends.events.clone(),
     };
-    let service = Arc::new(Service::new(
+    let service = Service::new(
         backends.store,
         backends.queue,
         backends.events,
         pacer.clone(),
         &config,
-    ));
+    );
+    let service = Arc::new(cache_polls(service, &config, role));
     let (provider, emulator) = if role.runs_worker() {
         let (p, e) = provider(&config, &shutdown).await?;
         (Some(p), e)
     } else {
         (None, None)
     };
-    let provider_mode = if config.is_sandbox() {
-        "sandbox"
-    } else {
-        "ark"
-    };
+    let provider_mode = provider_mode(&config);
     if provider_mode == "sandbox" {
         tracing::warn!("SANDBOX MODE: no VOLCENGINE_API_KEY set; images come from the built-in emulator, not Volcengine");
     }

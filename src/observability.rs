@@ -17,7 +17,9 @@
 //! | `webhook_delivery_delay_seconds` | histogram: a change's time to its event's delivery, retries included (redelivered events not counted) | |
 //! | `webhook_attempt_duration_seconds` | histogram: one POST to a receiver | `outcome` (the delivery's state after it) |
 //! | `webhook_redeliveries_total` | counter: redeliveries asked for | |
-//! | `task_cache_tasks`, `task_cache_bytes` | gauge: what the embedded store's task cache holds (`TASK_CACHE_SIZE`, `TASK_CACHE_BYTES`) | |
+//! | `task_cache_tasks`, `task_cache_bytes` | gauge: what the embedded store's task cache holds, or a distributed api process's poll cache (`TASK_CACHE_SIZE`, `TASK_CACHE_BYTES`) | |
+//! | `poll_cache_total` | counter: polls of a distributed api process answered from memory or not (`service::polls`) | `result` (`hit`, `miss`) |
+//! | `task_event_delivery_seconds` | histogram: a change's `updated_at` to its event reaching this process's relay (distributed) | |
 
 use std::sync::OnceLock;
 

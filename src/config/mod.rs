@@ -121,6 +121,9 @@ pub struct Config {
     pub task_cache_size: usize,
     /// Bytes those tasks may weigh together (reference images included; 0: none).
     pub task_cache_bytes: usize,
+    /// `POLL_CACHE_TTL`: how long a distributed api process answers polls of a task from memory
+    /// before reading it again (0: never from memory).
+    pub poll_cache_ttl: Duration,
     pub mongo_url: Option<String>,
     /// Database used when `MONGO_URL` names none.
     pub mongo_database: String,
@@ -225,6 +228,7 @@ impl Default for Config {
             embedded_sync: SyncMode::Normal,
             task_cache_size: 10_000,
             task_cache_bytes: 32 << 20,
+            poll_cache_ttl: Duration::from_secs(1),
             mongo_url: None,
             mongo_database: "volcengine_ai".into(),
             mongo_majority_writes: true,
@@ -612,6 +616,7 @@ impl Config {
         })?;
         self.task_cache_bytes =
             env.parse(&["TASK_CACHE_BYTES"], self.task_cache_bytes, |_| Ok(()))?;
+        self.poll_cache_ttl = env.duration(&["POLL_CACHE_TTL"], self.poll_cache_ttl, ms(0))?;
         (self.mongo_url, self.redis_url) = backend_urls(env)?;
         self.mongo_database = env.string(&["MONGO_DATABASE"], &self.mongo_database);
         let concerns = [("majority", true), ("1", false)];

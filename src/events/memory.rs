@@ -11,7 +11,7 @@ use futures::stream::{BoxStream, StreamExt};
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::{errors::BroadcastStreamRecvError, BroadcastStream};
 
-use super::{Channel, Control, ControlHandler, Event, Events, EventsError};
+use super::{Channel, Control, ControlHandler, Event, Events, EventsError, TaskObserver};
 use crate::domain::Task;
 
 /// Events a slow subscriber may fall behind before it is told of a gap and re-reads the store.
@@ -27,11 +27,55 @@ type Channels = HashMap<Channel, broadcast::Sender<Event>>;
 pub struct MemoryEvents {
     channels: Mutex<Channels>,
     control: Mutex<Option<Arc<dyn ControlHandler>>>,
+    feed: Mutex<Feed>,
+}
+
+/// The observer of every change, and whether changes reach this bus (always for the in-process
+/// bus; while the relay is subscribed when this bus is the local end of Redis pub/sub). Under one
+/// lock, so the observer hears of changes and of their interruptions in order.
+#[derive(Default)]
+struct Feed {
+    observer: Option<Arc<dyn TaskObserver>>,
+    /// `false` until the relay subscribes, for the local end of a relay.
+    down: bool,
 }
 
 impl MemoryEvents {
     pub fn new() -> MemoryEvents {
         MemoryEvents::default()
+    }
+
+    /// The local end of a relay from another bus: changes do not arrive until
+    /// [`MemoryEvents::relay_connected`].
+    pub fn relayed() -> MemoryEvents {
+        let bus = MemoryEvents::default();
+        if let Ok(mut feed) = bus.feed.lock() {
+            feed.down = true;
+        }
+        bus
+    }
+
+    /// The relay subscribed: changes arrive from now on. Subscribers re-read what they may have
+    /// missed before.
+    pub fn relay_connected(&self) {
+        if let Ok(mut feed) = self.feed.lock() {
+            feed.down = false;
+            if let Some(o) = &feed.observer {
+                o.connected();
+            }
+        }
+        let _ = self.gap_all();
+    }
+
+    /// The relay's connection broke: changes may be missed from now on.
+    pub fn relay_lost(&self) {
+        if let Ok(mut feed) = self.feed.lock() {
+            feed.down = true;
+            if let Some(o) = &feed.observer {
+                o.lost();
+            }
+        }
+        let _ = self.gap_all();
     }
 
     fn channels(&self) -> Result<std::sync::MutexGuard<'_, Channels>, EventsError> {
@@ -85,6 +129,15 @@ impl Events for MemoryEvents {
         }
     }
 
+    fn observe(&self, observer: Arc<dyn TaskObserver>) {
+        if let Ok(mut feed) = self.feed.lock() {
+            if !feed.down {
+                observer.connected();
+            }
+            feed.observer = Some(observer);
+        }
+    }
+
     async fn control(&self, msg: &Control, within: Duration) -> Result<(), EventsError> {
         if tokio::time::timeout(within, self.handle_control(msg))
             .await
@@ -107,6 +160,11 @@ impl MemoryEvents {
 
     /// Hands a task update to this process's subscribers of its channels.
     pub fn deliver(&self, task: Arc<Task>) -> Result<(), EventsError> {
+        if let Ok(feed) = self.feed.lock() {
+            if let Some(o) = &feed.observer {
+                o.updated(&task);
+            }
+        }
         let mut channels = self.channels()?;
         for ch in [
             Channel::Task(task.id.clone()),

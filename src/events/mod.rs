@@ -67,6 +67,17 @@ pub trait ControlHandler: Send + Sync + 'static {
     async fn handle(&self, msg: &Control);
 }
 
+/// What keeps state from every task change this process hears of (the api's poll cache). Told,
+/// in the order they happen and on the thread that receives them, of each change and of every
+/// moment from which changes may be missed or from which they flow again.
+pub trait TaskObserver: Send + Sync + 'static {
+    fn updated(&self, task: &Arc<Task>);
+    /// Changes arrive from now on. Changes made before may have been missed.
+    fn connected(&self);
+    /// Changes may be missed from now on, until `connected`.
+    fn lost(&self);
+}
+
 #[async_trait]
 pub trait Events: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
@@ -77,6 +88,9 @@ pub trait Events: Send + Sync + 'static {
     /// Sets what this process does with control messages; a process without a handler
     /// acknowledges them at once.
     fn on_control(&self, handler: Arc<dyn ControlHandler>);
+    /// Sets who is told of every task change this process hears of; told at once that changes
+    /// arrive when they do. A bus that does not tell never has its observer trust anything.
+    fn observe(&self, _observer: Arc<dyn TaskObserver>) {}
     /// Has every process reached by the bus (this one included) handle `msg`, and returns once
     /// each has acknowledged it, or after `within`.
     async fn control(&self, msg: &Control, within: Duration) -> Result<(), EventsError>;

@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::memory::MemoryEvents;
-use super::{Channel, Control, ControlHandler, Event, Events, EventsError};
+use super::{Channel, Control, ControlHandler, Event, Events, EventsError, TaskObserver};
 use crate::domain::Task;
 
 pub struct RedisEvents {
@@ -63,7 +63,7 @@ impl RedisEvents {
             .get_connection_manager_with_config(cfg)
             .await
             .map_err(unavailable)?;
-        let local = Arc::new(MemoryEvents::new());
+        let local = Arc::new(MemoryEvents::relayed());
         let relay_up = Arc::new(AtomicBool::new(false));
         let waiting = Waiting::default();
         let relay = Relay {
@@ -132,6 +132,7 @@ impl Relay {
 async fn run_relay(r: Relay, shutdown: CancellationToken) {
     let (client, pattern, local, up) = (&r.client, &r.pattern, &r.local, &r.up);
     let mut backoff = Duration::from_millis(100);
+    let delivery = metrics::histogram!("task_event_delivery_seconds");
     loop {
         let connected = async {
             let mut ps = client.get_async_pubsub().await?;
@@ -149,7 +150,7 @@ async fn run_relay(r: Relay, shutdown: CancellationToken) {
                 up.store(true, Ordering::SeqCst);
                 tracing::info!(%pattern, "event relay subscribed");
                 // Whatever was published while we were away is lost: subscribers re-read.
-                let _ = local.gap_all();
+                local.relay_connected();
                 let mut messages = ps.on_message();
                 loop {
                     let msg = tokio::select! {
@@ -169,6 +170,10 @@ async fn run_relay(r: Relay, shutdown: CancellationToken) {
                         .and_then(|p| serde_json::from_str::<Task>(&p).ok())
                     {
                         Some(task) => {
+                            // From the change being made to its event here: the bound on how
+                            // long this process's poll cache may answer the version before it.
+                            let lag = (chrono::Utc::now() - task.updated_at).to_std();
+                            delivery.record(lag.unwrap_or_default().as_secs_f64());
                             let _ = local.deliver(Arc::new(task));
                         }
                         None => tracing::warn!(
@@ -177,9 +182,10 @@ async fn run_relay(r: Relay, shutdown: CancellationToken) {
                         ),
                     }
                 }
+                // Observers first: once `/ready` says the relay is down, nothing is trusted.
+                local.relay_lost();
                 up.store(false, Ordering::SeqCst);
                 tracing::warn!("event relay connection lost; reconnecting");
-                let _ = local.gap_all();
             }
             Err(e) => {
                 up.store(false, Ordering::SeqCst);
@@ -239,6 +245,10 @@ impl Events for RedisEvents {
 
     fn on_control(&self, handler: Arc<dyn ControlHandler>) {
         self.local.on_control(handler);
+    }
+
+    fn observe(&self, observer: Arc<dyn TaskObserver>) {
+        self.local.observe(observer);
     }
 
     async fn control(&self, msg: &Control, within: Duration) -> Result<(), EventsError> {

@@ -115,7 +115,7 @@ impl Query {
     async fn task(&self, c: &Context<'_>, id: ID) -> async_graphql::Result<Option<Task>> {
         Ok(ctx(c)?
             .service
-            .find_task(who(c)?, &id)
+            .poll_task(who(c)?, &id)
             .await
             .gql()?
             .map(task))

@@ -590,7 +590,7 @@ pub async fn poll(
     Query(q): Query<PollQuery>,
 ) -> Result<Response, OpenAiError> {
     let format = ResponseFormat::parse(q.response_format.as_deref())?;
-    let task = s.service.get_task(&who, &id).await?;
+    let task = s.service.poll_task_or_404(&who, &id).await?;
     let resp = if task.status.is_terminal() {
         into_response(outcome(&s, &task, format).await)
     } else {

@@ -510,7 +510,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> ApiResult {
     legacy::path_id(&id, "task")?;
-    let t = s.service.get_task(&who, &id).await?;
+    let t = s.service.poll_task_or_404(&who, &id).await?;
     legacy::poll(&t, &s.public_base, Poll::V2)
 }
 
@@ -532,14 +532,14 @@ pub async fn poll_latest(
     Path(id): Path<String>,
 ) -> ApiResult {
     legacy::path_id(&id, "task")?;
-    let t = s.service.get_task(&who, &id).await?;
+    let t = s.service.poll_task_or_404(&who, &id).await?;
     legacy::poll(&t, &s.public_base, Poll::Latest)
 }
 
 /// A task in v2's shape (the detail routes, cancel, retry).
 async fn detail(s: &AppState, who: &Principal, id: &str) -> ApiResult {
     legacy::path_id(id, "task")?;
-    let t = s.service.get_task(who, id).await?;
+    let t = s.service.poll_task_or_404(who, id).await?;
     ok(StatusCode::OK, legacy::v2_task(&t, &s.public_base)?, None)
 }
 

@@ -6,6 +6,7 @@ mod access;
 mod admission;
 pub mod follow;
 mod keys;
+mod polls;
 mod tasks;
 mod usage;
 mod users;
@@ -30,6 +31,7 @@ pub use crate::domain::CreateImageTask;
 pub use access::{check_id, may_see_task};
 pub use admission::Limits;
 use admission::{KnownUsers, Submitting};
+use polls::PollCache;
 pub use tasks::QueueStats;
 pub use usage::{TaskCounts, Usage, UsageFilter, UsageTotals};
 pub use users::{CreateUser, UpdateUser};
@@ -61,6 +63,8 @@ pub struct Service {
     webhook_allow_private: bool,
     /// Notified when a change wrote webhook events.
     webhook_wake: Arc<tokio::sync::Notify>,
+    /// Polls answered from memory (distributed api processes; see `polls`).
+    polls: Option<Arc<PollCache>>,
 }
 
 /// The backends' names, for `/health`.
@@ -115,7 +119,17 @@ impl Service {
             submitting: Submitting::default(),
             webhook_allow_private: config.webhooks.allow_private,
             webhook_wake: Arc::new(tokio::sync::Notify::new()),
+            polls: None,
         }
+    }
+
+    /// Answers polls from memory kept current by the task events (`service::polls`), each task
+    /// trusted for `ttl` at most. For processes that serve polls over a store other processes
+    /// write (the embedded store keeps its own cache).
+    pub fn cache_polls(&mut self, bounds: crate::store::TaskCacheBounds, ttl: std::time::Duration) {
+        let cache = Arc::new(PollCache::new(bounds, ttl));
+        self.events.observe(cache.clone());
+        self.polls = Some(cache);
     }
 
     // ---- the process ----

@@ -68,6 +68,9 @@ impl Service {
             task.api_key_id = Some(key_id.clone());
         }
         let earlier = self.insert_new_task(&task, now).await?;
+        if let (None, Some(polls)) = (&earlier, &self.polls) {
+            polls.wrote(&task);
+        }
         // Stored (or answered by an earlier task): other submits now count it in the store.
         if let Some(s) = slot.take() {
             s.release().await;
@@ -139,6 +142,32 @@ impl Service {
             .get_task(id)
             .await?
             .filter(|t| may_see_task(who, t)))
+    }
+
+    /// A task for a poll (the REST task and result routes, GraphQL `task`): from this process's
+    /// memory when it can vouch for it (see `service::polls`), else from the store. Never used
+    /// to make a change: what it answers may lack the reference images.
+    pub async fn poll_task(&self, who: &Principal, id: &str) -> Result<Option<Task>, AppError> {
+        let Some(polls) = &self.polls else {
+            return self.find_task(who, id).await;
+        };
+        check_id("id", id)?;
+        if let Some(t) = polls.get(id) {
+            return Ok(may_see_task(who, &t).then(|| Task::clone(&t)));
+        }
+        let since = polls.reading();
+        let read = self.store.get_task(id).await?;
+        if let (Some(t), Some(since)) = (&read, since) {
+            polls.keep(t, since);
+        }
+        Ok(read.filter(|t| may_see_task(who, t)))
+    }
+
+    /// As [`Service::poll_task`], `NotFound` when there is no such task (or not the caller's).
+    pub async fn poll_task_or_404(&self, who: &Principal, id: &str) -> Result<Task, AppError> {
+        self.poll_task(who, id)
+            .await?
+            .ok_or_else(|| AppError::NotFound("task not found".into()))
     }
 
     /// A user key lists its own tasks (`user_id` may be left out); the admin anyone's, or all.
@@ -237,7 +266,12 @@ impl Service {
                 t.status
             )));
         }
-        if !self.store.delete_task(id).await? {
+        let deleted = self.store.delete_task(id).await;
+        // Forgotten whatever the answer: the store may have deleted it before failing to say so.
+        if let Some(polls) = &self.polls {
+            polls.forget(id);
+        }
+        if !deleted? {
             return Err(AppError::NotFound("task not found".into()));
         }
         tracing::info!(task_id = %id, "task deleted");
@@ -279,6 +313,9 @@ impl Service {
         {
             metrics::counter!("task_transitions_total", "status" => next.status.as_str())
                 .increment(1);
+            if let Some(polls) = &self.polls {
+                polls.wrote(&next);
+            }
             if wake {
                 self.webhook_wake.notify_one();
             }

@@ -132,7 +132,12 @@ impl Service {
     pub async fn delete_user(&self, who: &Principal, id: &str) -> Result<(), AppError> {
         check_id("id", id)?;
         require_user(who, id)?;
-        let deleted = self.store.delete_user(id).await?;
+        let deleted = self.store.delete_user(id).await;
+        // Its tasks went with it; which of them this process holds is not worth finding out.
+        if let Some(polls) = &self.polls {
+            polls.forget_all();
+        }
+        let deleted = deleted?;
         // After the deletion: a submit checking the user meanwhile may have remembered it.
         self.known_users.0.remove(id);
         if deleted {

@@ -6,7 +6,7 @@
 
 pub mod mongo;
 pub mod sqlite;
-mod task_cache;
+pub(crate) mod task_cache;
 
 pub use task_cache::TaskCacheBounds;
 

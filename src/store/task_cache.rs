@@ -14,6 +14,7 @@
 //! began before the last removal is not kept.
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use lru::LruCache;
 
@@ -48,6 +49,8 @@ struct Inner {
 struct Entry {
     task: Arc<Task>,
     weight: usize,
+    /// When this version was kept (the poll cache of the distributed mode trusts it for a while).
+    kept_at: Instant,
 }
 
 /// When a read or write began, for [`TaskCache::keep`].
@@ -136,6 +139,17 @@ impl TaskCache {
         inner.tasks.as_mut()?.get(id).map(|e| e.task.clone())
     }
 
+    /// The task if it was kept less than `max_age` ago.
+    pub fn get_fresh(&self, id: &str, max_age: Duration) -> Option<Arc<Task>> {
+        let mut inner = self.inner.lock().ok()?;
+        inner
+            .tasks
+            .as_mut()?
+            .get(id)
+            .filter(|e| e.kept_at.elapsed() < max_age)
+            .map(|e| e.task.clone())
+    }
+
     /// Tasks held and their weight in bytes.
     #[cfg(test)]
     pub fn usage(&self) -> (usize, usize) {
@@ -155,6 +169,15 @@ impl TaskCache {
     /// write's (forgetting costs a miss, never a wrong answer). The least recently used tasks
     /// make room; a task too heavy to keep is forgotten too.
     pub fn keep(&self, task: &Task, since: Generation) {
+        self.keep_shared(|| Arc::new(task.clone()), task, since);
+    }
+
+    /// As [`TaskCache::keep`], for a task already shared (an event's), kept without a copy.
+    pub fn keep_arc(&self, task: &Arc<Task>, since: Generation) {
+        self.keep_shared(|| task.clone(), task, since);
+    }
+
+    fn keep_shared(&self, shared: impl FnOnce() -> Arc<Task>, task: &Task, since: Generation) {
         let Ok(mut inner) = self.inner.lock() else {
             return;
         };
@@ -183,8 +206,9 @@ impl TaskCache {
         }
         inner.bytes += weight;
         let entry = Entry {
-            task: Arc::new(task.clone()),
+            task: shared(),
             weight,
+            kept_at: Instant::now(),
         };
         if let Some(tasks) = inner.tasks.as_mut() {
             tasks.put(task.id.clone(), entry);

@@ -1093,3 +1093,169 @@ async fn a_key_revoked_on_one_api_closes_its_sockets_on_another_before_the_revok
     );
     assert_eq!(code, Some(4403), "{frames:?}");
 }
+
+/// A counter or gauge of `/metrics` (0 when absent), `name` with its labels as printed.
+async fn metric(http: &reqwest::Client, base: &str, name: &str) -> f64 {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn wait_ready_status(base: &str, ready: bool) {
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let up = http
+            .get(format!("{base}/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200);
+        if up == ready {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{base} never became {}",
+            if ready { "ready" } else { "unready" }
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `ws` (following the user's tasks) delivers `status` of `id`.
+async fn heard(ws: &mut WsClient, id: &str, status: &str) {
+    loop {
+        match ws.next_event().await {
+            WsEvent::Next { data, .. }
+                if data["tasksUpdated"]["id"] == id && data["tasksUpdated"]["status"] == status =>
+            {
+                return
+            }
+            WsEvent::Next { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// What each poll route of `base` says `id`'s status is: REST detail, the latest Go server's
+/// result route, GraphQL `task`.
+async fn polled(http: &reqwest::Client, base: &str, id: &str) -> [String; 3] {
+    let rest = task(http, base, id).await["status"]
+        .as_str()
+        .unwrap_or("none")
+        .to_string();
+    let legacy: Value = http
+        .get(format!("{base}/api/v1/ai/task/result/{id}"))
+        .send()
+        .await
+        .expect("poll")
+        .json()
+        .await
+        .expect("json");
+    let (_, gql) = post(
+        http,
+        format!("{base}/graphql"),
+        json!({"query": "query($id: ID!) { task(id: $id) { status } }", "variables": {"id": id}}),
+    )
+    .await;
+    [
+        rest,
+        legacy["data"]["status"]
+            .as_str()
+            .unwrap_or("none")
+            .to_string(),
+        gql["data"]["task"]["status"]
+            .as_str()
+            .unwrap_or("none")
+            .to_lowercase(),
+    ]
+}
+
+/// Polls over MongoDB are answered from each api process's memory, kept current by the task
+/// events (`service::polls`). The entries are trusted for a minute here, far longer than the
+/// test takes, so every answer checked below comes from the rule, not from an entry expiring: a
+/// change made through one api is polled on the other once its event arrived there (FLUSHALL
+/// does not interrupt the events), a client's own change is polled at once on its api, a change
+/// made while Redis is down is never answered from memory, nor after Redis is back, and a
+/// deleted task is 404 at once on the api that deleted it.
+#[tokio::test]
+async fn polls_from_memory_follow_changes_across_apis_and_redis_outages() {
+    let (mongo, _) = services();
+    let mut redis = PrivateRedis::start(free_port()).await;
+    let (_emu, emu_url, _stop) = emulator(Duration::from_millis(10)).await;
+    // No worker: the tasks change only when the test changes them.
+    let d = Deployment::new(&mongo, &redis.url(), &emu_url, &[("POLL_CACHE_TTL", "1m")]);
+    let ((_a, a), (_b, b)) = (d.api().await, d.api().await);
+    let http = reqwest::Client::new();
+    let user = create_user(&http, &a).await;
+    let id = create_task(&http, &a, &user, "polled").await;
+    let mut follow = WsClient::connect(&b, "/graphql/ws", Proto::TransportWs).await;
+    follow
+        .subscribe(
+            "all",
+            "subscription($u: ID) { tasksUpdated(userId: $u) { id status version } }",
+            json!({"u": user}),
+        )
+        .await;
+    let hit = "poll_cache_total{result=\"hit\"}";
+    assert_eq!(polled(&http, &b, &id).await, ["pending"; 3]);
+    assert_eq!(polled(&http, &b, &id).await, ["pending"; 3]);
+    let hits = metric(&http, &b, hit).await;
+    assert!(hits > 0.0, "polls on b were answered from memory");
+
+    // FLUSHALL empties the keys, not the subscriptions: the change still reaches b.
+    let client = redis::Client::open(redis.url()).expect("client");
+    let mut c = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut c)
+        .await
+        .expect("FLUSHALL");
+    let (status, body) = post(&http, format!("{a}/api/v1/tasks/{id}/cancel"), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        polled(&http, &a, &id).await,
+        ["cancelled"; 3],
+        "the change's own api answers it at once"
+    );
+    heard(&mut follow, &id, "CANCELLED").await;
+    assert_eq!(polled(&http, &b, &id).await, ["cancelled"; 3]);
+    assert!(
+        metric(&http, &b, hit).await > hits,
+        "b answered the change from memory"
+    );
+
+    let (status, body) = post(&http, format!("{a}/api/v1/tasks/{id}/retry"), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    heard(&mut follow, &id, "PENDING").await;
+    assert_eq!(polled(&http, &b, &id).await, ["pending"; 3]);
+
+    // Redis down: b's memory is forgotten, and a change nobody hears of is read from MongoDB.
+    let port = redis.port;
+    redis.kill();
+    wait_ready_status(&b, false).await;
+    let (status, body) = post(&http, format!("{a}/api/v1/tasks/{id}/cancel"), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(polled(&http, &b, &id).await, ["cancelled"; 3]);
+    let _redis = PrivateRedis::start(port).await;
+    wait_ready_status(&b, true).await;
+    assert_eq!(polled(&http, &b, &id).await, ["cancelled"; 3]);
+
+    let gone = http
+        .delete(format!("{a}/api/v1/tasks/{id}"))
+        .send()
+        .await
+        .expect("delete");
+    assert!(gone.status().is_success(), "{}", gone.status());
+    assert_eq!(polled(&http, &a, &id).await, ["none"; 3], "404 at once");
+}
