@@ -294,6 +294,22 @@ pub async fn start(
     start_with(config, listener, role, backends).await
 }
 
+/// The listening socket `role` serves on, if any.
+fn role_listener(
+    role: Role,
+    listener: Option<TcpListener>,
+) -> Result<Option<TcpListener>, StartError> {
+    match (role.runs_api(), listener) {
+        (true, Some(l)) => Ok(Some(l)),
+        (true, None) => Err(StartError::Setup(
+            "the API role needs a listening socket".into(),
+        )),
+        // A worker may get a listener too: operations endpoints only (health, readiness, its
+        // own metrics, which hold the provider calls).
+        (false, l) => Ok(l),
+    }
+}
+
 /// As `start`, with given backends (tests wrap a store to count its calls).
 pub async fn start_with(
     config: Config,
@@ -301,17 +317,7 @@ pub async fn start_with(
     role: Role,
     backends: Backends,
 ) -> Result<Running, StartError> {
-    let listener = match (role.runs_api(), listener) {
-        (true, Some(l)) => Some(l),
-        (true, None) => {
-            return Err(StartError::Setup(
-                "the API role needs a listening socket".into(),
-            ))
-        }
-        // A worker may get a listener too: operations endpoints only (health, readiness, its
-        // own metrics, which hold the provider calls).
-        (false, l) => l,
-    };
+    let listener = role_listener(role, listener)?;
     let shutdown = CancellationToken::new();
     if crate::observability::handle().is_none() {
         tracing::warn!("another metrics recorder is installed; /metrics will be unavailable");
@@ -336,6 +342,7 @@ pub async fn start_with(
         &config,
     );
     let service = Arc::new(cache_polls(service, &config, role));
+    service.start_queue_clock(shutdown.clone()).await;
     let (provider, emulator) = if role.runs_worker() {
         let (p, e) = provider(&config, &shutdown).await?;
         (Some(p), e)
@@ -448,7 +455,7 @@ async fn start_webhooks(
     }
     let base = public_base.to_string();
     let render: crate::worker::webhooks::RenderTask = Arc::new(move |t| {
-        serde_json::to_value(crate::rest::tasks::task_json(t, &base))
+        serde_json::to_value(crate::rest::tasks::task_json(t, &base, None))
             .unwrap_or(serde_json::Value::Null)
     });
     let deliverer = crate::worker::webhooks::Deliverer::new(

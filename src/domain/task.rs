@@ -179,6 +179,11 @@ pub struct Task {
     pub lease_owner: Option<String>,
     pub lease_until: Option<DateTime<Utc>>,
     pub provider_request_id: Option<String>,
+    /// Its number in the queue's order, given each time it becomes pending (created, promoted,
+    /// requeued, retried): how far back in the queue it waits (`service::queue_clock`). `None`
+    /// for tasks that never waited, or were stored before numbering existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_seq: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unkept: Option<UnkeptImages>,
     /// The user key that created the task (`None` for the admin): usage is counted per key.
@@ -250,6 +255,7 @@ impl Task {
             lease_owner: None,
             lease_until: None,
             provider_request_id: None,
+            queue_seq: None,
             unkept: None,
             api_key_id: None,
             generated_images: 0,

@@ -13,25 +13,87 @@ use super::types::Task;
 use crate::domain;
 use crate::events::Event;
 use crate::service::follow::next_event;
+use crate::service::queue_clock::QueueView;
 use crate::service::Service;
 use crate::store::ChangeCursor;
 
-/// `taskUpdated`: the snapshot, then newer versions only (`service::follow`).
+/// `taskUpdated`: the snapshot, then newer versions only (`service::follow`), and the same
+/// version again when its queue position changed.
 pub fn follow(
     service: Arc<Service>,
     snapshot: domain::Task,
     events: BoxStream<'static, Event>,
     resync: Duration,
 ) -> impl Stream<Item = Task> {
-    crate::service::follow::follow_from(service, snapshot, events, None, resync)
-        .enumerate()
-        .map(|(i, t)| {
-            // The snapshot is not an update: its lag would be the task's age.
-            if i > 0 {
-                delivered(&t);
+    let moves = service.queue_moves();
+    let versions =
+        crate::service::follow::follow_from(service.clone(), snapshot, events, None, resync)
+            .enumerate()
+            .map(|(i, t)| {
+                // The snapshot is not an update: its lag would be the task's age.
+                if i > 0 {
+                    delivered(&t);
+                }
+                t
+            });
+    with_positions(service, versions.boxed(), moves).map(Task)
+}
+
+struct Placed {
+    service: Arc<Service>,
+    versions: BoxStream<'static, Arc<domain::Task>>,
+    moves: tokio::sync::watch::Receiver<QueueView>,
+    /// The last task sent and the position it was sent with.
+    last: Option<(Arc<domain::Task>, Option<u64>)>,
+    /// The clock stopped (shutting down): versions only.
+    stopped: bool,
+}
+
+/// Sends `versions`, and the last one again each time its queue position changes while it is
+/// pending. Moves come from the process's queue clock (at most one a second, whatever the number
+/// of subscribers) and cost no I/O: the task sent again is the one held.
+fn with_positions(
+    service: Arc<Service>,
+    versions: BoxStream<'static, Arc<domain::Task>>,
+    moves: tokio::sync::watch::Receiver<QueueView>,
+) -> impl Stream<Item = Arc<domain::Task>> {
+    let state = Placed {
+        service,
+        versions,
+        moves,
+        last: None,
+        stopped: false,
+    };
+    futures::stream::unfold(state, |mut st| async move {
+        loop {
+            let waiting = !st.stopped
+                && st
+                    .last
+                    .as_ref()
+                    .is_some_and(|(t, _)| t.status == domain::TaskStatus::Pending);
+            tokio::select! {
+                next = st.versions.next() => {
+                    let t = next?;
+                    let position = st.service.queue_place(&t).map(|p| p.position);
+                    st.last = Some((t.clone(), position));
+                    return Some((t, st));
+                }
+                moved = st.moves.changed(), if waiting => {
+                    if moved.is_err() {
+                        st.stopped = true;
+                        continue;
+                    }
+                    let Some((t, sent)) = st.last.as_mut() else { continue };
+                    let position = st.service.queue_place(t).map(|p| p.position);
+                    if position != *sent {
+                        *sent = position;
+                        let t = t.clone();
+                        return Some((t, st));
+                    }
+                }
             }
-            Task(t)
-        })
+        }
+    })
 }
 
 fn delivered(t: &domain::Task) {

@@ -223,6 +223,24 @@ impl Task {
         let all = s.service.webhook_deliveries_of(who, &self.0).await.gql()?;
         Ok(all.iter().map(Into::into).collect())
     }
+    /// While `PENDING`: how many tasks are to be started before it, itself included (1 = next).
+    /// An upper bound (tasks ahead cancelled while waiting still count), refreshed once a
+    /// second; `taskUpdated` sends the task again when it changes. Null otherwise.
+    async fn queue_position(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<u64>> {
+        let s = ctx.data::<AppState>()?;
+        Ok(s.service.queue_place(&self.0).map(|p| p.position))
+    }
+    /// While `PENDING`: when it is expected to start, from its position and the rate tasks
+    /// were started at lately. Null otherwise, or before any rate was observed.
+    async fn estimated_start_at(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Option<DateTime<Utc>>> {
+        let s = ctx.data::<AppState>()?;
+        Ok(s.service
+            .queue_place(&self.0)
+            .and_then(|p| p.estimated_start_at))
+    }
 }
 
 /// The generated images of a completed task.

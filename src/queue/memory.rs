@@ -3,13 +3,14 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
-use super::{Delivery, Queue, QueueError};
+use super::{Delivery, Queue, QueueError, QueueMarks};
 
 #[derive(Default)]
 struct State {
@@ -47,6 +48,8 @@ impl State {
 pub struct MemoryQueue {
     state: Mutex<State>,
     notify: Notify,
+    issued: AtomicU64,
+    taken: AtomicU64,
 }
 
 impl MemoryQueue {
@@ -138,6 +141,29 @@ impl Queue for MemoryQueue {
     async fn depth(&self) -> Result<u64, QueueError> {
         let st = self.lock()?;
         Ok(st.waiting.len() as u64)
+    }
+
+    async fn next_seq(&self) -> Result<u64, QueueError> {
+        Ok(self.issued.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+
+    async fn taken(&self, seq: u64) -> Result<(), QueueError> {
+        self.taken.fetch_max(seq, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn marks(&self) -> Result<QueueMarks, QueueError> {
+        Ok(QueueMarks {
+            issued: self.issued.load(Ordering::Relaxed),
+            taken: self.taken.load(Ordering::Relaxed),
+        })
+    }
+
+    async fn seed_marks(&self, marks: QueueMarks) -> Result<(), QueueError> {
+        // One process owns these counters, fresh at its start: raising both is the seed.
+        self.issued.fetch_max(marks.issued, Ordering::Relaxed);
+        self.taken.fetch_max(marks.taken, Ordering::Relaxed);
+        Ok(())
     }
 }
 

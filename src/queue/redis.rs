@@ -14,7 +14,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use tokio::sync::Mutex;
 
-use super::{Delivery, Queue, QueueError};
+use super::{Delivery, Queue, QueueError, QueueMarks};
 
 const GROUP: &str = "workers";
 /// How long one blocking read waits before checking delayed entries and reclaims again.
@@ -44,6 +44,28 @@ end
 return 0
 ";
 
+/// The next queue number, never at or below ARGV[1] (the highest this process has seen): after
+/// a `FLUSHALL` the counter restarts above the numbers pending tasks still carry. KEYS: issued.
+const NEXT_SEQ: &str = r"
+local v = redis.call('INCR', KEYS[1])
+local floor = tonumber(ARGV[1])
+if v <= floor then
+  v = floor + 1
+  redis.call('SET', KEYS[1], v)
+end
+return v
+";
+
+/// Raises KEYS[1] to ARGV[1]; with ARGV[2] = '1', only if KEYS[1] is missing.
+const RAISE: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if cur and ARGV[2] == '1' then return 0 end
+if not cur or tonumber(cur) < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return 0
+";
+
 pub struct RedisQueue {
     cmd: ConnectionManager,
     /// A blocking read occupies its connection; this one is used for nothing else, by one
@@ -59,6 +81,13 @@ pub struct RedisQueue {
     last_reclaim: std::sync::Mutex<Instant>,
     promote: redis::Script,
     enqueue: redis::Script,
+    /// Queue numbering (`Queue::next_seq`, `Queue::taken`).
+    issued: String,
+    taken: String,
+    /// The highest queue number this process has given or seen taken.
+    seq_floor: std::sync::atomic::AtomicU64,
+    next_seq: redis::Script,
+    raise: redis::Script,
 }
 
 fn unavailable(e: redis::RedisError) -> QueueError {
@@ -104,6 +133,11 @@ impl RedisQueue {
             last_reclaim: std::sync::Mutex::new(Instant::now()),
             promote: redis::Script::new(PROMOTE),
             enqueue: redis::Script::new(ENQUEUE),
+            issued: format!("{prefix}:queue:issued"),
+            taken: format!("{prefix}:queue:taken"),
+            seq_floor: std::sync::atomic::AtomicU64::new(0),
+            next_seq: redis::Script::new(NEXT_SEQ),
+            raise: redis::Script::new(RAISE),
         };
         q.ensure_group().await?;
         Ok(q)
@@ -174,6 +208,23 @@ impl RedisQueue {
             .arg(&self.waiting)
             .arg(&d.task_id)
             .query_async::<i64>(&mut c)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    fn saw(&self, seq: u64) {
+        self.seq_floor
+            .fetch_max(seq, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    async fn raise(&self, key: &str, to: u64, only_if_missing: bool) -> Result<(), QueueError> {
+        let mut c = self.cmd.clone();
+        self.raise
+            .key(key)
+            .arg(to)
+            .arg(if only_if_missing { "1" } else { "0" })
+            .invoke_async::<i64>(&mut c)
             .await
             .map(|_| ())
             .map_err(unavailable)
@@ -295,5 +346,46 @@ impl Queue for RedisQueue {
             .await
             .map_err(unavailable)?;
         Ok(stream + delayed)
+    }
+
+    async fn next_seq(&self) -> Result<u64, QueueError> {
+        let mut c = self.cmd.clone();
+        let floor = self.seq_floor.load(std::sync::atomic::Ordering::Relaxed);
+        let seq: u64 = self
+            .next_seq
+            .key(&self.issued)
+            .arg(floor)
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        self.saw(seq);
+        Ok(seq)
+    }
+
+    async fn taken(&self, seq: u64) -> Result<(), QueueError> {
+        self.saw(seq);
+        self.raise(&self.taken, seq, false).await
+    }
+
+    async fn marks(&self) -> Result<QueueMarks, QueueError> {
+        let mut c = self.cmd.clone();
+        let (issued, taken): (Option<u64>, Option<u64>) = redis::cmd("MGET")
+            .arg(&self.issued)
+            .arg(&self.taken)
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        let marks = QueueMarks {
+            issued: issued.unwrap_or(0),
+            taken: taken.unwrap_or(0),
+        };
+        self.saw(marks.issued.max(marks.taken));
+        Ok(marks)
+    }
+
+    async fn seed_marks(&self, marks: QueueMarks) -> Result<(), QueueError> {
+        self.saw(marks.issued);
+        self.raise(&self.issued, marks.issued, false).await?;
+        self.raise(&self.taken, marks.taken, true).await
     }
 }

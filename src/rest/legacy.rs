@@ -11,6 +11,7 @@ use super::envelope::ApiResult;
 use super::tasks::task_json;
 use crate::domain::{is_valid_id, rfc3339, Task, TaskStatus};
 use crate::error::AppError;
+use crate::service::queue_clock::QueuePlace;
 
 /// The provider name both Go versions report for Ark tasks.
 pub const PROVIDER: &str = "volcengine";
@@ -25,8 +26,8 @@ pub fn path_id(id: &str, what: &str) -> Result<(), AppError> {
     }
 }
 
-fn to_value(t: &Task, base: &str) -> Result<Value, AppError> {
-    serde_json::to_value(task_json(t, base)).map_err(|e| AppError::internal("task JSON", e))
+fn to_value(t: &Task, base: &str, place: Option<QueuePlace>) -> Result<Value, AppError> {
+    serde_json::to_value(task_json(t, base, place)).map_err(|e| AppError::internal("task JSON", e))
 }
 
 fn first_image(t: &Task, base: &str) -> Option<String> {
@@ -38,14 +39,14 @@ fn first_image(t: &Task, base: &str) -> Option<String> {
 
 /// The task as the v2 routes answer it: `TaskJson` already holds v2's keys (`input`, `output`,
 /// `error_msg`, `result{content, cost, duration, metadata, …}`).
-pub fn v2_task(t: &Task, base: &str) -> Result<Value, AppError> {
-    to_value(t, base)
+pub fn v2_task(t: &Task, base: &str, place: Option<QueuePlace>) -> Result<Value, AppError> {
+    to_value(t, base, place)
 }
 
 /// The task as the latest routes answer it: ours with `error` as a string (its structured form
 /// moves to `error_detail`), `type` `image`, `provider`, `created`/`updated` and `image_url`.
-pub fn latest_task(t: &Task, base: &str) -> Result<Value, AppError> {
-    let mut v = to_value(t, base)?;
+pub fn latest_task(t: &Task, base: &str, place: Option<QueuePlace>) -> Result<Value, AppError> {
+    let mut v = to_value(t, base, place)?;
     v["error_detail"] = v["error"].take();
     v["error"] = json!(t
         .error
@@ -64,9 +65,9 @@ pub fn latest_task(t: &Task, base: &str) -> Result<Value, AppError> {
 
 /// `data` of a create: the task, the v2 keys (`provider`, `system_task_id` = the task in v2's
 /// shape, `message`) and the latest ones (`provider`, `model`).
-pub fn created(t: &Task, base: &str) -> Result<Value, AppError> {
-    let mut v = v2_task(t, base)?;
-    v["system_task_id"] = v2_task(t, base)?;
+pub fn created(t: &Task, base: &str, place: Option<QueuePlace>) -> Result<Value, AppError> {
+    let mut v = v2_task(t, base, place)?;
+    v["system_task_id"] = v2_task(t, base, place)?;
     v["provider"] = json!(PROVIDER);
     v["message"] = json!("image generation task created");
     Ok(v)
@@ -84,10 +85,10 @@ pub enum Poll {
 /// `data.image_url` (and v2's `data.result`), 500 `TASK_FAILED` when failed with the task in
 /// `data`. A cancelled task (neither Go version had one) answers 200 with status `cancelled`,
 /// so a client looping on 202 stops.
-pub fn poll(t: &Task, base: &str, route: Poll) -> ApiResult {
+pub fn poll(t: &Task, base: &str, place: Option<QueuePlace>, route: Poll) -> ApiResult {
     let mut v = match route {
-        Poll::V2 => v2_task(t, base)?,
-        Poll::Latest => latest_task(t, base)?,
+        Poll::V2 => v2_task(t, base, place)?,
+        Poll::Latest => latest_task(t, base, place)?,
     };
     let (code, message) = match t.status {
         TaskStatus::Completed => (StatusCode::OK, "task completed"),

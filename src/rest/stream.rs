@@ -15,6 +15,7 @@ use super::tasks::task_json;
 use super::Caller;
 use crate::domain::Task;
 use crate::service::follow::follow_task;
+use crate::service::queue_clock::QueuePlace;
 use crate::state::AppState;
 
 /// `Last-Event-ID`: the version the client saw last. Anything else is no resumption (a client
@@ -39,10 +40,10 @@ impl Drop for Open {
     }
 }
 
-fn event(t: &Task, base: &str) -> Event {
+fn event(t: &Task, base: &str, place: Option<QueuePlace>) -> Event {
     let e = Event::default().id(t.version.to_string());
     // TaskJson always serialises; a failure would be a bug, answered as an empty event.
-    e.json_data(task_json(t, base))
+    e.json_data(task_json(t, base, place))
         .unwrap_or_else(|_| Event::default().id(t.version.to_string()))
 }
 
@@ -87,9 +88,10 @@ pub async fn stream(
     }
     let open = Open::new();
     let base = s.public_base.clone();
+    let service = s.service.clone();
     let events = follow.map(move |t| {
         let _ = &open;
-        Ok::<_, Infallible>(event(&t, &base))
+        Ok::<_, Infallible>(event(&t, &base, service.queue_place(&t)))
     });
     let keep_alive = KeepAlive::new()
         .interval(s.config.sse_keep_alive)

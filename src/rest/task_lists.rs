@@ -140,7 +140,7 @@ pub async fn list_for_user(
     let tasks = page
         .items
         .iter()
-        .map(|t| legacy::v2_task(t, &s.public_base))
+        .map(|t| legacy::v2_task(t, &s.public_base, s.service.queue_place(t)))
         .collect::<Result<Vec<_>, _>>()?;
     page_answer(page, tasks, json!({}))
 }
@@ -183,7 +183,7 @@ pub async fn list_latest(
     let tasks = page
         .items
         .iter()
-        .map(|t| legacy::latest_task(t, &s.public_base))
+        .map(|t| legacy::latest_task(t, &s.public_base, s.service.queue_place(t)))
         .collect::<Result<Vec<_>, _>>()?;
     page_answer(
         page,

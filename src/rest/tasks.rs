@@ -16,6 +16,7 @@ use super::{prefer, Caller};
 use crate::auth::Principal;
 use crate::domain::{image_url, is_valid_id, rfc3339, Task, TaskStatus, TASK_KIND_IMAGE};
 use crate::error::AppError;
+use crate::service::queue_clock::QueuePlace;
 use crate::service::CreateImageTask;
 use crate::state::AppState;
 
@@ -255,6 +256,13 @@ pub struct TaskJson {
     /// Not in a final state by then (RFC 3339), the task fails with `error.code`
     /// `DEADLINE_EXCEEDED`.
     deadline_at: Option<String>,
+    /// While pending: how many tasks start before it, itself included (1 = next); an upper
+    /// bound (tasks ahead cancelled while waiting still count), refreshed once a second. Null
+    /// otherwise.
+    queue_position: Option<u64>,
+    /// While pending: when it is expected to start (RFC 3339), from its position and the rate
+    /// tasks were started at lately; null otherwise or before any rate was observed.
+    estimated_start_at: Option<String>,
     /// RFC 3339, UTC.
     created_at: String,
     updated_at: String,
@@ -276,7 +284,8 @@ pub struct TaskJson {
     message: Option<String>,
 }
 
-pub fn task_json(t: &Task, base: &str) -> TaskJson {
+/// `place`: where the task waits in the queue (`Service::queue_place`), if it does.
+pub fn task_json(t: &Task, base: &str, place: Option<QueuePlace>) -> TaskJson {
     let result = t.result.as_ref().map(|r| {
         let images: Vec<ImageJson> = r
             .images
@@ -347,6 +356,8 @@ pub fn task_json(t: &Task, base: &str) -> TaskJson {
             .map(rfc3339),
         run_at: t.run_at.map(rfc3339),
         deadline_at: t.deadline_at.map(rfc3339),
+        queue_position: place.map(|p| p.position),
+        estimated_start_at: place.and_then(|p| p.estimated_start_at).map(rfc3339),
         created_at: rfc3339(t.created_at),
         updated_at: rfc3339(t.updated_at),
         started_at: t.started_at.map(rfc3339),
@@ -395,7 +406,7 @@ async fn create(
         Some(secs) => prefer::wait_for_outcome(s, who, t, secs).await,
         None => t,
     };
-    let data = legacy::created(&t, &s.public_base)?;
+    let data = legacy::created(&t, &s.public_base, s.service.queue_place(&t))?;
     let mut resp = ok(StatusCode::CREATED, data, Some("task created"))?;
     if !created {
         resp.headers_mut()
@@ -511,7 +522,7 @@ pub async fn get(
 ) -> ApiResult {
     legacy::path_id(&id, "task")?;
     let t = s.service.poll_task_or_404(&who, &id).await?;
-    legacy::poll(&t, &s.public_base, Poll::V2)
+    legacy::poll(&t, &s.public_base, s.service.queue_place(&t), Poll::V2)
 }
 
 /// Poll a task (the latest Go server's route)
@@ -533,14 +544,19 @@ pub async fn poll_latest(
 ) -> ApiResult {
     legacy::path_id(&id, "task")?;
     let t = s.service.poll_task_or_404(&who, &id).await?;
-    legacy::poll(&t, &s.public_base, Poll::Latest)
+    legacy::poll(&t, &s.public_base, s.service.queue_place(&t), Poll::Latest)
 }
 
 /// A task in v2's shape (the detail routes, cancel, retry).
 async fn detail(s: &AppState, who: &Principal, id: &str) -> ApiResult {
     legacy::path_id(id, "task")?;
     let t = s.service.poll_task_or_404(who, id).await?;
-    ok(StatusCode::OK, legacy::v2_task(&t, &s.public_base)?, None)
+    let place = s.service.queue_place(&t);
+    ok(
+        StatusCode::OK,
+        legacy::v2_task(&t, &s.public_base, place)?,
+        None,
+    )
 }
 
 /// Get a task (generic route)
@@ -606,7 +622,7 @@ pub async fn cancel(
     let t = s.service.cancel_task(&who, &id).await?;
     ok(
         StatusCode::OK,
-        legacy::v2_task(&t, &s.public_base)?,
+        legacy::v2_task(&t, &s.public_base, None)?,
         Some("task cancelled"),
     )
 }
@@ -630,7 +646,7 @@ pub async fn retry(
     let t = s.service.retry_task(&who, &id).await?;
     ok(
         StatusCode::OK,
-        legacy::v2_task(&t, &s.public_base)?,
+        legacy::v2_task(&t, &s.public_base, s.service.queue_place(&t))?,
         Some("task queued again"),
     )
 }

@@ -7,6 +7,7 @@ mod admission;
 pub mod follow;
 mod keys;
 mod polls;
+pub mod queue_clock;
 mod tasks;
 mod usage;
 mod users;
@@ -65,6 +66,8 @@ pub struct Service {
     webhook_wake: Arc<tokio::sync::Notify>,
     /// Polls answered from memory (distributed api processes; see `polls`).
     polls: Option<Arc<PollCache>>,
+    /// Queue positions (`queue_clock`).
+    queue_clock: Arc<queue_clock::QueueClock>,
 }
 
 /// The backends' names, for `/health`.
@@ -110,6 +113,7 @@ impl Service {
                 store.clone(),
             ),
             store,
+            queue_clock: Arc::new(queue_clock::QueueClock::new(queue.clone())),
             queue,
             events,
             catalog: Catalog::new(&config.model_ids),
@@ -191,6 +195,24 @@ impl Service {
         limit: usize,
     ) -> Result<Vec<Task>, AppError> {
         Ok(self.store.tasks_changed(user_id, after, limit).await?)
+    }
+
+    /// Resumes the queue numbering from the store and keeps this process's view of the queue
+    /// current until `shutdown`. Before the workers start, so that they number from there.
+    pub async fn start_queue_clock(&self, shutdown: tokio_util::sync::CancellationToken) {
+        self.queue_clock.seed(self.store.as_ref()).await;
+        tokio::spawn(self.queue_clock.clone().run(shutdown));
+    }
+
+    /// Where a pending task waits (see `queue_clock`), from this process's last read of the
+    /// queue: no I/O.
+    pub fn queue_place(&self, task: &Task) -> Option<queue_clock::QueuePlace> {
+        self.queue_clock.view().place(task, chrono::Utc::now())
+    }
+
+    /// Told each time the queue's taken mark moves (at most once a second).
+    pub fn queue_moves(&self) -> tokio::sync::watch::Receiver<queue_clock::QueueView> {
+        self.queue_clock.subscribe()
     }
 
     /// Users by id, for resolving `Task.user` of tasks the caller was allowed to read.

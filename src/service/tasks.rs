@@ -67,6 +67,9 @@ impl Service {
         if let Principal::User { key_id, .. } = who {
             task.api_key_id = Some(key_id.clone());
         }
+        if task.status == TaskStatus::Pending {
+            task.queue_seq = self.queue_number(&task.id).await;
+        }
         let earlier = self.insert_new_task(&task, now).await?;
         if let (None, Some(polls)) = (&earlier, &self.polls) {
             polls.wrote(&task);
@@ -303,6 +306,10 @@ impl Service {
     /// somebody else changed the task first.
     /// The change's webhook events go into the task's outbox, which the store writes with it.
     pub async fn commit(&self, current: &Task, mut next: Task) -> Result<Option<Task>, AppError> {
+        if next.status == TaskStatus::Pending && current.status != TaskStatus::Pending {
+            // Back in the queue (promoted, requeued, retried): at its end.
+            next.queue_seq = self.queue_number(&next.id).await;
+        }
         let events = domain::webhook::events_for(current, &next);
         let wake = !events.is_empty();
         next.outbox.extend(events);
@@ -315,6 +322,9 @@ impl Service {
                 .increment(1);
             if let Some(polls) = &self.polls {
                 polls.wrote(&next);
+            }
+            if current.status == TaskStatus::Pending && next.status == TaskStatus::Processing {
+                self.taken_from_queue(current).await;
             }
             if wake {
                 self.webhook_wake.notify_one();
@@ -330,6 +340,25 @@ impl Service {
             Ok(Some(next))
         } else {
             Ok(None)
+        }
+    }
+
+    /// The task's next queue number; `None` (no position shown) when the queue cannot give one.
+    async fn queue_number(&self, task_id: &str) -> Option<u64> {
+        match self.queue.next_seq().await {
+            Ok(n) => Some(n),
+            Err(e) => {
+                tracing::warn!(task_id = %task_id, error = %e, "no queue number; its position will not be shown");
+                None
+            }
+        }
+    }
+
+    async fn taken_from_queue(&self, task: &Task) {
+        let Some(seq) = task.queue_seq else { return };
+        if let Err(e) = self.queue.taken(seq).await {
+            // Positions behind it read high until the next start moves the mark.
+            tracing::warn!(task_id = %task.id, error = %e, "could not move the queue's taken mark");
         }
     }
 

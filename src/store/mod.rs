@@ -198,6 +198,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Task>, StoreError>;
     /// The pending task created first (the queue's oldest wait), if any.
     async fn oldest_pending(&self) -> Result<Option<Task>, StoreError>;
+    /// The lowest and highest queue numbers (`Task::queue_seq`) of pending tasks, `None` when
+    /// none has one: where the queue's numbering resumes at start. Read once per start.
+    async fn pending_seq_range(&self) -> Result<Option<(u64, u64)>, StoreError>;
     /// Processing tasks, whoever holds them (crash recovery of the embedded single process).
     async fn processing_tasks(&self, limit: usize) -> Result<Vec<Task>, StoreError>;
     /// Deletes a task and its images; `false` when it did not exist.

@@ -70,7 +70,11 @@ async fn recover_orphans(worker: &Worker) -> Result<usize, crate::error::AppErro
 pub async fn reconcile_once(worker: &Worker) -> Result<usize, crate::error::AppError> {
     let svc = &worker.backends;
     let now = Utc::now();
-    let due = svc.store.due_tasks(now, BATCH).await?;
+    let mut due = svc.store.due_tasks(now, BATCH).await?;
+    // In queue-number order, so that a queue refilled after a restart (or a Redis flush) serves
+    // tasks in the order their positions count them. A stable sort: unnumbered tasks (stored
+    // before numbering) keep the store's oldest-first order, ahead of the rest.
+    due.sort_by_key(|t| t.queue_seq.unwrap_or(0));
     let mut n = 0;
     for task in due {
         match task.status {

@@ -561,6 +561,9 @@ impl Store for Counting {
     async fn oldest_pending(&self) -> Result<Option<Task>, StoreError> {
         self.inner.oldest_pending().await
     }
+    async fn pending_seq_range(&self) -> Result<Option<(u64, u64)>, StoreError> {
+        self.inner.pending_seq_range().await
+    }
     async fn processing_tasks(&self, l: usize) -> Result<Vec<Task>, StoreError> {
         self.inner.processing_tasks(l).await
     }

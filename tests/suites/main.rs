@@ -30,6 +30,7 @@ mod openai;
 mod openapi;
 mod provider;
 mod push;
+mod queue_position;
 mod rest;
 mod rest_compat;
 mod scheduling;

@@ -248,6 +248,7 @@ impl MongoStore {
             doc! {"status": 1, "lease_until_ms": 1},
             doc! {"updated_ms": 1, "_id": 1},
             doc! {"status": 1, "deadline_ms": 1},
+            doc! {"status": 1, "queue_seq": 1},
         ] {
             self.tasks
                 .create_index(IndexModel::builder().keys(keys).build())

@@ -506,6 +506,26 @@ impl Store for MongoStore {
             .transpose()
     }
 
+    async fn pending_seq_range(&self) -> Result<Option<(u64, u64)>, StoreError> {
+        // Both ends of the (status, queue_seq) index's pending range.
+        let mut ends = Vec::with_capacity(2);
+        for dir in [1, -1] {
+            let found = self
+                .tasks
+                .find_one(doc! {"status": "pending", "queue_seq": {"$gte": 0_i64}})
+                .sort(doc! {"queue_seq": dir})
+                .projection(doc! {"queue_seq": 1})
+                .await
+                .map_err(backend)?;
+            match found.and_then(|d| d.get("queue_seq").cloned()) {
+                Some(Bson::Int64(n)) => ends.push(n.max(0) as u64),
+                Some(Bson::Int32(n)) => ends.push(n.max(0) as u64),
+                _ => return Ok(None),
+            }
+        }
+        Ok(Some((ends[0], ends[1])))
+    }
+
     async fn processing_tasks(&self, limit: usize) -> Result<Vec<Task>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());

@@ -452,6 +452,25 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn pending_seq_range(&self) -> Result<Option<(u64, u64)>, StoreError> {
+        // Pending tasks only, through the status index, once per start: an index on the number
+        // would cost every write a parse of its document.
+        self.read(|c| {
+            c.query_row(
+                "SELECT MIN(json_extract(doc, '$.queue_seq')), MAX(json_extract(doc, '$.queue_seq')) \
+                 FROM tasks WHERE status = 'pending'",
+                [],
+                |r| Ok((r.get::<_, Option<i64>>(0)?, r.get::<_, Option<i64>>(1)?)),
+            )
+            .map_err(backend)
+            .map(|range| match range {
+                (Some(lo), Some(hi)) => Some((lo.max(0) as u64, hi.max(0) as u64)),
+                _ => None,
+            })
+        })
+        .await
+    }
+
     async fn processing_tasks(&self, limit: usize) -> Result<Vec<Task>, StoreError> {
         self.read(move |c| {
             let mut s = c
