@@ -13,6 +13,7 @@ use crate::emulator::{self, EmulatorConfig};
 use crate::events::{memory::MemoryEvents, redis::RedisEvents, Events};
 use crate::graphql;
 use crate::http;
+use crate::provider::keys::KeyPool;
 use crate::provider::limiter::{MemoryPacer, Pacer, ProviderLimiter, RedisPacer};
 use crate::provider::{ark::ArkClient, ImageProvider, ProviderError};
 use crate::queue::{memory::MemoryQueue, redis::RedisQueue, Queue};
@@ -227,38 +228,58 @@ async fn provider(
     config: &Config,
     shutdown: &CancellationToken,
 ) -> Result<(Arc<dyn ImageProvider>, Option<emulator::Emulator>), StartError> {
-    match &config.volcengine_api_key {
-        Some(key) => {
-            let client = ArkClient::new(
-                &config.volcengine_endpoint,
-                key.expose(),
-                config.ai_timeout,
-                "ark",
-            )?;
-            Ok((Arc::new(client), None))
-        }
-        None => {
-            let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
-            let addr = listener.local_addr()?;
-            let emu = emulator::serve(
-                EmulatorConfig {
-                    latency: config.sandbox_latency,
-                    model_ids: config.model_ids.clone(),
-                    ..EmulatorConfig::default()
-                },
-                listener,
-                shutdown.clone(),
-            )
-            .await?;
-            let client = ArkClient::new(
-                &format!("http://{addr}"),
-                "sandbox",
-                config.ai_timeout,
-                "sandbox",
-            )?;
-            Ok((Arc::new(client), Some(emu)))
-        }
+    if !config.is_sandbox() {
+        let client = ArkClient::new(&config.volcengine_endpoint, config.ai_timeout, "ark")?;
+        return Ok((Arc::new(client), None));
     }
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+    let addr = listener.local_addr()?;
+    let emu = emulator::serve(
+        EmulatorConfig {
+            latency: config.sandbox_latency,
+            model_ids: config.model_ids.clone(),
+            ..EmulatorConfig::default()
+        },
+        listener,
+        shutdown.clone(),
+    )
+    .await?;
+    let client = ArkClient::new(&format!("http://{addr}"), config.ai_timeout, "sandbox")?;
+    Ok((Arc::new(client), Some(emu)))
+}
+
+/// The provider pace of every key and model, shared by this process's worker and `/ready`.
+fn limiter(
+    config: &Config,
+    catalog: &crate::domain::models::Catalog,
+    pacer: Arc<dyn Pacer>,
+) -> Arc<ProviderLimiter> {
+    Arc::new(ProviderLimiter::new(
+        catalog,
+        &config.provider_ipm,
+        config.provider_concurrency,
+        pacer,
+        config.provider_rate_window,
+    ))
+}
+
+/// The provider API keys: `VOLCENGINE_API_KEYS` with their weights, else the one
+/// `VOLCENGINE_API_KEY`, else the sandbox emulator's.
+fn key_pool(config: &Config) -> KeyPool {
+    let keys: Vec<(String, u32)> = if config.volcengine_api_keys.is_empty() {
+        let key = config
+            .volcengine_api_key
+            .as_ref()
+            .map_or("sandbox", |k| k.expose());
+        vec![(key.to_string(), 1)]
+    } else {
+        config
+            .volcengine_api_keys
+            .iter()
+            .map(|(k, w)| (k.expose().to_string(), *w))
+            .collect()
+    };
+    KeyPool::new(&keys, config.provider_key_reprobe)
 }
 
 /// What answers image requests: Volcengine Ark, or the built-in emulator without an API key.
@@ -361,19 +382,16 @@ pub async fn start_with(
         (Some(_), Role::Serve) => Some(worker_runtime()?),
         _ => None,
     };
+    let keys = Arc::new(key_pool(&config));
+    let limiter = limiter(&config, service.catalog(), pacer);
+    let provider_keys = provider.is_some().then(|| (keys.clone(), limiter.clone()));
     let workers = provider.map(|provider| {
-        let limiter = Arc::new(ProviderLimiter::new(
-            service.catalog(),
-            &config.provider_ipm,
-            config.provider_concurrency,
-            pacer,
-            config.provider_rate_window,
-        ));
         let worker = Arc::new(Worker::new(
             service.clone(),
             handles,
             provider,
-            limiter,
+            keys.clone(),
+            limiter.clone(),
             worker_config(&config),
         ));
         tracing::info!(
@@ -400,6 +418,7 @@ pub async fn start_with(
                 provider_mode,
                 started: Instant::now(),
                 sockets: Default::default(),
+                provider_keys,
             };
             Some(serve(listener, state, role, shutdown.clone()).await)
         }

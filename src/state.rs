@@ -22,6 +22,11 @@ pub struct AppState {
     /// Open WebSocket connections of user keys (this process), by key label: counted against
     /// `WS_MAX_CONNECTIONS_PER_KEY`, and closed when their key is revoked.
     pub sockets: Sockets,
+    /// The provider API keys and their paces, where this process runs the worker (`/ready`).
+    pub provider_keys: Option<(
+        Arc<crate::provider::keys::KeyPool>,
+        Arc<crate::provider::limiter::ProviderLimiter>,
+    )>,
 }
 
 pub type Sockets = Arc<Mutex<HashMap<String, Vec<OpenSocket>>>>;

@@ -136,8 +136,13 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// Namespace of every Redis key and channel, so several deployments can share one Redis.
     pub redis_prefix: String,
-    /// `None`: sandbox mode against the in-process emulator.
+    /// `None` without a pool: sandbox mode against the in-process emulator.
     pub volcengine_api_key: Option<Secret>,
+    /// `VOLCENGINE_API_KEYS`: the key pool with each key's weight (empty: the one key above).
+    pub volcengine_api_keys: Vec<(Secret, u32)>,
+    /// First wait before a key the provider refused (401/403) is tried again; doubles per
+    /// refusal, up to 30 minutes.
+    pub provider_key_reprobe: Duration,
     /// The operator's key; auth is off (and only a loopback bind allowed) without it.
     pub admin_api_key: Option<Secret>,
     /// Tasks a user key may submit per minute, on average (a token bucket shared by all api
@@ -237,6 +242,8 @@ impl Default for Config {
             redis_url: None,
             redis_prefix: "vas".into(),
             volcengine_api_key: None,
+            volcengine_api_keys: Vec::new(),
+            provider_key_reprobe: Duration::from_secs(30),
             admin_api_key: None,
             user_submit_per_minute: 120,
             user_submit_burst: 20,
@@ -283,6 +290,9 @@ impl Default for Config {
         }
     }
 }
+
+mod key_pool;
+use key_pool::parse_key_pool;
 
 struct Env<'a> {
     get: &'a dyn Fn(&str) -> Option<String>,
@@ -651,6 +661,15 @@ impl Config {
         self.volcengine_api_key = env
             .raw(&["VOLCENGINE_API_KEY", "ARK_API_KEY"])
             .map(|(_, v)| Secret(v));
+        if let Some((var, value)) = env.raw(&["VOLCENGINE_API_KEYS"]) {
+            self.volcengine_api_keys = parse_key_pool(&value).map_err(|reason| ConfigError {
+                var,
+                value: "[redacted]".into(),
+                reason,
+            })?;
+        }
+        self.provider_key_reprobe =
+            env.duration(&["PROVIDER_KEY_REPROBE"], self.provider_key_reprobe, ms(10))?;
         if let Some((var, v)) = env.raw(&["VOLCENGINE_ENDPOINT", "ARK_BASE_URL"]) {
             self.volcengine_endpoint = url(var, v)?;
         }
@@ -787,7 +806,7 @@ impl Config {
     }
 
     pub fn is_sandbox(&self) -> bool {
-        self.volcengine_api_key.is_none()
+        self.volcengine_api_key.is_none() && self.volcengine_api_keys.is_empty()
     }
 }
 

@@ -132,6 +132,9 @@ pub struct UnkeptImages {
     /// What the provider billed for the call that made these (`usage.generated_images`).
     #[serde(default)]
     pub billed: u32,
+    /// Fingerprint of the API key that made them (`provider::key_fingerprint`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_key: Option<String>,
 }
 
 /// One generated image at the provider.
@@ -184,6 +187,9 @@ pub struct Task {
     /// for tasks that never waited, or were stored before numbering existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_seq: Option<u64>,
+    /// Fingerprint of the provider API key that made the images (never the key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unkept: Option<UnkeptImages>,
     /// The user key that created the task (`None` for the admin): usage is counted per key.
@@ -256,6 +262,7 @@ impl Task {
             lease_until: None,
             provider_request_id: None,
             queue_seq: None,
+            provider_key: None,
             unkept: None,
             api_key_id: None,
             generated_images: 0,

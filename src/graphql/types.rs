@@ -189,6 +189,10 @@ impl Task {
     async fn provider_request_id(&self) -> Option<&str> {
         self.0.provider_request_id.as_deref()
     }
+    /// Fingerprint of the provider API key that made the images (never the key itself).
+    async fn provider_key(&self) -> Option<&str> {
+        self.0.provider_key.as_deref()
+    }
     /// When the task was submitted.
     async fn created_at(&self) -> DateTime<Utc> {
         self.0.created_at

@@ -89,7 +89,7 @@ pub async fn health(State(s): State<AppState>) -> Response {
 /// Ready when every backend answers; 503 naming the ones that do not.
 #[utoipa::path(get, path = "/ready", tag = "operations",
     responses(
-        (status = 200, description = "`{status: \"ready\", store: \"ok\", queue: \"ok\", events: \"ok\"}`", body = Object),
+        (status = 200, description = "`{status: \"ready\", store: \"ok\", queue: \"ok\", events: \"ok\"}`; where the worker runs, `provider_keys`: each API key by fingerprint with its state (`enabled`, `disabled`, `probing`), calls, refusals, probes and learned pace per model", body = Object),
         (status = 503, description = "Some backend is `unavailable`", body = Object),
     ))]
 pub async fn ready(State(s): State<AppState>) -> Response {
@@ -109,16 +109,38 @@ pub async fn ready(State(s): State<AppState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        Json(json!({
-            "status": if all_ok { "ready" } else { "unavailable" },
-            "store": show(&store),
-            "queue": show(&queue),
-            "events": show(&events),
-        })),
-    )
-        .into_response()
+    let mut body = json!({
+        "status": if all_ok { "ready" } else { "unavailable" },
+        "store": show(&store),
+        "queue": show(&queue),
+        "events": show(&events),
+    });
+    if let Some((pool, limiter)) = &s.provider_keys {
+        body["provider_keys"] = provider_keys(&s, pool, limiter).await;
+    }
+    (status, Json(body)).into_response()
+}
+
+/// Each provider API key by fingerprint (never the key): its state in this process and its
+/// learned pace per model, in images per minute.
+async fn provider_keys(
+    s: &AppState,
+    pool: &crate::provider::keys::KeyPool,
+    limiter: &crate::provider::limiter::ProviderLimiter,
+) -> serde_json::Value {
+    let mut keys = Vec::new();
+    for state in pool.states() {
+        let mut pace = serde_json::Map::new();
+        for model in s.service.catalog().all() {
+            if let Some(rate) = limiter.rate(&state.key, &model.id).await {
+                pace.insert(model.id.clone(), json!((rate * 10.0).round() / 10.0));
+            }
+        }
+        let mut v = json!(state);
+        v["pace"] = serde_json::Value::Object(pace);
+        keys.push(v);
+    }
+    serde_json::Value::Array(keys)
 }
 
 /// A stored image

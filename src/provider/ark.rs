@@ -15,8 +15,6 @@ use super::{
 pub struct ArkClient {
     http: reqwest::Client,
     generations_url: String,
-    api_key: String,
-    fingerprint: String,
     mode: &'static str,
 }
 
@@ -133,7 +131,6 @@ impl ArkClient {
     /// `/api/v3` is tolerated so both the old server's and the SDKs' forms work.
     pub fn new(
         endpoint: &str,
-        api_key: &str,
         timeout: Duration,
         mode: &'static str,
     ) -> Result<ArkClient, ProviderError> {
@@ -155,8 +152,6 @@ impl ArkClient {
         Ok(ArkClient {
             http,
             generations_url: format!("{root}/api/v3/images/generations"),
-            api_key: api_key.to_string(),
-            fingerprint: super::key_fingerprint(api_key),
             mode,
         })
     }
@@ -168,12 +163,12 @@ impl ImageProvider for ArkClient {
         self.mode
     }
 
-    fn key_fingerprint(&self) -> &str {
-        &self.fingerprint
-    }
-
     #[tracing::instrument(skip_all, fields(task_id = %req.task_id, model = %req.model))]
-    async fn generate(&self, req: &GenerateRequest) -> Result<Generated, ProviderError> {
+    async fn generate(
+        &self,
+        req: &GenerateRequest,
+        api_key: &str,
+    ) -> Result<Generated, ProviderError> {
         let group = req.max_images > 1;
         let body = WireRequest {
             model: &req.model,
@@ -196,7 +191,7 @@ impl ImageProvider for ArkClient {
         let resp = self
             .http
             .post(&self.generations_url)
-            .bearer_auth(&self.api_key)
+            .bearer_auth(api_key)
             .header("X-Client-Request-Id", &req.task_id)
             .json(&body)
             .send()

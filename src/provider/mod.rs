@@ -3,6 +3,7 @@
 //! code that runs in production is the code the tests run.
 
 pub mod ark;
+pub mod keys;
 pub mod limiter;
 pub mod pace;
 pub mod volc_sign;
@@ -149,6 +150,17 @@ impl ProviderError {
         self.status == Some(429) && self.retryable
     }
 
+    /// The provider refused the API key itself (401, 403).
+    pub fn is_key_refused(&self) -> bool {
+        matches!(self.status, Some(401 | 403))
+    }
+
+    /// Whether the task's next attempt may start without spending one of its attempts: a rate
+    /// limit, or a refused key of a pool that has other keys to try (`retryable` then).
+    pub fn costs_no_attempt(&self) -> bool {
+        self.is_pace_signal() || (self.is_key_refused() && self.retryable)
+    }
+
     /// A failure on our side of a call (no status, no request id from the provider).
     pub fn ours(code: &str, message: impl Into<String>, retryable: bool) -> ProviderError {
         ProviderError {
@@ -174,9 +186,12 @@ pub fn key_fingerprint(key: &str) -> String {
 pub trait ImageProvider: Send + Sync + 'static {
     /// `ark` or `sandbox`, for `/health` and logs.
     fn mode(&self) -> &'static str;
-    /// `key_fingerprint` of the API key the calls are made with.
-    fn key_fingerprint(&self) -> &str;
-    async fn generate(&self, req: &GenerateRequest) -> Result<Generated, ProviderError>;
+    /// One call made with `api_key` (a key of the pool).
+    async fn generate(
+        &self,
+        req: &GenerateRequest,
+        api_key: &str,
+    ) -> Result<Generated, ProviderError>;
     /// Downloads a generated image before the provider's URL expires, within `budget`;
     /// `estimate` is the image's expected length, reserved before the request is sent.
     async fn fetch(

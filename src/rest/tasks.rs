@@ -248,6 +248,8 @@ pub struct TaskJson {
     /// when the task passed its deadline.
     error: Option<ErrorJson>,
     provider_request_id: Option<String>,
+    /// Fingerprint of the provider API key that made the images (never the key itself).
+    provider_key: Option<String>,
     /// When a pending retry may start (RFC 3339).
     next_attempt_at: Option<String>,
     /// When a task created with `delay` or `run_at` was to start (RFC 3339); a `scheduled` task
@@ -350,6 +352,7 @@ pub fn task_json(t: &Task, base: &str, place: Option<QueuePlace>) -> TaskJson {
             retryable: e.retryable,
         }),
         provider_request_id: t.provider_request_id.clone(),
+        provider_key: t.provider_key.clone(),
         next_attempt_at: t
             .not_before
             .filter(|_| t.status == TaskStatus::Pending)

@@ -77,6 +77,7 @@ pub fn weight(t: &Task) -> usize {
         .map_or(0, |e| e.code.len() + e.message.len());
     let unkept = t.unkept.as_ref().map_or(0, |u| {
         opt(&u.request_id)
+            + opt(&u.provider_key)
             + u.images
                 .iter()
                 .map(|i| std::mem::size_of_val(i) + i.url.len() + opt(&i.size))
@@ -102,6 +103,7 @@ pub fn weight(t: &Task) -> usize {
         + opt(&t.request_hash)
         + opt(&t.lease_owner)
         + opt(&t.provider_request_id)
+        + opt(&t.provider_key)
         + unkept
 }
 

@@ -21,6 +21,7 @@ use crate::domain::{
 };
 use crate::events::Events;
 use crate::events::{Channel, Event};
+use crate::provider::keys::{KeyOutcome, KeyPool};
 use crate::provider::limiter::ProviderLimiter;
 use crate::provider::pace::PaceSignal;
 use crate::provider::{
@@ -62,6 +63,8 @@ pub struct Worker {
     service: Arc<Service>,
     backends: Handles,
     provider: Arc<dyn ImageProvider>,
+    /// The API keys the calls are made with, each paced on its own.
+    keys: Arc<KeyPool>,
     limiter: Arc<ProviderLimiter>,
     cfg: WorkerConfig,
     /// Lease owner name of this process.
@@ -91,7 +94,9 @@ const PROVIDER_URLS_USABLE_FOR: chrono::Duration = chrono::Duration::hours(23);
 /// `billed` is what this attempt's own provider call cost (0 when it reused an earlier one's
 /// images): added to the task's `generated_images` with the outcome.
 enum Outcome {
-    Images(Vec<StoredImage>, Option<String>, u32),
+    /// The images, the provider's request id, what this attempt's call billed and the
+    /// fingerprint of the key that made them.
+    Images(Vec<StoredImage>, Option<String>, u32, Option<String>),
     Error(ProviderError),
     /// The provider made the images but one could not be kept (downloaded or stored).
     NotKept(ProviderError, UnkeptImages, u32),
@@ -122,6 +127,7 @@ impl Worker {
         service: Arc<Service>,
         backends: Handles,
         provider: Arc<dyn ImageProvider>,
+        keys: Arc<KeyPool>,
         limiter: Arc<ProviderLimiter>,
         cfg: WorkerConfig,
     ) -> Worker {
@@ -131,6 +137,7 @@ impl Worker {
             service,
             backends,
             provider,
+            keys,
             limiter,
             cfg,
             id: format!("worker-{}", uuid::Uuid::new_v4()),
@@ -262,7 +269,7 @@ impl Worker {
             };
             match delivery {
                 Ok(d) => {
-                    let span = tracing::info_span!("task", task_id = %d.task_id, worker = %self.id);
+                    let span = tracing::info_span!("task", task_id = %d.task_id, worker = %self.id, provider_key = tracing::field::Empty);
                     self.process(&d).instrument(span).await;
                 }
                 Err(e) => {
@@ -391,7 +398,7 @@ impl Worker {
                 }
             }
         }
-        Outcome::Images(stored, made.request_id, billed)
+        Outcome::Images(stored, made.request_id, billed, made.provider_key)
     }
 
     /// One paid provider call; the images it made, or why there are none.
@@ -407,7 +414,15 @@ impl Worker {
             images: task.params.images.clone(),
             max_images: task.params.n.min(spec.max_output_images),
         };
-        let key = self.provider.key_fingerprint().to_string();
+        let Some(picked) = self.keys.pick() else {
+            return Err(ProviderError::ours(
+                "ProviderKeysRefused",
+                "every provider API key was refused (401/403); each is probed again with backoff",
+                false,
+            ));
+        };
+        let key = picked.key.fingerprint.clone();
+        tracing::Span::current().record("provider_key", key.as_str());
         let permit = self.limiter.acquire(&key, &req.model, req.max_images).await;
         if let Some(p) = &permit {
             metrics::histogram!("rate_limiter_wait_seconds", "model" => req.model.clone())
@@ -420,8 +435,9 @@ impl Worker {
             }
         }
         let called = std::time::Instant::now();
-        let result = self.provider.generate(&req).await;
+        let result = self.provider.generate(&req, picked.key.secret()).await;
         drop(permit);
+        let result = self.key_outcome(picked, result);
         let (outcome, code) = match &result {
             Ok(_) => ("ok", String::new()),
             Err(e) if e.retryable => ("retryable_error", e.code.clone()),
@@ -429,6 +445,7 @@ impl Worker {
         };
         let labels = [
             ("model", req.model.clone()),
+            ("key", key.clone()),
             ("outcome", outcome.to_string()),
             ("code", code),
         ];
@@ -483,7 +500,29 @@ impl Worker {
             request_id: generated.request_id,
             generated_at: Utc::now(),
             billed,
+            provider_key: Some(key),
         })
+    }
+
+    /// Tells the key pool what the call showed of its key. A refused key (401/403) is taken out
+    /// at once; the task's error is then retryable without costing an attempt while the pool
+    /// has another key to try, and fails the task as before when it has none.
+    fn key_outcome(
+        &self,
+        picked: crate::provider::keys::Picked<'_>,
+        result: Result<crate::provider::Generated, ProviderError>,
+    ) -> Result<crate::provider::Generated, ProviderError> {
+        match result {
+            Err(mut e) if e.is_key_refused() => {
+                self.keys.report(picked, KeyOutcome::Refused);
+                e.retryable = self.keys.any_usable();
+                Err(e)
+            }
+            other => {
+                self.keys.report(picked, KeyOutcome::Accepted);
+                other
+            }
+        }
     }
 
     /// Downloads one image at once (provider URLs expire after 24 h) and stores it.
@@ -559,12 +598,13 @@ impl Worker {
             Outcome::Overdue => {
                 timers::expire(self, running, now).await?;
             }
-            Outcome::Images(images, request_id, billed) => {
+            Outcome::Images(images, request_id, billed, provider_key) => {
                 let count = images.len();
                 let Ok(mut next) = running.complete(images.clone(), request_id, now) else {
                     return Ok(());
                 };
                 next.generated_images = next.generated_images.saturating_add(billed);
+                next.provider_key = provider_key.or(next.provider_key);
                 if self.commit(running, next).await?.is_some() {
                     tracing::info!(images = count, "task completed");
                 } else {
@@ -600,8 +640,9 @@ impl Worker {
             message: e.message.clone(),
             retryable: e.retryable,
         };
-        if e.is_pace_signal() {
-            // The pace already waits for the provider; only a Retry-After also holds the task.
+        if e.costs_no_attempt() {
+            // The pace already waits for the provider; only a Retry-After also holds the task. A
+            // refused key of a pool is already out of it: the next call takes another key.
             let at = now
                 + chrono::Duration::from_std(e.retry_after.unwrap_or_default()).unwrap_or_default();
             let Ok(mut next) = running.requeue_paced(error, at, now) else {
@@ -609,7 +650,7 @@ impl Worker {
             };
             next.unkept = unkept;
             if self.commit(running, next).await?.is_some() {
-                tracing::info!(code = %e.code, retry_at = %at, "rate-limited; waiting for the pace, no attempt spent");
+                tracing::info!(code = %e.code, retry_at = %at, "rate-limited or key refused; tried again, no attempt spent");
                 self.backends.queue.enqueue(&running.id, Some(at)).await?;
             }
         } else if e.retryable && running.attempts < self.cfg.max_attempts {

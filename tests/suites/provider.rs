@@ -690,3 +690,124 @@ async fn reused_images_are_one_png_per_size() {
     let own = downloads(false).await;
     assert_ne!(own[0], own[1]);
 }
+
+/// `provider::key_fingerprint`: the first 8 hex digits of the key's SHA-256.
+fn fingerprint(key: &str) -> String {
+    volcengine_ai_server::provider::key_fingerprint(key)
+}
+
+/// The state `/ready` shows for the key with `fp`.
+async fn key_state(s: &TestServer, fp: &str) -> serde_json::Value {
+    let (status, ready) = s.get("/ready").await;
+    assert_eq!(status, 200, "{ready}");
+    let keys = ready["provider_keys"].as_array().expect("provider_keys");
+    keys.iter()
+        .find(|k| k["key"] == fp)
+        .cloned()
+        .unwrap_or_else(|| panic!("{fp} not in {ready}"))
+}
+
+/// Issue #18.4: a pool of three keys, weighted 1 and 3 and one the provider refuses. Every task
+/// completes with one attempt (a refused key costs none); the refused key is taken out after
+/// its first calls and the others share the calls 1 : 3; each task names the key that made its
+/// images by fingerprint, and `/ready` and `/metrics` show each key's state by fingerprint,
+/// never the key. Once the provider takes the key again, a probe puts it back.
+#[tokio::test]
+async fn a_key_pool_spreads_by_weight_and_takes_out_a_refused_key_until_it_works() {
+    let (a, b, bad) = ("pool-key-a", "pool-key-b", "pool-key-bad");
+    let (emu, url, _stop) = emulator(EmulatorConfig {
+        latency: Duration::from_millis(20),
+        api_key: Some(a.into()),
+        api_keys: vec![b.into(), bad.into()],
+        bad_keys: vec![bad.into()],
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let endpoint = url.clone();
+    let s = TestServer::start_with(move |c| {
+        c.volcengine_endpoint = endpoint;
+        c.volcengine_api_keys = vec![(a.into(), 1), (b.into(), 3), (bad.into(), 1)];
+        c.provider_key_reprobe = Duration::from_millis(300);
+        c.worker_concurrency = 2;
+        c.max_attempts = 1;
+    })
+    .await;
+    let user = s.create_user("keys@example.com").await;
+    let tasks = 16;
+    let prompts: Vec<String> = (0..tasks).map(|i| format!("pooled {i}")).collect();
+    let ids = futures::future::join_all(prompts.iter().map(|p| s.create_task(&user, p))).await;
+    let mut made_by = std::collections::HashMap::<String, u64>::new();
+    for id in &ids {
+        let t = s.wait_terminal(id).await;
+        assert_eq!(t["status"], "completed", "{t}");
+        assert_eq!(t["attempts"], 1, "{t}");
+        let key = t["provider_key"]
+            .as_str()
+            .expect("provider_key")
+            .to_string();
+        *made_by.entry(key).or_default() += 1;
+    }
+    let stats = emu.stats();
+    let calls = |k: &str| stats.by_key.get(k).map_or(0, |s| s.calls);
+    let refused = stats.by_key.get(bad).map_or(0, |s| s.unauthorized);
+    eprintln!(
+        "key pool: {} calls with a, {} with b, {refused} refused; images by key {made_by:?}",
+        calls(a),
+        calls(b)
+    );
+    let state = key_state(&s, &fingerprint(bad)).await;
+    let probes = state["probes"].as_u64().expect("probes");
+    assert!(
+        (1..=3).contains(&(refused - probes)),
+        "{refused} calls with the refused key, {probes} of them probes"
+    );
+    assert_eq!(made_by.get(&fingerprint(bad)), None);
+    let (by_a, by_b) = (made_by[&fingerprint(a)], made_by[&fingerprint(b)]);
+    assert_eq!(by_a + by_b, tasks);
+    assert!(
+        (3..=5).contains(&by_a),
+        "weights 1 : 3 over {tasks} tasks: {by_a} by a, {by_b} by b"
+    );
+    assert_ne!(state["state"], "enabled", "{state}");
+    assert!(state["refusals"].as_u64() >= Some(1), "{state}");
+    let (_, ready) = s.get("/ready").await;
+    let metrics = s
+        .http
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for secret in [a, b, bad] {
+        assert!(!ready.to_string().contains(secret), "{ready}");
+        assert!(!metrics.contains(secret), "a key in /metrics");
+    }
+    assert!(
+        metrics.contains(&format!(
+            "provider_key_enabled{{key=\"{}\"}} 0",
+            fingerprint(bad)
+        )),
+        "{metrics}"
+    );
+
+    // The key works again: a probe, at most a few backoffs later, puts it back in the pool.
+    let (status, _) = s
+        .send(
+            s.http
+                .post(format!("{url}/emulator/limits"))
+                .json(&json!({"key": bad, "bad": false})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let mut n = 0;
+    while key_state(&s, &fingerprint(bad)).await["state"] != "enabled" {
+        n += 1;
+        assert!(n <= 60, "the key never came back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let id = s.create_task(&user, &format!("after {n}")).await;
+        assert_eq!(s.wait_terminal(&id).await["status"], "completed");
+    }
+    assert!(emu.stats().by_key.get(bad).map_or(0, |s| s.calls) > refused);
+}

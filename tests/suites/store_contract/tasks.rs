@@ -50,9 +50,11 @@ pub async fn a_task_round_trips_with_every_field(s: S) {
         request_id: Some("req-0".into()),
         generated_at: at(9),
         billed: 1,
+        provider_key: Some("0a1b2c3d".into()),
     });
     t.api_key_id = Some("key-1".into());
     t.generated_images = 2;
+    t.provider_key = Some("4e5f6a7b".into());
     t.created_at = at(10) + chrono::Duration::nanoseconds(123_456_789);
     t.updated_at = at(13) + chrono::Duration::nanoseconds(987_654_321);
     t.started_at = Some(at(11));
