@@ -176,9 +176,12 @@ async fn metrics_describe_requests_tasks_provider_calls_and_sockets() {
         Some(1.0),
         "{text}"
     );
+    // Calls are labelled with the key's fingerprint: the sandbox's own key here.
+    let key = volcengine_ai_server::provider::key_fingerprint("sandbox");
+    let model = "doubao-seedream-3-0-t2i-250415";
     let call =
-        r#"provider_calls_total{model="doubao-seedream-3-0-t2i-250415",outcome="ok",code=""}"#;
-    assert_eq!(value(&text, call), Some(1.0), "{text}");
+        format!(r#"provider_calls_total{{model="{model}",key="{key}",outcome="ok",code=""}}"#);
+    assert_eq!(value(&text, &call), Some(1.0), "{text}");
     assert!(text.contains("rate_limiter_wait_seconds_bucket{"), "{text}");
     assert_eq!(value(&text, "websocket_connections"), Some(1.0), "{text}");
     // The snapshot and each newer version handed to the socket are timed.

@@ -1,6 +1,23 @@
 //! `VOLCENGINE_API_KEYS`, the provider key pool.
 
-use super::Secret;
+use super::{ms, Config, ConfigError, Env, Secret};
+
+/// `VOLCENGINE_API_KEYS` (an error never repeats the keys) and `PROVIDER_KEY_REPROBE`.
+pub(super) fn read(config: &mut Config, env: &Env<'_>) -> Result<(), ConfigError> {
+    if let Some((var, value)) = env.raw(&["VOLCENGINE_API_KEYS"]) {
+        config.volcengine_api_keys = parse_key_pool(&value).map_err(|reason| ConfigError {
+            var,
+            value: "[redacted]".into(),
+            reason,
+        })?;
+    }
+    config.provider_key_reprobe = env.duration(
+        &["PROVIDER_KEY_REPROBE"],
+        config.provider_key_reprobe,
+        ms(10),
+    )?;
+    Ok(())
+}
 
 /// `k1,k2:3,…`: keys with an optional weight after the last colon (1 when absent).
 pub(super) fn parse_key_pool(value: &str) -> Result<Vec<(Secret, u32)>, String> {

@@ -58,34 +58,6 @@ pub struct ConfigError {
     pub reason: String,
 }
 
-/// A secret from the environment. `Debug` never shows it, so logging a config cannot leak it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret([redacted])")
-    }
-}
-
-impl From<&str> for Secret {
-    fn from(s: &str) -> Self {
-        Secret(s.to_string())
-    }
-}
-
-impl From<String> for Secret {
-    fn from(s: String) -> Self {
-        Secret(s)
-    }
-}
-
 /// Admin keys shorter than this are refused: the admin key is the one secret that opens
 /// everything.
 pub const MIN_ADMIN_KEY_LEN: usize = 16;
@@ -140,8 +112,7 @@ pub struct Config {
     pub volcengine_api_key: Option<Secret>,
     /// `VOLCENGINE_API_KEYS`: the key pool with each key's weight (empty: the one key above).
     pub volcengine_api_keys: Vec<(Secret, u32)>,
-    /// First wait before a key the provider refused (401/403) is tried again; doubles per
-    /// refusal, up to 30 minutes.
+    /// First wait before a refused key (401/403) is tried again; doubles, up to 30 minutes.
     pub provider_key_reprobe: Duration,
     /// The operator's key; auth is off (and only a loopback bind allowed) without it.
     pub admin_api_key: Option<Secret>,
@@ -290,9 +261,6 @@ impl Default for Config {
         }
     }
 }
-
-mod key_pool;
-use key_pool::parse_key_pool;
 
 struct Env<'a> {
     get: &'a dyn Fn(&str) -> Option<String>,
@@ -661,15 +629,7 @@ impl Config {
         self.volcengine_api_key = env
             .raw(&["VOLCENGINE_API_KEY", "ARK_API_KEY"])
             .map(|(_, v)| Secret(v));
-        if let Some((var, value)) = env.raw(&["VOLCENGINE_API_KEYS"]) {
-            self.volcengine_api_keys = parse_key_pool(&value).map_err(|reason| ConfigError {
-                var,
-                value: "[redacted]".into(),
-                reason,
-            })?;
-        }
-        self.provider_key_reprobe =
-            env.duration(&["PROVIDER_KEY_REPROBE"], self.provider_key_reprobe, ms(10))?;
+        key_pool::read(self, env)?;
         if let Some((var, v)) = env.raw(&["VOLCENGINE_ENDPOINT", "ARK_BASE_URL"]) {
             self.volcengine_endpoint = url(var, v)?;
         }
@@ -810,8 +770,11 @@ impl Config {
     }
 }
 
+mod key_pool;
+mod secret;
 #[cfg(test)]
 mod tests;
 mod webhooks;
 
+pub use secret::Secret;
 pub use webhooks::{check_secret, WebhookConfig};

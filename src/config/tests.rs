@@ -95,10 +95,10 @@ fn invalid_values_name_the_variable() {
 
 #[test]
 fn a_key_pool_parses_with_weights_and_refuses_bad_entries() {
-    let keys = super::parse_key_pool("k1, k2:3,ab:cd").expect("pool");
+    let keys = super::key_pool::parse_key_pool("k1, k2:3,ab:cd").expect("pool");
     let got: Vec<(&str, u32)> = keys.iter().map(|(k, w)| (k.expose(), *w)).collect();
     assert_eq!(got, vec![("k1", 1), ("k2", 3), ("ab:cd", 1)]);
-    assert!(super::parse_key_pool("k1,,k2").is_err());
-    assert!(super::parse_key_pool("k1:0").is_err());
-    assert!(super::parse_key_pool("k1,k1:2").is_err());
+    assert!(super::key_pool::parse_key_pool("k1,,k2").is_err());
+    assert!(super::key_pool::parse_key_pool("k1:0").is_err());
+    assert!(super::key_pool::parse_key_pool("k1,k1:2").is_err());
 }
