@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use crate::distributed::BACKEND_FLOOR;
 use crate::harness::{Backend, Measure, Ratios};
-use crate::http::{self, HttpArgs, GRAPHQL_POLL, GRAPHQL_SUBMIT, REST_POLL, REST_SUBMIT};
+use crate::http::{
+    self, HttpArgs, EMBEDDED_GRAPHQL_POLL, EMBEDDED_REST_POLL, GRAPHQL_POLL, GRAPHQL_SUBMIT,
+    REST_POLL, REST_SUBMIT,
+};
 use crate::pipeline::{self, PipelineArgs, PipelineReport};
 use crate::subscribe::{self, SubscribeArgs, SubscribeReport};
 
@@ -192,6 +195,27 @@ pub fn goals(r: &AllReport) -> Result<Vec<Goal>, String> {
                 goal: "distributed submit >= 0.7 of the backend floor",
                 measured: format!("{label}: {backend:.2} ({:.0}/s)", m.per_second),
                 met: backend >= 0.7,
+            });
+        }
+        for (label, name, embedded) in [
+            ("REST", REST_POLL, EMBEDDED_REST_POLL),
+            ("GraphQL", GRAPHQL_POLL, EMBEDDED_GRAPHQL_POLL),
+        ] {
+            let (m, ratios) = row(rows, name)?;
+            let ratio = ratios
+                .iter()
+                .find(|(base, _)| base == embedded)
+                .map(|(_, x)| *x)
+                .ok_or_else(|| format!("{name} has no ratio to the embedded poll"))?;
+            let p99 = ms(m.p99);
+            out.push(Goal {
+                goal:
+                    "distributed poll >= 0.5 of the embedded poll, p99 <= 10 ms (2 api processes)",
+                measured: format!(
+                    "{label}: {ratio:.2} ({:.0}/s), p99 {p99:.1} ms",
+                    m.per_second
+                ),
+                met: ratio >= 0.5 && p99 <= 10.0,
             });
         }
     }

@@ -126,9 +126,27 @@ pub async fn drive<F>(
 where
     F: Fn(usize) -> Call + Send + Sync + 'static,
 {
+    drive_spread(name, &[addr], total, connections, make).await
+}
+
+/// As [`drive`], the connections spread in turn over several servers (api processes behind a
+/// balancer that spreads connections).
+pub async fn drive_spread<F>(
+    name: &str,
+    addrs: &[SocketAddr],
+    total: usize,
+    connections: usize,
+    make: F,
+) -> Result<Measure, String>
+where
+    F: Fn(usize) -> Call + Send + Sync + 'static,
+{
     let mut opened = Vec::with_capacity(connections.max(1));
-    for _ in 0..connections.max(1) {
-        opened.push(Connection::open(addr).await?);
+    for i in 0..connections.max(1) {
+        let addr = addrs
+            .get(i % addrs.len().max(1))
+            .ok_or("no server to drive")?;
+        opened.push(Connection::open(*addr).await?);
     }
     crate::harness::drive_with(name, total, opened, move |mut conn, i| {
         let call = make(i);

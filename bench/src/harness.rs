@@ -37,14 +37,34 @@ pub struct UnderTest {
 
 impl UnderTest {
     pub async fn start(
-        mut config: Config,
+        config: Config,
         role: Role,
         backend: &Backend,
         client: &reqwest::Client,
     ) -> Result<UnderTest, String> {
+        UnderTest::start_in(config, role, backend, client, None).await
+    }
+
+    /// A second api process of the same distributed deployment (its database and key prefix),
+    /// serving the same user.
+    pub async fn beside(&self, backend: &Backend) -> Result<UnderTest, String> {
+        let client = reqwest::Client::new();
+        UnderTest::start_in(Config::default(), Role::Api, backend, &client, Some(self)).await
+    }
+
+    async fn start_in(
+        mut config: Config,
+        role: Role,
+        backend: &Backend,
+        client: &reqwest::Client,
+        beside: Option<&UnderTest>,
+    ) -> Result<UnderTest, String> {
         let run = uuid::Uuid::new_v4().simple().to_string();
         let dir = std::env::temp_dir().join(format!("vas-bench-{run}"));
-        let namespace = format!("vas_bench_{}", &run[..12]);
+        let namespace = beside.map_or_else(
+            || format!("vas_bench_{}", &run[..12]),
+            |b| b.namespace.clone(),
+        );
         config.data_dir = dir.clone();
         config.log_level = "warn".into();
         let backends = match backend {
@@ -70,7 +90,10 @@ impl UnderTest {
             .await
             .map_err(|e| e.to_string())?;
         let base = running.public_base.clone();
-        let user = create_user(client, &base).await?;
+        let user = match beside {
+            Some(b) => b.user.clone(),
+            None => create_user(client, &base).await?,
+        };
         Ok(UnderTest {
             running,
             base,

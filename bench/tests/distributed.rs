@@ -21,7 +21,9 @@ mod distributed {
     use super::{bench, common, services};
 
     /// `bench http --backend distributed` with tiny numbers: every scenario and the backend floor
-    /// (a minimal MongoDB insert + Redis enqueue) are measured; timings are not judged here.
+    /// (a minimal MongoDB insert + Redis enqueue) are measured, the polls over two api processes
+    /// beside the embedded polls of the same run, and the event delivery delay; timings are not
+    /// judged here.
     #[test]
     fn bench_http_distributed_smoke_run() {
         let (mongo, redis) = services();
@@ -51,6 +53,10 @@ mod distributed {
                 "GraphQL submit",
                 "REST poll",
                 "GraphQL poll",
+                "embedded REST poll, same run",
+                "embedded GraphQL poll, same run",
+                "of \"embedded REST poll, same run",
+                "event delivery, updated_at to an api's relay",
             ],
         );
     }

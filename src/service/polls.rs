@@ -16,6 +16,7 @@
 //! Entries hold tasks without their reference images (what polls show and events carry), so the
 //! cache serves polls only: a change is always made on a store read.
 
+use std::collections::HashSet;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -42,6 +43,8 @@ pub struct PollCache {
     ttl: Duration,
     /// Tasks deleted here lately: an event of theirs still on its way must not bring them back.
     deleted: Mutex<LruCache<String, ()>>,
+    /// Tasks being re-read in the background (`refreshing`).
+    refreshes: Mutex<HashSet<String>>,
     hits: metrics::Counter,
     misses: metrics::Counter,
 }
@@ -55,23 +58,42 @@ impl PollCache {
             up: AtomicBool::new(false),
             ttl,
             deleted: Mutex::new(LruCache::new(DELETED_KEPT)),
+            refreshes: Mutex::default(),
             hits: metrics::counter!("poll_cache_total", "result" => "hit"),
             misses: metrics::counter!("poll_cache_total", "result" => "miss"),
         }
     }
 
-    /// The task as this process can vouch for it, or `None`: read the store.
-    pub fn get(&self, id: &str) -> Option<Arc<Task>> {
+    /// The task as this process can vouch for it, or `None`: read the store. With it, whether
+    /// the entry is past half its time: then the caller re-reads it in the background
+    /// ([`PollCache::refreshing`]), so that a task polled all the time never expires and its
+    /// polls never all miss together (each miss a database read, all at once).
+    pub fn get(&self, id: &str) -> Option<(Arc<Task>, bool)> {
         let held = if self.up.load(Ordering::SeqCst) {
             self.tasks.get_fresh(id, self.ttl)
         } else {
             None
         };
         match held {
-            Some(_) => self.hits.increment(1),
-            None => self.misses.increment(1),
+            Some((task, age)) => {
+                self.hits.increment(1);
+                Some((task, age > self.ttl / 2))
+            }
+            None => {
+                self.misses.increment(1);
+                None
+            }
         }
-        held
+    }
+
+    /// Claims the background re-read of `id`: `None` when one is already under way. The claim
+    /// ends when the returned guard is dropped.
+    pub fn refreshing(self: &Arc<Self>, id: &str) -> Option<Refresh> {
+        let mut under_way = self.refreshes.lock().ok()?;
+        under_way.insert(id.to_string()).then(|| Refresh {
+            cache: self.clone(),
+            id: id.to_string(),
+        })
     }
 
     /// Taken before a store read whose result may be kept; `None` when it may not (the relay
@@ -112,6 +134,30 @@ impl PollCache {
     /// Every task (a user deleted with their tasks).
     pub fn forget_all(&self) {
         self.tasks.clear();
+    }
+}
+
+/// A background re-read of one task under way (`PollCache::refreshing`).
+pub struct Refresh {
+    cache: Arc<PollCache>,
+    id: String,
+}
+
+impl Refresh {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn cache(&self) -> &PollCache {
+        &self.cache
+    }
+}
+
+impl Drop for Refresh {
+    fn drop(&mut self) {
+        if let Ok(mut under_way) = self.cache.refreshes.lock() {
+            under_way.remove(&self.id);
+        }
     }
 }
 
@@ -178,7 +224,7 @@ mod tests {
         c.updated(&Arc::new(task("a", 3)));
         c.updated(&Arc::new(task("a", 2)));
         assert_eq!(
-            c.get("a").map(|t| t.version),
+            c.get("a").map(|(t, _)| t.version),
             Some(3),
             "newest version wins"
         );
@@ -195,7 +241,7 @@ mod tests {
             "a read from before the break is not kept"
         );
         c.wrote(&task("a", 4));
-        assert_eq!(c.get("a").map(|t| t.version), Some(4));
+        assert_eq!(c.get("a").map(|(t, _)| t.version), Some(4));
 
         c.forget("a");
         assert!(c.get("a").is_none(), "a delete is seen at once");
@@ -218,7 +264,13 @@ mod tests {
         let mut t = task("b", 1);
         t.params.images = vec!["data:image/png;base64,AAAA".into()];
         c.wrote(&t);
-        let held = c.get("b").expect("kept");
+        let (held, stale) = c.get("b").expect("kept");
         assert!(held.params.images.is_empty());
+        assert!(!stale, "a new entry needs no re-read");
+        let c = Arc::new(c);
+        let claim = c.refreshing("b").expect("the first claims the re-read");
+        assert!(c.refreshing("b").is_none(), "one re-read at a time");
+        drop(claim);
+        assert!(c.refreshing("b").is_some(), "claimable again once done");
     }
 }

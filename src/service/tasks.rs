@@ -155,7 +155,10 @@ impl Service {
             return self.find_task(who, id).await;
         };
         check_id("id", id)?;
-        if let Some(t) = polls.get(id) {
+        if let Some((t, aging)) = polls.get(id) {
+            if aging {
+                self.refresh_poll(polls, id);
+            }
             return Ok(may_see_task(who, &t).then(|| Task::clone(&t)));
         }
         let since = polls.reading();
@@ -164,6 +167,29 @@ impl Service {
             polls.keep(t, since);
         }
         Ok(read.filter(|t| may_see_task(who, t)))
+    }
+
+    /// Re-reads a polled task in the background before its entry expires (one read at a time).
+    fn refresh_poll(&self, polls: &std::sync::Arc<super::polls::PollCache>, id: &str) {
+        let Some(refresh) = polls.refreshing(id) else {
+            return;
+        };
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let since = refresh.cache().reading();
+            match store.get_task(refresh.id()).await {
+                Ok(Some(t)) => {
+                    if let Some(since) = since {
+                        refresh.cache().keep(&t, since);
+                    }
+                }
+                // Deleted through another process.
+                Ok(None) => refresh.cache().forget(refresh.id()),
+                Err(e) => {
+                    tracing::debug!(task_id = %refresh.id(), error = %e, "poll cache re-read failed")
+                }
+            }
+        });
     }
 
     /// As [`Service::poll_task`], `NotFound` when there is no such task (or not the caller's).

@@ -141,15 +141,12 @@ impl TaskCache {
         inner.tasks.as_mut()?.get(id).map(|e| e.task.clone())
     }
 
-    /// The task if it was kept less than `max_age` ago.
-    pub fn get_fresh(&self, id: &str, max_age: Duration) -> Option<Arc<Task>> {
+    /// The task if it was kept less than `max_age` ago, and how long ago.
+    pub fn get_fresh(&self, id: &str, max_age: Duration) -> Option<(Arc<Task>, Duration)> {
         let mut inner = self.inner.lock().ok()?;
-        inner
-            .tasks
-            .as_mut()?
-            .get(id)
-            .filter(|e| e.kept_at.elapsed() < max_age)
-            .map(|e| e.task.clone())
+        let e = inner.tasks.as_mut()?.get(id)?;
+        let age = e.kept_at.elapsed();
+        (age < max_age).then(|| (e.task.clone(), age))
     }
 
     /// Tasks held and their weight in bytes.
