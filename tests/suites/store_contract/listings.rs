@@ -125,6 +125,30 @@ pub async fn oldest_pending_and_processing_tasks_in_creation_order(s: S) {
     assert!(s.oldest_pending().await.expect("oldest").is_none());
 }
 
+/// Where the queue's numbering resumes at start: the lowest and highest numbers of pending
+/// tasks only (running, finished and unnumbered ones do not count).
+pub async fn pending_queue_numbers_span_the_pending_tasks_only(s: S) {
+    let u = id_at(1);
+    assert_eq!(s.pending_seq_range().await.expect("range"), None);
+    let unnumbered = task_at(5, &u);
+    insert(&s, &unnumbered).await;
+    assert_eq!(s.pending_seq_range().await.expect("range"), None);
+    let mut tasks = Vec::new();
+    for (ms, seq) in [(10, 7_u64), (20, 3), (30, 12), (40, 9)] {
+        let mut t = task_at(ms, &u);
+        t.queue_seq = Some(seq);
+        insert(&s, &t).await;
+        tasks.push(t);
+    }
+    assert_eq!(s.pending_seq_range().await.expect("range"), Some((3, 12)));
+    // The lowest starts and the highest is cancelled: the span narrows to what still waits.
+    let started = tasks[1].start("w", at(900), at(100)).expect("start");
+    replace(&s, &started, &tasks[1]).await;
+    let cancelled = tasks[2].cancel(at(100)).expect("cancel");
+    replace(&s, &cancelled, &tasks[2]).await;
+    assert_eq!(s.pending_seq_range().await.expect("range"), Some((7, 9)));
+}
+
 pub async fn tasks_are_listed_newest_first_by_user_status_cursor_offset_and_limit(s: S) {
     let (a, b) = (id_at(1), id_at(2));
     // a: 10 20 30 40 50 60 (20 and 50 completed), b: 15 35.

@@ -71,6 +71,7 @@ contract! {
     listings: [
         due_tasks_are_pending_ones_due_and_processing_ones_with_lapsed_leases_oldest_first
         oldest_pending_and_processing_tasks_in_creation_order
+        pending_queue_numbers_span_the_pending_tasks_only
         tasks_are_listed_newest_first_by_user_status_cursor_offset_and_limit
         counts_follow_every_change
         tasks_changed_reads_changes_in_order_after_a_cursor
