@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::access::{check_id, forbidden, may_see_task, require_admin, require_user};
@@ -331,7 +331,31 @@ impl Service {
     /// Stores `next` if `current` is still what the store holds, then publishes it. `None` when
     /// somebody else changed the task first.
     /// The change's webhook events go into the task's outbox, which the store writes with it.
-    pub async fn commit(&self, current: &Task, mut next: Task) -> Result<Option<Task>, AppError> {
+    pub async fn commit(&self, current: &Task, next: Task) -> Result<Option<Task>, AppError> {
+        let (next, wake) = self.prepared(current, next).await;
+        let stored = self
+            .store
+            .replace_task(&next, current.version, current.status)
+            .await?;
+        self.committed(stored, current, next, wake).await
+    }
+
+    /// `commit` of a processing task whose lease ran out, only while it still has: a heartbeat
+    /// that landed since the lease was seen expired keeps the task with its live worker.
+    pub async fn commit_expired(
+        &self,
+        current: &Task,
+        next: Task,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Task>, AppError> {
+        let (next, wake) = self.prepared(current, next).await;
+        let stored = self.store.take_expired(&next, current.version, now).await?;
+        self.committed(stored, current, next, wake).await
+    }
+
+    /// `next` as it is to be stored: numbered again when back in the queue, the change's webhook
+    /// events in its outbox; and whether there are new events to deliver.
+    async fn prepared(&self, current: &Task, mut next: Task) -> (Task, bool) {
         if next.status == TaskStatus::Pending && current.status != TaskStatus::Pending {
             // Back in the queue (promoted, requeued, retried): at its end.
             next.queue_seq = self.queue_number(&next.id).await;
@@ -339,11 +363,17 @@ impl Service {
         let events = domain::webhook::events_for(current, &next);
         let wake = !events.is_empty();
         next.outbox.extend(events);
-        if self
-            .store
-            .replace_task(&next, current.version, current.status)
-            .await?
-        {
+        (next, wake)
+    }
+
+    async fn committed(
+        &self,
+        stored: bool,
+        current: &Task,
+        next: Task,
+        wake: bool,
+    ) -> Result<Option<Task>, AppError> {
+        if stored {
             metrics::counter!("task_transitions_total", "status" => next.status.as_str())
                 .increment(1);
             if let Some(polls) = &self.polls {

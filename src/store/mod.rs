@@ -171,6 +171,16 @@ pub trait Store: Send + Sync + 'static {
         expected_version: i64,
         expected_status: TaskStatus,
     ) -> Result<bool, StoreError>;
+    /// Writes `task` over a processing task only if the stored one still has `expected_version`
+    /// and its lease still ended before `now`. A heartbeat does not make a new version, so a
+    /// version check alone lets a reconciler that saw the lease expired take the task from a
+    /// worker whose heartbeat landed since, and its paid provider call is then made twice.
+    async fn take_expired(
+        &self,
+        task: &Task,
+        expected_version: i64,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
     /// Extends the lease of a processing task held by `owner`, without a new version (a heartbeat
     /// is not a change clients see). `false` when the task is no longer held by `owner`.
     async fn extend_lease(

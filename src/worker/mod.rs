@@ -163,6 +163,28 @@ impl Worker {
             .map_err(|e| crate::error::AppError::internal("storing a task change", e))?
     }
 
+    /// `Service::commit_expired`, run on the foreground runtime when there is one.
+    pub(crate) async fn commit_expired(
+        &self,
+        current: &Task,
+        next: Task,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Task>, crate::error::AppError> {
+        let Some(rt) = self.foreground.get() else {
+            return self.service.commit_expired(current, next, now).await;
+        };
+        let (svc, current) = (self.service.clone(), current.clone());
+        rt.spawn(async move { svc.commit_expired(&current, next, now).await })
+            .await
+            .map_err(|e| crate::error::AppError::internal("storing a task change", e))?
+    }
+
+    /// Whether this process's own worker holds the task right now: then it is alive, however
+    /// late its heartbeat.
+    fn holds(&self, id: &str) -> bool {
+        self.held.lock().map(|h| h.contains(id)).unwrap_or(false)
+    }
+
     fn hold(&self, id: &str, on: bool) {
         if let Ok(mut h) = self.held.lock() {
             if on {
@@ -336,12 +358,13 @@ impl Worker {
     /// lease heartbeats.
     async fn attempt(&self, task: &Task, spec: &ModelSpec) -> Outcome {
         let lost = CancellationToken::new();
+        let done = CancellationToken::new();
         let watcher = tokio::spawn(watch(
             self.backends.clone(),
             task.clone(),
             self.id.clone(),
             self.cfg.lease,
-            lost.clone(),
+            (lost.clone(), done.clone()),
         ));
         // The deadline ends the attempt here too, not only at the next sweep.
         let overdue = async {
@@ -358,7 +381,12 @@ impl Worker {
             _ = overdue => Outcome::Overdue,
             o = self.call(task, spec) => o,
         };
-        watcher.abort();
+        // Stopped between heartbeats, never aborted in one: an abort inside the store's lock
+        // insert left the task's write lock behind (inserted, its guard never made), so the
+        // result's write waited it out and failed, and the paid call was made again after the
+        // lease (measured: 2 of 18 duplicates after a kill -9 on FerretDB).
+        done.cancel();
+        let _ = watcher.await;
         outcome
     }
 
@@ -702,7 +730,7 @@ async fn watch(
     task: Task,
     owner: String,
     lease: Duration,
-    lost: CancellationToken,
+    (lost, done): (CancellationToken, CancellationToken),
 ) {
     let mut events = match backends
         .events
@@ -725,6 +753,7 @@ async fn watch(
             }
         };
         tokio::select! {
+            _ = done.cancelled() => return,
             _ = tick.tick() => {
                 let until = Utc::now() + chrono::Duration::from_std(lease).unwrap_or_default();
                 match backends.store.extend_lease(&task.id, &owner, until).await {

@@ -7,7 +7,7 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use super::Worker;
-use crate::domain::TaskStatus;
+use crate::domain::{Task, TaskStatus};
 
 const BATCH: usize = 500;
 
@@ -76,23 +76,50 @@ pub async fn reconcile_once(worker: &Worker) -> Result<usize, crate::error::AppE
     // before numbering) keep the store's oldest-first order, ahead of the rest.
     due.sort_by_key(|t| t.queue_seq.unwrap_or(0));
     let mut n = 0;
+    let mut failed = None;
     for task in due {
-        match task.status {
-            TaskStatus::Pending => {
-                svc.queue.enqueue(&task.id, None).await?;
-                n += 1;
+        // One task that cannot be written now (its write lock left by a killed process, until
+        // that goes stale) must not hold back the others' recovery.
+        match take_back(worker, &task).await {
+            Ok(true) => n += 1,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(task_id = %task.id, error = %e, "could not reconcile a task");
+                failed = Some(e);
             }
-            TaskStatus::Processing => {
-                if let Ok(next) = task.requeue(None, now, now) {
-                    if worker.commit(&task, next).await?.is_some() {
-                        tracing::warn!(task_id = %task.id, owner = ?task.lease_owner, "lease expired; task requeued");
-                        svc.queue.enqueue(&task.id, None).await?;
-                        n += 1;
-                    }
-                }
-            }
-            _ => {}
         }
     }
-    Ok(n)
+    match failed {
+        Some(e) if n == 0 => Err(e),
+        _ => Ok(n),
+    }
+}
+
+/// Enqueues a due pending task, or requeues a processing one whose lease ran out.
+async fn take_back(worker: &Worker, task: &Task) -> Result<bool, crate::error::AppError> {
+    let svc = &worker.backends;
+    match task.status {
+        TaskStatus::Pending => {
+            svc.queue.enqueue(&task.id, None).await?;
+            Ok(true)
+        }
+        // This process's own worker holds it, so its call is alive and it must not be made
+        // twice; the heartbeat extends the lease when it gets through.
+        TaskStatus::Processing if worker.holds(&task.id) => Ok(false),
+        TaskStatus::Processing => {
+            // The lease was read expired a moment ago (a whole batch may have been written
+            // since): it is taken only if it still is, so a heartbeat in between wins.
+            let now = Utc::now();
+            let Ok(next) = task.requeue(None, now, now) else {
+                return Ok(false);
+            };
+            if worker.commit_expired(task, next, now).await?.is_none() {
+                return Ok(false);
+            }
+            tracing::warn!(task_id = %task.id, owner = ?task.lease_owner, "lease expired; task requeued");
+            svc.queue.enqueue(&task.id, None).await?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
 }

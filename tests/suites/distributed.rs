@@ -1259,3 +1259,108 @@ async fn polls_from_memory_follow_changes_across_apis_and_redis_outages() {
     assert!(gone.status().is_success(), "{}", gone.status());
     assert_eq!(polled(&http, &a, &id).await, ["none"; 3], "404 at once");
 }
+
+/// Provider calls answered by the emulator, successes and refusals alike.
+fn answered(emu: &Emulator) -> u64 {
+    emu.stats().by_status.values().sum()
+}
+
+/// Waits until `n` provider calls succeeded, then kills `victim` with SIGKILL and returns the
+/// tasks in flight (held by a worker) at that moment.
+async fn kill_mid_run(emu: &Emulator, api: &str, victim: &mut Proc, n: u64) -> u64 {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while emu.stats().succeeded < n {
+        assert!(tokio::time::Instant::now() < deadline, "calls never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    victim.kill9();
+    // Every task held at the crash: its call may have been paid (started, or answered and its
+    // images not yet stored). The dead worker's tasks stay `processing` until their leases run
+    // out, which is longer than this read takes.
+    let stats: Value = reqwest::get(format!("{api}/api/v1/queue/stats"))
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("json");
+    stats["data"]["by_status"]["processing"]
+        .as_u64()
+        .expect("processing count")
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_run_repeats_no_more_calls_than_it_had_in_flight() {
+    let (mongo, redis) = services();
+    let (emu, emu_url, _stop) = emulator(Duration::from_secs(2)).await;
+    let d = Deployment::new(
+        &mongo,
+        &redis,
+        &emu_url,
+        &[
+            ("WORKER_CONCURRENCY", "16"),
+            ("TASK_LEASE", "3s"),
+            ("LOG_LEVEL", "info"),
+        ],
+    );
+    let (_api, api) = d.api().await;
+    let mut victim = d.worker();
+    let http = reqwest::Client::new();
+    let user = create_user(&http, &api).await;
+    let mut ids = Vec::new();
+    for i in 0..64 {
+        ids.push(create_task(&http, &api, &user, &format!("crash {i}")).await);
+    }
+    let in_flight = kill_mid_run(&emu, &api, &mut victim, 20).await;
+    let _restarted = d.worker();
+    wait_all_completed(&http, &api, &ids).await;
+    let dups = duplicates(&emu);
+    eprintln!(
+        "kill -9 of a 16-slot worker mid-run, restarted: {in_flight} tasks in flight, {dups} duplicate provider calls, {} answered in all",
+        answered(&emu)
+    );
+    assert!(
+        dups <= in_flight,
+        "{dups} duplicate provider calls after a crash with {in_flight} in flight"
+    );
+}
+
+#[tokio::test]
+async fn one_of_two_workers_killed_and_redis_flushed_repeats_no_more_than_in_flight() {
+    let (mongo, _) = services();
+    let redis = PrivateRedis::start(free_port()).await;
+    let (emu, emu_url, _stop) = emulator(Duration::from_secs(2)).await;
+    let d = Deployment::new(
+        &mongo,
+        &redis.url(),
+        &emu_url,
+        &[("WORKER_CONCURRENCY", "2"), ("TASK_LEASE", "3s")],
+    );
+    let (_api, api) = d.api().await;
+    let mut victim = d.worker();
+    let _survivor = d.worker();
+    let http = reqwest::Client::new();
+    let user = create_user(&http, &api).await;
+    let mut ids = Vec::new();
+    for i in 0..24 {
+        ids.push(create_task(&http, &api, &user, &format!("flushed {i}")).await);
+    }
+    let in_flight = kill_mid_run(&emu, &api, &mut victim, 6).await;
+    let client = redis::Client::open(redis.url()).expect("client");
+    let mut c = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut c)
+        .await
+        .expect("FLUSHALL");
+    wait_all_completed(&http, &api, &ids).await;
+    let dups = duplicates(&emu);
+    eprintln!(
+        "one of two 2-slot workers killed and FLUSHALL: {in_flight} tasks in flight (both workers), {dups} duplicate provider calls"
+    );
+    assert!(
+        dups <= in_flight,
+        "{dups} duplicate provider calls with {in_flight} in flight at the crash"
+    );
+}

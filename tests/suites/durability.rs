@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use volcengine_ai_server::emulator::{self, Emulator, EmulatorConfig};
 
 const PATIENCE: Duration = Duration::from_secs(120);
 
@@ -18,8 +20,13 @@ fn free_port() -> u16 {
 }
 
 fn spawn(dir: &std::path::Path, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_volcengine-ai-server"))
-        .arg("serve")
+    spawn_with(dir, port, &[])
+}
+
+/// `spawn` with more environment (set after the defaults, so it overrides them).
+fn spawn_with(dir: &std::path::Path, port: u16, extra: &[(&str, &str)]) -> Child {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_volcengine-ai-server"));
+    c.arg("serve")
         .current_dir(dir)
         .env("DATA_DIR", dir.join("data"))
         .env("HOST", "127.0.0.1")
@@ -34,9 +41,11 @@ fn spawn(dir: &std::path::Path, port: u16) -> Child {
         .env_remove("VOLCENGINE_API_KEY")
         .env_remove("ARK_API_KEY")
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn the server binary")
+        .stderr(Stdio::inherit());
+    for (k, v) in extra {
+        c.env(k, v);
+    }
+    c.spawn().expect("spawn the server binary")
 }
 
 async fn wait_healthy(http: &reqwest::Client, base: &str) {
@@ -178,4 +187,127 @@ async fn a_data_folder_is_used_by_one_process_at_a_time() {
     );
     first.kill().expect("stop");
     let _ = first.wait();
+}
+
+/// The provider as an emulator counting every call per prompt.
+async fn emulator(latency: Duration) -> (Emulator, String, CancellationToken) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let stop = CancellationToken::new();
+    let emu = emulator::serve(
+        EmulatorConfig {
+            latency,
+            api_key: Some("crash-key".into()),
+            ..EmulatorConfig::default()
+        },
+        listener,
+        stop.clone(),
+    )
+    .await
+    .expect("emulator");
+    (emu, url, stop)
+}
+
+async fn create_user(http: &reqwest::Client, base: &str) -> String {
+    let r: Value = http
+        .post(format!("{base}/api/v1/users"))
+        .json(&json!({"email": "dupes@example.com", "name": "Dupes"}))
+        .send()
+        .await
+        .expect("create user")
+        .json()
+        .await
+        .expect("json");
+    r["data"]["id"].as_str().expect("user id").to_string()
+}
+
+async fn wait_completed(http: &reqwest::Client, base: &str, ids: &[String]) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    for id in ids {
+        loop {
+            let r: Value = http
+                .get(format!("{base}/api/v1/tasks/{id}"))
+                .send()
+                .await
+                .expect("poll")
+                .json()
+                .await
+                .expect("json");
+            match r["data"]["status"].as_str() {
+                Some("completed") => break,
+                Some("failed") | Some("cancelled") => panic!("task {id} ended badly: {r}"),
+                _ => {}
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "task {id} never completed: {r}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn sigkill_repeats_no_more_provider_calls_than_were_in_flight() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (emu, emu_url, _stop) = emulator(Duration::from_secs(2)).await;
+    let env = [
+        ("VOLCENGINE_ENDPOINT", emu_url.as_str()),
+        ("VOLCENGINE_API_KEY", "crash-key"),
+        ("WORKER_CONCURRENCY", "16"),
+    ];
+    let http = reqwest::Client::new();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut first = spawn_with(dir.path(), port, &env);
+    wait_healthy(&http, &base).await;
+    let user = create_user(&http, &base).await;
+    let mut ids = Vec::new();
+    for i in 0..120 {
+        let r: Value = http
+            .post(format!("{base}/api/v1/ai/image/task"))
+            .json(&json!({"prompt": format!("dupe {i}"), "user_id": user}))
+            .send()
+            .await
+            .expect("create")
+            .json()
+            .await
+            .expect("json");
+        ids.push(r["data"]["task_id"].as_str().expect("task id").to_string());
+    }
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while emu.stats().succeeded < 40 {
+        assert!(tokio::time::Instant::now() < deadline, "calls never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.kill().expect("SIGKILL");
+    first.wait().expect("reaped");
+    // Calls started and not answered; the slots' other tasks were downloading or storing
+    // images already paid for. With 120 tasks queued every one of the 16 slots was busy.
+    let s = emu.stats();
+    let calling = s.requests - s.by_status.values().sum::<u64>();
+    let in_flight = 16;
+
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut second = spawn_with(dir.path(), port, &env);
+    wait_healthy(&http, &base).await;
+    wait_completed(&http, &base, &ids).await;
+    let dups: u64 = emu
+        .stats()
+        .by_prompt
+        .values()
+        .map(|n| n.saturating_sub(1))
+        .sum();
+    eprintln!(
+        "embedded kill -9 of a 16-slot server mid-run, restarted: {in_flight} tasks in flight ({calling} of them in a provider call), {dups} duplicate provider calls"
+    );
+    assert!(
+        dups <= in_flight,
+        "{dups} duplicate provider calls after a crash with {in_flight} in flight"
+    );
+    second.kill().expect("stop");
+    let _ = second.wait();
 }

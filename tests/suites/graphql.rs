@@ -546,6 +546,9 @@ impl Store for Counting {
     async fn replace_task(&self, t: &Task, v: i64, s: TaskStatus) -> Result<bool, StoreError> {
         self.inner.replace_task(t, v, s).await
     }
+    async fn take_expired(&self, t: &Task, v: i64, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        self.inner.take_expired(t, v, now).await
+    }
     async fn extend_lease(&self, id: &str, o: &str, u: DateTime<Utc>) -> Result<bool, StoreError> {
         self.inner.extend_lease(id, o, u).await
     }

@@ -394,27 +394,24 @@ impl Store for MongoStore {
         expected_version: i64,
         expected_status: TaskStatus,
     ) -> Result<bool, StoreError> {
-        let new = task_doc(task)?;
-        let held = self.lock(&task.id).await?;
-        let r = self
-            .tasks
-            .replace_one(
-                doc! {"_id": &task.id, "version": expected_version, "status": expected_status.as_str()},
-                new,
-            )
-            .await
-            .map_err(backend);
-        // Under the lock still: a later write of the task waits for its usage.
-        let replaced = match r {
-            Ok(r) if r.matched_count == 1 => {
-                self.record_usage(task, expected_status).await;
-                Ok(true)
-            }
-            Ok(_) => Ok(false),
-            Err(e) => Err(e),
+        let filter =
+            doc! {"_id": &task.id, "version": expected_version, "status": expected_status.as_str()};
+        self.replace_where(task, filter, expected_status).await
+    }
+
+    async fn take_expired(
+        &self,
+        task: &Task,
+        expected_version: i64,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let filter = doc! {
+            "_id": &task.id,
+            "version": expected_version,
+            "status": TaskStatus::Processing.as_str(),
+            "lease_until_ms": {"$lt": now.timestamp_millis()},
         };
-        self.unlock(held).await;
-        replaced
+        self.replace_where(task, filter, TaskStatus::Processing).await
     }
 
     async fn extend_lease(
@@ -696,5 +693,31 @@ impl Store for MongoStore {
             }
         }
         Ok(())
+    }
+}
+
+impl MongoStore {
+    /// Replaces the task where `filter` (which names its status) still matches, under the task's
+    /// write lock, and records the usage the change settles.
+    async fn replace_where(
+        &self,
+        task: &Task,
+        filter: Document,
+        expected_status: TaskStatus,
+    ) -> Result<bool, StoreError> {
+        let new = task_doc(task)?;
+        let held = self.lock(&task.id).await?;
+        let r = self.tasks.replace_one(filter, new).await.map_err(backend);
+        // Under the lock still: a later write of the task waits for its usage.
+        let replaced = match r {
+            Ok(r) if r.matched_count == 1 => {
+                self.record_usage(task, expected_status).await;
+                Ok(true)
+            }
+            Ok(_) => Ok(false),
+            Err(e) => Err(e),
+        };
+        self.unlock(held).await;
+        replaced
     }
 }

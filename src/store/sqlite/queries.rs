@@ -320,50 +320,19 @@ impl Store for SqliteStore {
         expected_version: i64,
         expected_status: TaskStatus,
     ) -> Result<bool, StoreError> {
-        let doc = to_json(&without_outbox(task))?;
-        let t = task.clone();
-        let since = self.tasks.generation();
-        let outcome = self
-            .write(move |c| {
-                let TaskCols {
-                    due_ms,
-                    lease_until_ms,
-                    updated_ms,
-                    deadline_ms,
-                } = cols(&t);
-                let n = c
-                .prepare_cached(
-                    "UPDATE tasks SET status = ?2, version = ?3, due_ms = ?4, lease_owner = ?5, \
-                     lease_until_ms = ?6, doc = ?7, updated_ms = ?10, deadline_ms = ?11 \
-                     WHERE id = ?1 AND version = ?8 AND status = ?9",
-                )
-                .and_then(|mut s| {
-                    s.execute(params![
-                        t.id,
-                        t.status.as_str(),
-                        t.version,
-                        due_ms,
-                        t.lease_owner,
-                        lease_until_ms,
-                        doc,
-                        expected_version,
-                        expected_status.as_str(),
-                        updated_ms,
-                        deadline_ms
-                    ])
-                })
-                .map_err(backend)?;
-                if n == 1 {
-                    write_outbox(c, &t)?;
-                    super::usage::record(c, &t, expected_status)?;
-                }
-                Ok(n == 1)
-            })
-            .await?;
-        if outcome {
-            self.tasks.keep(&without_outbox(task), since);
-        }
-        Ok(outcome)
+        self.replace_if(task, expected_version, expected_status, None)
+            .await
+    }
+
+    async fn take_expired(
+        &self,
+        task: &Task,
+        expected_version: i64,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let before = Some(now.timestamp_millis());
+        self.replace_if(task, expected_version, TaskStatus::Processing, before)
+            .await
     }
 
     async fn extend_lease(
@@ -741,5 +710,63 @@ impl Store for SqliteStore {
 
     async fn delete_images(&self, ids: &[String]) -> Result<(), StoreError> {
         self.delete_images_by(ImageKey::Id, ids).await
+    }
+}
+
+impl SqliteStore {
+    /// `replace_task`, and with `lease_ended_before` only while the stored lease ended before it.
+    async fn replace_if(
+        &self,
+        task: &Task,
+        expected_version: i64,
+        expected_status: TaskStatus,
+        lease_ended_before: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let doc = to_json(&without_outbox(task))?;
+        let t = task.clone();
+        let since = self.tasks.generation();
+        let outcome = self
+            .write(move |c| {
+                let TaskCols {
+                    due_ms,
+                    lease_until_ms,
+                    updated_ms,
+                    deadline_ms,
+                } = cols(&t);
+                let n = c
+                .prepare_cached(
+                    "UPDATE tasks SET status = ?2, version = ?3, due_ms = ?4, lease_owner = ?5, \
+                     lease_until_ms = ?6, doc = ?7, updated_ms = ?10, deadline_ms = ?11 \
+                     WHERE id = ?1 AND version = ?8 AND status = ?9 \
+                     AND (?12 IS NULL OR lease_until_ms < ?12)",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        t.id,
+                        t.status.as_str(),
+                        t.version,
+                        due_ms,
+                        t.lease_owner,
+                        lease_until_ms,
+                        doc,
+                        expected_version,
+                        expected_status.as_str(),
+                        updated_ms,
+                        deadline_ms,
+                        lease_ended_before
+                    ])
+                })
+                .map_err(backend)?;
+                if n == 1 {
+                    write_outbox(c, &t)?;
+                    super::usage::record(c, &t, expected_status)?;
+                }
+                Ok(n == 1)
+            })
+            .await?;
+        if outcome {
+            self.tasks.keep(&without_outbox(task), since);
+        }
+        Ok(outcome)
     }
 }
