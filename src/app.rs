@@ -13,14 +13,16 @@ use crate::emulator::{self, EmulatorConfig};
 use crate::events::{memory::MemoryEvents, redis::RedisEvents, Events};
 use crate::graphql;
 use crate::http;
+use crate::provider::ark_video::ArkVideoClient;
 use crate::provider::keys::KeyPool;
 use crate::provider::limiter::{MemoryPacer, Pacer, ProviderLimiter, RedisPacer};
-use crate::provider::{ark::ArkClient, ImageProvider, ProviderError};
+use crate::provider::{ark::ArkClient, ImageProvider, ProviderError, VideoProvider};
 use crate::queue::{memory::MemoryQueue, redis::RedisQueue, Queue};
 use crate::service::Service;
 use crate::state::AppState;
 use crate::store::mongo::{MongoOptions, MongoStore};
 use crate::store::{sqlite::SqliteStore, Store, StoreError, TaskCacheBounds};
+use crate::worker::video::VideoWorker;
 use crate::worker::{Handles, Worker, WorkerConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,13 +226,25 @@ impl Running {
     }
 }
 
-async fn provider(
-    config: &Config,
-    shutdown: &CancellationToken,
-) -> Result<(Arc<dyn ImageProvider>, Option<emulator::Emulator>), StartError> {
+/// The image and the video provider clients, and the emulator they speak to in sandbox mode.
+type Providers = (
+    Arc<dyn ImageProvider>,
+    Arc<dyn VideoProvider>,
+    Option<emulator::Emulator>,
+);
+
+async fn provider(config: &Config, shutdown: &CancellationToken) -> Result<Providers, StartError> {
+    // Video calls use one key, the pool's first: a video task is tracked and cancelled at the
+    // provider with the key that submitted it, and Ark's task ids belong to one account.
+    let video_key = key_pool_entries(config)
+        .into_iter()
+        .next()
+        .map_or_else(|| "sandbox".to_string(), |(k, _)| k);
     if !config.is_sandbox() {
-        let client = ArkClient::new(&config.volcengine_endpoint, config.ai_timeout, "ark")?;
-        return Ok((Arc::new(client), None));
+        let endpoint = &config.volcengine_endpoint;
+        let image = ArkClient::new(endpoint, config.ai_timeout, "ark")?;
+        let video = ArkVideoClient::new(endpoint, &video_key, config.ai_timeout)?;
+        return Ok((Arc::new(image), Arc::new(video), None));
     }
     let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
     let addr = listener.local_addr()?;
@@ -244,8 +258,10 @@ async fn provider(
         shutdown.clone(),
     )
     .await?;
-    let client = ArkClient::new(&format!("http://{addr}"), config.ai_timeout, "sandbox")?;
-    Ok((Arc::new(client), Some(emu)))
+    let endpoint = format!("http://{addr}");
+    let image = ArkClient::new(&endpoint, config.ai_timeout, "sandbox")?;
+    let video = ArkVideoClient::new(&endpoint, &video_key, config.ai_timeout)?;
+    Ok((Arc::new(image), Arc::new(video), Some(emu)))
 }
 
 /// The provider pace of every key and model, shared by this process's worker and `/ready`.
@@ -263,10 +279,10 @@ fn limiter(
     ))
 }
 
-/// The provider API keys: `VOLCENGINE_API_KEYS` with their weights, else the one
+/// The provider API keys with their weights: `VOLCENGINE_API_KEYS`, else the one
 /// `VOLCENGINE_API_KEY`, else the sandbox emulator's.
-fn key_pool(config: &Config) -> KeyPool {
-    let keys: Vec<(String, u32)> = if config.volcengine_api_keys.is_empty() {
+fn key_pool_entries(config: &Config) -> Vec<(String, u32)> {
+    if config.volcengine_api_keys.is_empty() {
         let key = config
             .volcengine_api_key
             .as_ref()
@@ -278,8 +294,11 @@ fn key_pool(config: &Config) -> KeyPool {
             .iter()
             .map(|(k, w)| (k.expose().to_string(), *w))
             .collect()
-    };
-    KeyPool::new(&keys, config.provider_key_reprobe)
+    }
+}
+
+fn key_pool(config: &Config) -> KeyPool {
+    KeyPool::new(&key_pool_entries(config), config.provider_key_reprobe)
 }
 
 /// What answers image requests: Volcengine Ark, or the built-in emulator without an API key.
@@ -364,11 +383,11 @@ pub async fn start_with(
     );
     let service = Arc::new(cache_polls(service, &config, role));
     service.start_queue_clock(shutdown.clone()).await;
-    let (provider, emulator) = if role.runs_worker() {
-        let (p, e) = provider(&config, &shutdown).await?;
-        (Some(p), e)
+    let (provider, video, emulator) = if role.runs_worker() {
+        let (p, v, e) = provider(&config, &shutdown).await?;
+        (Some(p), Some(v), e)
     } else {
-        (None, None)
+        (None, None, None)
     };
     let provider_mode = provider_mode(&config);
     if provider_mode == "sandbox" {
@@ -386,13 +405,13 @@ pub async fn start_with(
     let limiter = limiter(&config, service.catalog(), pacer);
     let provider_keys = provider.is_some().then(|| (keys.clone(), limiter.clone()));
     let workers = provider.map(|provider| {
-        let worker = Arc::new(Worker::new(
-            service.clone(),
+        let worker = Arc::new(build_worker(
+            &service,
             handles,
             provider,
-            keys.clone(),
-            limiter.clone(),
-            worker_config(&config),
+            video,
+            (keys.clone(), limiter.clone()),
+            &config,
         ));
         tracing::info!(
             worker = worker.id(),
@@ -513,6 +532,34 @@ fn public_base(config: &Config, addr: Option<SocketAddr>) -> String {
         (None, Some(a)) if a.ip().is_unspecified() => format!("http://localhost:{}", a.port()),
         (None, Some(a)) => format!("http://{a}"),
         (None, None) => format!("http://{}:{}", config.host, config.port),
+    }
+}
+
+/// The worker over `provider` (and the video provider, when there is one), calling with `keys` at
+/// the pace `limiter` learns.
+fn build_worker(
+    service: &Arc<Service>,
+    handles: Handles,
+    provider: Arc<dyn ImageProvider>,
+    video: Option<Arc<dyn VideoProvider>>,
+    (keys, limiter): (Arc<KeyPool>, Arc<ProviderLimiter>),
+    config: &Config,
+) -> Worker {
+    let worker = Worker::new(
+        service.clone(),
+        handles,
+        provider,
+        keys,
+        limiter,
+        worker_config(config),
+    );
+    match video {
+        Some(v) => worker.with_video(VideoWorker::new(
+            v,
+            config.video.clone(),
+            config.download_concurrency,
+        )),
+        None => worker,
     }
 }
 

@@ -189,6 +189,7 @@ pub struct Config {
     /// climbs (Ark's images-per-minute limits count over a sliding 60 s).
     pub provider_rate_window: Duration,
     pub webhooks: WebhookConfig,
+    pub video: VideoConfig,
 }
 
 pub const DEFAULT_ENDPOINT: &str = "https://ark.cn-beijing.volces.com";
@@ -258,6 +259,7 @@ impl Default for Config {
             provider_concurrency: 32,
             provider_rate_window: Duration::from_secs(60),
             webhooks: WebhookConfig::default(),
+            video: VideoConfig::default(),
         }
     }
 }
@@ -496,6 +498,7 @@ impl Config {
         c.read_worker(&env)?;
         c.read_limits(&env)?;
         c.webhooks = webhooks::read(&env, c.webhooks.clone())?;
+        c.video = video::read(&env, c.video.clone())?;
         Ok(c)
     }
 
@@ -774,7 +777,9 @@ mod key_pool;
 mod secret;
 #[cfg(test)]
 mod tests;
+mod video;
 mod webhooks;
 
 pub use secret::Secret;
+pub use video::VideoConfig;
 pub use webhooks::{check_secret, WebhookConfig};

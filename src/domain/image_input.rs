@@ -89,6 +89,10 @@ impl GuidanceScale {
 pub struct ReferenceImage(String);
 
 impl ReferenceImage {
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+
     pub fn parse(index: usize, url: String) -> Result<ReferenceImage, FieldError> {
         let field = format!("image[{index}]");
         let problem = if let Some(rest) = url.strip_prefix("data:") {

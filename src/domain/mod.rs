@@ -10,6 +10,7 @@ pub mod models;
 pub mod new_task;
 pub mod task;
 pub mod user;
+pub mod video;
 pub mod webhook;
 
 pub use api_key::ApiKey;
@@ -18,8 +19,8 @@ pub use image_input::ModelParams;
 pub use models::{Catalog, ModelFamily, ModelSpec, SizeRule};
 pub use new_task::{CreateImageTask, NewImageTask};
 pub use task::{
-    ImageParams, ProviderImage, StoredImage, Task, TaskError, TaskResult, TaskStatus,
-    TransitionError, UnkeptImages, TASK_KIND_IMAGE,
+    ImageParams, ProviderImage, StoredImage, StoredVideo, Task, TaskError, TaskKind, TaskResult,
+    TaskStatus, TransitionError, UnkeptImages, TASK_KIND_IMAGE, TASK_KIND_VIDEO,
 };
 pub use user::User;
 pub use webhook::{
@@ -60,6 +61,11 @@ fn extension(content_type: &str) -> &'static str {
         "image/gif" => "gif",
         _ => "bin",
     }
+}
+
+/// The stable URL of a stored video on this server.
+pub fn video_url(base: &str, v: &StoredVideo) -> String {
+    format!("{base}/videos/{}.mp4", v.id)
 }
 
 /// The stable URL of a stored image on this server (`base` is the public base URL).

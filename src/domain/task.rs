@@ -8,6 +8,27 @@ use serde::{Deserialize, Serialize};
 use super::webhook::{WebhookDelivery, WebhookTarget};
 
 pub const TASK_KIND_IMAGE: &str = "image_generation";
+pub const TASK_KIND_VIDEO: &str = "video_generation";
+
+/// What a task makes. Stored as `image_generation` / `video_generation` (the string the field
+/// held before videos existed); a stored task without it is an image task.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TaskKind {
+    #[default]
+    #[serde(rename = "image_generation", alias = "image")]
+    Image,
+    #[serde(rename = "video_generation", alias = "video")]
+    Video,
+}
+
+impl TaskKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskKind::Image => TASK_KIND_IMAGE,
+            TaskKind::Video => TASK_KIND_VIDEO,
+        }
+    }
+}
 /// `error.code` of a task failed because it was not finished by its deadline.
 pub const DEADLINE_EXCEEDED: &str = "DEADLINE_EXCEEDED";
 
@@ -112,6 +133,18 @@ pub struct StoredImage {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskResult {
     pub images: Vec<StoredImage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video: Option<StoredVideo>,
+}
+
+/// A video we hold ourselves (the provider's link expires after 24 h): the MP4 lives in the
+/// store's video files under `id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredVideo {
+    pub id: String,
+    pub provider_url: Option<String>,
+    pub bytes: u64,
+    pub content_type: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -149,11 +182,19 @@ pub struct ProviderImage {
 pub struct Task {
     pub id: String,
     pub user_id: String,
-    pub kind: String,
+    #[serde(default)]
+    pub kind: TaskKind,
     /// Provider model id (friendly names are resolved at creation).
     pub model: String,
     pub prompt: String,
     pub params: ImageParams,
+    /// What a video task asks for (`kind` video only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video: Option<super::video::VideoParams>,
+    /// The provider's own id of the task it runs for a video: stored the moment the provider
+    /// answers, so that a task that has one is tracked, never submitted again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_task_id: Option<String>,
     pub status: TaskStatus,
     /// Incremented by every change; writers compare-and-set on it.
     pub version: i64,
@@ -227,6 +268,9 @@ impl Task {
         // A copy, as the publishers made before; what matters is what is kept.
         let mut t = self.clone();
         t.params.images = Vec::new();
+        if let Some(v) = t.video.as_mut() {
+            v.frames = Vec::new();
+        }
         t
     }
 
@@ -243,10 +287,12 @@ impl Task {
         Task {
             id: super::new_id(),
             user_id,
-            kind: TASK_KIND_IMAGE.into(),
+            kind: TaskKind::Image,
             model,
             prompt,
             params,
+            video: None,
+            provider_task_id: None,
             status: TaskStatus::Pending,
             version: 1,
             attempts: 0,
@@ -358,13 +404,43 @@ impl Task {
     ) -> Result<Task, TransitionError> {
         self.check(&[TaskStatus::Processing], "completed")?;
         let mut t = self.next(TaskStatus::Completed, now);
-        t.result = Some(TaskResult { images });
+        t.result = Some(TaskResult {
+            images,
+            video: None,
+        });
         t.error = None;
         t.unkept = None;
         t.provider_request_id = request_id.or(t.provider_request_id);
         t.lease_owner = None;
         t.lease_until = None;
         t.completed_at = Some(now);
+        Ok(t)
+    }
+
+    /// processing → processing with the provider's task id: the provider has the task, which
+    /// is from now on tracked there and never submitted again.
+    pub fn track(
+        &self,
+        provider_task_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Task, TransitionError> {
+        self.check(&[TaskStatus::Processing], "tracked")?;
+        let mut t = self.next(TaskStatus::Processing, now);
+        t.provider_task_id = Some(provider_task_id.to_string());
+        Ok(t)
+    }
+
+    /// processing → completed with a stored video.
+    pub fn complete_video(
+        &self,
+        video: StoredVideo,
+        now: DateTime<Utc>,
+    ) -> Result<Task, TransitionError> {
+        let mut t = self.complete(Vec::new(), None, now)?;
+        t.result = Some(TaskResult {
+            images: Vec::new(),
+            video: Some(video),
+        });
         Ok(t)
     }
 
@@ -473,6 +549,8 @@ impl Task {
         t.attempts = 0;
         t.error = None;
         t.result = None;
+        // The provider's task (if any) ended; another go is a new one.
+        t.provider_task_id = None;
         t.not_before = None;
         t.started_at = None;
         t.completed_at = None;

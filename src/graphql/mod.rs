@@ -19,6 +19,7 @@ pub mod playground;
 pub mod schema;
 pub mod types;
 pub mod usage;
+pub mod video;
 pub mod webhooks;
 pub mod ws;
 

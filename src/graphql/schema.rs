@@ -266,6 +266,22 @@ impl Mutation {
         Ok(task(t))
     }
 
+    /// Submits a Seedance video task (text to video, or first / first and last frame); every
+    /// parameter is checked against the model first. Answers at once with the `PENDING` task;
+    /// once `COMPLETED`, `result.videoUrl` is the MP4 stored here.
+    async fn create_video_task(
+        &self,
+        c: &Context<'_>,
+        input: super::video::CreateVideoTaskInput,
+    ) -> async_graphql::Result<Task> {
+        let (t, _) = ctx(c)?
+            .service
+            .create_video_task(who(c)?, input.into())
+            .await
+            .gql()?;
+        Ok(task(t))
+    }
+
     /// Cancels a scheduled, pending or processing task.
     async fn cancel_task(&self, c: &Context<'_>, id: ID) -> async_graphql::Result<Task> {
         Ok(task(ctx(c)?.service.cancel_task(who(c)?, &id).await.gql()?))

@@ -128,6 +128,14 @@ impl Task {
         let loader = ctx.data::<DataLoader<UserLoader>>()?;
         Ok(loader.load_one(self.0.user_id.clone()).await?.map(User))
     }
+    /// `IMAGE` or `VIDEO`.
+    async fn kind(&self) -> super::video::TaskKind {
+        self.0.kind.into()
+    }
+    /// What a `VIDEO` task asked for (null for images).
+    async fn video(&self) -> Option<super::video::VideoSpec> {
+        super::video::VideoSpec::of(&self.0)
+    }
     /// Provider model id.
     async fn model(&self) -> &str {
         &self.0.model
@@ -164,11 +172,12 @@ impl Task {
     async fn attempts(&self) -> u32 {
         self.0.attempts
     }
-    /// The stored images, once `COMPLETED`.
+    /// The stored images (or video), once `COMPLETED`.
     async fn result(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<ImageResult>> {
         let base = &ctx.data::<AppState>()?.public_base;
         Ok(self.0.result.as_ref().map(|r| ImageResult {
             images: r.images.iter().map(|i| Image::new(i, base)).collect(),
+            video_url: r.video.as_ref().map(|v| crate::domain::video_url(base, v)),
         }))
     }
     /// Why the task failed, or why the last attempt failed while a retry is pending.
@@ -251,8 +260,10 @@ impl Task {
 #[derive(SimpleObject)]
 #[graphql(complex)]
 pub struct ImageResult {
-    /// Every image generated, in the provider's order.
+    /// Every image generated, in the provider's order (none for a video).
     pub images: Vec<Image>,
+    /// A `VIDEO` task's MP4, stored and served by this server (seekable: Range requests).
+    pub video_url: Option<String>,
 }
 
 #[ComplexObject]

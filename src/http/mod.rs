@@ -3,6 +3,7 @@
 mod edge;
 pub mod openapi;
 pub mod server;
+pub mod video;
 
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -24,6 +25,7 @@ pub fn router(state: AppState, graphql: graphql::Endpoint) -> Router {
         .route("/ready", get(ready))
         .merge(graphql::routes(graphql))
         .route("/images/{file}", get(image))
+        .route("/videos/{file}", get(video::video))
         .route("/metrics", get(crate::observability::render))
         .route("/openapi.json", get(openapi::spec))
         .merge(crate::rest::routes())

@@ -92,7 +92,7 @@ pub fn is_retryable(status: u16, code: &str) -> bool {
     }
 }
 
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+pub(super) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
     v.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
@@ -106,7 +106,7 @@ fn too_large(bytes: u64) -> ProviderError {
     )
 }
 
-fn transport_error(e: &reqwest::Error) -> ProviderError {
+pub(super) fn transport_error(e: &reqwest::Error) -> ProviderError {
     let (code, retryable) = if e.is_timeout() {
         ("Timeout", true)
     } else if e.is_connect() || e.is_request() {

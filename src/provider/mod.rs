@@ -3,6 +3,7 @@
 //! code that runs in production is the code the tests run.
 
 pub mod ark;
+pub mod ark_video;
 pub mod keys;
 pub mod limiter;
 pub mod pace;
@@ -200,6 +201,57 @@ pub trait ImageProvider: Send + Sync + 'static {
         budget: &DownloadBudget,
         estimate: u64,
     ) -> Result<Fetched, ProviderError>;
+}
+
+/// A video task to submit, already validated against the video catalogue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VideoSubmit {
+    pub task_id: String,
+    pub model: String,
+    pub prompt: String,
+    pub duration: u32,
+    pub ratio: String,
+    pub resolution: String,
+    pub seed: Option<i64>,
+    pub camera_fixed: bool,
+    pub watermark: bool,
+    /// None, the first frame, or the first and the last frame.
+    pub frames: Vec<String>,
+}
+
+/// Where a provider's video task stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VideoState {
+    /// Queued or running at the provider.
+    Working,
+    Succeeded {
+        video_url: String,
+    },
+    Failed {
+        code: String,
+        message: String,
+    },
+    /// Cancelled (by DELETE) or expired at the provider.
+    Cancelled,
+}
+
+/// A chunk stream of a download (a video is never held whole in memory).
+pub type ByteStream = futures::stream::BoxStream<'static, Result<bytes::Bytes, std::io::Error>>;
+
+#[async_trait]
+pub trait VideoProvider: Send + Sync + 'static {
+    /// Creates the provider's task; its id.
+    async fn submit(&self, req: &VideoSubmit) -> Result<String, ProviderError>;
+    /// The state of many provider tasks in one request (`filter.task_ids`); ids the provider
+    /// does not list are left out of the answer.
+    async fn states(
+        &self,
+        ids: &[String],
+    ) -> Result<std::collections::HashMap<String, VideoState>, ProviderError>;
+    /// Cancels (queued) or deletes (finished) the provider's task.
+    async fn cancel(&self, id: &str) -> Result<(), ProviderError>;
+    /// The video's bytes as they arrive, with the length when the provider says.
+    async fn download(&self, url: &str) -> Result<(ByteStream, Option<u64>), ProviderError>;
 }
 
 #[cfg(test)]

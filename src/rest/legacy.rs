@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::envelope::ApiResult;
 use super::tasks::task_json;
-use crate::domain::{is_valid_id, rfc3339, Task, TaskStatus};
+use crate::domain::{is_valid_id, rfc3339, Task, TaskKind, TaskStatus};
 use crate::error::AppError;
 use crate::service::queue_clock::QueuePlace;
 
@@ -53,7 +53,10 @@ pub fn latest_task(t: &Task, base: &str, place: Option<QueuePlace>) -> Result<Va
         .as_ref()
         .map(|e| e.message.clone())
         .unwrap_or_default());
-    v["type"] = json!("image");
+    v["type"] = json!(match t.kind {
+        TaskKind::Image => "image",
+        TaskKind::Video => "video",
+    });
     v["provider"] = json!(PROVIDER);
     v["created"] = json!(rfc3339(t.created_at));
     v["updated"] = json!(rfc3339(t.updated_at));
@@ -69,7 +72,10 @@ pub fn created(t: &Task, base: &str, place: Option<QueuePlace>) -> Result<Value,
     let mut v = v2_task(t, base, place)?;
     v["system_task_id"] = v2_task(t, base, place)?;
     v["provider"] = json!(PROVIDER);
-    v["message"] = json!("image generation task created");
+    v["message"] = json!(match t.kind {
+        TaskKind::Image => "image generation task created",
+        TaskKind::Video => "video generation task created",
+    });
     Ok(v)
 }
 

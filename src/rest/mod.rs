@@ -9,6 +9,7 @@ pub mod task_lists;
 pub mod tasks;
 pub mod usage;
 pub mod users;
+pub mod video;
 pub mod webhooks;
 
 pub mod keys;
@@ -51,6 +52,7 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/api/v1/users/{id}/usage", get(usage::get))
         .route("/api/v1/ai/image/task", post(tasks::create_image))
+        .route("/api/v1/ai/video/task", post(video::create_video))
         .route("/api/v1/ai/image/result/{task_id}", get(tasks::get))
         .route(
             "/api/v1/ai/tasks",

@@ -284,6 +284,17 @@ pub struct TaskJson {
     /// On the poll routes and creates: what the answer means.
     #[serde(skip_serializing_if = "Option::is_none")]
     message: Option<String>,
+    /// Video tasks once completed: the stored MP4 on this server (`/videos/{id}.mp4`, seekable
+    /// with Range requests).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    video_url: Option<String>,
+    /// Video tasks once submitted: the provider's own task id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    provider_task_id: Option<String>,
+    /// Video tasks: `{duration, ratio, resolution, seed, camera_fixed, watermark, frames}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    video: Option<Value>,
 }
 
 /// `place`: where the task waits in the queue (`Service::queue_place`), if it does.
@@ -332,7 +343,7 @@ pub fn task_json(t: &Task, base: &str, place: Option<QueuePlace>) -> TaskJson {
         task_id: t.id.clone(),
         id: t.id.clone(),
         user_id: t.user_id.clone(),
-        kind: t.kind.clone(),
+        kind: t.kind.as_str().to_string(),
         model: t.model.clone(),
         prompt: t.prompt.clone(),
         size: t.params.size.clone(),
@@ -384,10 +395,23 @@ pub fn task_json(t: &Task, base: &str, place: Option<QueuePlace>) -> TaskJson {
         provider: legacy::PROVIDER,
         image_url: None,
         message: None,
+        video_url: t
+            .result
+            .as_ref()
+            .and_then(|r| r.video.as_ref())
+            .map(|v| crate::domain::video_url(base, v)),
+        provider_task_id: t.provider_task_id.clone(),
+        video: t.video.as_ref().map(|v| {
+            json!({
+                "duration": v.duration, "ratio": v.ratio, "resolution": v.resolution,
+                "seed": v.seed, "camera_fixed": v.camera_fixed, "watermark": v.watermark,
+                "frames": v.frames.len(),
+            })
+        }),
     }
 }
 
-fn idempotency_key(h: &HeaderMap) -> Result<Option<String>, AppError> {
+pub(super) fn idempotency_key(h: &HeaderMap) -> Result<Option<String>, AppError> {
     match h.get("idempotency-key") {
         None => Ok(None),
         Some(v) => v
@@ -404,7 +428,18 @@ async fn create(
     input: CreateImageTask,
 ) -> ApiResult {
     let wait = prefer::wait_preference(headers).map(|n| prefer::applied_wait(s, n));
-    let (t, created) = s.service.create_image_task(who, input).await?;
+    let created = s.service.create_image_task(who, input).await?;
+    answer_created(s, who, created, wait).await
+}
+
+/// The answer to a create: the task (after `Prefer: wait`), 201, with the replay and
+/// preference headers.
+pub(super) async fn answer_created(
+    s: &AppState,
+    who: &Principal,
+    (t, created): (Task, bool),
+    wait: Option<u64>,
+) -> ApiResult {
     let t = match wait {
         Some(secs) => prefer::wait_for_outcome(s, who, t, secs).await,
         None => t,

@@ -53,6 +53,7 @@ pub struct Service {
     queue: Arc<dyn Queue>,
     events: Arc<dyn Events>,
     catalog: Catalog,
+    video_catalog: crate::domain::video::VideoCatalog,
     auth: Authenticator,
     limits: Limits,
     /// Admission buckets for user submits; shared across processes in distributed mode.
@@ -117,6 +118,7 @@ impl Service {
             queue,
             events,
             catalog: Catalog::new(&config.model_ids),
+            video_catalog: crate::domain::video::VideoCatalog::new(),
             limits: Limits::from_config(config),
             pacer,
             known_users: KnownUsers::default(),
@@ -148,6 +150,10 @@ impl Service {
         self.auth.enabled()
     }
 
+    pub fn video_catalog(&self) -> &crate::domain::video::VideoCatalog {
+        &self.video_catalog
+    }
+
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
     }
@@ -173,6 +179,21 @@ impl Service {
     /// in results.
     pub async fn get_image(&self, id: &str) -> Result<Option<ImageBlob>, AppError> {
         Ok(self.store.get_image(id).await?)
+    }
+
+    /// A stored video's length (videos are public by their unguessable id, as images are).
+    pub async fn video_file(&self, id: &str) -> Result<Option<crate::store::VideoFile>, AppError> {
+        Ok(self.store.video_file(id).await?)
+    }
+
+    /// `len` bytes of a stored video from `start`, as they are read.
+    pub async fn read_video(
+        &self,
+        id: &str,
+        start: u64,
+        len: u64,
+    ) -> Result<crate::store::ByteStream, AppError> {
+        Ok(self.store.read_video(id, start, len).await?)
     }
 
     /// Task events published on `channel` after this returns. Whether the caller may follow the

@@ -45,7 +45,7 @@ impl Service {
             return Err(forbidden("create tasks for another user"));
         }
         // Held until the task is stored (or refused), so that concurrent submits count it.
-        let mut slot = match who {
+        let slot = match who {
             Principal::User { .. } => Some(
                 self.admit_submit(user_id, u64::from(new.params.n.get()))
                     .await?,
@@ -63,7 +63,51 @@ impl Service {
         }
 
         let now = Utc::now();
-        let mut task = new.into_task(now, self.limits.task_deadline.as_secs());
+        let task = new.into_task(now, self.limits.task_deadline.as_secs());
+        self.accept(who, task, slot, now).await
+    }
+
+    /// Parses a video request against the video catalogue (every parameter checked before any
+    /// provider call), then stores, enqueues and publishes it as an image task is.
+    pub async fn create_video_task(
+        &self,
+        who: &Principal,
+        mut input: domain::video::CreateVideoTask,
+    ) -> Result<(Task, bool), AppError> {
+        let own = who.user_id();
+        if let Some(own) = own {
+            if input.user_id.as_deref().is_none_or(|u| u.trim().is_empty()) {
+                input.user_id = Some(own.to_string());
+            }
+        }
+        let new = domain::video::NewVideoTask::parse(input, &self.video_catalog)
+            .map_err(AppError::Validation)?;
+        let user_id = new.user_id.as_str();
+        if own.is_some_and(|o| o != user_id) {
+            return Err(forbidden("create tasks for another user"));
+        }
+        let slot = match who {
+            // A video is no image: the daily image quota does not count it.
+            Principal::User { .. } => Some(self.admit_submit(user_id, 0).await?),
+            _ => None,
+        };
+        if is_valid_id(user_id) || own.is_some() {
+            self.require_known_user(user_id).await?;
+        }
+        let now = Utc::now();
+        let task = new.into_task(now, self.limits.task_deadline.as_secs());
+        self.accept(who, task, slot, now).await
+    }
+
+    /// Stores a parsed new task (the commit point), then enqueues and publishes it; an
+    /// idempotent replay answers the earlier task (`false`).
+    async fn accept(
+        &self,
+        who: &Principal,
+        mut task: Task,
+        mut slot: Option<super::admission::SubmitSlot<'_>>,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<(Task, bool), AppError> {
         if let Principal::User { key_id, .. } = who {
             task.api_key_id = Some(key_id.clone());
         }

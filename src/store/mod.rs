@@ -39,6 +39,20 @@ pub struct ImageBlob {
     pub data: bytes::Bytes,
 }
 
+/// Bytes as they arrive or leave: a video is never held whole in memory.
+pub type ByteStream = futures::stream::BoxStream<'static, Result<bytes::Bytes, std::io::Error>>;
+
+/// What the store knows of a stored video.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VideoFile {
+    pub len: u64,
+    pub content_type: String,
+}
+
+fn no_videos() -> StoreError {
+    StoreError::Backend("this store keeps no videos".into())
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct TaskQuery {
     pub user_id: Option<String>,
@@ -292,4 +306,31 @@ pub trait Store: Send + Sync + 'static {
     async fn put_image(&self, image: &ImageBlob) -> Result<(), StoreError>;
     async fn get_image(&self, id: &str) -> Result<Option<ImageBlob>, StoreError>;
     async fn delete_images(&self, ids: &[String]) -> Result<(), StoreError>;
+
+    /// Stores a video from `body` as it arrives (files in the data folder, GridFS); its length.
+    /// An id put again holds the new bytes.
+    async fn put_video(
+        &self,
+        _id: &str,
+        _task_id: &str,
+        _content_type: &str,
+        _body: ByteStream,
+    ) -> Result<u64, StoreError> {
+        Err(no_videos())
+    }
+    async fn video_file(&self, _id: &str) -> Result<Option<VideoFile>, StoreError> {
+        Ok(None)
+    }
+    /// `len` bytes of the video from `start` (a range the caller checked against its length).
+    async fn read_video(
+        &self,
+        _id: &str,
+        _start: u64,
+        _len: u64,
+    ) -> Result<ByteStream, StoreError> {
+        Err(no_videos())
+    }
+    async fn delete_videos(&self, _ids: &[String]) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

@@ -89,7 +89,7 @@ pub fn weight(t: &Task) -> usize {
         + OVERHEAD
         + 2 * t.id.len()
         + t.user_id.len()
-        + t.kind.len()
+        + t.kind.as_str().len()
         + t.model.len()
         + t.prompt.len()
         + p.size.len()

@@ -5,6 +5,7 @@
 
 pub mod reconciler;
 pub mod timers;
+pub mod video;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::domain::{
-    ModelSpec, ProviderImage, StoredImage, Task, TaskError, TaskStatus, UnkeptImages,
+    ModelSpec, ProviderImage, StoredImage, Task, TaskError, TaskKind, TaskStatus, UnkeptImages,
 };
 use crate::events::Events;
 use crate::events::{Channel, Event};
@@ -84,6 +85,8 @@ pub struct Worker {
     /// state changes are stored and announced there, so that subscribers hear of them at the
     /// API's priority, not when a busy machine next gets round to the worker's threads.
     foreground: std::sync::OnceLock<tokio::runtime::Handle>,
+    /// Video tasks' provider and tracker, when this process runs one.
+    video: Option<video::VideoWorker>,
 }
 
 /// How long after a generation its image URLs are downloaded again instead of generating anew:
@@ -145,7 +148,14 @@ impl Worker {
             downloads: tokio::sync::Semaphore::new(downloads),
             download_budget,
             foreground: Default::default(),
+            video: None,
         }
+    }
+
+    /// The same worker running video tasks through `provider` too.
+    pub fn with_video(mut self, video: video::VideoWorker) -> Worker {
+        self.video = Some(video);
+        self
     }
 
     /// `Service::commit`, run on the foreground runtime when there is one.
@@ -266,6 +276,10 @@ impl Worker {
         }
         let (w, stop) = (self.clone(), shutdown.clone());
         set.spawn_on(async move { timers::run(w, stop).await }, rt);
+        if self.video.is_some() {
+            let (w, stop) = (self.clone(), shutdown.clone());
+            set.spawn_on(async move { video::run(w, stop).await }, rt);
+        }
         let w = self.clone();
         set.spawn_on(
             async move { reconciler::run(w, shutdown, recovered).await },
@@ -339,6 +353,10 @@ impl Worker {
             return Ok(());
         };
         tracing::info!(attempt = running.attempts, "task started");
+        if running.kind == TaskKind::Video {
+            // Submitted (or found submitted) and handed to the tracker; the loop goes on.
+            return self.start_video(running).await;
+        }
         self.hold(&running.id, true);
 
         let outcome = match self.service.catalog().find(&running.model) {

@@ -37,4 +37,5 @@ mod scheduling;
 mod secrets;
 mod store_contract;
 mod usage;
+mod video;
 mod webhooks;

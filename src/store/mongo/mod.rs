@@ -10,6 +10,7 @@ mod inserts;
 mod locks;
 mod queries;
 mod usage;
+mod videos;
 mod webhooks;
 
 use std::time::Duration;
@@ -34,6 +35,8 @@ pub struct MongoStore {
     idempotency: Collection<Document>,
     api_keys: Collection<Document>,
     images: GridFsBucket,
+    /// Video files (`videos.rs`).
+    videos: GridFsBucket,
     /// Per-task write locks, for servers whose conditional update is not atomic.
     locks: Option<Collection<Document>>,
     /// New task documents, written together (see `write_inserts`).
@@ -214,6 +217,11 @@ impl MongoStore {
             images: db.gridfs_bucket(
                 GridFsBucketOptions::builder()
                     .bucket_name("images".to_string())
+                    .build(),
+            ),
+            videos: db.gridfs_bucket(
+                GridFsBucketOptions::builder()
+                    .bucket_name("videos".to_string())
                     .build(),
             ),
             locks: locked.then(|| db.collection("task_locks")),

@@ -16,7 +16,8 @@ use super::{
 };
 use crate::domain::{ApiKey, Task, TaskStatus, User, WebhookDelivery};
 use crate::store::{
-    ChangeCursor, ImageBlob, InsertOutcome, Store, StoreError, TaskQuery, UsageQuery, UsageRow,
+    ByteStream, ChangeCursor, ImageBlob, InsertOutcome, Store, StoreError, TaskQuery, UsageQuery,
+    UsageRow, VideoFile,
 };
 
 /// The statuses of unfinished tasks.
@@ -693,6 +694,28 @@ impl Store for MongoStore {
             }
         }
         Ok(())
+    }
+
+    async fn put_video(
+        &self,
+        id: &str,
+        task_id: &str,
+        content_type: &str,
+        body: ByteStream,
+    ) -> Result<u64, StoreError> {
+        self.put_video_file(id, task_id, content_type, body).await
+    }
+
+    async fn video_file(&self, id: &str) -> Result<Option<VideoFile>, StoreError> {
+        self.video_file_info(id).await
+    }
+
+    async fn read_video(&self, id: &str, start: u64, len: u64) -> Result<ByteStream, StoreError> {
+        self.read_video_range(id, start, len).await
+    }
+
+    async fn delete_videos(&self, ids: &[String]) -> Result<(), StoreError> {
+        self.delete_video_files(ids).await
     }
 }
 

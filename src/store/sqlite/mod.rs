@@ -27,6 +27,7 @@ mod lane;
 mod queries;
 mod schema;
 mod usage;
+mod videos;
 mod webhooks;
 
 use std::fs::File;
@@ -51,6 +52,8 @@ pub struct SqliteStore {
     /// Tasks for polls. Every method that changes a task row tells it, after the commit: `keep`
     /// for a new version, `remove` (or `clear`) for anything else.
     tasks: TaskCache,
+    /// Video files (`videos.rs`).
+    videos: std::path::PathBuf,
 }
 
 /// Which column of `images` a deletion matches.
@@ -173,6 +176,7 @@ impl SqliteStore {
             images,
             main,
             tasks: TaskCache::new(task_cache),
+            videos: dir.join("videos"),
         })
     }
 

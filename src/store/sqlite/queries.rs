@@ -13,7 +13,8 @@ use super::{
 };
 use crate::domain::{ApiKey, Task, TaskStatus, User, WebhookDelivery};
 use crate::store::{
-    ChangeCursor, ImageBlob, InsertOutcome, Store, StoreError, TaskQuery, UsageQuery, UsageRow,
+    ByteStream, ChangeCursor, ImageBlob, InsertOutcome, Store, StoreError, TaskQuery, UsageQuery,
+    UsageRow, VideoFile,
 };
 
 /// One range of `tasks_due`, however many tasks are stored (a test holds the plan).
@@ -710,6 +711,28 @@ impl Store for SqliteStore {
 
     async fn delete_images(&self, ids: &[String]) -> Result<(), StoreError> {
         self.delete_images_by(ImageKey::Id, ids).await
+    }
+
+    async fn put_video(
+        &self,
+        id: &str,
+        _task_id: &str,
+        _content_type: &str,
+        body: ByteStream,
+    ) -> Result<u64, StoreError> {
+        super::videos::put(&self.videos, id, body).await
+    }
+
+    async fn video_file(&self, id: &str) -> Result<Option<VideoFile>, StoreError> {
+        super::videos::stat(&self.videos, id).await
+    }
+
+    async fn read_video(&self, id: &str, start: u64, len: u64) -> Result<ByteStream, StoreError> {
+        super::videos::read(&self.videos, id, start, len).await
+    }
+
+    async fn delete_videos(&self, ids: &[String]) -> Result<(), StoreError> {
+        super::videos::delete(&self.videos, ids).await
     }
 }
 

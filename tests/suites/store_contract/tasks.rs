@@ -32,6 +32,7 @@ pub async fn a_task_round_trips_with_every_field(s: S) {
             bytes: 5_000_000_000,
             content_type: "image/png".into(),
         }],
+        video: None,
     });
     t.error = Some(TaskError {
         code: "RateLimited".into(),

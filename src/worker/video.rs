@@ -1,0 +1,426 @@
+//! Video tasks: submitted once to the provider, then tracked there until they finish.
+//!
+//! The provider's task id is stored (a compare-and-set, `Task::track`) the moment the provider
+//! answers; a task that has one is never submitted again — after a crash it is requeued with it,
+//! taken by a worker and tracked. Tracking costs a bounded request rate whatever the backlog:
+//! one list request (`filter.task_ids`, up to `VIDEO_LIST_BATCH` tasks) per
+//! `VIDEO_LIST_INTERVAL` at most, each task due again at a tenth of its expected duration
+//! (`VIDEO_POLL_MIN` to `VIDEO_POLL_MAX`). A finished video is streamed from the provider into
+//! the store at once (its link expires) and the task completed. Cancelling a task reaches the
+//! provider (DELETE): from the task's event, or at the latest at the next lease renewal.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::StreamExt;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::Worker;
+use crate::config::VideoConfig;
+use crate::domain::{StoredVideo, Task, TaskError, TaskStatus};
+use crate::events::{Channel, Event};
+use crate::provider::{ProviderError, VideoProvider, VideoState, VideoSubmit};
+
+/// Download attempts of a finished video before its task fails (the link is good for 24 h;
+/// the next poll tries again).
+const MAX_DOWNLOAD_TRIES: u32 = 5;
+
+/// The video side of a worker process.
+pub struct VideoWorker {
+    provider: Arc<dyn VideoProvider>,
+    cfg: VideoConfig,
+    tracked: std::sync::Mutex<HashMap<String, Tracked>>,
+    /// Videos downloaded at once.
+    downloads: Arc<tokio::sync::Semaphore>,
+}
+
+struct Tracked {
+    task: Task,
+    provider_id: String,
+    next_poll: Instant,
+    next_renew: Instant,
+    /// A download of its video is under way.
+    downloading: bool,
+    download_tries: u32,
+}
+
+impl VideoWorker {
+    pub fn new(
+        provider: Arc<dyn VideoProvider>,
+        cfg: VideoConfig,
+        downloads: usize,
+    ) -> VideoWorker {
+        VideoWorker {
+            provider,
+            cfg,
+            tracked: Default::default(),
+            downloads: Arc::new(tokio::sync::Semaphore::new(downloads.max(1))),
+        }
+    }
+
+    /// Time between two polls of a task expected to take `expected_secs`.
+    fn interval(&self, expected_secs: u64) -> Duration {
+        Duration::from_secs(expected_secs)
+            .div_f64(10.0)
+            .clamp(self.cfg.poll_min, self.cfg.poll_max)
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut HashMap<String, Tracked>) -> R) -> Option<R> {
+        self.tracked.lock().ok().map(|mut t| f(&mut t))
+    }
+
+    /// Tasks this process tracks now.
+    pub fn tracked(&self) -> usize {
+        self.with(|t| t.len()).unwrap_or(0)
+    }
+}
+
+fn submit_request(task: &Task) -> VideoSubmit {
+    let v = task
+        .video
+        .clone()
+        .unwrap_or_else(|| crate::domain::video::VideoParams {
+            duration: 5,
+            ratio: "16:9".into(),
+            resolution: "720p".into(),
+            seed: None,
+            camera_fixed: false,
+            watermark: false,
+            frames: Vec::new(),
+            expected_secs: 60,
+        });
+    VideoSubmit {
+        task_id: task.id.clone(),
+        model: task.model.clone(),
+        prompt: task.prompt.clone(),
+        duration: v.duration,
+        ratio: v.ratio,
+        resolution: v.resolution,
+        seed: v.seed,
+        camera_fixed: v.camera_fixed,
+        watermark: v.watermark,
+        frames: v.frames,
+    }
+}
+
+impl Worker {
+    /// A claimed video task: submitted unless the provider already has it, then tracked.
+    pub(super) async fn start_video(&self, running: Task) -> Result<(), crate::error::AppError> {
+        let now = Utc::now();
+        let Some(video) = &self.video else {
+            let e = ProviderError::ours(
+                "VideoUnavailable",
+                "this worker runs no video provider",
+                false,
+            );
+            return self.record_error(&running, e, None, 0, now).await;
+        };
+        let running = match running.provider_task_id.clone() {
+            Some(pid) => {
+                tracing::info!(provider_task_id = %pid, "tracking the provider's task again (not resubmitted)");
+                running
+            }
+            None => {
+                let pid = match video.provider.submit(&submit_request(&running)).await {
+                    Ok(pid) => pid,
+                    Err(e) => return self.record_error(&running, e, None, 0, now).await,
+                };
+                metrics::counter!("video_submits_total").increment(1);
+                let Ok(next) = running.track(&pid, Utc::now()) else {
+                    return Ok(());
+                };
+                match self.commit(&running, next).await? {
+                    Some(t) => {
+                        tracing::info!(provider_task_id = %pid, "video submitted; tracking it");
+                        t
+                    }
+                    None => {
+                        tracing::info!(provider_task_id = %pid, "task changed while submitting; cancelling at the provider");
+                        cancel_at_provider(video, &pid).await;
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        let Some(pid) = running.provider_task_id.clone() else {
+            return Ok(());
+        };
+        let expected = running.video.as_ref().map_or(60, |v| v.expected_secs);
+        let now = Instant::now();
+        let renew = self.cfg.lease / 3;
+        video.with(|t| {
+            t.insert(
+                running.id.clone(),
+                Tracked {
+                    task: running,
+                    provider_id: pid,
+                    next_poll: now + video.interval(expected),
+                    next_renew: now + renew,
+                    downloading: false,
+                    download_tries: 0,
+                },
+            )
+        });
+        Ok(())
+    }
+}
+
+async fn cancel_at_provider(video: &VideoWorker, pid: &str) {
+    match video.provider.cancel(pid).await {
+        Ok(()) => tracing::info!(provider_task_id = %pid, "provider task cancelled"),
+        // A running task cannot be cancelled at Ark; it finishes and is dropped here.
+        Err(e) => {
+            tracing::info!(provider_task_id = %pid, error = %e, "provider refused the cancel")
+        }
+    }
+}
+
+/// The tracking loop of a worker process with a video provider.
+pub async fn run(worker: Arc<Worker>, shutdown: CancellationToken) {
+    let Some(video) = worker.video.as_ref() else {
+        return;
+    };
+    let mut events = worker.backends.events.subscribe(Channel::All).await.ok();
+    let mut tick = tokio::time::interval(video.cfg.list_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let event = async {
+            match events.as_mut() {
+                Some(s) => s.next().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            ev = event => match ev {
+                Some(Event::Updated(t)) => on_event(&worker, video, &t).await,
+                Some(Event::Gap) => {}
+                None => events = None,
+            },
+            _ = tick.tick() => {
+                renew(&worker, video).await;
+                if let Some(pause) = poll_once(&worker, video).await {
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
+    }
+}
+
+/// A tracked task that ended here (cancelled, failed by its deadline): stop tracking it and
+/// stop the provider's.
+async fn on_event(worker: &Worker, video: &VideoWorker, t: &Task) {
+    if !matches!(t.status, TaskStatus::Cancelled | TaskStatus::Failed) {
+        return;
+    }
+    let Some(gone) = video.with(|m| m.remove(&t.id)).flatten() else {
+        return;
+    };
+    let _ = worker;
+    cancel_at_provider(video, &gone.provider_id).await;
+}
+
+/// Extends the leases of tracked tasks that are due; a task that is no longer ours (cancelled,
+/// expired, taken over) is dropped, and its provider task cancelled if ours ended.
+async fn renew(worker: &Worker, video: &VideoWorker) {
+    let now = Instant::now();
+    let due: Vec<String> = video
+        .with(|m| {
+            m.iter()
+                .filter(|(_, t)| t.next_renew <= now)
+                .map(|(id, _)| id.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    let lease = worker.cfg.lease;
+    for id in due {
+        let until = Utc::now() + chrono::Duration::from_std(lease).unwrap_or_default();
+        match worker
+            .backends
+            .store
+            .extend_lease(&id, &worker.id, until)
+            .await
+        {
+            Ok(true) => {
+                video.with(|m| {
+                    if let Some(t) = m.get_mut(&id) {
+                        t.next_renew = now + lease / 3;
+                    }
+                });
+            }
+            Ok(false) => {
+                let Some(gone) = video.with(|m| m.remove(&id)).flatten() else {
+                    continue;
+                };
+                let ended = matches!(
+                    worker.backends.store.get_task(&id).await,
+                    Ok(Some(t)) if matches!(t.status, TaskStatus::Cancelled | TaskStatus::Failed)
+                );
+                if ended {
+                    cancel_at_provider(video, &gone.provider_id).await;
+                }
+            }
+            Err(e) => tracing::warn!(task_id = %id, error = %e, "video lease renewal failed"),
+        }
+    }
+}
+
+/// One list request for the tasks most overdue for a poll; a pause to take after a refusal.
+async fn poll_once(worker: &Arc<Worker>, video: &VideoWorker) -> Option<Duration> {
+    let now = Instant::now();
+    let mut due: Vec<(Instant, String, String)> = video
+        .with(|m| {
+            m.iter()
+                .filter(|(_, t)| t.next_poll <= now && !t.downloading)
+                .map(|(id, t)| (t.next_poll, id.clone(), t.provider_id.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    if due.is_empty() {
+        return None;
+    }
+    due.sort();
+    due.truncate(video.cfg.list_batch);
+    let ids: Vec<String> = due.iter().map(|(_, _, pid)| pid.clone()).collect();
+    metrics::counter!("video_list_requests_total").increment(1);
+    let states = match video.provider.states(&ids).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, tasks = ids.len(), "video list request failed");
+            return e
+                .is_pace_signal()
+                .then(|| e.retry_after.unwrap_or(Duration::from_secs(2)));
+        }
+    };
+    for (_, id, pid) in due {
+        match states.get(&pid) {
+            Some(VideoState::Succeeded { video_url }) => {
+                let started = video.with(|m| match m.get_mut(&id) {
+                    Some(t) => {
+                        t.downloading = true;
+                        Some(t.task.clone())
+                    }
+                    None => None,
+                });
+                if let Some(Some(task)) = started {
+                    let (w, url) = (worker.clone(), video_url.clone());
+                    tokio::spawn(async move { keep_video(&w, task, url).await });
+                }
+            }
+            Some(VideoState::Failed { code, message }) => {
+                let e = ProviderError::ours(code, message.clone(), false);
+                finish_failed(worker, video, &id, e).await;
+            }
+            Some(VideoState::Cancelled) => {
+                let e = ProviderError::ours(
+                    "ProviderTaskEnded",
+                    "the provider cancelled or expired the task",
+                    false,
+                );
+                finish_failed(worker, video, &id, e).await;
+            }
+            // Still working, or not listed yet: due again after its interval.
+            Some(VideoState::Working) | None => {
+                video.with(|m| {
+                    if let Some(t) = m.get_mut(&id) {
+                        let expected = t.task.video.as_ref().map_or(60, |v| v.expected_secs);
+                        t.next_poll = Instant::now() + video.interval(expected);
+                    }
+                });
+            }
+        }
+    }
+    None
+}
+
+/// The provider ended the task without a video: ours fails (no retry: a new submit would be a
+/// new paid generation the user did not ask for).
+async fn finish_failed(worker: &Worker, video: &VideoWorker, id: &str, e: ProviderError) {
+    let Some(gone) = video.with(|m| m.remove(id)).flatten() else {
+        return;
+    };
+    let now = Utc::now();
+    let error = TaskError {
+        code: e.code.clone(),
+        message: e.message.clone(),
+        retryable: false,
+    };
+    let Ok(next) = gone.task.fail(error, None, now) else {
+        return;
+    };
+    match worker.commit(&gone.task, next).await {
+        Ok(Some(_)) => {
+            tracing::warn!(task_id = %id, code = %e.code, "video task failed at the provider")
+        }
+        Ok(None) => {}
+        Err(err) => tracing::warn!(task_id = %id, error = %err, "could not store a video failure"),
+    }
+}
+
+/// Streams the finished video into the store and completes the task.
+async fn keep_video(worker: &Worker, task: Task, url: String) {
+    let Some(video) = worker.video.as_ref() else {
+        return;
+    };
+    let _place = video.downloads.acquire().await;
+    let id = uuid::Uuid::new_v4().to_string();
+    let kept = match video.provider.download(&url).await {
+        Ok((body, _len)) => worker
+            .backends
+            .store
+            .put_video(&id, &task.id, "video/mp4", body)
+            .await
+            .map_err(|e| ProviderError::ours("StorageError", e.to_string(), true)),
+        Err(e) => Err(e),
+    };
+    let bytes = match kept {
+        Ok(n) => n,
+        Err(e) => return download_failed(worker, video, &task, e).await,
+    };
+    let stored = StoredVideo {
+        id: id.clone(),
+        provider_url: Some(url),
+        bytes,
+        content_type: "video/mp4".into(),
+    };
+    // The tracked copy may be newer (its lease renewed; the version is the same).
+    let current = video
+        .with(|m| m.remove(&task.id).map(|t| t.task))
+        .flatten()
+        .unwrap_or(task);
+    let Ok(next) = current.complete_video(stored, Utc::now()) else {
+        return;
+    };
+    match worker.commit(&current, next).await {
+        Ok(Some(_)) => {
+            tracing::info!(task_id = %current.id, bytes, "video task completed");
+        }
+        other => {
+            if let Err(e) = other {
+                tracing::warn!(task_id = %current.id, error = %e, "could not store a video's completion");
+            }
+            let _ = worker.backends.store.delete_videos(&[id]).await;
+        }
+    }
+}
+
+async fn download_failed(worker: &Worker, video: &VideoWorker, task: &Task, e: ProviderError) {
+    let tries = video
+        .with(|m| match m.get_mut(&task.id) {
+            Some(t) => {
+                t.downloading = false;
+                t.download_tries += 1;
+                t.next_poll = Instant::now() + video.cfg.poll_max;
+                t.download_tries
+            }
+            None => 0,
+        })
+        .unwrap_or(0);
+    tracing::warn!(task_id = %task.id, error = %e, tries, "video download failed");
+    if !e.retryable || tries >= MAX_DOWNLOAD_TRIES {
+        finish_failed(worker, video, &task.id, e).await;
+    }
+}

@@ -1,0 +1,280 @@
+//! Seedance video tasks end to end, against a separately started emulator over real HTTP: the
+//! submit, the batched tracking, the MP4 kept and served here with Range requests, cancel
+//! reaching the provider, a restart after the submit not submitting again, and validation before
+//! any provider call. Runs on both backends (`TEST_BACKEND=distributed`).
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::common::{TestServer, PATIENCE};
+use volcengine_ai_server::emulator::{self, Emulator, EmulatorConfig};
+
+const KEY: &str = "video-key-1";
+
+async fn emulator(queue: Duration, run: Duration) -> (Emulator, String, CancellationToken) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let stop = CancellationToken::new();
+    let mut cfg = EmulatorConfig {
+        latency: Duration::from_millis(10),
+        api_key: Some(KEY.into()),
+        ..EmulatorConfig::default()
+    };
+    cfg.video.queue_time = queue;
+    cfg.video.run_time = run;
+    let emu = emulator::serve(cfg, listener, stop.clone())
+        .await
+        .expect("emulator");
+    (emu, format!("http://{addr}"), stop)
+}
+
+async fn server(endpoint: &str) -> TestServer {
+    let endpoint = endpoint.to_string();
+    TestServer::start_with(move |c| {
+        c.volcengine_endpoint = endpoint;
+        c.volcengine_api_key = Some(KEY.to_string().into());
+        c.video.poll_min = Duration::from_millis(50);
+        c.video.poll_max = Duration::from_millis(200);
+        // The emulator allows one list request a second, as Ark does.
+        c.video.list_interval = Duration::from_millis(1000);
+        c.task_lease = Duration::from_secs(3);
+    })
+    .await
+}
+
+fn small(prompt: &str, user: &str) -> Value {
+    json!({"prompt": prompt, "user_id": user, "duration": 2, "resolution": "480p",
+           "model": "seedance-1.0-lite-t2v"})
+}
+
+async fn create(s: &TestServer, body: Value) -> String {
+    let (status, body) = s.post("/api/v1/ai/video/task", body).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["data"]["type"], "video_generation", "{body}");
+    body["data"]["task_id"]
+        .as_str()
+        .expect("task id")
+        .to_string()
+}
+
+/// The task once the provider has it (its provider task id stored).
+async fn wait_submitted(s: &TestServer, id: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (_, body) = s.get(&format!("/api/v1/tasks/{id}")).await;
+        if body["data"]["provider_task_id"].is_string() {
+            return body["data"].clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never submitted: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn until(mut check: impl FnMut() -> bool, what: &str) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn text_to_video_completes_with_a_seekable_mp4_served_here() {
+    let (emu, url, _stop) = emulator(Duration::from_millis(100), Duration::from_millis(300)).await;
+    let s = server(&url).await;
+    let user = s.create_user("video@example.com").await;
+    let id = create(&s, small("a fox runs through snow", &user)).await;
+    let t = s.wait_terminal(&id).await;
+    assert_eq!(t["status"], "completed", "{t}");
+    let video_url = t["video_url"].as_str().expect("video_url").to_string();
+    assert!(video_url.starts_with(&s.base), "served by us: {video_url}");
+    assert_eq!(emu.stats().video.created, 1);
+
+    let whole = s.http.get(&video_url).send().await.expect("get");
+    assert_eq!(whole.status(), 200);
+    assert_eq!(whole.headers()["content-type"], "video/mp4");
+    assert_eq!(whole.headers()["accept-ranges"], "bytes");
+    let bytes = whole.bytes().await.expect("body");
+    assert!(bytes.len() > 200, "{} bytes", bytes.len());
+    assert_eq!(&bytes[4..8], b"ftyp", "an MP4");
+
+    let part = s
+        .http
+        .get(&video_url)
+        .header("range", "bytes=100-199")
+        .send()
+        .await
+        .expect("range");
+    assert_eq!(part.status(), 206);
+    assert_eq!(
+        part.headers()["content-range"],
+        format!("bytes 100-199/{}", bytes.len()).as_str()
+    );
+    assert_eq!(part.headers()["content-type"], "video/mp4");
+    assert_eq!(&part.bytes().await.expect("body")[..], &bytes[100..200]);
+
+    let tail = s
+        .http
+        .get(&video_url)
+        .header("range", "bytes=-16")
+        .send()
+        .await
+        .expect("suffix");
+    assert_eq!(tail.status(), 206);
+    assert_eq!(
+        &tail.bytes().await.expect("body")[..],
+        &bytes[bytes.len() - 16..]
+    );
+    let past = s
+        .http
+        .get(&video_url)
+        .header("range", format!("bytes={}-", bytes.len()))
+        .send()
+        .await
+        .expect("past");
+    assert_eq!(past.status(), 416);
+    assert_eq!(
+        past.headers()["content-range"],
+        format!("bytes */{}", bytes.len()).as_str()
+    );
+
+    // The same task through GraphQL.
+    let q = "query($id: ID!) { task(id: $id) { kind status video { duration resolution providerTaskId } result { videoUrl images { id } } } }";
+    let g = s.gql(q, json!({"id": id})).await;
+    let task = &g["data"]["task"];
+    assert_eq!(task["kind"], "VIDEO", "{g}");
+    assert_eq!(task["result"]["videoUrl"], video_url.as_str(), "{g}");
+    assert_eq!(task["video"]["duration"], 2);
+    assert!(task["video"]["providerTaskId"].is_string(), "{g}");
+}
+
+#[tokio::test]
+async fn graphql_creates_a_video_task_and_image_tasks_say_image() {
+    let (_emu, url, _stop) = emulator(Duration::from_millis(50), Duration::from_millis(200)).await;
+    let s = server(&url).await;
+    let user = s.create_user("gqlvideo@example.com").await;
+    let m = "mutation($i: CreateVideoTaskInput!) { createVideoTask(input: $i) { id kind status } }";
+    let g = s
+        .gql(
+            m,
+            json!({"i": {"userId": user, "prompt": "waves", "duration": 3, "resolution": "480p",
+                         "model": "seedance-1.0-lite-t2v", "cameraFixed": true}}),
+        )
+        .await;
+    assert_eq!(g["data"]["createVideoTask"]["kind"], "VIDEO", "{g}");
+    let id = g["data"]["createVideoTask"]["id"].as_str().expect("id");
+    let t = s.wait_terminal(id).await;
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(t["video"]["camera_fixed"], true);
+
+    let image = s.create_task(&user, "a still").await;
+    let g = s
+        .gql(
+            "query($id: ID!) { task(id: $id) { kind } }",
+            json!({"id": image}),
+        )
+        .await;
+    assert_eq!(g["data"]["task"]["kind"], "IMAGE", "{g}");
+}
+
+#[tokio::test]
+async fn cancel_reaches_the_provider() {
+    // Queued at the provider long enough to be cancelled there (Ark cancels only queued tasks).
+    let (emu, url, _stop) = emulator(Duration::from_secs(60), Duration::from_millis(200)).await;
+    let s = server(&url).await;
+    let user = s.create_user("cancel@example.com").await;
+    let id = create(&s, small("to be cancelled", &user)).await;
+    wait_submitted(&s, &id).await;
+    let (status, body) = s
+        .post(&format!("/api/v1/tasks/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    until(
+        || emu.stats().video.by_status.get("cancelled") == Some(&1),
+        "the provider's task cancelled",
+    )
+    .await;
+    assert!(emu.stats().video.delete_calls >= 1);
+    let t = s.wait_terminal(&id).await;
+    assert_eq!(t["status"], "cancelled");
+}
+
+#[tokio::test]
+async fn a_restart_after_the_submit_tracks_the_task_instead_of_submitting_again() {
+    let (emu, url, _stop) = emulator(Duration::from_millis(100), Duration::from_secs(2)).await;
+    let mut s = server(&url).await;
+    let user = s.create_user("restart@example.com").await;
+    let id = create(&s, small("survives a restart", &user)).await;
+    let submitted = wait_submitted(&s, &id).await;
+    assert_eq!(submitted["status"], "processing");
+    // Stopped while the provider works; the new process finds the task with its provider id.
+    s.start_again().await;
+    let t = s.wait_terminal(&id).await;
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(t["provider_task_id"], submitted["provider_task_id"]);
+    assert_eq!(emu.stats().video.created, 1, "submitted exactly once");
+}
+
+#[tokio::test]
+async fn invalid_video_requests_are_refused_before_any_provider_call() {
+    let (emu, url, _stop) = emulator(Duration::from_millis(50), Duration::from_millis(100)).await;
+    let s = server(&url).await;
+    let user = s.create_user("invalid@example.com").await;
+    let cases = [
+        (json!({"user_id": user, "prompt": " "}), "prompt"),
+        (
+            json!({"user_id": user, "prompt": "x", "duration": 30}),
+            "duration",
+        ),
+        (
+            json!({"user_id": user, "prompt": "x", "ratio": "5:4"}),
+            "ratio",
+        ),
+        (
+            json!({"user_id": user, "prompt": "x", "resolution": "4k"}),
+            "resolution",
+        ),
+        (
+            json!({"user_id": user, "prompt": "x", "model": "sora"}),
+            "model",
+        ),
+        (
+            json!({"user_id": user, "prompt": "x", "model": "seedance-1.0-lite-t2v",
+                   "images": ["https://example.com/a.png"]}),
+            "images",
+        ),
+        (
+            json!({"user_id": user, "prompt": "x", "images": ["ftp://x/a.png"]}),
+            "images[0]",
+        ),
+        (json!({"user_id": user, "prompt": "x", "seed": -7}), "seed"),
+    ];
+    for (body, field) in cases {
+        let (status, answer) = s.post("/api/v1/ai/video/task", body.clone()).await;
+        assert_eq!(status, 400, "{body} → {answer}");
+        assert_eq!(answer["code"], "VALIDATION_FAILED", "{answer}");
+        let fields: Vec<&str> = answer["details"]
+            .as_array()
+            .expect("details")
+            .iter()
+            .filter_map(|d| d["field"].as_str())
+            .collect();
+        assert!(fields.contains(&field), "{body}: {fields:?}");
+    }
+    let g = s
+        .gql(
+            "mutation($i: CreateVideoTaskInput!) { createVideoTask(input: $i) { id } }",
+            json!({"i": {"userId": user, "prompt": "x", "duration": 1}}),
+        )
+        .await;
+    assert!(g["errors"].is_array(), "{g}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(emu.stats().video.created, 0, "nothing reached the provider");
+}
