@@ -627,6 +627,21 @@ mod tests {
     }
 
     #[test]
+    fn a_stored_task_without_a_kind_is_an_image_task() {
+        let mut doc = serde_json::to_value(task()).expect("encode");
+        assert_eq!(doc["kind"], TASK_KIND_IMAGE, "stored as before videos");
+        doc.as_object_mut().expect("object").remove("kind");
+        let t: Task = serde_json::from_value(doc.clone()).expect("decode");
+        assert_eq!(t.kind, TaskKind::Image);
+        doc["kind"] = serde_json::json!(TASK_KIND_VIDEO);
+        let t: Task = serde_json::from_value(doc).expect("decode");
+        assert_eq!(
+            (t.kind, t.video, t.provider_task_id),
+            (TaskKind::Video, None, None)
+        );
+    }
+
+    #[test]
     fn a_scheduled_task_is_promoted_or_cancelled_but_never_started() {
         let now = Utc::now();
         let at = now + chrono::Duration::seconds(60);
