@@ -166,6 +166,9 @@ pub struct VideoParams {
     /// No frame (text to video), the first frame, or the first and the last frame.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub frames: Vec<String>,
+    /// How many `frames` were given: kept when the frames themselves are left out (events).
+    #[serde(default)]
+    pub frame_count: u32,
     /// What the provider is expected to take, seconds (the tracker polls by it).
     pub expected_secs: u64,
 }
@@ -303,6 +306,7 @@ fn check_params(
         seed,
         camera_fixed: raw.camera_fixed.unwrap_or(false),
         watermark: raw.watermark.unwrap_or(false),
+        frame_count: frames.len() as u32,
         frames,
     })
 }

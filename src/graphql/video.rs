@@ -47,7 +47,7 @@ impl VideoSpec {
             ratio: v.ratio.clone(),
             resolution: v.resolution.clone(),
             camera_fixed: v.camera_fixed,
-            frames: v.frames.len() as u32,
+            frames: v.frame_count,
             provider_task_id: t.provider_task_id.clone(),
         })
     }

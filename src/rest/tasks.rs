@@ -405,7 +405,7 @@ pub fn task_json(t: &Task, base: &str, place: Option<QueuePlace>) -> TaskJson {
             json!({
                 "duration": v.duration, "ratio": v.ratio, "resolution": v.resolution,
                 "seed": v.seed, "camera_fixed": v.camera_fixed, "watermark": v.watermark,
-                "frames": v.frames.len(),
+                "frames": v.frame_count,
             })
         }),
     }

@@ -90,6 +90,7 @@ fn submit_request(task: &Task) -> VideoSubmit {
             camera_fixed: false,
             watermark: false,
             frames: Vec::new(),
+            frame_count: 0,
             expected_secs: 60,
         });
     VideoSubmit {
