@@ -412,7 +412,8 @@ impl Store for MongoStore {
             "status": TaskStatus::Processing.as_str(),
             "lease_until_ms": {"$lt": now.timestamp_millis()},
         };
-        self.replace_where(task, filter, TaskStatus::Processing).await
+        self.replace_where(task, filter, TaskStatus::Processing)
+            .await
     }
 
     async fn extend_lease(
