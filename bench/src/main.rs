@@ -13,6 +13,7 @@ mod harness;
 mod http;
 mod pipeline;
 mod progress;
+mod queue_position;
 mod service;
 // Reads resource limits and CPU clock ticks through libc (each block says why it is sound).
 #[allow(unsafe_code)]
@@ -65,6 +66,10 @@ enum Command {
     /// arriving, accepted at once and after one refused attempt, beside signed POSTs sent
     /// straight to the receiver (the floor).
     Webhooks(webhooks::WebhooksArgs),
+    /// Reading a pending task's queue position (REST and GraphQL) behind 10 pending tasks and
+    /// behind 100,000 (not part of `all`): the ratio shows the read does not grow with the
+    /// backlog.
+    QueuePosition(queue_position::QueuePositionArgs),
     /// The bare WebSocket server `subscribe` measures its delivery floor on (run by it).
     #[command(hide = true)]
     DeliveryFloor(ws_floor::FloorArgs),
@@ -100,6 +105,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Subscribe(a) => subscribe::run(a).await,
         Command::Undisclosed(a) => undisclosed::run(a).await,
         Command::Webhooks(a) => webhooks::run(a).await,
+        Command::QueuePosition(a) => queue_position::run(a).await,
         Command::All(a) => all::run(a).await,
         Command::DeliveryFloor(a) => ws_floor::run(a).await,
         Command::Service => service::run().await,
