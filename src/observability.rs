@@ -11,6 +11,7 @@
 //! | `provider_calls_total`, `provider_call_duration_seconds` | counter, histogram | `model`, `outcome`, `code` |
 //! | `rate_limiter_wait_seconds` | histogram | `model` |
 //! | `websocket_connections`, `graphql_subscriptions` | gauge | |
+//! | `websocket_slow_closed_total` | counter: sockets dropped because their client stopped reading for `WS_SEND_TIMEOUT` | |
 //! | `task_event_lag_seconds` | histogram: a change's `updated_at` to its publication | `status` (the new one) |
 //! | `subscription_update_lag_seconds` | histogram: a change's `updated_at` to its hand-over to a subscriber's socket | |
 //! | `webhook_deliveries_total` | counter: attempts' outcomes (`retried`: failed, another is due; `dead`: failed, the last; `delivered`) | `outcome` |

@@ -90,6 +90,9 @@ pub struct Config {
     pub ws_max_connections_per_key: usize,
     /// Active subscriptions per WebSocket connection.
     pub ws_max_subscriptions: usize,
+    /// How long one write to a WebSocket may wait for the client to read before the socket is
+    /// dropped: a subscriber that stopped reading must not hold its events for good.
+    pub ws_send_timeout: Duration,
     pub volcengine_endpoint: String,
     pub volcengine_region: String,
     pub ai_timeout: Duration,
@@ -182,6 +185,7 @@ impl Default for Config {
             idempotency_ttl: Duration::from_secs(24 * 3600),
             ws_max_connections_per_key: 32,
             ws_max_subscriptions: 200,
+            ws_send_timeout: Duration::from_secs(10),
             volcengine_endpoint: DEFAULT_ENDPOINT.into(),
             volcengine_region: "cn-beijing".into(),
             ai_timeout: Duration::from_secs(120),
@@ -702,6 +706,7 @@ impl Config {
         self.subscription_resync =
             env.duration(&["SUBSCRIPTION_RESYNC"], self.subscription_resync, ms(10))?;
         self.sse_keep_alive = env.duration(&["SSE_KEEP_ALIVE"], self.sse_keep_alive, ms(100))?;
+        self.ws_send_timeout = env.duration(&["WS_SEND_TIMEOUT"], self.ws_send_timeout, ms(100))?;
         self.graphql_max_depth =
             env.parse(&["GRAPHQL_MAX_DEPTH"], self.graphql_max_depth, positive)?;
         self.graphql_max_complexity = env.parse(

@@ -355,12 +355,11 @@ async fn serve_socket(gql: Endpoint, mut socket: WebSocket, protocol: WebSocketP
             },
             done = revoked(&mut admitted.slot) => {
                 tracing::info!(who = %admitted.who.label(), "closing a socket whose key was revoked");
-                let _ = sink
-                    .send(Message::Close(Some(CloseFrame {
-                        code: 4403,
-                        reason: "Forbidden: API key revoked".into(),
-                    })))
-                    .await;
+                let close = sink.send(Message::Close(Some(CloseFrame {
+                    code: 4403,
+                    reason: "Forbidden: API key revoked".into(),
+                })));
+                let _ = tokio::time::timeout(CLOSE_WITHIN, close).await;
                 let _ = done.send(());
                 break;
             }
@@ -368,12 +367,11 @@ async fn serve_socket(gql: Endpoint, mut socket: WebSocket, protocol: WebSocketP
                 let still = state.service.authenticate(admitted.credential.as_deref()).await;
                 if let Err(AppError::Unauthenticated(m)) = still {
                     tracing::info!(who = %admitted.who.label(), "closing a socket whose key no longer works");
-                    let _ = sink
-                        .send(Message::Close(Some(CloseFrame {
-                            code: 4403,
-                            reason: format!("Forbidden: {m}").into(),
-                        })))
-                        .await;
+                    let close = sink.send(Message::Close(Some(CloseFrame {
+                        code: 4403,
+                        reason: format!("Forbidden: {m}").into(),
+                    })));
+                    let _ = tokio::time::timeout(CLOSE_WITHIN, close).await;
                     break;
                 }
                 continue;
@@ -399,8 +397,17 @@ async fn serve_socket(gql: Endpoint, mut socket: WebSocket, protocol: WebSocketP
             }
             sink.flush().await
         };
-        if sent.await.is_err() || ended {
-            break;
+        match tokio::time::timeout(state.config.ws_send_timeout, sent).await {
+            Ok(Ok(())) if !ended => {}
+            Ok(_) => break,
+            Err(_) => {
+                // The client stopped reading and the socket's buffers are full. Its subscriptions
+                // fall behind the bounded event channels meanwhile (a gap, then a store re-read),
+                // so nothing piles up; dropping it frees the socket and its slots for good.
+                metrics::counter!("websocket_slow_closed_total").increment(1);
+                tracing::info!(who = %admitted.who.label(), "dropping a websocket whose client stopped reading");
+                return;
+            }
         }
     }
     // Bounded: a client that stopped reading must not hold the task (and its socket) for good.

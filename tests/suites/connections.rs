@@ -196,3 +196,135 @@ async fn no_more_than_max_connections_are_served_at_once() {
         "{metrics}"
     );
 }
+
+/// The `/metrics` counter `name` (0 while absent).
+async fn counter(addr: &str, name: &str) -> f64 {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A subscriber that stops reading is dropped once a write to it has waited `WS_SEND_TIMEOUT`
+/// (counted in `websocket_slow_closed_total`), and a subscriber that reads keeps getting every
+/// task's completion meanwhile.
+#[tokio::test]
+async fn a_subscriber_that_stops_reading_is_dropped_and_slows_no_one() {
+    use futures::{SinkExt, StreamExt};
+    use serde_json::json;
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+
+    let s = start(&[("WS_SEND_TIMEOUT", "1s")]).await;
+    let http = reqwest::Client::new();
+    let user: serde_json::Value = http
+        .post(format!("http://{}/api/v1/users", s.addr))
+        .json(&json!({"email": format!("{}@example.com", crate::common::unique_name()), "name": "slow"}))
+        .send()
+        .await
+        .expect("create user")
+        .json()
+        .await
+        .expect("json");
+    let user = user["data"]["id"].as_str().expect("user id").to_string();
+    let query = "subscription($u: ID) { tasksUpdated(userId: $u) { id status prompt version } }";
+    let subscribe = |id: usize| {
+        let m = json!({"id": id.to_string(), "type": "subscribe",
+            "payload": {"query": query, "variables": {"u": user}}});
+        Message::Text(m.to_string().into())
+    };
+
+    // The stalled one: subscribed, then never read again.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let tcp = socket
+        .connect(s.addr.parse().expect("addr"))
+        .await
+        .expect("connect");
+    let mut req = format!("ws://{}/graphql/ws", s.addr)
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        "graphql-transport-ws".parse().expect("header"),
+    );
+    let (mut stalled, _) = tokio_tungstenite::client_async(req, tcp)
+        .await
+        .expect("handshake");
+    let init = json!({"type": "connection_init", "payload": {}}).to_string();
+    stalled
+        .send(Message::Text(init.into()))
+        .await
+        .expect("init");
+    let ack = stalled.next().await.expect("ack").expect("ack frame");
+    assert!(ack.to_string().contains("connection_ack"), "{ack}");
+    // The same subscription 100 times: every change is sent 100 times, so the kernel's buffers
+    // fill after a few tasks.
+    for id in 0..100 {
+        stalled.send(subscribe(id)).await.expect("subscribe");
+    }
+
+    // The reading one follows the same tasks and records each one it hears of (their creation
+    // is enough: the worker's pace is not what this is about).
+    let mut reader = crate::common::WsClient::connect(
+        &format!("http://{}", s.addr),
+        "/graphql/ws",
+        crate::common::Proto::TransportWs,
+    )
+    .await;
+    reader.subscribe("all", query, json!({"u": user})).await;
+    let heard = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let seen = heard.clone();
+    let reading = tokio::spawn(async move {
+        loop {
+            if let crate::common::WsEvent::Next { data, .. } = reader.next_event().await {
+                let id = data["tasksUpdated"]["id"].as_str().unwrap_or_default();
+                seen.lock().expect("lock").insert(id.to_string());
+            }
+        }
+    });
+
+    let prompt = "a lighthouse at dawn, ".repeat(90);
+    let mut ids = Vec::new();
+    while counter(&s.addr, "websocket_slow_closed_total").await < 1.0 {
+        assert!(ids.len() < 3000, "the stalled subscriber was never dropped");
+        for _ in 0..25 {
+            let r: serde_json::Value = http
+                .post(format!("http://{}/api/v1/ai/image/task", s.addr))
+                .json(&json!({"user_id": user, "prompt": prompt}))
+                .send()
+                .await
+                .expect("create")
+                .json()
+                .await
+                .expect("json");
+            ids.push(r["data"]["id"].as_str().expect("task id").to_string());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The server closed the stalled socket: what it had buffered, then the end.
+    assert!(closed_by_server(stalled.get_mut()).await, "still open");
+    // The reader heard of every task, the stall notwithstanding.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let missing = {
+            let done = heard.lock().expect("lock");
+            ids.iter().filter(|id| !done.contains(*id)).count()
+        };
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{missing} of {} tasks never reached the reading subscriber",
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    reading.abort();
+}
