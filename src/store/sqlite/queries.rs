@@ -9,7 +9,7 @@ use rusqlite::{params, OptionalExtension};
 use super::webhooks::{without_outbox, write_outbox};
 use super::{
     backend, collect_docs, cols, is_unique_violation, read_task, to_json, ImageKey, SqliteStore,
-    TaskCols,
+    TaskCols, INSERT_TASK,
 };
 use crate::domain::{ApiKey, Task, TaskStatus, User, WebhookDelivery};
 use crate::store::{
@@ -184,27 +184,21 @@ impl Store for SqliteStore {
                     updated_ms,
                     deadline_ms,
                 } = cols(&t);
-                let inserted = c
-                    .prepare_cached(
-                        "INSERT INTO tasks (id, user_id, status, version, due_ms, lease_owner, \
-                     lease_until_ms, idem_key, doc, updated_ms, deadline_ms) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                    )
-                    .and_then(|mut s| {
-                        s.execute(params![
-                            t.id,
-                            t.user_id,
-                            t.status.as_str(),
-                            t.version,
-                            due_ms,
-                            t.lease_owner,
-                            lease_until_ms,
-                            t.idempotency_key,
-                            doc,
-                            updated_ms,
-                            deadline_ms
-                        ])
-                    });
+                let inserted = c.prepare_cached(INSERT_TASK).and_then(|mut s| {
+                    s.execute(params![
+                        t.id,
+                        t.user_id,
+                        t.status.as_str(),
+                        t.version,
+                        due_ms,
+                        t.lease_owner,
+                        lease_until_ms,
+                        t.idempotency_key,
+                        doc,
+                        updated_ms,
+                        deadline_ms
+                    ])
+                });
                 match inserted {
                     Ok(_) => Ok(InsertOutcome::Inserted),
                     Err(e) if is_unique_violation(&e) && t.idempotency_key.is_some() => {
@@ -247,27 +241,7 @@ impl Store for SqliteStore {
 
     async fn list_tasks(&self, q: &TaskQuery) -> Result<Vec<Task>, StoreError> {
         let q = q.clone();
-        self.read(move |c| {
-            let mut s = c
-                .prepare_cached(
-                    "SELECT doc FROM tasks \
-                     WHERE (?1 IS NULL OR user_id = ?1) AND (?2 IS NULL OR status = ?2) \
-                       AND (?3 IS NULL OR id < ?3) \
-                     ORDER BY id DESC LIMIT ?4 OFFSET ?5",
-                )
-                .map_err(backend)?;
-            collect_docs(
-                &mut s,
-                params![
-                    q.user_id,
-                    q.status.map(|st| st.as_str()),
-                    q.before_id,
-                    q.limit as i64,
-                    q.offset as i64
-                ],
-            )
-        })
-        .await
+        self.read(move |c| super::lists::list(c, &q)).await
     }
 
     async fn tasks_changed(
@@ -299,20 +273,8 @@ impl Store for SqliteStore {
         status: Option<TaskStatus>,
     ) -> Result<u64, StoreError> {
         let user_id = user_id.map(str::to_string);
-        self.read(move |c| {
-            c.prepare_cached(
-                "SELECT COUNT(*) FROM tasks WHERE (?1 IS NULL OR user_id = ?1) \
-                 AND (?2 IS NULL OR status = ?2)",
-            )
-            .and_then(|mut s| {
-                s.query_row(params![user_id, status.map(|st| st.as_str())], |r| {
-                    r.get::<_, i64>(0)
-                })
-            })
-            .map(|n| n as u64)
-            .map_err(backend)
-        })
-        .await
+        self.read(move |c| super::lists::count(c, user_id.as_deref(), status))
+            .await
     }
 
     async fn replace_task(
@@ -612,23 +574,7 @@ impl Store for SqliteStore {
     }
 
     async fn status_counts(&self) -> Result<HashMap<TaskStatus, u64>, StoreError> {
-        self.read(|c| {
-            let mut s = c
-                .prepare_cached("SELECT status, COUNT(*) FROM tasks GROUP BY status")
-                .map_err(backend)?;
-            let rows = s
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-                .map_err(backend)?;
-            let mut out = HashMap::new();
-            for row in rows {
-                let (status, n) = row.map_err(backend)?;
-                if let Some(st) = TaskStatus::parse(&status) {
-                    out.insert(st, n as u64);
-                }
-            }
-            Ok(out)
-        })
-        .await
+        self.read(super::lists::status_counts).await
     }
 
     async fn setting_or_insert(

@@ -38,7 +38,7 @@ CREATE TABLE IF NOT EXISTS api_keys (
     doc TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS api_keys_by_user ON api_keys (user_id, id);
-CREATE INDEX IF NOT EXISTS tasks_active ON tasks (user_id, status);
+CREATE INDEX IF NOT EXISTS tasks_by_user_status ON tasks (user_id, status, id);
 CREATE INDEX IF NOT EXISTS tasks_due ON tasks (status, due_ms);
 CREATE TABLE IF NOT EXISTS usage_events (
     task_id TEXT PRIMARY KEY,
@@ -122,6 +122,47 @@ pub(super) fn add_deadline_column(main: &Connection) -> Result<(), StoreError> {
     }
     main.execute_batch("CREATE INDEX IF NOT EXISTS tasks_deadline ON tasks (status, deadline_ms)")
         .map_err(backend)
+}
+
+/// The counts by status (queue statistics, the admin's list totals), kept by triggers in the
+/// transaction of every insert, status change and delete, so reading them costs six rows however
+/// many tasks are stored. Data folders of earlier versions get the table filled from their tasks
+/// once (one pass over the status index, in the same transaction as the triggers), and lose the
+/// `(user_id, status)` index that `tasks_by_user_status` replaces.
+pub(super) fn add_status_counts(main: &mut Connection) -> Result<(), StoreError> {
+    let tx = main.transaction().map_err(backend)?;
+    let present = tx
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'task_counts'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_err(backend)?
+        > 0;
+    if !present {
+        tx.execute_batch(
+            "CREATE TABLE task_counts (status TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
+             INSERT INTO task_counts (status, n) SELECT status, COUNT(*) FROM tasks GROUP BY status;
+             CREATE TRIGGER task_counts_insert AFTER INSERT ON tasks BEGIN
+                 INSERT INTO task_counts (status, n) VALUES (new.status, 1)
+                     ON CONFLICT (status) DO UPDATE SET n = n + 1;
+             END;
+             CREATE TRIGGER task_counts_delete AFTER DELETE ON tasks BEGIN
+                 UPDATE task_counts SET n = n - 1 WHERE status = old.status;
+             END;
+             CREATE TRIGGER task_counts_update AFTER UPDATE OF status ON tasks
+             WHEN old.status IS NOT new.status BEGIN
+                 UPDATE task_counts SET n = n - 1 WHERE status = old.status;
+                 INSERT INTO task_counts (status, n) VALUES (new.status, 1)
+                     ON CONFLICT (status) DO UPDATE SET n = n + 1;
+             END;",
+        )
+        .map_err(backend)?;
+        tracing::info!("counted the stored tasks by status");
+    }
+    tx.execute_batch("DROP INDEX IF EXISTS tasks_active")
+        .map_err(backend)?;
+    tx.commit().map_err(backend)
 }
 
 /// Data folders of earlier versions kept the images in the main database: moved into the image
@@ -314,6 +355,152 @@ mod tests {
             ["SEARCH tasks USING INDEX tasks_deadline (status=? AND deadline_ms<?)"],
             "{overdue:?}"
         );
+    }
+
+    /// Every statement's plan with its parameters unbound (NULL): plans do not depend on values.
+    fn plan_of(c: &Connection, query: &str) -> Vec<String> {
+        let mut s = c
+            .prepare(&format!("EXPLAIN QUERY PLAN {query}"))
+            .expect("prepare");
+        let nulls = vec![rusqlite::types::Null; s.parameter_count()];
+        s.query_map(rusqlite::params_from_iter(nulls), |r| r.get::<_, String>(3))
+            .expect("plan")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    }
+
+    /// A page of tasks for any filters is a range of one index in id order (no sort, no scan
+    /// of other users' or other statuses' tasks), a user's count a range of that user's index
+    /// entries, a user's usage a range of `usage_by_user`: what a request reads is bounded by
+    /// the page or by the user's own tasks, however many tasks are stored.
+    #[test]
+    fn lists_and_counts_are_index_ranges() {
+        use super::super::{lists, usage};
+        let mut c = Connection::open_in_memory().expect("open");
+        c.execute_batch(SCHEMA).expect("schema");
+        add_deadline_column(&c).expect("deadline index");
+        add_change_column(&mut c).expect("change index");
+        add_status_counts(&mut c).expect("counts");
+        let list = |user, status, before| plan_of(&c, &lists::list_sql(user, status, before));
+        assert_eq!(
+            list(true, false, false),
+            ["SEARCH tasks USING INDEX tasks_by_user (user_id=?)"]
+        );
+        assert_eq!(
+            list(true, false, true),
+            ["SEARCH tasks USING INDEX tasks_by_user (user_id=? AND id<?)"]
+        );
+        assert_eq!(
+            list(true, true, false),
+            ["SEARCH tasks USING INDEX tasks_by_user_status (user_id=? AND status=?)"]
+        );
+        assert_eq!(
+            list(true, true, true),
+            ["SEARCH tasks USING INDEX tasks_by_user_status (user_id=? AND status=? AND id<?)"]
+        );
+        assert_eq!(
+            list(false, true, true),
+            ["SEARCH tasks USING INDEX tasks_by_status (status=? AND id<?)"]
+        );
+        assert_eq!(
+            list(false, false, true),
+            ["SEARCH tasks USING INDEX sqlite_autoindex_tasks_1 (id<?)"]
+        );
+        assert_eq!(
+            list(false, false, false),
+            ["SCAN tasks USING INDEX sqlite_autoindex_tasks_1"],
+            "newest first, stopping at the page's end"
+        );
+        assert_eq!(
+            plan_of(&c, lists::COUNT_USER),
+            ["SEARCH tasks USING COVERING INDEX tasks_by_user (user_id=?)"]
+        );
+        assert_eq!(
+            plan_of(&c, lists::COUNT_USER_STATUS),
+            ["SEARCH tasks USING COVERING INDEX tasks_by_user_status (user_id=? AND status=?)"]
+        );
+        let (today, _) = usage::query_sql(&crate::store::UsageQuery {
+            user_id: Some("u".into()),
+            from_day: Some("2026-12-03".into()),
+            to_day: Some("2026-12-03".into()),
+            ..Default::default()
+        });
+        assert_eq!(
+            plan_of(&c, &today),
+            [
+                "SEARCH usage_events USING INDEX usage_by_user (user_id=? AND day>? AND day<?)",
+                "USE TEMP B-TREE FOR GROUP BY"
+            ]
+        );
+    }
+
+    /// A data folder from before the counts by status opens with them filled from its tasks, then
+    /// kept by every insert, status change and delete; the index they replace is gone, and
+    /// opening it again changes nothing.
+    #[tokio::test]
+    async fn a_layout_without_counts_gains_them_filled() {
+        use crate::domain::{ImageParams, Task, TaskStatus};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let task = |id: &str, status: TaskStatus| {
+            let mut t = Task::new_pending(
+                "u1".into(),
+                "m".into(),
+                "p".into(),
+                ImageParams::default(),
+                None,
+                chrono::Utc::now(),
+            );
+            t.id = id.into();
+            t.status = status;
+            t
+        };
+        {
+            let old = Connection::open(dir.path().join(MAIN_FILE)).expect("open");
+            old.execute_batch(&SCHEMA.replace(
+                "tasks_by_user_status ON tasks (user_id, status, id)",
+                "tasks_active ON tasks (user_id, status)",
+            ))
+            .expect("old schema");
+            for (id, st) in [
+                ("t1", TaskStatus::Completed),
+                ("t2", TaskStatus::Completed),
+                ("t3", TaskStatus::Pending),
+            ] {
+                old.execute(
+                    "INSERT INTO tasks (id, user_id, status, version, doc) VALUES (?1, 'u1', ?2, 1, ?3)",
+                    params![id, st.as_str(), to_json(&task(id, st)).expect("json")],
+                )
+                .expect("insert");
+            }
+        }
+        for round in 0..2 {
+            let store =
+                SqliteStore::open(dir.path(), SyncMode::Normal, BOUNDS).expect("open store");
+            let counts = store.status_counts().await.expect("counts");
+            let pending = if round == 0 { 1 } else { 2 };
+            assert_eq!(counts.get(&TaskStatus::Completed), Some(&2));
+            assert_eq!(counts.get(&TaskStatus::Pending), Some(&pending));
+            assert_eq!(
+                store.count_tasks(None, None).await.expect("count"),
+                2 + pending
+            );
+            if round == 0 {
+                store
+                    .insert_task(&task("t4", TaskStatus::Pending))
+                    .await
+                    .expect("insert");
+            }
+            drop(store);
+            let main = Connection::open(dir.path().join(MAIN_FILE)).expect("open");
+            let old_index: i64 = main
+                .query_row(
+                    "SELECT COUNT(*) FROM sqlite_master WHERE name = 'tasks_active'",
+                    [],
+                    |r| r.get(0),
+                )
+                .expect("count");
+            assert_eq!(old_index, 0, "the (user_id, status) index is dropped");
+        }
     }
 
     /// A data folder from before deadlines opens with the column added (empty) and its tasks

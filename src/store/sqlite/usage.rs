@@ -34,29 +34,51 @@ pub(super) fn record(c: &Connection, t: &Task, expected: TaskStatus) -> Result<(
     Ok(())
 }
 
+/// The usage statement for the filters set, naming only those (see `lists.rs` for why: with
+/// `?1 IS NULL OR user_id = ?1` SQLite read the whole table, and the daily image quota runs this
+/// on every submit). A user's query is a range of `usage_by_user`.
+pub(super) fn query_sql(q: &UsageQuery) -> (String, Vec<String>) {
+    let mut conds = Vec::new();
+    let mut values = Vec::new();
+    for (cond, value) in [
+        ("user_id = ?", &q.user_id),
+        ("api_key_id = ?", &q.api_key_id),
+        ("day >= ?", &q.from_day),
+        ("day <= ?", &q.to_day),
+    ] {
+        if let Some(v) = value {
+            values.push(v.clone());
+            conds.push(format!("{cond}{}", values.len()));
+        }
+    }
+    let filter = if conds.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conds.join(" AND "))
+    };
+    (
+        format!(
+            "SELECT api_key_id, model, day, status, COUNT(*), SUM(images) FROM usage_events\
+             {filter} GROUP BY api_key_id, model, day, status"
+        ),
+        values,
+    )
+}
+
 pub(super) fn query(c: &Connection, q: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
-    let mut stmt = c
-        .prepare_cached(
-            "SELECT api_key_id, model, day, status, COUNT(*), SUM(images) FROM usage_events \
-             WHERE (?1 IS NULL OR user_id = ?1) AND (?2 IS NULL OR api_key_id = ?2) \
-             AND (?3 IS NULL OR day >= ?3) AND (?4 IS NULL OR day <= ?4) \
-             GROUP BY api_key_id, model, day, status",
-        )
-        .map_err(backend)?;
+    let (sql, values) = query_sql(q);
+    let mut stmt = c.prepare_cached(&sql).map_err(backend)?;
     let rows = stmt
-        .query_map(
-            params![q.user_id, q.api_key_id, q.from_day, q.to_day],
-            |r| {
-                Ok((
-                    r.get::<_, Option<String>>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, i64>(5)?,
-                ))
-            },
-        )
+        .query_map(rusqlite::params_from_iter(values), |r| {
+            Ok((
+                r.get::<_, Option<String>>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, i64>(5)?,
+            ))
+        })
         .map_err(backend)?;
     let mut out = Vec::new();
     for row in rows {

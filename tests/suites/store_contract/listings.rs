@@ -313,6 +313,30 @@ pub async fn counts_follow_every_change(s: S) {
             (TaskStatus::Cancelled, 1),
         ])
     );
+
+    // A retry moves a task back from a finished status; a write that loses its compare-and-set
+    // counts nothing.
+    let retried = cancelled.retry(at(103)).expect("retry");
+    replace(&s, &retried, &cancelled).await;
+    assert!(!s
+        .replace_task(&retried, cancelled.version, TaskStatus::Cancelled)
+        .await
+        .expect("stale write"));
+    assert_eq!(count(None, Some(TaskStatus::Pending)).await, 3);
+    assert_eq!(count(None, Some(TaskStatus::Cancelled)).await, 0);
+    assert_eq!(count(None, None).await, 4);
+    // Deleting a user deletes its tasks from every count; nothing stored, nothing counted.
+    add_user(&s, &a, "a@example.com").await;
+    assert!(s.delete_user(&a).await.expect("delete user"));
+    assert_eq!(count(Some(&a), None).await, 0);
+    assert_eq!(count(None, None).await, 1);
+    assert!(s.delete_task(&tb.id).await.expect("delete"));
+    assert_eq!(count(None, None).await, 0);
+    assert_eq!(count(None, Some(TaskStatus::Pending)).await, 0);
+    assert!(
+        s.status_counts().await.expect("counts").is_empty(),
+        "statuses whose tasks are all gone are left out"
+    );
 }
 
 pub async fn tasks_changed_reads_changes_in_order_after_a_cursor(s: S) {
