@@ -178,6 +178,9 @@ fn idem_id(user_id: &str, key: &str) -> String {
     format!("{user_id}\u{1f}{key}")
 }
 
+/// The setting that says every stored task has its `updated_ms` (`add_change_times`).
+const CHANGE_TIMES_FILLED: &str = "migrated:updated_ms";
+
 impl MongoStore {
     /// Connects and creates the collections' indexes (idempotent).
     pub async fn connect(o: MongoOptions<'_>) -> Result<MongoStore, StoreError> {
@@ -252,6 +255,9 @@ impl MongoStore {
             .map_err(backend)?;
         for keys in [
             doc! {"user_id": 1, "_id": -1},
+            // A user's page and count by status, and its unfinished tasks (the in-flight quota):
+            // ranges of the user's entries, however many tasks others have.
+            doc! {"user_id": 1, "status": 1, "_id": -1},
             doc! {"status": 1, "due_ms": 1},
             doc! {"status": 1, "lease_until_ms": 1},
             doc! {"updated_ms": 1, "_id": 1},
@@ -285,7 +291,19 @@ impl MongoStore {
 
     /// Tasks written by earlier versions have no `updated_ms` (what `tasksUpdated` re-reads a
     /// gap by): set from their documents once. Idempotent, so a run cut short finishes next time.
+    /// A start that finds none to fill marks it done (`settings`), and later starts skip the
+    /// query: FerretDB answers `$exists: false` by reading every task, so every start cost a
+    /// pass over the whole collection.
     async fn add_change_times(&self) -> Result<(), StoreError> {
+        let settings = self.db.collection::<Document>("settings");
+        if settings
+            .find_one(doc! {"_id": CHANGE_TIMES_FILLED})
+            .await
+            .map_err(backend)?
+            .is_some()
+        {
+            return Ok(());
+        }
         let mut cursor = self
             .tasks
             .find(doc! {"updated_ms": {"$exists": false}})
@@ -305,6 +323,9 @@ impl MongoStore {
         }
         if filled > 0 {
             tracing::info!(tasks = filled, "added the tasks' change times");
+        } else {
+            self.mongo_setting_or_insert(CHANGE_TIMES_FILLED, "done")
+                .await?;
         }
         Ok(())
     }

@@ -60,7 +60,43 @@ impl MongoStore {
     }
 
     async fn upsert_usage(&self, t: &Task) -> Result<(), StoreError> {
-        let event = doc! {
+        self.usage_events()
+            .replace_one(doc! {"_id": &t.id}, usage_event(t))
+            .with_options(ReplaceOptions::builder().upsert(true).build())
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    /// Stores many tasks at once, as they are (terminal ones with their usage), by
+    /// `insertMany`s of a thousand: how `bench stored` fills a database. Fails on an id already
+    /// stored; not for a running service (no idempotency claims, no write locks, no outbox).
+    pub async fn import_tasks(&self, tasks: Vec<Task>) -> Result<(), StoreError> {
+        for chunk in tasks.chunks(1_000) {
+            let docs = chunk
+                .iter()
+                .map(super::task_doc)
+                .collect::<Result<Vec<_>, _>>()?;
+            self.tasks.insert_many(docs).await.map_err(backend)?;
+            let events: Vec<Document> = chunk
+                .iter()
+                .filter(|t| t.status.is_terminal())
+                .map(usage_event)
+                .collect();
+            if !events.is_empty() {
+                self.usage_events()
+                    .insert_many(events)
+                    .await
+                    .map_err(backend)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A terminal task's usage record.
+fn usage_event(t: &Task) -> Document {
+    doc! {
             "_id": &t.id,
             "user_id": &t.user_id,
             "api_key_id": t.api_key_id.as_deref().map_or(Bson::Null, |k| Bson::String(k.into())),
@@ -68,15 +104,10 @@ impl MongoStore {
             "day": usage_day(t),
             "status": t.status.as_str(),
             "images": i32::try_from(t.generated_images).unwrap_or(i32::MAX),
-        };
-        self.usage_events()
-            .replace_one(doc! {"_id": &t.id}, event)
-            .with_options(ReplaceOptions::builder().upsert(true).build())
-            .await
-            .map_err(backend)?;
-        Ok(())
     }
+}
 
+impl MongoStore {
     pub(super) async fn read_usage(&self, q: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
         let mut filter = Document::new();
         if let Some(u) = &q.user_id {
