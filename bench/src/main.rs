@@ -15,6 +15,7 @@ mod pipeline;
 mod progress;
 mod queue_position;
 mod service;
+mod stored;
 // Reads resource limits and CPU clock ticks through libc (each block says why it is sound).
 #[allow(unsafe_code)]
 mod subscribe;
@@ -70,6 +71,10 @@ enum Command {
     /// behind 100,000 (not part of `all`): the ratio shows the read does not grow with the
     /// backlog.
     QueuePosition(queue_position::QueuePositionArgs),
+    /// Operations at two sizes of stored tasks, seeded directly (issue #22.3): submit, polls,
+    /// a user's list page, queue stats, the reconciler's read and start-up to ready, each as
+    /// done at --large beside --small (the ratio; goal >= 0.8).
+    Stored(stored::StoredArgs),
     /// The bare WebSocket server `subscribe` measures its delivery floor on (run by it).
     #[command(hide = true)]
     DeliveryFloor(ws_floor::FloorArgs),
@@ -106,6 +111,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Undisclosed(a) => undisclosed::run(a).await,
         Command::Webhooks(a) => webhooks::run(a).await,
         Command::QueuePosition(a) => queue_position::run(a).await,
+        Command::Stored(a) => stored::run(a).await,
         Command::All(a) => all::run(a).await,
         Command::DeliveryFloor(a) => ws_floor::run(a).await,
         Command::Service => service::run().await,

@@ -88,6 +88,43 @@ fn bench_http_smoke_run() {
     );
 }
 
+/// `stored` on two small stores: both are seeded directly, every operation is measured on each
+/// and printed with its ratio (judged on full runs only).
+#[test]
+fn bench_stored_smoke_run() {
+    let out = bench()
+        .args([
+            "stored",
+            "--small",
+            "300",
+            "--large",
+            "1500",
+            "--requests",
+            "20",
+            "--connections",
+            "2",
+            "--rounds",
+            "1",
+        ])
+        .output()
+        .expect("run");
+    let (stdout, _) = common::succeeded(out);
+    common::assert_contains(
+        &stdout,
+        &[
+            "stored tasks: 1500 against 300",
+            "1500 tasks stored directly",
+            "REST submit",
+            "REST poll, the newest 1,000 tasks",
+            "REST poll, any stored task",
+            "user's task list, first page",
+            "queue stats",
+            "reconciler pass",
+            "start-up to ready",
+        ],
+    );
+}
+
 /// `bench all` with every count divided by 200: each benchmark runs and prints its report, then
 /// every goal of issue #6 is listed with what was measured (not judged at that scale).
 #[test]
@@ -111,6 +148,7 @@ fn bench_all_smoke_run() {
             "10,000 subscribers in <= 200 MB",
             "delivery p99 <= 100 ms",
             "provider >= 0.98 of its limit",
+            "at 1,000,000 stored tasks >= 0.8 of at 10,000",
             "not judged below full scale",
         ],
     );
