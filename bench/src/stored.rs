@@ -79,6 +79,8 @@ const RECENT: usize = 1_000;
 
 /// Operation names, the rows of the report.
 pub const SUBMIT: &str = "REST submit";
+/// `GET /api/v1/tasks/:id`, which answers 200 in every state (the legacy result route answers a
+/// failed task with a 500, as the Go server did).
 pub const POLL_RECENT: &str = "REST poll, the newest 1,000 tasks";
 pub const POLL_ANY: &str = "REST poll, any stored task";
 pub const LIST: &str = "user's task list, first page";
@@ -221,7 +223,7 @@ async fn measure(
                 POLL_RECENT,
                 k,
                 h1::drive(POLL_RECENT, s.addr, n, c, move |i| {
-                    h1::Call::legacy_poll(format!("/api/v1/ai/image/result/{}", ids[i % ids.len()]))
+                    h1::Call::get(format!("/api/v1/tasks/{}", ids[i % ids.len()]))
                 })
                 .await?,
             );
@@ -230,7 +232,7 @@ async fn measure(
                 POLL_ANY,
                 k,
                 h1::drive(POLL_ANY, s.addr, n, c, move |i| {
-                    h1::Call::legacy_poll(format!("/api/v1/ai/image/result/{}", ids[i % ids.len()]))
+                    h1::Call::get(format!("/api/v1/tasks/{}", ids[i % ids.len()]))
                 })
                 .await?,
             );
