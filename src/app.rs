@@ -14,8 +14,11 @@ use crate::events::{memory::MemoryEvents, redis::RedisEvents, Events};
 use crate::graphql;
 use crate::http;
 use crate::provider::ark_video::ArkVideoClient;
+use crate::provider::jimeng::JimengClient;
 use crate::provider::keys::KeyPool;
 use crate::provider::limiter::{MemoryPacer, Pacer, ProviderLimiter, RedisPacer};
+use crate::provider::routed::Routed;
+use crate::provider::volc_sign::Credentials;
 use crate::provider::{ark::ArkClient, ImageProvider, ProviderError, VideoProvider};
 use crate::queue::{memory::MemoryQueue, redis::RedisQueue, Queue};
 use crate::service::Service;
@@ -244,7 +247,8 @@ async fn provider(config: &Config, shutdown: &CancellationToken) -> Result<Provi
         let endpoint = &config.volcengine_endpoint;
         let image = ArkClient::new(endpoint, config.ai_timeout, "ark")?;
         let video = ArkVideoClient::new(endpoint, &video_key, config.ai_timeout)?;
-        return Ok((Arc::new(image), Arc::new(video), None));
+        let jimeng = jimeng(config, None)?;
+        return Ok((Arc::new(image), routed(video, jimeng), None));
     }
     let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
     let addr = listener.local_addr()?;
@@ -261,7 +265,34 @@ async fn provider(config: &Config, shutdown: &CancellationToken) -> Result<Provi
     let endpoint = format!("http://{addr}");
     let image = ArkClient::new(&endpoint, config.ai_timeout, "sandbox")?;
     let video = ArkVideoClient::new(&endpoint, &video_key, config.ai_timeout)?;
-    Ok((Arc::new(image), Arc::new(video), Some(emu)))
+    let jimeng = jimeng(config, Some(&endpoint))?;
+    Ok((Arc::new(image), routed(video, jimeng), Some(emu)))
+}
+
+/// Ark's video tasks and Jimeng's behind one seam, by model family.
+fn routed(ark: ArkVideoClient, jimeng: Option<JimengClient>) -> Arc<dyn VideoProvider> {
+    let jimeng = jimeng.map(|j| Arc::new(j) as Arc<dyn VideoProvider>);
+    Arc::new(Routed::new(Arc::new(ark), jimeng))
+}
+
+/// The visual API's client: with the configured key pair, else (sandbox mode) the emulator's
+/// visual API with its sandbox credentials, else none.
+fn jimeng(config: &Config, sandbox: Option<&str>) -> Result<Option<JimengClient>, StartError> {
+    let (endpoint, creds) = match (&config.jimeng.keys, sandbox) {
+        (Some((ak, sk)), _) => (
+            config.jimeng.endpoint.as_str(),
+            Credentials::visual(ak.as_str(), sk.expose()),
+        ),
+        (None, Some(emulator)) => (
+            emulator,
+            Credentials::visual(
+                emulator::config::SANDBOX_ACCESS_KEY,
+                emulator::config::SANDBOX_SECRET_KEY,
+            ),
+        ),
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(JimengClient::new(endpoint, creds, config.ai_timeout)?))
 }
 
 /// The provider pace of every key and model, shared by this process's worker and `/ready`.

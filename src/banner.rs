@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 
 use crate::config::Config;
-use crate::domain::Catalog;
+use crate::domain::{Catalog, ProviderFamily};
 
 /// The facts of one start, in display order.
 pub struct Banner {
@@ -26,6 +26,44 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// `role` is `serve`, `api` or `worker`; `addr` is where HTTP listens (none for a worker).
+/// Each Ark model's pace and the worker's bounds. Jimeng's models are not paced per minute:
+/// the visual API's refusals (429) hold their tasks back.
+fn pacing(config: &Config) -> String {
+    let catalog = Catalog::new(&config.model_ids);
+    let paces: Vec<String> = catalog
+        .all()
+        .iter()
+        .filter(|m| ProviderFamily::of_model(&m.id) == ProviderFamily::Ark)
+        .map(|m| {
+            let ipm = config.provider_ipm.for_model(&m.id, m.images_per_minute);
+            format!("{} {ipm}/min", m.name)
+        })
+        .collect();
+    format!(
+        "{}; {} calls in flight per model, {} worker slots, {} downloads at once within {} MiB",
+        paces.join(", "),
+        config.provider_concurrency,
+        config.worker_concurrency,
+        config.download_concurrency,
+        config.download_memory_bytes.div_ceil(1024 * 1024)
+    )
+}
+
+/// Where Jimeng's tasks go: the visual API with the configured access key, the sandbox
+/// emulator's, or nowhere.
+fn jimeng(config: &Config, provider_mode: &str) -> String {
+    match (&config.jimeng.keys, provider_mode) {
+        (Some((ak, _)), _) => format!(
+            "visual API at {} with access key {ak}",
+            config.jimeng.endpoint
+        ),
+        (None, "sandbox") => "sandbox: the built-in emulator's visual API".to_string(),
+        (None, _) => {
+            "off: Jimeng models need VOLCENGINE_ACCESS_KEY and VOLCENGINE_SECRET_KEY".to_string()
+        }
+    }
+}
+
 pub fn build(
     config: &Config,
     role: &str,
@@ -107,27 +145,9 @@ pub fn build(
         format!("Volcengine Ark at {}", config.volcengine_endpoint)
     };
     lines.push(("provider", provider));
+    lines.push(("jimeng", jimeng(config, provider_mode)));
     if role != "api" {
-        let catalog = Catalog::new(&config.model_ids);
-        let paces: Vec<String> = catalog
-            .all()
-            .iter()
-            .map(|m| {
-                let ipm = config.provider_ipm.for_model(&m.id, m.images_per_minute);
-                format!("{} {ipm}/min", m.name)
-            })
-            .collect();
-        lines.push((
-            "pacing",
-            format!(
-                "{}; {} calls in flight per model, {} worker slots, {} downloads at once within {} MiB",
-                paces.join(", "),
-                config.provider_concurrency,
-                config.worker_concurrency,
-                config.download_concurrency,
-                config.download_memory_bytes.div_ceil(1024 * 1024)
-            ),
-        ));
+        lines.push(("pacing", pacing(config)));
     }
     if addr.is_some() {
         let auth = if config.admin_api_key.is_some() {

@@ -151,6 +151,8 @@ pub struct Config {
     pub provider_rate_window: Duration,
     pub webhooks: WebhookConfig,
     pub video: VideoConfig,
+    /// Jimeng's visual API (`VOLCENGINE_ACCESS_KEY`, `VOLCENGINE_SECRET_KEY`).
+    pub jimeng: JimengConfig,
 }
 
 pub const DEFAULT_ENDPOINT: &str = "https://ark.cn-beijing.volces.com";
@@ -222,6 +224,7 @@ impl Default for Config {
             provider_rate_window: Duration::from_secs(60),
             webhooks: WebhookConfig::default(),
             video: VideoConfig::default(),
+            jimeng: JimengConfig::default(),
         }
     }
 }
@@ -461,6 +464,7 @@ impl Config {
         c.read_limits(&env)?;
         c.webhooks = webhooks::read(&env, c.webhooks.clone())?;
         c.video = video::read(&env, c.video.clone())?;
+        c.jimeng = jimeng::read(&env, c.jimeng.clone())?;
         Ok(c)
     }
 
@@ -736,6 +740,7 @@ impl Config {
     }
 }
 
+mod jimeng;
 mod key_pool;
 mod provider_ipm;
 mod secret;
@@ -744,6 +749,7 @@ mod tests;
 mod video;
 mod webhooks;
 
+pub use jimeng::JimengConfig;
 pub use provider_ipm::ProviderIpm;
 pub use secret::Secret;
 pub use video::VideoConfig;

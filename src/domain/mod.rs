@@ -6,6 +6,7 @@
 pub mod api_key;
 pub mod field;
 pub mod image_input;
+pub mod jimeng;
 pub mod models;
 pub mod new_task;
 pub mod task;
@@ -16,6 +17,7 @@ pub mod webhook;
 pub use api_key::ApiKey;
 pub use field::FieldError;
 pub use image_input::ModelParams;
+pub use jimeng::ProviderFamily;
 pub use models::{Catalog, ModelFamily, ModelSpec, SizeRule};
 pub use new_task::{CreateImageTask, NewImageTask};
 pub use task::{

@@ -171,7 +171,7 @@ fn tiers(list: &[(&str, u32)]) -> Vec<(String, u32)> {
 impl Catalog {
     pub fn new(ids: &ModelIds) -> Catalog {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        let models = vec![
+        let mut models = vec![
             ModelSpec {
                 id: ids.seedream_3_0.clone(),
                 name: "doubao-seedream-3.0-t2i".into(),
@@ -257,6 +257,7 @@ impl Catalog {
                 images_per_minute: 500,
             },
         ];
+        models.extend(super::jimeng::image_models());
         Catalog {
             models,
             default_index: 0,

@@ -32,6 +32,12 @@ pub struct VideoModelSpec {
     pub default_resolution: &'static str,
     pub min_duration: u32,
     pub max_duration: u32,
+    /// Only these durations (Jimeng renders 5 or 10 s); `None`: any in the range.
+    pub durations: Option<&'static [u32]>,
+    /// The resolutions it renders.
+    pub resolutions: &'static [&'static str],
+    /// Takes `camera_fixed` (Seedance does, Jimeng does not).
+    pub takes_camera_fixed: bool,
     /// Seconds the provider typically needs per second of 720p video (the tracker polls by
     /// it; 1080p takes about twice, 480p half).
     pub secs_per_video_sec: u32,
@@ -74,45 +80,48 @@ impl VideoCatalog {
                 default_resolution: res,
                 min_duration: 2,
                 max_duration: 12,
+                durations: None,
+                resolutions: &RESOLUTIONS,
+                takes_camera_fixed: true,
                 secs_per_video_sec: speed,
             }
         };
-        VideoCatalog {
-            models: vec![
-                m(
-                    "doubao-seedance-1-0-pro-250528",
-                    "seedance-1.0-pro",
-                    "Seedance 1.0 Pro",
-                    (true, true, true),
-                    "1080p",
-                    8,
-                ),
-                m(
-                    "doubao-seedance-1-0-pro-fast-251015",
-                    "seedance-1.0-pro-fast",
-                    "Seedance 1.0 Pro Fast",
-                    (true, true, false),
-                    "1080p",
-                    4,
-                ),
-                m(
-                    "doubao-seedance-1-0-lite-t2v-250428",
-                    "seedance-1.0-lite-t2v",
-                    "Seedance 1.0 Lite (text to video)",
-                    (true, false, false),
-                    "720p",
-                    6,
-                ),
-                m(
-                    "doubao-seedance-1-0-lite-i2v-250428",
-                    "seedance-1.0-lite-i2v",
-                    "Seedance 1.0 Lite (image to video)",
-                    (false, true, true),
-                    "720p",
-                    6,
-                ),
-            ],
-        }
+        let mut models = vec![
+            m(
+                "doubao-seedance-1-0-pro-250528",
+                "seedance-1.0-pro",
+                "Seedance 1.0 Pro",
+                (true, true, true),
+                "1080p",
+                8,
+            ),
+            m(
+                "doubao-seedance-1-0-pro-fast-251015",
+                "seedance-1.0-pro-fast",
+                "Seedance 1.0 Pro Fast",
+                (true, true, false),
+                "1080p",
+                4,
+            ),
+            m(
+                "doubao-seedance-1-0-lite-t2v-250428",
+                "seedance-1.0-lite-t2v",
+                "Seedance 1.0 Lite (text to video)",
+                (true, false, false),
+                "720p",
+                6,
+            ),
+            m(
+                "doubao-seedance-1-0-lite-i2v-250428",
+                "seedance-1.0-lite-i2v",
+                "Seedance 1.0 Lite (image to video)",
+                (false, true, true),
+                "720p",
+                6,
+            ),
+        ];
+        models.extend(super::jimeng::video_models());
+        VideoCatalog { models }
     }
 
     pub fn all(&self) -> &[VideoModelSpec] {
@@ -259,17 +268,23 @@ fn check_params(
                 .with_value(given),
         );
     }
-    let duration = match raw.duration {
-        None => 5,
-        Some(d) if (i64::from(m.min_duration)..=i64::from(m.max_duration)).contains(&d) => d as u32,
-        Some(d) => {
+    let in_range = |d: i64| (i64::from(m.min_duration)..=i64::from(m.max_duration)).contains(&d);
+    let duration = match (raw.duration, m.durations) {
+        (None, _) => 5,
+        (Some(d), None) if in_range(d) => d as u32,
+        (Some(d), Some(only)) if only.iter().any(|o| i64::from(*o) == d) => d as u32,
+        (Some(d), only) => {
+            let allowed = match only {
+                Some(only) => {
+                    let only: Vec<String> = only.iter().map(u32::to_string).collect();
+                    only.join(" or ")
+                }
+                None => format!("{} to {}", m.min_duration, m.max_duration),
+            };
             errors.push(
                 FieldError::new(
                     "duration",
-                    format!(
-                        "must be {} to {} seconds for model {}",
-                        m.min_duration, m.max_duration, m.name
-                    ),
+                    format!("must be {allowed} seconds for model {}", m.name),
                 )
                 .with_value(d),
             );
@@ -285,7 +300,7 @@ fn check_params(
         None
     });
     let ratio = ratio.unwrap_or_else(|| if given == 0 { "16:9" } else { "adaptive" }.into());
-    let resolution = one_of("resolution", raw.resolution.as_deref(), &RESOLUTIONS)
+    let resolution = one_of("resolution", raw.resolution.as_deref(), m.resolutions)
         .unwrap_or_else(|e| {
             errors.push(e);
             None
@@ -294,6 +309,15 @@ fn check_params(
     let seed = raw.seed.filter(|s| *s != -1);
     if let Some(s) = seed.filter(|s| !(0..=i64::from(u32::MAX)).contains(s)) {
         errors.push(FieldError::new("seed", "must be -1 or 0 to 4294967295").with_value(s));
+    }
+    if raw.camera_fixed == Some(true) && !m.takes_camera_fixed {
+        errors.push(
+            FieldError::new(
+                "camera_fixed",
+                format!("model {} does not take camera_fixed", m.name),
+            )
+            .with_value(true),
+        );
     }
     if !errors.is_empty() {
         return Err(errors);

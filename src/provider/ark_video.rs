@@ -5,12 +5,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::ark::{is_retryable, retry_after, transport_error};
-use super::{ByteStream, ProviderError, VideoProvider, VideoState, VideoSubmit};
+use super::{ByteStream, ProviderError, RemoteSubmit, RemoteTask, VideoProvider, VideoState};
 
 pub struct ArkVideoClient {
     http: reqwest::Client,
@@ -143,8 +142,15 @@ impl ArkVideoClient {
 
 #[async_trait]
 impl VideoProvider for ArkVideoClient {
-    #[tracing::instrument(skip_all, fields(task_id = %req.task_id, model = %req.model))]
-    async fn submit(&self, req: &VideoSubmit) -> Result<String, ProviderError> {
+    #[tracing::instrument(skip_all, fields(model = %req.model()))]
+    async fn submit(&self, req: &RemoteSubmit) -> Result<String, ProviderError> {
+        let RemoteSubmit::Video(req) = req else {
+            return Err(ProviderError::ours(
+                "UnsupportedTask",
+                "Ark's content generation tasks make videos only",
+                false,
+            ));
+        };
         let mut content = vec![json!({"type": "text", "text": req.prompt})];
         let roles: &[&str] = match req.frames.len() {
             2 => &["first_frame", "last_frame"],
@@ -183,12 +189,16 @@ impl VideoProvider for ArkVideoClient {
         Ok(c.id)
     }
 
-    async fn states(&self, ids: &[String]) -> Result<HashMap<String, VideoState>, ProviderError> {
+    async fn states(
+        &self,
+        tasks: &[RemoteTask],
+    ) -> Result<HashMap<String, VideoState>, ProviderError> {
+        let ids: Vec<&String> = tasks.iter().map(|t| &t.id).collect();
         let mut query: Vec<(&str, String)> = vec![
             ("page_num", "1".into()),
             ("page_size", ids.len().clamp(1, 500).to_string()),
         ];
-        query.extend(ids.iter().map(|id| ("filter.task_ids", id.clone())));
+        query.extend(ids.iter().map(|id| ("filter.task_ids", id.to_string())));
         let resp = self
             .http
             .get(&self.tasks_url)
@@ -209,10 +219,10 @@ impl VideoProvider for ArkVideoClient {
             .collect())
     }
 
-    async fn cancel(&self, id: &str) -> Result<(), ProviderError> {
+    async fn cancel(&self, task: &RemoteTask) -> Result<(), ProviderError> {
         let resp = self
             .http
-            .delete(format!("{}/{id}", self.tasks_url))
+            .delete(format!("{}/{}", self.tasks_url, task.id))
             .bearer_auth(&self.api_key)
             .timeout(Duration::from_secs(30))
             .send()
@@ -226,33 +236,6 @@ impl VideoProvider for ArkVideoClient {
     }
 
     async fn download(&self, url: &str) -> Result<(ByteStream, Option<u64>), ProviderError> {
-        let resp = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| transport_error(&e))?;
-        let status = resp.status();
-        if !status.is_success() {
-            return Err(ProviderError {
-                code: "VideoDownloadFailed".into(),
-                message: format!("downloading the generated video answered HTTP {status}"),
-                status: Some(status.as_u16()),
-                retryable: status.is_server_error(),
-                retry_after: None,
-                request_id: None,
-            });
-        }
-        let len = resp.content_length();
-        // `chunk()` hands the body over as it arrives; the stream never holds more than one.
-        let stream = futures::stream::unfold(Some(resp), |resp| async move {
-            let mut resp = resp?;
-            match resp.chunk().await {
-                Ok(Some(c)) => Some((Ok(c), Some(resp))),
-                Ok(None) => None,
-                Err(e) => Some((Err(std::io::Error::other(e)), None)),
-            }
-        });
-        Ok((stream.boxed(), len))
+        super::download_stream(&self.http, url).await
     }
 }

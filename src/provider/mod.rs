@@ -4,11 +4,14 @@
 
 pub mod ark;
 pub mod ark_video;
+pub mod jimeng;
 pub mod keys;
 pub mod limiter;
 pub mod pace;
+pub mod routed;
 pub mod volc_sign;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -219,13 +222,51 @@ pub struct VideoSubmit {
     pub frames: Vec<String>,
 }
 
-/// Where a provider's video task stands.
+/// A task to create at the provider: a video (Seedance, Jimeng), or images made as a
+/// provider-side task (Jimeng).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RemoteSubmit {
+    Video(VideoSubmit),
+    Images(GenerateRequest),
+}
+
+impl RemoteSubmit {
+    pub fn model(&self) -> &str {
+        match self {
+            RemoteSubmit::Video(v) => &v.model,
+            RemoteSubmit::Images(i) => &i.model,
+        }
+    }
+}
+
+/// A task the provider has: its id there and the model (Jimeng asks for the `req_key` with the
+/// id; routing goes by the model's family).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteTask {
+    pub id: String,
+    pub model: String,
+    /// Jimeng marks the result when it is read (GetResult's `logo_info`).
+    pub watermark: bool,
+}
+
+/// A finished image of a provider-side task: a URL to download at once, or the bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RemoteImage {
+    Url(String),
+    Inline(bytes::Bytes),
+}
+
+/// Where a provider-side task (video, or Jimeng images) stands.
 #[derive(Debug, Clone, PartialEq)]
 pub enum VideoState {
     /// Queued or running at the provider.
     Working,
     Succeeded {
         video_url: String,
+    },
+    /// Images made (never empty).
+    ImagesReady {
+        images: Vec<RemoteImage>,
     },
     Failed {
         code: String,
@@ -238,20 +279,79 @@ pub enum VideoState {
 /// A chunk stream of a download (a video is never held whole in memory).
 pub type ByteStream = futures::stream::BoxStream<'static, Result<bytes::Bytes, std::io::Error>>;
 
+/// The provider-side tasks seam: submit once, learn states (batched where the API can), cancel,
+/// download. `ark_video` (Seedance), `jimeng` (the visual API) and `routed` (by model family).
 #[async_trait]
 pub trait VideoProvider: Send + Sync + 'static {
     /// Creates the provider's task; its id.
-    async fn submit(&self, req: &VideoSubmit) -> Result<String, ProviderError>;
-    /// The state of many provider tasks in one request (`filter.task_ids`); ids the provider
-    /// does not list are left out of the answer.
+    async fn submit(&self, req: &RemoteSubmit) -> Result<String, ProviderError>;
+    /// The state of many provider tasks (one list request at Ark, `filter.task_ids`); tasks
+    /// the provider does not list, or whose state could not be read this time, are left out.
     async fn states(
         &self,
-        ids: &[String],
-    ) -> Result<std::collections::HashMap<String, VideoState>, ProviderError>;
+        tasks: &[RemoteTask],
+    ) -> Result<HashMap<String, VideoState>, ProviderError>;
     /// Cancels (queued) or deletes (finished) the provider's task.
-    async fn cancel(&self, id: &str) -> Result<(), ProviderError>;
+    async fn cancel(&self, task: &RemoteTask) -> Result<(), ProviderError>;
     /// The video's bytes as they arrive, with the length when the provider says.
     async fn download(&self, url: &str) -> Result<(ByteStream, Option<u64>), ProviderError>;
+}
+
+/// The states of several reads in one answer: all that was read, or, when nothing was, the first
+/// error (so that a refusal reaches the tracker, and a 429 pauses it) — one read failing does not
+/// hide the others' answers; its tasks are read again at their next poll.
+pub fn gather_states(
+    reads: impl IntoIterator<Item = Result<HashMap<String, VideoState>, ProviderError>>,
+) -> Result<HashMap<String, VideoState>, ProviderError> {
+    let mut states = HashMap::new();
+    let mut first_error = None;
+    for read in reads {
+        match read {
+            Ok(s) => states.extend(s),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) if states.is_empty() => Err(e),
+        _ => Ok(states),
+    }
+}
+
+/// A streamed GET of a generated video (both families serve it from a plain URL).
+pub async fn download_stream(
+    http: &reqwest::Client,
+    url: &str,
+) -> Result<(ByteStream, Option<u64>), ProviderError> {
+    use futures::StreamExt;
+    let resp = http
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| ark::transport_error(&e))?;
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(ProviderError {
+            code: "VideoDownloadFailed".into(),
+            message: format!("downloading the generated video answered HTTP {status}"),
+            status: Some(status.as_u16()),
+            retryable: status.is_server_error(),
+            retry_after: None,
+            request_id: None,
+        });
+    }
+    let len = resp.content_length();
+    // `chunk()` hands the body over as it arrives; the stream never holds more than one.
+    let stream = futures::stream::unfold(Some(resp), |resp| async move {
+        let mut resp = resp?;
+        match resp.chunk().await {
+            Ok(Some(c)) => Some((Ok(c), Some(resp))),
+            Ok(None) => None,
+            Err(e) => Some((Err(std::io::Error::other(e)), None)),
+        }
+    });
+    Ok((stream.boxed(), len))
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! the task's version, so a duplicate delivery, a cancellation or a second worker can never make
 //! a task finish twice.
 
+mod images;
 pub mod reconciler;
 pub mod timers;
 pub mod video;
@@ -18,19 +19,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::domain::{
-    ModelSpec, ProviderImage, StoredImage, Task, TaskError, TaskKind, TaskStatus, UnkeptImages,
+    ModelSpec, ProviderFamily, ProviderImage, StoredImage, Task, TaskError, TaskKind, TaskStatus,
+    UnkeptImages,
 };
 use crate::events::Events;
 use crate::events::{Channel, Event};
 use crate::provider::keys::{KeyOutcome, KeyPool};
 use crate::provider::limiter::ProviderLimiter;
 use crate::provider::pace::PaceSignal;
-use crate::provider::{
-    DownloadBudget, GenerateRequest, GeneratedImage, ImageProvider, ProviderError,
-};
+use crate::provider::{DownloadBudget, GeneratedImage, ImageProvider, ProviderError};
 use crate::queue::{Delivery, Queue};
 use crate::service::Service;
-use crate::store::{ImageBlob, Store};
+use crate::store::Store;
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -107,22 +107,6 @@ enum Outcome {
     Lost,
     /// Its deadline passed while the provider worked.
     Overdue,
-}
-
-fn image_type(bytes: &[u8]) -> &'static str {
-    match imagesize::image_type(bytes) {
-        Ok(imagesize::ImageType::Png) => "image/png",
-        Ok(imagesize::ImageType::Jpeg) => "image/jpeg",
-        Ok(imagesize::ImageType::Webp) => "image/webp",
-        Ok(imagesize::ImageType::Gif) => "image/gif",
-        _ => "application/octet-stream",
-    }
-}
-
-/// What an image of `width` × `height` is expected to weigh before its download says: Ark's
-/// JPEGs and the emulator's PNGs are 0.2 – 0.3 bytes a pixel (a 4K JPEG a few MB).
-fn estimated_bytes((width, height): (u32, u32)) -> u64 {
-    (u64::from(width) * u64::from(height) * 3 / 10).max(64 * 1024)
 }
 
 impl Worker {
@@ -353,8 +337,11 @@ impl Worker {
             return Ok(());
         };
         tracing::info!(attempt = running.attempts, "task started");
-        if running.kind == TaskKind::Video {
-            // Submitted (or found submitted) and handed to the tracker; the loop goes on.
+        if running.kind == TaskKind::Video
+            || ProviderFamily::of_model(&running.model) == ProviderFamily::Jimeng
+        {
+            // A provider-side task (a video, or Jimeng's images): submitted (or found
+            // submitted) and handed to the tracker; the loop goes on.
             return self.start_video(running).await;
         }
         self.hold(&running.id, true);
@@ -449,17 +436,7 @@ impl Worker {
 
     /// One paid provider call; the images it made, or why there are none.
     async fn generate(&self, task: &Task, spec: &ModelSpec) -> Result<UnkeptImages, ProviderError> {
-        let req = GenerateRequest {
-            task_id: task.id.clone(),
-            model: task.model.clone(),
-            prompt: task.prompt.clone(),
-            size: task.params.size.clone(),
-            seed: task.params.seed,
-            guidance_scale: task.params.guidance_scale,
-            watermark: task.params.watermark,
-            images: task.params.images.clone(),
-            max_images: task.params.n.min(spec.max_output_images),
-        };
+        let req = images::generate_request(task, spec);
         let Some(picked) = self.keys.pick() else {
             return Err(ProviderError::ours(
                 "ProviderKeysRefused",
@@ -568,70 +545,6 @@ impl Worker {
                 self.keys.report(picked, KeyOutcome::Accepted);
                 other
             }
-        }
-    }
-
-    /// Downloads one image at once (provider URLs expire after 24 h) and stores it.
-    async fn keep_image(
-        &self,
-        task: &Task,
-        spec: &ModelSpec,
-        url: &str,
-        size: Option<String>,
-    ) -> Result<StoredImage, ProviderError> {
-        // Held through the store write too: the bytes stay in memory until then.
-        let _place = self
-            .downloads
-            .acquire()
-            .await
-            .map_err(|_| ProviderError::ours("ShuttingDown", "the worker is stopping", true))?;
-        let asked = spec.output_dims(size.as_deref().unwrap_or(&task.params.size));
-        let fetched = self
-            .provider
-            .fetch(url, &self.download_budget, estimated_bytes(asked))
-            .await?;
-        // The bytes stay in memory until the store has them.
-        let _held = fetched.held;
-        let (width, height) = match imagesize::blob_size(&fetched.bytes) {
-            Ok(d) => (d.width as u32, d.height as u32),
-            Err(_) => asked,
-        };
-        let sniffed = image_type(&fetched.bytes);
-        let content_type = if sniffed == "application/octet-stream" {
-            fetched.content_type.unwrap_or_else(|| sniffed.to_string())
-        } else {
-            sniffed.to_string()
-        };
-        let blob = ImageBlob {
-            // Random (v4), not time-ordered: image URLs must not be guessable.
-            id: uuid::Uuid::new_v4().to_string(),
-            task_id: task.id.clone(),
-            content_type: content_type.clone(),
-            data: fetched.bytes,
-        };
-        let bytes = blob.data.len() as u64;
-        self.backends
-            .store
-            .put_image(&blob)
-            .await
-            .map_err(|e| ProviderError::ours("StorageError", e.to_string(), true))?;
-        Ok(StoredImage {
-            id: blob.id,
-            provider_url: Some(url.to_string()),
-            width,
-            height,
-            bytes,
-            content_type,
-        })
-    }
-
-    async fn forget(&self, images: &[StoredImage]) {
-        if images.is_empty() {
-            return;
-        }
-        let ids: Vec<String> = images.iter().map(|i| i.id.clone()).collect();
-        if let Err(e) = self.backends.store.delete_images(&ids).await {
-            tracing::warn!(error = %e, "could not delete images of a dropped attempt");
         }
     }
 

@@ -1,4 +1,5 @@
-//! Video tasks: submitted once to the provider, then tracked there until they finish.
+//! Provider-side tasks — videos (Seedance on Ark, Jimeng) and Jimeng's images: submitted once
+//! to the provider, then tracked there until they finish.
 //!
 //! The provider's task id is stored (a compare-and-set, `Task::track`) the moment the provider
 //! answers; a task that has one is never submitted again — after a crash it is requeued with it,
@@ -6,7 +7,10 @@
 //! one list request (`filter.task_ids`, up to `VIDEO_LIST_BATCH` tasks) per
 //! `VIDEO_LIST_INTERVAL` at most, each task due again at a tenth of its expected duration
 //! (`VIDEO_POLL_MIN` to `VIDEO_POLL_MAX`). A finished video is streamed from the provider into
-//! the store at once (its link expires) and the task completed. Cancelling a task reaches the
+//! the store at once (its link expires) and the task completed; finished images are kept the
+//! way Ark's are (`worker::images`). Jimeng has no batch read: its tasks in a batch are read
+//! one GetResult each, a few at a time, at the same per-task intervals (images are expected to
+//! take `IMAGE_EXPECTED_SECS`). Cancelling a task reaches the
 //! provider (DELETE): from the task's event, or at the latest at the next lease renewal.
 
 use std::collections::HashMap;
@@ -20,9 +24,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::Worker;
 use crate::config::VideoConfig;
-use crate::domain::{StoredVideo, Task, TaskError, TaskStatus};
+use crate::domain::{StoredVideo, Task, TaskError, TaskKind, TaskStatus};
 use crate::events::{Channel, Event};
-use crate::provider::{ProviderError, VideoProvider, VideoState, VideoSubmit};
+use crate::provider::{
+    ProviderError, RemoteImage, RemoteSubmit, RemoteTask, VideoProvider, VideoState, VideoSubmit,
+};
 
 /// Download attempts of a finished video before its task fails (the link is good for 24 h;
 /// the next poll tries again).
@@ -78,7 +84,25 @@ impl VideoWorker {
     }
 }
 
-fn submit_request(task: &Task) -> VideoSubmit {
+/// What a task is expected to take at the provider, seconds (its polls are spaced by it).
+fn expected_secs(task: &Task) -> u64 {
+    task.video
+        .as_ref()
+        .map_or(crate::domain::jimeng::IMAGE_EXPECTED_SECS, |v| {
+            v.expected_secs
+        })
+}
+
+/// The provider's handle on a tracked task.
+fn remote(task: &Task, provider_id: &str) -> RemoteTask {
+    RemoteTask {
+        id: provider_id.to_string(),
+        model: task.model.clone(),
+        watermark: task.params.watermark,
+    }
+}
+
+fn video_request(task: &Task) -> VideoSubmit {
     let v = task
         .video
         .clone()
@@ -108,7 +132,25 @@ fn submit_request(task: &Task) -> VideoSubmit {
 }
 
 impl Worker {
-    /// A claimed video task: submitted unless the provider already has it, then tracked.
+    /// What to submit for a task: its video, or (Jimeng) its images.
+    fn submit_request(&self, task: &Task) -> Result<RemoteSubmit, ProviderError> {
+        if task.kind == TaskKind::Video {
+            return Ok(RemoteSubmit::Video(video_request(task)));
+        }
+        match self.service.catalog().find(&task.model) {
+            Some(spec) => Ok(RemoteSubmit::Images(super::images::generate_request(
+                task, spec,
+            ))),
+            None => Err(ProviderError::ours(
+                "UnknownModel",
+                format!("model {} is no longer configured", task.model),
+                false,
+            )),
+        }
+    }
+
+    /// A claimed provider-side task (a video, or Jimeng's images): submitted unless the provider
+    /// already has it, then tracked.
     pub(super) async fn start_video(&self, running: Task) -> Result<(), crate::error::AppError> {
         let now = Utc::now();
         let Some(video) = &self.video else {
@@ -125,7 +167,11 @@ impl Worker {
                 running
             }
             None => {
-                let pid = match video.provider.submit(&submit_request(&running)).await {
+                let submitted = match self.submit_request(&running) {
+                    Ok(req) => video.provider.submit(&req).await,
+                    Err(e) => Err(e),
+                };
+                let pid = match submitted {
                     Ok(pid) => pid,
                     Err(e) => return self.record_error(&running, e, None, 0, now).await,
                 };
@@ -140,7 +186,7 @@ impl Worker {
                     }
                     None => {
                         tracing::info!(provider_task_id = %pid, "task changed while submitting; cancelling at the provider");
-                        cancel_at_provider(video, &pid).await;
+                        cancel_at_provider(video, &remote(&running, &pid)).await;
                         return Ok(());
                     }
                 }
@@ -149,7 +195,7 @@ impl Worker {
         let Some(pid) = running.provider_task_id.clone() else {
             return Ok(());
         };
-        let expected = running.video.as_ref().map_or(60, |v| v.expected_secs);
+        let expected = expected_secs(&running);
         let now = Instant::now();
         let renew = self.cfg.lease / 3;
         video.with(|t| {
@@ -169,8 +215,9 @@ impl Worker {
     }
 }
 
-async fn cancel_at_provider(video: &VideoWorker, pid: &str) {
-    match video.provider.cancel(pid).await {
+async fn cancel_at_provider(video: &VideoWorker, task: &RemoteTask) {
+    let pid = &task.id;
+    match video.provider.cancel(task).await {
         Ok(()) => tracing::info!(provider_task_id = %pid, "provider task cancelled"),
         // A running task cannot be cancelled at Ark; it finishes and is dropped here.
         Err(e) => {
@@ -221,7 +268,7 @@ async fn on_event(worker: &Worker, video: &VideoWorker, t: &Task) {
         return;
     };
     let _ = worker;
-    cancel_at_provider(video, &gone.provider_id).await;
+    cancel_at_provider(video, &remote(&gone.task, &gone.provider_id)).await;
 }
 
 /// Extends the leases of tracked tasks that are due; a task that is no longer ours (cancelled,
@@ -261,7 +308,7 @@ async fn renew(worker: &Worker, video: &VideoWorker) {
                     Ok(Some(t)) if matches!(t.status, TaskStatus::Cancelled | TaskStatus::Failed)
                 );
                 if ended {
-                    cancel_at_provider(video, &gone.provider_id).await;
+                    cancel_at_provider(video, &remote(&gone.task, &gone.provider_id)).await;
                 }
             }
             Err(e) => tracing::warn!(task_id = %id, error = %e, "video lease renewal failed"),
@@ -272,20 +319,20 @@ async fn renew(worker: &Worker, video: &VideoWorker) {
 /// One list request for the tasks most overdue for a poll; a pause to take after a refusal.
 async fn poll_once(worker: &Arc<Worker>, video: &VideoWorker) -> Option<Duration> {
     let now = Instant::now();
-    let mut due: Vec<(Instant, String, String)> = video
+    let mut due: Vec<(Instant, String, RemoteTask)> = video
         .with(|m| {
             m.iter()
                 .filter(|(_, t)| t.next_poll <= now && !t.downloading)
-                .map(|(id, t)| (t.next_poll, id.clone(), t.provider_id.clone()))
+                .map(|(id, t)| (t.next_poll, id.clone(), remote(&t.task, &t.provider_id)))
                 .collect()
         })
         .unwrap_or_default();
     if due.is_empty() {
         return None;
     }
-    due.sort();
+    due.sort_by_key(|a| a.0);
     due.truncate(video.cfg.list_batch);
-    let ids: Vec<String> = due.iter().map(|(_, _, pid)| pid.clone()).collect();
+    let ids: Vec<RemoteTask> = due.iter().map(|(_, _, r)| r.clone()).collect();
     metrics::counter!("video_list_requests_total").increment(1);
     let states = match video.provider.states(&ids).await {
         Ok(s) => s,
@@ -296,19 +343,18 @@ async fn poll_once(worker: &Arc<Worker>, video: &VideoWorker) -> Option<Duration
                 .then(|| e.retry_after.unwrap_or(Duration::from_secs(2)));
         }
     };
-    for (_, id, pid) in due {
-        match states.get(&pid) {
+    for (_, id, r) in due {
+        match states.get(&r.id) {
             Some(VideoState::Succeeded { video_url }) => {
-                let started = video.with(|m| match m.get_mut(&id) {
-                    Some(t) => {
-                        t.downloading = true;
-                        Some(t.task.clone())
-                    }
-                    None => None,
-                });
-                if let Some(Some(task)) = started {
+                if let Some(task) = start_download(video, &id) {
                     let (w, url) = (worker.clone(), video_url.clone());
                     tokio::spawn(async move { keep_video(&w, task, url).await });
+                }
+            }
+            Some(VideoState::ImagesReady { images }) => {
+                if let Some(task) = start_download(video, &id) {
+                    let (w, images) = (worker.clone(), images.clone());
+                    tokio::spawn(async move { keep_images(&w, task, images).await });
                 }
             }
             Some(VideoState::Failed { code, message }) => {
@@ -327,14 +373,26 @@ async fn poll_once(worker: &Arc<Worker>, video: &VideoWorker) -> Option<Duration
             Some(VideoState::Working) | None => {
                 video.with(|m| {
                     if let Some(t) = m.get_mut(&id) {
-                        let expected = t.task.video.as_ref().map_or(60, |v| v.expected_secs);
-                        t.next_poll = Instant::now() + video.interval(expected);
+                        t.next_poll = Instant::now() + video.interval(expected_secs(&t.task));
                     }
                 });
             }
         }
     }
     None
+}
+
+/// Marks a tracked task's result as being downloaded (not polled meanwhile); the task.
+fn start_download(video: &VideoWorker, id: &str) -> Option<Task> {
+    video
+        .with(|m| match m.get_mut(id) {
+            Some(t) => {
+                t.downloading = true;
+                Some(t.task.clone())
+            }
+            None => None,
+        })
+        .flatten()
 }
 
 /// The provider ended the task without a video: ours fails (no retry: a new submit would be a
@@ -404,6 +462,53 @@ async fn keep_video(worker: &Worker, task: Task, url: String) {
                 tracing::warn!(task_id = %current.id, error = %e, "could not store a video's completion");
             }
             let _ = worker.backends.store.delete_videos(&[id]).await;
+        }
+    }
+}
+
+/// Keeps a Jimeng task's images (downloaded at once, or as sent) and completes the task.
+async fn keep_images(worker: &Worker, task: Task, images: Vec<RemoteImage>) {
+    let Some(video) = worker.video.as_ref() else {
+        return;
+    };
+    let Some(spec) = worker.service.catalog().find(&task.model) else {
+        let e = ProviderError::ours("UnknownModel", "the model is no longer configured", false);
+        return finish_failed(worker, video, &task.id, e).await;
+    };
+    let asked = spec.output_dims(&task.params.size);
+    let mut stored = Vec::new();
+    for image in images {
+        let kept = match image {
+            RemoteImage::Url(url) => worker.keep_image(&task, spec, &url, None).await,
+            RemoteImage::Inline(bytes) => worker.store_image(&task, asked, bytes, None, None).await,
+        };
+        match kept {
+            Ok(img) => stored.push(img),
+            Err(e) => {
+                worker.forget(&stored).await;
+                return download_failed(worker, video, &task, e).await;
+            }
+        }
+    }
+    let count = stored.len() as u32;
+    // The tracked copy may be newer (its lease renewed; the version is the same).
+    let current = video
+        .with(|m| m.remove(&task.id).map(|t| t.task))
+        .flatten()
+        .unwrap_or(task);
+    let Ok(mut next) = current.complete(stored.clone(), None, Utc::now()) else {
+        return;
+    };
+    next.generated_images = next.generated_images.saturating_add(count);
+    match worker.commit(&current, next).await {
+        Ok(Some(_)) => {
+            tracing::info!(task_id = %current.id, images = count, "image task completed")
+        }
+        other => {
+            if let Err(e) = other {
+                tracing::warn!(task_id = %current.id, error = %e, "could not store the images' completion");
+            }
+            worker.forget(&stored).await;
         }
     }
 }

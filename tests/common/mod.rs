@@ -219,6 +219,23 @@ impl TestServer {
         }
     }
 
+    /// The task (as the detail route has it) once the provider has it: its provider task id
+    /// stored (video and Jimeng tasks).
+    pub async fn wait_submitted(&self, task_id: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let (_, body) = self.get(&format!("/api/v1/tasks/{task_id}")).await;
+            if body["data"]["provider_task_id"].is_string() {
+                return body["data"].clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never submitted: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Reads the task's own status (the detail route; the result route says `processing` for
     /// any unfinished task) until it is `want`.
     pub async fn wait_status(&self, task_id: &str, want: &str) -> Value {

@@ -25,6 +25,7 @@ mod emulator;
 mod fuzz;
 mod graphql;
 mod graphql_safety;
+mod jimeng;
 mod layers;
 mod openai;
 mod openapi;

@@ -61,22 +61,6 @@ async fn create(s: &TestServer, body: Value) -> String {
         .to_string()
 }
 
-/// The task once the provider has it (its provider task id stored).
-async fn wait_submitted(s: &TestServer, id: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let (_, body) = s.get(&format!("/api/v1/tasks/{id}")).await;
-        if body["data"]["provider_task_id"].is_string() {
-            return body["data"].clone();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never submitted: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn until(mut check: impl FnMut() -> bool, what: &str) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while !check() {
@@ -191,7 +175,7 @@ async fn cancel_reaches_the_provider() {
     let s = server(&url).await;
     let user = s.create_user("cancel@example.com").await;
     let id = create(&s, small("to be cancelled", &user)).await;
-    wait_submitted(&s, &id).await;
+    s.wait_submitted(&id).await;
     let (status, body) = s
         .post(&format!("/api/v1/tasks/{id}/cancel"), json!({}))
         .await;
@@ -212,7 +196,7 @@ async fn a_restart_after_the_submit_tracks_the_task_instead_of_submitting_again(
     let mut s = server(&url).await;
     let user = s.create_user("restart@example.com").await;
     let id = create(&s, small("survives a restart", &user)).await;
-    let submitted = wait_submitted(&s, &id).await;
+    let submitted = s.wait_submitted(&id).await;
     assert_eq!(submitted["status"], "processing");
     // Stopped while the provider works; the new process finds the task with its provider id.
     s.start_again().await;
