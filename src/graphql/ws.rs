@@ -391,20 +391,10 @@ async fn serve_socket(gql: Endpoint, mut socket: WebSocket, protocol: WebSocketP
                 None => break,
             }
         }
-        let sent = async {
-            for f in frames {
-                sink.feed(f).await?;
-            }
-            sink.flush().await
-        };
-        match tokio::time::timeout(state.config.ws_send_timeout, sent).await {
-            Ok(Ok(())) if !ended => {}
-            Ok(_) => break,
-            Err(_) => {
-                // The client stopped reading and the socket's buffers are full. Its subscriptions
-                // fall behind the bounded event channels meanwhile (a gap, then a store re-read),
-                // so nothing piles up; dropping it frees the socket and its slots for good.
-                metrics::counter!("websocket_slow_closed_total").increment(1);
+        match send_within(&mut sink, frames, state.config.ws_send_timeout).await {
+            Sent::Yes if !ended => {}
+            Sent::Yes | Sent::Failed => break,
+            Sent::Stalled => {
                 tracing::info!(who = %admitted.who.label(), "dropping a websocket whose client stopped reading");
                 return;
             }
@@ -412,6 +402,38 @@ async fn serve_socket(gql: Endpoint, mut socket: WebSocket, protocol: WebSocketP
     }
     // Bounded: a client that stopped reading must not hold the task (and its socket) for good.
     let _ = tokio::time::timeout(CLOSE_WITHIN, close_handshake(&mut sink)).await;
+}
+
+enum Sent {
+    Yes,
+    Failed,
+    /// Not written within the time allowed: the client stopped reading.
+    Stalled,
+}
+
+/// Writes `frames` in one flush, waiting at most `within` for the client to take them. A client
+/// that stopped reading fills the socket's buffers; its subscriptions fall behind their bounded
+/// event channels meanwhile (a gap, then a store re-read), so nothing piles up, and dropping it
+/// frees the socket and its slots for good.
+async fn send_within(
+    sink: &mut futures::stream::SplitSink<WebSocket, Message>,
+    frames: Vec<Message>,
+    within: Duration,
+) -> Sent {
+    let sent = async {
+        for f in frames {
+            sink.feed(f).await?;
+        }
+        sink.flush().await
+    };
+    match tokio::time::timeout(within, sent).await {
+        Ok(Ok(())) => Sent::Yes,
+        Ok(Err(_)) => Sent::Failed,
+        Err(_) => {
+            metrics::counter!("websocket_slow_closed_total").increment(1);
+            Sent::Stalled
+        }
+    }
 }
 
 /// How long the close handshake may take to be written.

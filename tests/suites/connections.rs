@@ -27,13 +27,28 @@ impl Drop for Server {
 
 async fn start(env: &[(&str, &str)]) -> Server {
     let dir = tempfile::tempdir().expect("temp dir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+    // A loopback address of its own (127.0.0.0/8 is all loopback): a port found free here and
+    // taken by another test's server before this one binds it would have these tests speak to
+    // that server.
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default()
+        ^ std::process::id();
+    let ip = format!(
+        "127.{}.{}.{}",
+        n >> 16 & 0xff,
+        n >> 8 & 0xff,
+        (n & 0xfd) + 1
+    );
+    let port = std::net::TcpListener::bind((ip.as_str(), 0))
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port();
     let mut c = Command::new(env!("CARGO_BIN_EXE_volcengine-ai-server"));
     c.arg("serve")
         .current_dir(std::env::temp_dir())
+        .env("HOST", &ip)
         .env("PORT", port.to_string())
         .env("DATA_DIR", dir.path())
         .env("LOG_LEVEL", "error")
@@ -47,9 +62,9 @@ async fn start(env: &[(&str, &str)]) -> Server {
     for (k, v) in env {
         c.env(k, v);
     }
-    let server = Server {
+    let mut server = Server {
         child: c.spawn().expect("spawn"),
-        addr: format!("127.0.0.1:{port}"),
+        addr: format!("{ip}:{port}"),
         _dir: dir,
     };
     let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -61,6 +76,8 @@ async fn start(env: &[(&str, &str)]) -> Server {
             tokio::time::Instant::now() < deadline,
             "server did not start"
         );
+        let exited = server.child.try_wait().expect("child status");
+        assert!(exited.is_none(), "server exited: {exited:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     server
