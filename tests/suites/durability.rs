@@ -160,10 +160,11 @@ async fn sigkill_mid_work_loses_no_acknowledged_task() {
         .json()
         .await
         .expect("json");
-    assert_eq!(
-        stats["data"]["by_status"]["completed"].as_u64(),
-        Some(acked.len() as u64)
-    );
+    // A task stored whose answer the SIGKILL cut off is not acknowledged, yet completes too.
+    let completed = stats["data"]["by_status"]["completed"]
+        .as_u64()
+        .expect("completed count");
+    assert!(completed >= acked.len() as u64, "{stats}");
     eprintln!(
         "durability: {} acknowledged tasks survived SIGKILL and completed",
         acked.len()
