@@ -585,10 +585,12 @@ fn build_worker(
         worker_config(config),
     );
     match video {
+        // Only a base URL the operator set is one the provider can be trusted to reach.
         Some(v) => worker.with_video(VideoWorker::new(
             v,
             config.video.clone(),
             config.download_concurrency,
+            config.public_base_url.as_deref(),
         )),
         None => worker,
     }

@@ -16,6 +16,14 @@ pub struct VideoConfig {
     pub list_interval: Duration,
     /// Tasks asked for in one list request (`filter.task_ids`), 1 to 500.
     pub list_batch: usize,
+    /// Submit with a `callback_url` to this server when `PUBLIC_BASE_URL` is set.
+    pub callbacks: bool,
+    /// The fallback poll of a task whose provider calls back: every this long at most often
+    /// (a lost callback costs at most this much delay).
+    pub callback_poll: Duration,
+    /// GET requests a second a worker process makes for the tasks callbacks announce (Ark
+    /// allows 20 a second per account); more at once wait for the next list request.
+    pub get_per_second: u32,
 }
 
 impl Default for VideoConfig {
@@ -25,6 +33,9 @@ impl Default for VideoConfig {
             poll_max: Duration::from_secs(30),
             list_interval: Duration::from_secs(1),
             list_batch: 100,
+            callbacks: true,
+            callback_poll: Duration::from_secs(30),
+            get_per_second: 10,
         }
     }
 }
@@ -42,10 +53,24 @@ pub(super) fn read(env: &Env<'_>, d: VideoConfig) -> Result<VideoConfig, ConfigE
             Err("must be 1 to 500".into())
         }
     })?;
+    let callbacks = env.parse(&["VIDEO_CALLBACKS"], d.callbacks, |_| Ok(()))?;
+    let callback_poll = env
+        .duration(&["VIDEO_CALLBACK_POLL"], d.callback_poll, ms(10))?
+        .max(poll_min);
+    let get_per_second = env.parse(&["VIDEO_GET_PER_SECOND"], d.get_per_second, |v: &u32| {
+        if (1..=1000).contains(v) {
+            Ok(())
+        } else {
+            Err("must be 1 to 1000".into())
+        }
+    })?;
     Ok(VideoConfig {
         poll_min,
         poll_max,
         list_interval,
         list_batch,
+        callbacks,
+        callback_poll,
+        get_per_second,
     })
 }

@@ -180,6 +180,30 @@ pub struct VideoParams {
     pub frame_count: u32,
     /// What the provider is expected to take, seconds (the tracker polls by it).
     pub expected_secs: u64,
+    /// The secret in this task's callback URL: the provider's callbacks are not signed, so only
+    /// a caller that knows it (the provider, told at submit) can make the tracker look at the
+    /// task. Never shown by the API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_token: Option<String>,
+}
+
+/// A new callback token: 32 characters of `[A-Za-z0-9]` from the thread's CSPRNG (190 bits).
+pub fn callback_token() -> String {
+    use rand::Rng;
+    rand::thread_rng()
+        .sample_iter(&rand::distributions::Alphanumeric)
+        .take(32)
+        .map(char::from)
+        .collect()
+}
+
+/// Whether `given` is the task's callback token, compared in constant time.
+pub fn callback_token_matches(params: Option<&VideoParams>, given: &str) -> bool {
+    let Some(token) = params.and_then(|p| p.callback_token.as_deref()) else {
+        return false;
+    };
+    let (a, b) = (token.as_bytes(), given.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// A video request as a surface received it.
@@ -332,6 +356,7 @@ fn check_params(
         watermark: raw.watermark.unwrap_or(false),
         frame_count: frames.len() as u32,
         frames,
+        callback_token: Some(callback_token()),
     })
 }
 

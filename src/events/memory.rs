@@ -23,11 +23,25 @@ const TASK_CHANNEL_CAPACITY: usize = 16;
 
 type Channels = HashMap<Channel, broadcast::Sender<Event>>;
 
-#[derive(Default)]
+/// Looks a slow tracker may fall behind before it misses some (and polls those tasks later).
+const LOOKS_CAPACITY: usize = 4096;
+
 pub struct MemoryEvents {
     channels: Mutex<Channels>,
     control: Mutex<Option<Arc<dyn ControlHandler>>>,
     feed: Mutex<Feed>,
+    looks: broadcast::Sender<String>,
+}
+
+impl Default for MemoryEvents {
+    fn default() -> Self {
+        MemoryEvents {
+            channels: Mutex::default(),
+            control: Mutex::default(),
+            feed: Mutex::default(),
+            looks: broadcast::channel(LOOKS_CAPACITY).0,
+        }
+    }
 }
 
 /// The observer of every change, and whether changes reach this bus (always for the in-process
@@ -138,6 +152,18 @@ impl Events for MemoryEvents {
         }
     }
 
+    async fn look(&self, task_id: &str) -> Result<(), EventsError> {
+        self.deliver_look(task_id);
+        Ok(())
+    }
+
+    async fn looks(&self) -> Result<BoxStream<'static, String>, EventsError> {
+        Ok(BroadcastStream::new(self.looks.subscribe())
+            // A look missed (a tracker far behind) leaves its task to the fallback poll.
+            .filter_map(|item| std::future::ready(item.ok()))
+            .boxed())
+    }
+
     async fn control(&self, msg: &Control, within: Duration) -> Result<(), EventsError> {
         if tokio::time::timeout(within, self.handle_control(msg))
             .await
@@ -156,6 +182,11 @@ impl MemoryEvents {
         if let Some(h) = handler {
             h.handle(msg).await;
         }
+    }
+
+    /// Hands a look at `task_id` to this process's trackers (none listening: nothing to do).
+    pub fn deliver_look(&self, task_id: &str) {
+        let _ = self.looks.send(task_id.to_string());
     }
 
     /// Hands a task update to this process's subscribers of its channels.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::stream::BoxStream;
+use futures::stream::{BoxStream, StreamExt};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::Task;
@@ -94,4 +94,18 @@ pub trait Events: Send + Sync + 'static {
     /// Has every process reached by the bus (this one included) handle `msg`, and returns once
     /// each has acknowledged it, or after `within`.
     async fn control(&self, msg: &Control, within: Duration) -> Result<(), EventsError>;
+    /// Asks every process's video tracker to look at task `task_id` at the provider now (its
+    /// provider called back). At most once, like task events: a look lost leaves the task to
+    /// the tracker's fallback poll.
+    async fn look(&self, task_id: &str) -> Result<(), EventsError> {
+        let _ = task_id;
+        Err(EventsError::Unavailable(format!(
+            "the {} bus carries no looks",
+            self.kind()
+        )))
+    }
+    /// The task ids `look` asks for from now on (nothing on a bus that carries none).
+    async fn looks(&self) -> Result<BoxStream<'static, String>, EventsError> {
+        Ok(futures::stream::pending().boxed())
+    }
 }

@@ -7,6 +7,9 @@
 //! subscribes to: each process handles one and publishes an acknowledgement there, and the sender
 //! waits for as many as `PUBLISH` said received it.
 //!
+//! Looks (a provider called back about a task) travel on `{prefix}:look`, the task id as the
+//! message, to every relay and from it to the process's video tracker.
+//!
 //! Pub/sub is at most once. When the relay connection drops, every local subscriber is told of a
 //! gap (and re-reads the store); the relay reconnects with backoff.
 
@@ -70,6 +73,7 @@ impl RedisEvents {
             client,
             pattern: format!("{prefix}:task:*"),
             control: format!("{prefix}:control"),
+            look: format!("{prefix}:look"),
             local: local.clone(),
             up: relay_up.clone(),
             cmd: cmd.clone(),
@@ -90,6 +94,7 @@ struct Relay {
     client: redis::Client,
     pattern: String,
     control: String,
+    look: String,
     local: Arc<MemoryEvents>,
     up: Arc<AtomicBool>,
     cmd: ConnectionManager,
@@ -138,6 +143,7 @@ async fn run_relay(r: Relay, shutdown: CancellationToken) {
             let mut ps = client.get_async_pubsub().await?;
             ps.psubscribe(pattern).await?;
             ps.subscribe(&r.control).await?;
+            ps.subscribe(&r.look).await?;
             Ok::<_, redis::RedisError>(ps)
         };
         let result = tokio::select! {
@@ -161,6 +167,12 @@ async fn run_relay(r: Relay, shutdown: CancellationToken) {
                     if msg.get_channel_name() == r.control {
                         if let Ok(payload) = msg.get_payload::<String>() {
                             r.on_control(&payload);
+                        }
+                        continue;
+                    }
+                    if msg.get_channel_name() == r.look {
+                        if let Ok(task_id) = msg.get_payload::<String>() {
+                            local.deliver_look(&task_id);
                         }
                         continue;
                     }
@@ -245,6 +257,21 @@ impl Events for RedisEvents {
 
     fn on_control(&self, handler: Arc<dyn ControlHandler>) {
         self.local.on_control(handler);
+    }
+
+    async fn look(&self, task_id: &str) -> Result<(), EventsError> {
+        let mut c = self.cmd.clone();
+        redis::cmd("PUBLISH")
+            .arg(format!("{}:look", self.prefix))
+            .arg(task_id)
+            .query_async::<i64>(&mut c)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn looks(&self) -> Result<BoxStream<'static, String>, EventsError> {
+        self.local.looks().await
     }
 
     fn observe(&self, observer: Arc<dyn TaskObserver>) {

@@ -25,6 +25,7 @@ are `{success: false, error, message, code, details?}`. Live updates: server-sen
         crate::rest::usage::get,
         crate::rest::tasks::create_image,
         crate::rest::video::create_video,
+        crate::rest::video::video_callback,
         crate::rest::tasks::get,
         crate::rest::tasks::create_generic,
         crate::rest::tasks::get_ai_task,

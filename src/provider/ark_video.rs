@@ -172,6 +172,9 @@ impl VideoProvider for ArkVideoClient {
         if let Some(seed) = req.seed {
             body["seed"] = json!(seed);
         }
+        if let Some(url) = &req.callback_url {
+            body["callback_url"] = json!(url);
+        }
         let resp = self
             .http
             .post(&self.tasks_url)
@@ -217,6 +220,22 @@ impl VideoProvider for ArkVideoClient {
             .into_iter()
             .map(|t| (t.id.clone(), t.state()))
             .collect())
+    }
+
+    async fn state(&self, task: &RemoteTask) -> Result<VideoState, ProviderError> {
+        let resp = self
+            .http
+            .get(format!("{}/{}", self.tasks_url, task.id))
+            .bearer_auth(&self.api_key)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(|e| transport_error(&e))?;
+        if !resp.status().is_success() {
+            return Err(error_of(resp).await);
+        }
+        let task: WireTask = resp.json().await.map_err(bad_response)?;
+        Ok(task.state())
     }
 
     async fn cancel(&self, task: &RemoteTask) -> Result<(), ProviderError> {

@@ -220,6 +220,8 @@ pub struct VideoSubmit {
     pub watermark: bool,
     /// None, the first frame, or the first and the last frame.
     pub frames: Vec<String>,
+    /// Where the provider posts the task's status changes, if anywhere.
+    pub callback_url: Option<String>,
 }
 
 /// A task to create at the provider: a video (Seedance, Jimeng), or images made as a
@@ -291,6 +293,12 @@ pub trait VideoProvider: Send + Sync + 'static {
         &self,
         tasks: &[RemoteTask],
     ) -> Result<HashMap<String, VideoState>, ProviderError>;
+    /// The state of one provider task, when a callback says it changed (Ark: `GET
+    /// …/tasks/{id}`); by default a read of that one task among `states`.
+    async fn state(&self, task: &RemoteTask) -> Result<VideoState, ProviderError> {
+        let states = self.states(std::slice::from_ref(task)).await?;
+        Ok(states.get(&task.id).cloned().unwrap_or(VideoState::Working))
+    }
     /// Cancels (queued) or deletes (finished) the provider's task.
     async fn cancel(&self, task: &RemoteTask) -> Result<(), ProviderError>;
     /// The video's bytes as they arrive, with the length when the provider says.

@@ -60,6 +60,10 @@ impl VideoProvider for Routed {
         super::gather_states(reads)
     }
 
+    async fn state(&self, task: &RemoteTask) -> Result<VideoState, ProviderError> {
+        self.for_model(&task.model)?.state(task).await
+    }
+
     async fn cancel(&self, task: &RemoteTask) -> Result<(), ProviderError> {
         self.for_model(&task.model)?.cancel(task).await
     }

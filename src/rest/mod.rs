@@ -53,6 +53,10 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/users/{id}/usage", get(usage::get))
         .route("/api/v1/ai/image/task", post(tasks::create_image))
         .route("/api/v1/ai/video/task", post(video::create_video))
+        .route(
+            "/api/v1/callbacks/video/{task_id}/{token}",
+            post(video::video_callback),
+        )
         .route("/api/v1/ai/image/result/{task_id}", get(tasks::get))
         .route(
             "/api/v1/ai/tasks",

@@ -2,15 +2,17 @@
 //! server's (`image_urls`, `aspect_ratio`, `provider`). Polled like an image task (the same
 //! routes, `video_url` once completed).
 
-use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::envelope::{ApiJson, ApiResult, Envelope, ErrorBody};
+use super::envelope::{ok, ApiJson, ApiResult, Envelope, ErrorBody};
 use super::tasks::{answer_created, idempotency_key, TaskJson};
 use super::{prefer, Caller};
 use crate::domain::video::CreateVideoTask;
+use crate::service::CallbackOutcome;
 use crate::state::AppState;
 
 /// A video task request.
@@ -94,4 +96,48 @@ pub async fn create_video(
     let wait = prefer::wait_preference(&headers).map(|n| prefer::applied_wait(&s, n));
     let created = s.service.create_video_task(&who, input).await?;
     answer_created(&s, &who, created, wait).await
+}
+
+/// What a callback led to.
+#[derive(serde::Serialize, ToSchema)]
+pub struct CallbackAnswer {
+    /// `looked` (the task's state is being fetched from the provider now), `ended` (the task
+    /// has ended here) or `working` (the callback says the provider is still at it).
+    outcome: &'static str,
+}
+
+/// The provider's callback about a video task
+///
+/// The `callback_url` this server submits video tasks with when `PUBLIC_BASE_URL` is set; not
+/// for clients. Ark does not sign callbacks: the path's token, secret and per task, is the
+/// proof, and a callback only makes the worker fetch the task's state from Ark now (its body's
+/// state is never taken). Repeats are harmless.
+#[utoipa::path(post, path = "/api/v1/callbacks/video/{task_id}/{token}", tag = "tasks",
+    params(
+        ("task_id" = String, Path, description = "Our task id"),
+        ("token" = String, Path, description = "The task's callback token"),
+    ),
+    responses(
+        (status = 200, description = "Accepted", body = Envelope<CallbackAnswer>),
+        (status = 403, description = "`FORBIDDEN`: unknown task or wrong token; nothing changed", body = ErrorBody),
+    ))]
+pub async fn video_callback(
+    State(s): State<AppState>,
+    Path((task_id, token)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    // Read only to skip a fetch while the provider is still working: a lie costs a delay.
+    let reported = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("status").and_then(|s| s.as_str()).map(str::to_string));
+    let outcome = s
+        .service
+        .video_callback(&task_id, &token, reported.as_deref())
+        .await?;
+    let outcome = match outcome {
+        CallbackOutcome::Looked => "looked",
+        CallbackOutcome::Ended => "ended",
+        CallbackOutcome::Working => "working",
+    };
+    ok(StatusCode::OK, CallbackAnswer { outcome }, None)
 }

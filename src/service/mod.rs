@@ -4,6 +4,7 @@
 
 mod access;
 mod admission;
+mod callbacks;
 pub mod follow;
 mod keys;
 mod polls;
@@ -32,6 +33,7 @@ pub use crate::domain::CreateImageTask;
 pub use access::{check_id, may_see_task};
 pub use admission::Limits;
 use admission::{KnownUsers, Submitting};
+pub use callbacks::CallbackOutcome;
 use polls::PollCache;
 pub use tasks::QueueStats;
 pub use usage::{TaskCounts, Usage, UsageFilter, UsageTotals};

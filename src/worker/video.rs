@@ -12,6 +12,12 @@
 //! one GetResult each, a few at a time, at the same per-task intervals (images are expected to
 //! take `IMAGE_EXPECTED_SECS`). Cancelling a task reaches the
 //! provider (DELETE): from the task's event, or at the latest at the next lease renewal.
+//!
+//! With a public URL, Seedance tasks are submitted with a `callback_url` carrying the task's
+//! secret token (`service::callbacks` checks it). A callback becomes a look: the tracker holding
+//! the task fetches its state (GET, at most `VIDEO_GET_PER_SECOND`; looks beyond that go into
+//! the next list request). Such tasks are still polled, at `VIDEO_CALLBACK_POLL` at most often,
+//! in case a callback is lost.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -38,9 +44,13 @@ const MAX_DOWNLOAD_TRIES: u32 = 5;
 pub struct VideoWorker {
     provider: Arc<dyn VideoProvider>,
     cfg: VideoConfig,
+    /// Where callbacks reach this service (`PUBLIC_BASE_URL`), when tasks are submitted with one.
+    callback_base: Option<String>,
     tracked: std::sync::Mutex<HashMap<String, Tracked>>,
     /// Videos downloaded at once.
     downloads: Arc<tokio::sync::Semaphore>,
+    /// GETs this process may still send now (refilled at `get_per_second`).
+    gets: std::sync::Mutex<Bucket>,
 }
 
 struct Tracked {
@@ -51,27 +61,85 @@ struct Tracked {
     /// A download of its video is under way.
     downloading: bool,
     download_tries: u32,
+    /// Submitted with a callback URL: polled at the slower fallback interval.
+    callback: bool,
+    /// A callback asked for a look that has not been made yet (no GET left this second).
+    look_pending: bool,
+    /// A GET of its state is in flight.
+    looking: bool,
+}
+
+/// A token bucket: `rate` a second, at most a second's worth at once.
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn take(&mut self, rate: u32) -> bool {
+        let now = Instant::now();
+        let rate = f64::from(rate.max(1));
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * rate).min(rate);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl VideoWorker {
+    /// `public_base`: where the provider reaches this service, if it can (`PUBLIC_BASE_URL`);
+    /// Seedance tasks are then submitted with a callback unless `VIDEO_CALLBACKS` is false.
     pub fn new(
         provider: Arc<dyn VideoProvider>,
         cfg: VideoConfig,
         downloads: usize,
+        public_base: Option<&str>,
     ) -> VideoWorker {
+        let callback_base = public_base
+            .filter(|_| cfg.callbacks)
+            .map(|b| b.trim_end_matches('/').to_string());
         VideoWorker {
+            gets: std::sync::Mutex::new(Bucket {
+                tokens: f64::from(cfg.get_per_second),
+                at: Instant::now(),
+            }),
             provider,
             cfg,
+            callback_base,
             tracked: Default::default(),
             downloads: Arc::new(tokio::sync::Semaphore::new(downloads.max(1))),
         }
     }
 
-    /// Time between two polls of a task expected to take `expected_secs`.
-    fn interval(&self, expected_secs: u64) -> Duration {
-        Duration::from_secs(expected_secs)
+    /// Time between two polls of a task expected to take `expected_secs`; at least
+    /// `VIDEO_CALLBACK_POLL` when its provider calls back.
+    fn interval(&self, expected_secs: u64, callback: bool) -> Duration {
+        let regular = Duration::from_secs(expected_secs)
             .div_f64(10.0)
-            .clamp(self.cfg.poll_min, self.cfg.poll_max)
+            .clamp(self.cfg.poll_min, self.cfg.poll_max);
+        if callback {
+            regular.max(self.cfg.callback_poll)
+        } else {
+            regular
+        }
+    }
+
+    /// The callback URL of `task` (a Seedance video: Jimeng's API has none), when this process
+    /// submits with callbacks.
+    fn callback_url(&self, task: &Task) -> Option<String> {
+        let base = self.callback_base.as_ref()?;
+        if task.kind != TaskKind::Video
+            || crate::domain::ProviderFamily::of_model(&task.model)
+                == crate::domain::ProviderFamily::Jimeng
+        {
+            return None;
+        }
+        let token = task.video.as_ref()?.callback_token.as_ref()?;
+        Some(format!("{base}/api/v1/callbacks/video/{}/{token}", task.id))
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut HashMap<String, Tracked>) -> R) -> Option<R> {
@@ -102,7 +170,7 @@ fn remote(task: &Task, provider_id: &str) -> RemoteTask {
     }
 }
 
-fn video_request(task: &Task) -> VideoSubmit {
+fn video_request(task: &Task, callback_url: Option<String>) -> VideoSubmit {
     let v = task
         .video
         .clone()
@@ -116,6 +184,7 @@ fn video_request(task: &Task) -> VideoSubmit {
             frames: Vec::new(),
             frame_count: 0,
             expected_secs: 60,
+            callback_token: None,
         });
     VideoSubmit {
         task_id: task.id.clone(),
@@ -128,6 +197,7 @@ fn video_request(task: &Task) -> VideoSubmit {
         camera_fixed: v.camera_fixed,
         watermark: v.watermark,
         frames: v.frames,
+        callback_url,
     }
 }
 
@@ -135,7 +205,8 @@ impl Worker {
     /// What to submit for a task: its video, or (Jimeng) its images.
     fn submit_request(&self, task: &Task) -> Result<RemoteSubmit, ProviderError> {
         if task.kind == TaskKind::Video {
-            return Ok(RemoteSubmit::Video(video_request(task)));
+            let callback = self.video.as_ref().and_then(|v| v.callback_url(task));
+            return Ok(RemoteSubmit::Video(video_request(task, callback)));
         }
         match self.service.catalog().find(&task.model) {
             Some(spec) => Ok(RemoteSubmit::Images(super::images::generate_request(
@@ -196,6 +267,9 @@ impl Worker {
             return Ok(());
         };
         let expected = expected_secs(&running);
+        // A task submitted before a restart was given a callback if it has a token and callbacks
+        // are on now (the base URL is the deployment's, the same before and after).
+        let callback = video.callback_url(&running).is_some();
         let now = Instant::now();
         let renew = self.cfg.lease / 3;
         video.with(|t| {
@@ -204,10 +278,13 @@ impl Worker {
                 Tracked {
                     task: running,
                     provider_id: pid,
-                    next_poll: now + video.interval(expected),
+                    next_poll: now + video.interval(expected, callback),
                     next_renew: now + renew,
                     downloading: false,
                     download_tries: 0,
+                    callback,
+                    look_pending: false,
+                    looking: false,
                 },
             )
         });
@@ -232,11 +309,22 @@ pub async fn run(worker: Arc<Worker>, shutdown: CancellationToken) {
         return;
     };
     let mut events = worker.backends.events.subscribe(Channel::All).await.ok();
+    let mut looks = worker.backends.events.looks().await.ok();
     let mut tick = tokio::time::interval(video.cfg.list_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Looks left waiting for a GET are retried as the budget refills.
+    let mut get_tick =
+        tokio::time::interval(Duration::from_secs(1) / video.cfg.get_per_second.max(1));
+    get_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let event = async {
             match events.as_mut() {
+                Some(s) => s.next().await,
+                None => std::future::pending().await,
+            }
+        };
+        let look = async {
+            match looks.as_mut() {
                 Some(s) => s.next().await,
                 None => std::future::pending().await,
             }
@@ -248,6 +336,11 @@ pub async fn run(worker: Arc<Worker>, shutdown: CancellationToken) {
                 Some(Event::Gap) => {}
                 None => events = None,
             },
+            id = look => match id {
+                Some(id) => on_look(&worker, video, &id),
+                None => looks = None,
+            },
+            _ = get_tick.tick() => look_pending(&worker, video),
             _ = tick.tick() => {
                 renew(&worker, video).await;
                 if let Some(pause) = poll_once(&worker, video).await {
@@ -322,7 +415,7 @@ async fn poll_once(worker: &Arc<Worker>, video: &VideoWorker) -> Option<Duration
     let mut due: Vec<(Instant, String, RemoteTask)> = video
         .with(|m| {
             m.iter()
-                .filter(|(_, t)| t.next_poll <= now && !t.downloading)
+                .filter(|(_, t)| t.next_poll <= now && !t.downloading && !t.looking)
                 .map(|(id, t)| (t.next_poll, id.clone(), remote(&t.task, &t.provider_id)))
                 .collect()
         })
@@ -344,53 +437,148 @@ async fn poll_once(worker: &Arc<Worker>, video: &VideoWorker) -> Option<Duration
         }
     };
     for (_, id, r) in due {
-        match states.get(&r.id) {
-            Some(VideoState::Succeeded { video_url }) => {
-                if let Some(task) = start_download(video, &id) {
-                    let (w, url) = (worker.clone(), video_url.clone());
-                    tokio::spawn(async move { keep_video(&w, task, url).await });
+        apply(worker, video, &id, states.get(&r.id).cloned()).await;
+    }
+    None
+}
+
+/// What the provider said of tracked task `id` (`None`: not listed yet).
+async fn apply(worker: &Arc<Worker>, video: &VideoWorker, id: &str, state: Option<VideoState>) {
+    match state {
+        Some(VideoState::Succeeded { video_url }) => {
+            if let Some(task) = start_download(video, id) {
+                let w = worker.clone();
+                tokio::spawn(async move { keep_video(&w, task, video_url).await });
+            }
+        }
+        Some(VideoState::ImagesReady { images }) => {
+            if let Some(task) = start_download(video, id) {
+                let w = worker.clone();
+                tokio::spawn(async move { keep_images(&w, task, images).await });
+            }
+        }
+        Some(VideoState::Failed { code, message }) => {
+            let e = ProviderError::ours(&code, message, false);
+            finish_failed(worker, video, id, e).await;
+        }
+        Some(VideoState::Cancelled) => {
+            let e = ProviderError::ours(
+                "ProviderTaskEnded",
+                "the provider cancelled or expired the task",
+                false,
+            );
+            finish_failed(worker, video, id, e).await;
+        }
+        // Still working, or not listed yet: due again after its interval.
+        Some(VideoState::Working) | None => {
+            video.with(|m| {
+                if let Some(t) = m.get_mut(id) {
+                    t.next_poll =
+                        Instant::now() + video.interval(expected_secs(&t.task), t.callback);
+                    t.look_pending = false;
                 }
+            });
+        }
+    }
+}
+
+/// A callback said task `id` changed: fetch its state now if a GET is left this second, else
+/// make it due for the next list request (and the next GET).
+fn on_look(worker: &Arc<Worker>, video: &VideoWorker, id: &str) {
+    let tracked = video
+        .with(|m| match m.get_mut(id) {
+            Some(t) if !t.downloading && !t.looking => {
+                t.look_pending = true;
+                true
             }
-            Some(VideoState::ImagesReady { images }) => {
-                if let Some(task) = start_download(video, &id) {
-                    let (w, images) = (worker.clone(), images.clone());
-                    tokio::spawn(async move { keep_images(&w, task, images).await });
-                }
+            _ => false,
+        })
+        .unwrap_or(false);
+    if !tracked {
+        // Another process's task, one ending here, or a look already under way.
+        return;
+    }
+    metrics::counter!("video_looks_total").increment(1);
+    if !start_get(worker, video, id) {
+        video.with(|m| {
+            if let Some(t) = m.get_mut(id) {
+                t.next_poll = t.next_poll.min(Instant::now());
             }
-            Some(VideoState::Failed { code, message }) => {
-                let e = ProviderError::ours(code, message.clone(), false);
-                finish_failed(worker, video, &id, e).await;
+        });
+    }
+}
+
+/// One waiting look, if the GET budget allows.
+fn look_pending(worker: &Arc<Worker>, video: &VideoWorker) {
+    let next = video
+        .with(|m| {
+            m.iter()
+                .filter(|(_, t)| t.look_pending && !t.looking && !t.downloading)
+                .min_by_key(|(_, t)| t.next_poll)
+                .map(|(id, _)| id.clone())
+        })
+        .flatten();
+    if let Some(id) = next {
+        start_get(worker, video, &id);
+    }
+}
+
+/// Sends a GET for task `id` if the budget allows; whether it did.
+fn start_get(worker: &Arc<Worker>, video: &VideoWorker, id: &str) -> bool {
+    let rate = video.cfg.get_per_second;
+    if !video.gets.lock().is_ok_and(|mut b| b.take(rate)) {
+        return false;
+    }
+    let r = video
+        .with(|m| {
+            m.get_mut(id).map(|t| {
+                t.looking = true;
+                t.look_pending = false;
+                remote(&t.task, &t.provider_id)
+            })
+        })
+        .flatten();
+    let Some(r) = r else {
+        return true;
+    };
+    let (w, id) = (worker.clone(), id.to_string());
+    tokio::spawn(async move {
+        let Some(video) = w.video.as_ref() else {
+            return;
+        };
+        metrics::counter!("video_get_requests_total").increment(1);
+        let state = video.provider.state(&r).await;
+        video.with(|m| {
+            if let Some(t) = m.get_mut(&id) {
+                t.looking = false;
             }
-            Some(VideoState::Cancelled) => {
-                let e = ProviderError::ours(
-                    "ProviderTaskEnded",
-                    "the provider cancelled or expired the task",
-                    false,
-                );
-                finish_failed(worker, video, &id, e).await;
-            }
-            // Still working, or not listed yet: due again after its interval.
-            Some(VideoState::Working) | None => {
+        });
+        match state {
+            Ok(state) => apply(&w, video, &id, Some(state)).await,
+            Err(e) => {
+                tracing::warn!(task_id = %id, provider_task_id = %r.id, error = %e, "video GET failed; left to the list");
                 video.with(|m| {
                     if let Some(t) = m.get_mut(&id) {
-                        t.next_poll = Instant::now() + video.interval(expected_secs(&t.task));
+                        t.next_poll = t.next_poll.min(Instant::now());
                     }
                 });
             }
         }
-    }
-    None
+    });
+    true
 }
 
 /// Marks a tracked task's result as being downloaded (not polled meanwhile); the task.
 fn start_download(video: &VideoWorker, id: &str) -> Option<Task> {
     video
         .with(|m| match m.get_mut(id) {
-            Some(t) => {
+            // A GET and a list may both report the result: one download.
+            Some(t) if !t.downloading => {
                 t.downloading = true;
+                t.look_pending = false;
                 Some(t.task.clone())
             }
-            None => None,
+            _ => None,
         })
         .flatten()
 }

@@ -91,8 +91,30 @@ impl TestServer {
         TestServer::start_on(cfg, backends, dir).await
     }
 
+    /// As `start_with`, with `PUBLIC_BASE_URL` the server's own address (bound before it
+    /// starts): a deployment its provider can reach, which gets callbacks.
+    pub async fn start_public(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut cfg = test_config(dir.path());
+        tweak(&mut cfg);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        cfg.public_base_url = Some(format!("http://{addr}"));
+        let backends = backends(&mut cfg).await;
+        TestServer::start_listening(cfg, backends, dir, listener).await
+    }
+
     pub async fn start_on(cfg: Config, backends: Backends, dir: tempfile::TempDir) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        TestServer::start_listening(cfg, backends, dir, listener).await
+    }
+
+    async fn start_listening(
+        cfg: Config,
+        backends: Backends,
+        dir: tempfile::TempDir,
+        listener: TcpListener,
+    ) -> TestServer {
         let running = app::start_with(cfg.clone(), Some(listener), Role::Serve, backends)
             .await
             .expect("start");

@@ -46,6 +46,21 @@ async fn server(endpoint: &str) -> TestServer {
     .await
 }
 
+/// A server the provider can call back (`PUBLIC_BASE_URL` its own address), whose fallback poll
+/// of tasks with a callback does not come within a test's time: only callbacks end them.
+async fn public_server(endpoint: &str) -> TestServer {
+    let endpoint = endpoint.to_string();
+    TestServer::start_public(move |c| {
+        c.volcengine_endpoint = endpoint;
+        c.volcengine_api_key = Some(KEY.to_string().into());
+        c.video.poll_min = Duration::from_millis(50);
+        c.video.poll_max = Duration::from_millis(200);
+        c.video.callback_poll = Duration::from_secs(3600);
+        c.task_lease = Duration::from_secs(3);
+    })
+    .await
+}
+
 fn small(prompt: &str, user: &str) -> Value {
     json!({"prompt": prompt, "user_id": user, "duration": 2, "resolution": "480p",
            "model": "seedance-1.0-lite-t2v"})
@@ -79,7 +94,11 @@ async fn text_to_video_completes_with_a_seekable_mp4_served_here() {
     assert_eq!(t["status"], "completed", "{t}");
     let video_url = t["video_url"].as_str().expect("video_url").to_string();
     assert!(video_url.starts_with(&s.base), "served by us: {video_url}");
-    assert_eq!(emu.stats().video.created, 1);
+    let v = emu.stats().video;
+    assert_eq!(v.created, 1);
+    // Without a public URL the task is submitted without a callback and tracked by the list.
+    assert!(v.list_calls >= 1, "{v:?}");
+    assert_eq!((v.callbacks_sent, v.get_calls), (0, 0), "{v:?}");
 
     let whole = s.http.get(&video_url).send().await.expect("get");
     assert_eq!(whole.status(), 200);
@@ -261,4 +280,70 @@ async fn invalid_video_requests_are_refused_before_any_provider_call() {
     assert!(g["errors"].is_array(), "{g}");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(emu.stats().video.created, 0, "nothing reached the provider");
+}
+
+#[tokio::test]
+async fn a_callback_completes_the_task_with_no_list_request() {
+    let (emu, url, _stop) = emulator(Duration::from_millis(100), Duration::from_millis(400)).await;
+    let s = public_server(&url).await;
+    let user = s.create_user("callback@example.com").await;
+    let id = create(&s, small("called back", &user)).await;
+    let t = s.wait_terminal(&id).await;
+    assert_eq!(t["status"], "completed", "{t}");
+    let video = s
+        .http
+        .get(t["video_url"].as_str().expect("video_url"))
+        .send()
+        .await
+        .expect("video");
+    assert_eq!(video.status(), 200);
+    let v = emu.stats().video;
+    assert!(v.callbacks_delivered >= 1, "{v:?}");
+    assert_eq!(v.list_calls, 0, "no list request was needed: {v:?}");
+    // Only the final callback is worth a look (`queued` and `running` ones are not).
+    assert_eq!(v.get_calls, 1, "{v:?}");
+}
+
+#[tokio::test]
+async fn a_forged_callback_is_refused_and_changes_nothing() {
+    let (emu, url, _stop) = emulator(Duration::from_millis(100), Duration::from_secs(1)).await;
+    let s = public_server(&url).await;
+    let user = s.create_user("forged@example.com").await;
+    let id = create(&s, small("not forged", &user)).await;
+    let before = wait_submitted(&s, &id).await;
+    let pid = before["provider_task_id"]
+        .as_str()
+        .expect("provider task id");
+    let lie = json!({"id": pid, "status": "succeeded",
+                     "content": {"video_url": "http://127.0.0.1:9/forged.mp4"}});
+    let unknown = uuid::Uuid::new_v4();
+    for path in [
+        format!("/api/v1/callbacks/video/{id}/wrong-token"),
+        format!("/api/v1/callbacks/video/{id}/{}", "A".repeat(32)),
+        format!("/api/v1/callbacks/video/{unknown}/{}", "A".repeat(32)),
+        format!("/api/v1/callbacks/video/not-an-id/{}", "A".repeat(32)),
+    ] {
+        let (status, body) = s.post(&path, lie.clone()).await;
+        assert_eq!(status, 403, "{path}: {body}");
+        assert_eq!(body["code"], "FORBIDDEN", "{body}");
+    }
+    let (_, now) = s.get(&format!("/api/v1/tasks/{id}")).await;
+    assert_eq!(now["data"], before, "the task did not change");
+
+    // The provider's own callback then ends it with the provider's video, fetched by one GET:
+    // the forged ones made no look.
+    let t = s.wait_terminal(&id).await;
+    assert_eq!(t["status"], "completed", "{t}");
+    let kept = s
+        .http
+        .get(t["video_url"].as_str().expect("video_url"))
+        .send()
+        .await
+        .expect("video")
+        .bytes()
+        .await
+        .expect("bytes");
+    assert_eq!(&kept[4..8], b"ftyp", "the provider's MP4");
+    let v = emu.stats().video;
+    assert_eq!((v.get_calls, v.list_calls), (1, 0), "{v:?}");
 }
