@@ -42,14 +42,32 @@ impl UnderTest {
         backend: &Backend,
         client: &reqwest::Client,
     ) -> Result<UnderTest, String> {
-        UnderTest::start_in(config, role, backend, client, None).await
+        UnderTest::start_in(config, role, backend, client, None, false).await
+    }
+
+    /// As `start`, with `PUBLIC_BASE_URL` its own address: a service its provider can call
+    /// back.
+    pub async fn start_public(
+        config: Config,
+        backend: &Backend,
+        client: &reqwest::Client,
+    ) -> Result<UnderTest, String> {
+        UnderTest::start_in(config, Role::Serve, backend, client, None, true).await
     }
 
     /// A second api process of the same distributed deployment (its database and key prefix),
     /// serving the same user.
     pub async fn beside(&self, backend: &Backend) -> Result<UnderTest, String> {
         let client = reqwest::Client::new();
-        UnderTest::start_in(Config::default(), Role::Api, backend, &client, Some(self)).await
+        UnderTest::start_in(
+            Config::default(),
+            Role::Api,
+            backend,
+            &client,
+            Some(self),
+            false,
+        )
+        .await
     }
 
     async fn start_in(
@@ -58,6 +76,7 @@ impl UnderTest {
         backend: &Backend,
         client: &reqwest::Client,
         beside: Option<&UnderTest>,
+        public: bool,
     ) -> Result<UnderTest, String> {
         let run = uuid::Uuid::new_v4().simple().to_string();
         let dir = std::env::temp_dir().join(format!("vas-bench-{run}"));
@@ -86,6 +105,10 @@ impl UnderTest {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| e.to_string())?;
+        if public {
+            let addr = listener.local_addr().map_err(|e| e.to_string())?;
+            config.public_base_url = Some(format!("http://{addr}"));
+        }
         let running = app::start_with(config, Some(listener), role, backends)
             .await
             .map_err(|e| e.to_string())?;

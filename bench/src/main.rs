@@ -20,6 +20,7 @@ mod stored;
 #[allow(unsafe_code)]
 mod subscribe;
 mod undisclosed;
+mod video;
 mod webhooks;
 mod ws_floor;
 
@@ -75,6 +76,11 @@ enum Command {
     /// a user's list page, queue stats, the reconciler's read and start-up to ready, each as
     /// done at --large beside --small (the ratio; goal >= 0.8).
     Stored(stored::StoredArgs),
+    /// Video tasks at once (not part of `all`: a run takes its tasks' generation time) against
+    /// the emulator's content generation tasks API: provider requests per second while they
+    /// run, the delay from the provider's completion to the terminal state here, every task
+    /// terminal.
+    Video(video::VideoArgs),
     /// The bare WebSocket server `subscribe` measures its delivery floor on (run by it).
     #[command(hide = true)]
     DeliveryFloor(ws_floor::FloorArgs),
@@ -112,6 +118,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Webhooks(a) => webhooks::run(a).await,
         Command::QueuePosition(a) => queue_position::run(a).await,
         Command::Stored(a) => stored::run(a).await,
+        Command::Video(a) => video::run(a).await,
         Command::All(a) => all::run(a).await,
         Command::DeliveryFloor(a) => ws_floor::run(a).await,
         Command::Service => service::run().await,

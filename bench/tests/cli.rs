@@ -280,3 +280,53 @@ fn bench_webhooks_smoke_run() {
         ],
     );
 }
+
+/// `video` with 20 short tasks, polled and then with callbacks: every one completes, none is
+/// left behind, and the tracking rate and the completion delay are printed (judged on full runs
+/// only).
+#[test]
+fn bench_video_smoke_run() {
+    let out = bench()
+        .args([
+            "video",
+            "--tasks",
+            "20",
+            "--duration",
+            "2",
+            "--resolution",
+            "480p",
+            "--run-time",
+            "1s",
+            "--run-jitter",
+            "1s",
+            "--clients",
+            "4",
+        ])
+        .output()
+        .expect("run");
+    let (stdout, _) = common::succeeded(out);
+    common::assert_contains(
+        &stdout,
+        &[
+            "polling only",
+            "with callbacks",
+            "tracking rate",
+            "completion delay",
+        ],
+    );
+    assert_eq!(
+        stdout.matches("completed            20").count(),
+        2,
+        "{stdout}"
+    );
+    assert_eq!(
+        stdout.matches("not terminal         0").count(),
+        2,
+        "{stdout}"
+    );
+    assert_eq!(
+        stdout.matches("failed               0").count(),
+        2,
+        "{stdout}"
+    );
+}

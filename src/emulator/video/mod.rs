@@ -164,6 +164,7 @@ impl Emulator {
                 updated_at: unix,
                 startable: now + cfg.queue_time,
                 finish_at: None,
+                ended_at: None,
                 expires_at,
                 outcome,
                 error: None,

@@ -80,6 +80,8 @@ pub struct Task {
     /// When it may start running (it stays queued at least `queue_time`).
     pub startable: Instant,
     pub finish_at: Option<Instant>,
+    /// When it reached its final status (the bench's start of "completion to terminal here").
+    pub ended_at: Option<chrono::DateTime<Utc>>,
     pub expires_at: Instant,
     pub outcome: Outcome,
     pub error: Option<(&'static str, &'static str)>,
@@ -130,7 +132,11 @@ impl Task {
 
     fn set(&mut self, status: Status) -> Option<(mpsc::UnboundedSender<Callback>, Callback)> {
         self.status = status;
-        self.updated_at = Utc::now().timestamp();
+        let now = Utc::now();
+        self.updated_at = now.timestamp();
+        if status.terminal() && self.ended_at.is_none() {
+            self.ended_at = Some(now);
+        }
         let tx = self.callbacks.clone()?;
         let callback = (self.json(), status.terminal());
         if status.terminal() {
@@ -336,6 +342,22 @@ impl Emulator {
             self.0.base_url,
             crate::emulator::images::tos_query(ttl)
         )
+    }
+
+    /// When each kept task that has ended reached its final status, by task id.
+    pub fn video_ended_at(&self) -> HashMap<String, chrono::DateTime<Utc>> {
+        self.0
+            .video
+            .tasks
+            .lock()
+            .map(|tasks| {
+                tasks
+                    .by_id
+                    .values()
+                    .filter_map(|t| Some((t.id.clone(), t.ended_at?)))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Kept tasks by status, every status present.
