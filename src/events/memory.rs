@@ -24,7 +24,7 @@ const TASK_CHANNEL_CAPACITY: usize = 16;
 type Channels = HashMap<Channel, broadcast::Sender<Event>>;
 
 /// Looks a slow tracker may fall behind before it misses some (and polls those tasks later).
-const LOOKS_CAPACITY: usize = 4096;
+const LOOKS_CAPACITY: usize = 1024;
 
 pub struct MemoryEvents {
     channels: Mutex<Channels>,
