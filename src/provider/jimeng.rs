@@ -422,6 +422,7 @@ mod tests {
             camera_fixed: false,
             watermark: false,
             frames: vec![],
+            callback_url: None,
         };
         assert_eq!(
             video_body(&v).expect("body"),

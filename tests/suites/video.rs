@@ -310,7 +310,7 @@ async fn a_forged_callback_is_refused_and_changes_nothing() {
     let s = public_server(&url).await;
     let user = s.create_user("forged@example.com").await;
     let id = create(&s, small("not forged", &user)).await;
-    let before = wait_submitted(&s, &id).await;
+    let before = s.wait_submitted(&id).await;
     let pid = before["provider_task_id"]
         .as_str()
         .expect("provider task id");
