@@ -51,6 +51,10 @@ pub struct VideoWorker {
     downloads: Arc<tokio::sync::Semaphore>,
     /// GETs this process may still send now (refilled at `get_per_second`).
     gets: std::sync::Mutex<Bucket>,
+    /// When the last list request was sent: the next waits until `list_interval` has passed
+    /// (ticks are that far apart, but the lease renewals before a poll take varying time, and
+    /// two lists within one second are a 429 at Ark).
+    last_list: std::sync::Mutex<Option<Instant>>,
 }
 
 struct Tracked {
@@ -110,6 +114,7 @@ impl VideoWorker {
             provider,
             cfg,
             callback_base,
+            last_list: std::sync::Mutex::new(None),
             tracked: Default::default(),
             downloads: Arc::new(tokio::sync::Semaphore::new(downloads.max(1))),
         }
@@ -412,20 +417,34 @@ async fn renew(worker: &Worker, video: &VideoWorker) {
 /// One list request for the tasks most overdue for a poll; a pause to take after a refusal.
 async fn poll_once(worker: &Arc<Worker>, video: &VideoWorker) -> Option<Duration> {
     let now = Instant::now();
-    let mut due: Vec<(Instant, String, RemoteTask)> = video
+    // Tasks a callback announced first (they have most likely finished), then the most overdue:
+    // with callbacks, every task's fallback poll is overdue long before most looks arrive.
+    let mut due: Vec<(bool, Instant, String, RemoteTask)> = video
         .with(|m| {
             m.iter()
                 .filter(|(_, t)| t.next_poll <= now && !t.downloading && !t.looking)
-                .map(|(id, t)| (t.next_poll, id.clone(), remote(&t.task, &t.provider_id)))
+                .map(|(id, t)| {
+                    let r = remote(&t.task, &t.provider_id);
+                    (!t.look_pending, t.next_poll, id.clone(), r)
+                })
                 .collect()
         })
         .unwrap_or_default();
     if due.is_empty() {
         return None;
     }
-    due.sort_by_key(|a| a.0);
+    due.sort_by_key(|a| (a.0, a.1));
     due.truncate(video.cfg.list_batch);
-    let ids: Vec<RemoteTask> = due.iter().map(|(_, _, r)| r.clone()).collect();
+    let ids: Vec<RemoteTask> = due.iter().map(|(_, _, _, r)| r.clone()).collect();
+    let last = video.last_list.lock().ok().and_then(|l| *l);
+    if let Some(wait) =
+        last.and_then(|l| (l + video.cfg.list_interval).checked_duration_since(Instant::now()))
+    {
+        tokio::time::sleep(wait).await;
+    }
+    if let Ok(mut l) = video.last_list.lock() {
+        *l = Some(Instant::now());
+    }
     metrics::counter!("video_list_requests_total").increment(1);
     let states = match video.provider.states(&ids).await {
         Ok(s) => s,
@@ -436,7 +455,7 @@ async fn poll_once(worker: &Arc<Worker>, video: &VideoWorker) -> Option<Duration
                 .then(|| e.retry_after.unwrap_or(Duration::from_secs(2)));
         }
     };
-    for (_, id, r) in due {
+    for (_, _, id, r) in due {
         apply(worker, video, &id, states.get(&r.id).cloned()).await;
     }
     None
