@@ -11,7 +11,8 @@
 // blank on a screenshot, the gallery, cancel and retry, a key revoked mid-session (refused over
 // HTTP, and over the WebSocket when it reconnects after a server restart: 4403 shown as "Invalid
 // key"), the admin key picking a user. One more scenario runs a second server without keys
-// (loopback, auth off) and signs in with an empty key. The GraphiQL playground (`GET /graphql`)
+// (loopback, auth off) and signs in with an empty key. A video task made from the console plays
+// in its <video> element: the browser loads the MP4's metadata through Range requests (206). The GraphiQL playground (`GET /graphql`)
 // is loaded with the network cut to anything but the server: its docs explorer shows the schema
 // (graphql-js's introspection query on the default limits) and its editor runs a query.
 import { test, before, after } from "node:test";
@@ -302,6 +303,72 @@ test("sign in with a user's key, submit, watch the task live, see the image, bro
   for (const id of [first, second, third]) {
     await page.locator(`#gallery [data-task-id="${id}"][data-status="COMPLETED"]`).waitFor({ timeout: WAIT });
   }
+  await page.close();
+});
+
+test("a video task: made from the catalog's options, followed live, played by a <video> through Range requests", async () => {
+  const page = await signedOutPage();
+  const rec = record(page);
+  /** The MP4 requests the page made and what the server answered them. */
+  const mp4 = [];
+  page.on("response", async (r) => {
+    if (!new URL(r.url()).pathname.endsWith(".mp4")) return;
+    const headers = await r.request().allHeaders();
+    mp4.push({ range: headers.range, status: r.status(), type: r.headers()["content-type"],
+      contentRange: r.headers()["content-range"] });
+  });
+  await signIn(page, userKey);
+  await page.locator("#app-view").waitFor({ timeout: WAIT });
+  await page.selectOption("#kind", "VIDEO");
+  assert.equal(await page.locator("#size").isVisible(), false, "no image size for a video");
+  // The options come from videoModels: text-to-video models, each one's durations and resolutions.
+  const offered = await page.locator("#model option").evaluateAll((os) => os.map((o) => o.value));
+  assert.ok(offered.includes("seedance-1.0-lite-t2v"), `models: ${offered}`);
+  assert.ok(!offered.includes("seedance-1.0-lite-i2v"), "no image-to-video model without images");
+  await page.selectOption("#model", "seedance-1.0-lite-t2v");
+  const durations = await page.locator("#duration option").evaluateAll((os) => os.map((o) => Number(o.value)));
+  assert.deepEqual([durations[0], durations.at(-1)], [2, 12], "Seedance's 2 to 12 s");
+  assert.equal(await page.inputValue("#resolution"), "720p", "the model's default resolution");
+  await page.selectOption("#duration", "2");
+  await page.selectOption("#resolution", "480p");
+  await page.selectOption("#ratio", "16:9");
+  await page.fill("#prompt", "a heron takes off from a misty river");
+  await page.click("#submit");
+  await page.locator("#current[data-task-id]").waitFor({ timeout: WAIT });
+  const id = await page.getAttribute("#current", "data-task-id");
+  assert.ok(rec.ops.includes("CreateVideoTask"), `ops: ${rec.ops}`);
+  await page.locator("#current-status", { hasText: "COMPLETED" }).waitFor({ timeout: 2 * WAIT });
+  assert.equal(dedupe(rec.statusesOf(id)).at(-1), "COMPLETED", "followed over the subscription");
+  const task = await admin("GET", `/api/v1/tasks/${id}`);
+  assert.equal(task.type, "video_generation");
+  assert.equal(task.video.duration, 2);
+  assert.equal(task.video.resolution, "480p");
+
+  // The browser fetched and parsed the MP4: its metadata is loaded (duration, frame size).
+  await page.waitForFunction(() => {
+    const v = document.querySelector("#current-video");
+    return v && !v.hidden && v.readyState >= 1 && v.duration > 0;
+  }, null, { timeout: WAIT });
+  const media = await page.locator("#current-video").evaluate((v) => ({
+    src: v.currentSrc, controls: v.controls, readyState: v.readyState, duration: v.duration,
+    width: v.videoWidth, height: v.videoHeight, error: v.error?.message ?? null }));
+  assert.equal(media.error, null);
+  assert.equal(media.controls, true);
+  assert.equal(media.src, task.video_url, "this server's own video URL");
+  assert.ok(media.src.startsWith(`${base}/videos/`), media.src);
+  assert.ok(media.duration > 1.5 && media.duration < 3, `a 2 s video: ${media.duration}`);
+  assert.ok(media.width > 0 && media.height > 0, JSON.stringify(media));
+  // Through Range requests: the browser asked for a range and the server answered 206 video/mp4.
+  const ranged = mp4.filter((m) => m.range && m.status === 206);
+  assert.ok(ranged.length >= 1, `a ranged request answered 206: ${JSON.stringify(mp4)}`);
+  assert.ok(ranged.every((m) => m.type === "video/mp4" && /^bytes \d+-\d+\/\d+$/.test(m.contentRange)), JSON.stringify(mp4));
+
+  // The gallery card shows the video too, a frame of it decoded (not a blank box).
+  await page.locator(`#gallery [data-task-id="${id}"][data-status="COMPLETED"] video`).waitFor({ timeout: WAIT });
+  await page.waitForFunction((taskId) => {
+    const v = document.querySelector(`#gallery [data-task-id="${taskId}"] video`);
+    return v && v.readyState >= 2 && v.videoWidth > 0;
+  }, id, { timeout: WAIT });
   await page.close();
 });
 

@@ -301,13 +301,27 @@ fn limiter(
     catalog: &crate::domain::models::Catalog,
     pacer: Arc<dyn Pacer>,
 ) -> Arc<ProviderLimiter> {
-    Arc::new(ProviderLimiter::new(
-        catalog,
-        &config.provider_ipm,
-        config.provider_concurrency,
-        pacer,
-        config.provider_rate_window,
-    ))
+    let submits = crate::domain::video::VideoCatalog::new()
+        .all()
+        .iter()
+        .map(|m| {
+            let per_minute = match config.video.submits_per_minute {
+                0 => m.submits_per_minute,
+                n => n,
+            };
+            (m.id.clone(), per_minute)
+        })
+        .collect::<Vec<_>>();
+    Arc::new(
+        ProviderLimiter::new(
+            catalog,
+            &config.provider_ipm,
+            config.provider_concurrency,
+            pacer,
+            config.provider_rate_window,
+        )
+        .with_submits(submits),
+    )
 }
 
 /// The provider API keys with their weights: `VOLCENGINE_API_KEYS`, else the one

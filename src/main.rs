@@ -15,7 +15,9 @@ use volcengine_ai_server::config::{Config, LogFormat};
 use volcengine_ai_server::emulator::{self, cli::EmulatorArgs};
 
 /// The system allocator took ~17 % of a request's CPU in malloc/free (perf, issue #6);
-/// mimalloc measured +14–18 % on REST submit and poll (docs/benchmarks.md).
+/// mimalloc measured +14–18 % on REST submit and poll (docs/benchmarks.md). The
+/// `system-allocator` feature leaves it out, for heap profilers that hook malloc (heaptrack).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -7,6 +7,7 @@
 //! functions `all` may call; then one variant of `Command` below and one line of `main`.
 
 mod all;
+mod crowd;
 mod distributed;
 mod h1;
 mod harness;
@@ -54,15 +55,17 @@ enum Command {
     /// the store floor (the same insert done directly), in one run.
     Http(http::HttpCmd),
     /// WebSocket `taskUpdated` subscribers on a service run as a child process: its resident
-    /// memory per subscriber, and the delivery delay when the tasks complete in one burst.
+    /// memory per socket and per subscription, and the delivery delay when the tasks complete
+    /// in one burst.
     Subscribe(subscribe::SubscribeArgs),
     /// Tasks against a provider allowing fewer images a minute than the service's default pace,
     /// which it is not told (issue #18.1): tasks failed, time against the ideal, the provider's
     /// use once the pace has learned the limit.
     Undisclosed(undisclosed::UndisclosedArgs),
     /// Every benchmark above in one run (HTTP embedded, and distributed with --mongo-url and
-    /// --redis-url; 10,000 subscribers; the paced and the unlimited pipeline), then each goal
-    /// of issue #6 beside what the run measured. About six minutes at full scale.
+    /// --redis-url; 10,000 subscribers, and 100,000 subscriptions as the open-files limit allows;
+    /// the paced and the unlimited pipeline), then each goal of issues #6 and #22 beside what
+    /// the run measured.
     All(all::AllArgs),
     /// Tasks with a webhook (not part of `all`) to a local receiver: the delay from each change to its signed event
     /// arriving, accepted at once and after one refused attempt, beside signed POSTs sent

@@ -1,35 +1,44 @@
-//! `subscribe`: many `taskUpdated` WebSocket subscribers on one service process, run as a child
-//! process (this binary's hidden `service`, the service as `serve` runs it) so that its resident
-//! memory is read from `/proc/<pid>/status` without the load generator's own. The provider is the emulator, in this
-//! process, holding every call for `latency`: the tasks are submitted and claimed first, the
-//! subscribers connect while the calls are held, and then the tasks complete in one burst.
+//! `subscribe`: many `taskUpdated` WebSocket subscriptions on one service process, run as a
+//! child process (this binary's hidden `service`, the service as `serve` runs it) so that its
+//! resident memory is read from `/proc/<pid>/status` without the load generator's own. The
+//! provider is the emulator, in this process, holding every call (`Emulator::hold`): the tasks
+//! are submitted and claimed first, the subscribers connect while the calls are held, and then
+//! the calls are answered and the tasks complete in one burst (beyond the worker's 1,024 calls
+//! in flight, as fast as the worker takes the rest).
+//!
+//! Each socket carries `--per-socket` subscriptions (the protocol multiplexes them), so that more
+//! subscriptions than the open-files limit allows sockets can be held: every socket opens with
+//! its first subscription, the memory is read, then the others follow and it is read again, which
+//! gives the cost of a socket with one subscription and of each further one apart.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::net::TcpSocket;
-use tokio::sync::Semaphore;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use volcengine_ai_server::emulator::EmulatorConfig;
 
-use crate::harness::{create_user, drive, expect_status, json_answer, percentile, start_emulator};
+use crate::crowd::Crowd;
+pub use crate::crowd::{Delivery, Shape};
+use crate::harness::{create_user, drive, expect_status, json_answer, start_emulator};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct SubscribeArgs {
-    /// WebSocket `taskUpdated` subscribers.
+    /// `taskUpdated` subscriptions in all; subscription `i` follows task `i % tasks`.
     #[arg(long, default_value_t = 10000)]
     pub subscribers: usize,
-    /// Tasks completing in the burst; subscriber `i` follows task `i % tasks`.
+    /// Tasks completing in the burst.
     #[arg(long, default_value_t = 1000)]
     pub tasks: usize,
-    /// How long the emulator holds each call (every subscriber must connect meanwhile).
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    /// Subscriptions multiplexed on each WebSocket (ids 1..K of graphql-transport-ws), for more
+    /// subscriptions than the open-files limit allows sockets (one a subscriber is 1).
+    #[arg(long, default_value_t = 1)]
+    pub per_socket: usize,
+    /// Each generation's time once the held calls are answered (the worker's calls beyond the
+    /// first 1,024 take it too).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub latency: Duration,
     /// WebSocket handshakes in flight at once.
     #[arg(long, default_value_t = 64)]
@@ -43,43 +52,33 @@ pub async fn run(a: SubscribeArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// How the terminal states reached the subscribers.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Delivery {
-    /// Subscribers that saw their task's terminal `COMPLETED` state.
-    pub received_completed: usize,
-    /// Terminal states that arrived before the last subscriber had connected (the emulator's
-    /// latency was too short for a clean burst).
-    pub early: usize,
-    /// From the task's `updatedAt` (set by the worker as it stores the change) to the arrival of
-    /// the `COMPLETED` message at the subscriber.
-    pub delay_p50: Duration,
-    pub delay_p99: Duration,
-    pub delay_max: Duration,
-    /// From the first to the last task completion (`updatedAt`), i.e. how much of a burst it was.
-    pub burst_spread: Duration,
-    /// CPU time from the last subscriber connected to the last terminal state received: of the
-    /// server process (the service: API and worker) and of this process (the subscribers).
-    pub server_cpu: Duration,
-    pub client_cpu: Duration,
-    /// The server's CPU in the same span by thread name (live threads only).
-    pub server_threads: Vec<(String, Duration)>,
-    /// The burst cut in tenths by completion time (`updatedAt`): messages of each tenth and
-    /// their delay p99, to tell a backlog that builds up over the burst from a slow start.
-    pub by_tenth: Vec<(usize, Duration)>,
-    /// From the burst's first completion to each message's arrival, mean and last: the whole
-    /// wave as its users see it (a shorter delay bought by completing later would show here).
-    pub wave_mean: Duration,
-    pub wave_last: Duration,
-}
+/// Provider calls the worker has in flight at most (`WORKER_CONCURRENCY`'s ceiling): the held
+/// calls, each a socket on both sides.
+const MAX_IN_FLIGHT: usize = 1024;
+/// Descriptors each process needs besides its sockets and the provider's (the databases, the
+/// listener, the HTTP client's pool, the runtime).
+const OTHER_FILES: usize = 512;
 
+/// The subscriptions a socket must carry for `subscriptions` to fit the open-files limit
+/// (raised to its hard value) beside the calls of `tasks`.
+pub fn per_socket_to_fit(subscriptions: usize, tasks: usize) -> Result<usize, String> {
+    let nofile = raise_nofile_limit()? as usize;
+    let sockets = nofile
+        .checked_sub(tasks.clamp(1, MAX_IN_FLIGHT) + OTHER_FILES)
+        .filter(|s| *s > 0)
+        .ok_or_else(|| format!("open-files limit {nofile} leaves no room for sockets"))?;
+    Ok(subscriptions.div_ceil(sockets).max(1))
+}
 #[derive(Debug, Clone, PartialEq)]
 pub struct SubscribeReport {
     pub subscribers: usize,
     pub tasks: usize,
+    pub shape: Shape,
     pub connect_time: Duration,
-    /// VmRSS of the service process before and after the subscribers connected, in KiB.
+    /// VmRSS of the service process, in KiB: before the subscribers connected, with every
+    /// socket and its first subscription, and with every subscription.
     pub rss_before_kib: u64,
+    pub rss_sockets_kib: u64,
     pub rss_after_kib: u64,
     pub service: Delivery,
     /// Inside the service (its `/metrics`): a change's `updatedAt` to its publication, and to
@@ -92,9 +91,30 @@ pub struct SubscribeReport {
 }
 
 impl SubscribeReport {
+    /// Extra VmRSS over all subscriptions, in KiB each.
     pub fn rss_per_subscriber_kib(&self) -> f64 {
         self.rss_after_kib.saturating_sub(self.rss_before_kib) as f64
             / self.subscribers.max(1) as f64
+    }
+
+    /// Extra VmRSS of one socket with one subscription (a subscriber as most clients are), KiB.
+    pub fn rss_per_socket_kib(&self) -> f64 {
+        self.rss_sockets_kib.saturating_sub(self.rss_before_kib) as f64
+            / self.shape.sockets().max(1) as f64
+    }
+
+    /// Extra VmRSS of each further subscription on a socket, KiB (`None` with one a socket).
+    pub fn rss_per_further_subscription_kib(&self) -> Option<f64> {
+        let further = self.subscribers.saturating_sub(self.shape.sockets());
+        (further > 0).then(|| {
+            self.rss_after_kib.saturating_sub(self.rss_sockets_kib) as f64 / further as f64
+        })
+    }
+
+    /// `n` subscribers each on a socket of its own, projected from the cost of this run's
+    /// sockets with their first subscription, in bytes.
+    pub fn projected_one_per_socket_bytes(&self, n: usize) -> f64 {
+        self.rss_per_socket_kib() * 1024.0 * n as f64
     }
 }
 
@@ -298,187 +318,27 @@ impl Child {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
-
-const SUBSCRIPTION: &str =
-    "subscription($id: ID!) { taskUpdated(id: $id) { id status version updatedAt } }";
-
-/// What one subscriber saw.
-#[derive(Default)]
-struct Seen {
-    /// Arrival of the `COMPLETED` message, and the task's `updatedAt` in it.
-    completed: Option<(SystemTime, SystemTime)>,
-}
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
-
-/// Connects from a loopback source address of its own (127.0.0.2 and up, spread over `i`) so
-/// that many sockets, and runs repeated within the TIME_WAIT period, do not exhaust the
-/// ephemeral ports of one source address.
-async fn connect(addr: SocketAddr, url: &str, i: usize) -> Result<Ws, String> {
-    let source = Ipv4Addr::new(127, 0, 1 + (i / 250 % 250) as u8, 2 + (i % 250) as u8);
-    let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
-    socket
-        .bind(SocketAddr::new(IpAddr::V4(source), 0))
-        .map_err(|e| format!("bind {source}: {e}"))?;
-    let stream = socket
-        .connect(addr)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let mut req = url.into_client_request().map_err(|e| e.to_string())?;
-    req.headers_mut().insert(
-        "sec-websocket-protocol",
-        axum::http::HeaderValue::from_static("graphql-transport-ws"),
-    );
-    // tungstenite zeroes its whole read buffer (128 KiB by default) on every read; small
-    // messages need little, and ten thousand sockets would otherwise cost 1.3 GB here.
-    let config =
-        tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096);
-    let (ws, _) = tokio_tungstenite::client_async_with_config(req, stream, Some(config))
-        .await
-        .map_err(|e| format!("websocket handshake: {e}"))?;
-    Ok(ws)
-}
-
-async fn next_json(ws: &mut Ws) -> Result<Value, String> {
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(t))) => {
-                return serde_json::from_str(&t).map_err(|e| format!("frame: {e}"))
-            }
-            Some(Ok(Message::Ping(p))) => {
-                ws.send(Message::Pong(p)).await.map_err(|e| e.to_string())?
-            }
-            Some(Ok(Message::Close(f))) => return Err(format!("closed: {f:?}")),
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return Err(e.to_string()),
-            None => return Err("socket ended".into()),
-        }
-    }
-}
-
-/// Connects, subscribes, waits for the first state (the subscription is then in place) and
-/// signals `ready`; then waits for the terminal state.
-async fn subscriber(
-    (addr, url): (SocketAddr, String),
-    i: usize,
-    task_id: String,
-    connecting: Arc<Semaphore>,
-    ready: tokio::sync::mpsc::Sender<Result<(), String>>,
-    stop: CancellationToken,
-    held: Held,
-) -> Result<Seen, String> {
-    let setup = async {
-        let _permit = connecting.acquire().await.map_err(|e| e.to_string())?;
-        let mut ws = connect(addr, &url, i).await?;
-        ws.send(Message::Text(
-            json!({"type": "connection_init", "payload": {}})
-                .to_string()
-                .into(),
-        ))
-        .await
-        .map_err(|e| e.to_string())?;
-        loop {
-            let m = next_json(&mut ws).await?;
-            match m["type"].as_str() {
-                Some("connection_ack") => break,
-                Some("ping") | Some("pong") | Some("ka") => continue,
-                other => return Err(format!("expected connection_ack, got {other:?}")),
-            }
-        }
-        ws.send(Message::Text(
-            json!({"id": "1", "type": "subscribe",
-                   "payload": {"query": SUBSCRIPTION, "variables": {"id": task_id}}})
-            .to_string()
-            .into(),
-        ))
-        .await
-        .map_err(|e| e.to_string())?;
-        Ok::<_, String>(ws)
-    };
-    let mut ws = match setup.await {
-        Ok(ws) => ws,
-        Err(e) => {
-            let _ = ready.send(Err(e.clone())).await;
-            stop.cancel();
-            return Err(e);
-        }
-    };
-    let outcome = receive(&mut ws, &ready, &stop).await;
-    // Sockets stay open until every subscriber has its answer: ten thousand closing handshakes
-    // in the burst would be measured as delivery delay of the others.
-    if held.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
-        held.1.cancel();
-    }
-    tokio::select! {
-        _ = held.1.cancelled() => {}
-        _ = stop.cancelled() => {}
-    }
-    let _ = ws.close(None).await;
-    outcome
-}
-
-/// Subscribers not finished yet, and the token cancelled when none is left.
-type Held = Arc<(std::sync::atomic::AtomicUsize, CancellationToken)>;
-
-/// Reads the subscription's messages until its `complete` (signalling `ready` on the first).
-async fn receive(
-    ws: &mut Ws,
-    ready: &tokio::sync::mpsc::Sender<Result<(), String>>,
-    stop: &CancellationToken,
-) -> Result<Seen, String> {
-    let mut seen = Seen::default();
-    let mut first = true;
-    loop {
-        let m = tokio::select! {
-            _ = stop.cancelled() => break,
-            m = next_json(ws) => m,
-        };
-        let arrived = SystemTime::now();
-        let m = match m {
-            Ok(m) => m,
-            Err(e) => {
-                if first {
-                    let _ = ready.send(Err(e.clone())).await;
-                }
-                return Err(e);
-            }
-        };
-        match m["type"].as_str() {
-            Some("next") => {
-                let t = &m["payload"]["data"]["taskUpdated"];
-                if t["status"] == "COMPLETED" {
-                    let updated = t["updatedAt"]
-                        .as_str()
-                        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
-                        .map(SystemTime::from)
-                        .ok_or_else(|| format!("no updatedAt in {m}"))?;
-                    seen.completed = Some((arrived, updated));
-                }
-                if first {
-                    first = false;
-                    let _ = ready.send(Ok(())).await;
-                }
-            }
-            Some("complete") => break,
-            Some("error") => return Err(format!("subscription error: {m}")),
-            _ => {}
-        }
-    }
-    Ok(seen)
-}
-
 pub async fn subscribe(a: SubscribeArgs) -> Result<SubscribeReport, String> {
+    let tasks = a.tasks.max(1);
+    let shape = Shape {
+        subscriptions: a.subscribers.max(1),
+        per_socket: a.per_socket.max(1),
+    };
+    let in_flight = tasks.min(MAX_IN_FLIGHT);
     let nofile = raise_nofile_limit()?;
-    // Each subscriber holds one socket here and one in the service, plus the provider calls.
-    let needed = (a.subscribers + a.tasks + 256) as libc::rlim_t;
+    // Each socket is a descriptor here and one in the service; each held call one in each too
+    // (the emulator is in this process).
+    let needed = (shape.sockets() + in_flight + OTHER_FILES) as libc::rlim_t;
     if nofile < needed {
         return Err(format!(
-            "open-files limit {nofile} is below the {needed} this run needs; raise the hard limit (ulimit -Hn)"
+            "{} sockets need an open-files limit of {needed}, above this process's {nofile}: \
+             raise the hard limit (ulimit -Hn) or carry more subscriptions a socket (--per-socket {})",
+            shape.sockets(),
+            per_socket_to_fit(shape.subscriptions, tasks)?
         ));
     }
-    let tasks = a.tasks.max(1);
     let stop = CancellationToken::new();
-    let (_emu, emu_url) = start_emulator(
+    let (emu, emu_url) = start_emulator(
         EmulatorConfig {
             latency: a.latency,
             reuse_images: true,
@@ -487,8 +347,7 @@ pub async fn subscribe(a: SubscribeArgs) -> Result<SubscribeReport, String> {
         &stop,
     )
     .await?;
-
-    let in_flight = tasks.min(1024);
+    emu.hold();
     let mut child = Child::service(&[
         ("VOLCENGINE_ENDPOINT", emu_url),
         ("VOLCENGINE_API_KEY", "bench".into()),
@@ -496,7 +355,12 @@ pub async fn subscribe(a: SubscribeArgs) -> Result<SubscribeReport, String> {
         ("PROVIDER_IPM", "100000000".into()),
         ("WORKER_CONCURRENCY", in_flight.to_string()),
         ("PROVIDER_CONCURRENCY", in_flight.to_string()),
-        ("AI_TIMEOUT", format!("{}s", a.latency.as_secs() + 120)),
+        // The calls are held until every subscription is in place, however long that takes.
+        ("AI_TIMEOUT", "1h".into()),
+        (
+            "MAX_CONNECTIONS",
+            (shape.sockets() + OTHER_FILES).to_string(),
+        ),
         // A quiet subscriber re-reads the store every SUBSCRIPTION_RESYNC (15 s); ten thousand
         // of those falling into the burst would be measured as delivery delay.
         ("SUBSCRIPTION_RESYNC", "1h".into()),
@@ -509,48 +373,16 @@ pub async fn subscribe(a: SubscribeArgs) -> Result<SubscribeReport, String> {
             .map_err(|e| e.to_string())?;
         child.wait_ready(&http).await?;
         let base = child.base.clone();
-        let user = create_user(&http, &base).await?;
-        let ids = Arc::new(std::sync::Mutex::new(vec![String::new(); tasks]));
-        {
-            let (http, base, user, ids) = (http.clone(), base.clone(), user.clone(), ids.clone());
-            drive("submit", tasks, 32, move |i| {
-                let (http, base, user, ids) =
-                    (http.clone(), base.clone(), user.clone(), ids.clone());
-                async move {
-                    let r = http
-                        .post(format!("{base}/api/v1/ai/image/task"))
-                        // The smallest size: the emulator renders each image as the worker
-                        // downloads it, in this process, and that would spread the burst.
-                        .json(
-                            &json!({"prompt": format!("subscribed {i}"), "user_id": user,
-                                      "size": "512x512"}),
-                        )
-                        .send()
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    if r.status().as_u16() != 201 {
-                        return expect_status(Ok(r), 201).await;
-                    }
-                    let body: Value = r.json().await.map_err(|e| e.to_string())?;
-                    let id = body["data"]["task_id"].as_str().ok_or("no task id")?;
-                    if let Ok(mut ids) = ids.lock() {
-                        ids[i] = id.to_string();
-                    }
-                    Ok(())
-                }
-            })
-            .await?;
-        }
-        let ids: Vec<String> = ids.lock().map_err(|e| e.to_string())?.clone();
+        let ids = submit(&http, &base, tasks).await?;
         // Every call in flight before the baseline, so that the memory measured after is the
         // subscribers' only.
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let stats = json_answer(http.get(format!("{base}/api/v1/queue/stats"))).await?;
             let processing = stats["data"]["by_status"]["processing"]
                 .as_u64()
                 .unwrap_or(0);
-            if processing as usize >= tasks.min(in_flight) {
+            if processing as usize >= in_flight {
                 break;
             }
             if Instant::now() > deadline {
@@ -561,18 +393,26 @@ pub async fn subscribe(a: SubscribeArgs) -> Result<SubscribeReport, String> {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let pid = child.pid()?;
         let rss_before_kib = rss_kib(pid)?;
-
-        let crowd = Crowd::connect(pid, child.addr, &ids, &a).await?;
+        let mut crowd = Crowd::connect(pid, child.addr, &ids, shape, a.connect_concurrency).await?;
         // Let the service settle (buffers allocated on the first message, then reused).
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let rss_after_kib = rss_kib(pid)?;
+        let rss_sockets_kib = rss_kib(pid)?;
+        crowd.widen().await?;
+        let rss_after_kib = if shape.per_socket > 1 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            rss_kib(pid)?
+        } else {
+            rss_sockets_kib
+        };
         eprintln!(
-            "bench: {} subscribers connected in {:.2}s; waiting for the burst",
-            a.subscribers,
+            "bench: {} subscriptions on {} sockets in place in {:.2}s; the burst",
+            shape.subscriptions,
+            shape.sockets(),
             crowd.connect_time.as_secs_f64()
         );
         let connect_time = crowd.connect_time;
-        let service = crowd.collect(a.latency + Duration::from_secs(60)).await?;
+        emu.release();
+        let service = crowd.collect(Duration::from_secs(300)).await?;
         let metrics = http
             .get(format!("{base}/metrics"))
             .send()
@@ -585,20 +425,22 @@ pub async fn subscribe(a: SubscribeArgs) -> Result<SubscribeReport, String> {
             histogram(&metrics, "task_event_lag_seconds", "status=\"completed\""),
             histogram(&metrics, "subscription_update_lag_seconds", ""),
         );
-        Ok((connect_time, rss_before_kib, rss_after_kib, service, lags))
+        let rss = (rss_before_kib, rss_sockets_kib, rss_after_kib);
+        Ok((connect_time, rss, service, lags))
     }
     .await;
     child.stop().await;
     stop.cancel();
-    let (connect_time, rss_before_kib, rss_after_kib, service, (publish_lag, handover_lag)) =
-        result?;
-    let floor = floor(&a, service.burst_spread).await?;
+    let (connect_time, rss, service, (publish_lag, handover_lag)) = result?;
+    let floor = floor(&a, shape, service.burst_spread).await?;
     Ok(SubscribeReport {
-        subscribers: a.subscribers,
+        subscribers: shape.subscriptions,
         tasks,
+        shape,
         connect_time,
-        rss_before_kib,
-        rss_after_kib,
+        rss_before_kib: rss.0,
+        rss_sockets_kib: rss.1,
+        rss_after_kib: rss.2,
         service,
         publish_lag,
         handover_lag,
@@ -606,15 +448,52 @@ pub async fn subscribe(a: SubscribeArgs) -> Result<SubscribeReport, String> {
     })
 }
 
+/// Submits `tasks` tasks for a new user; their ids.
+async fn submit(http: &reqwest::Client, base: &str, tasks: usize) -> Result<Vec<String>, String> {
+    let user = create_user(http, base).await?;
+    let ids = Arc::new(std::sync::Mutex::new(vec![String::new(); tasks]));
+    let (http, base, ids2) = (http.clone(), base.to_string(), ids.clone());
+    drive("submit", tasks, 32, move |i| {
+        let (http, base, user, ids) = (http.clone(), base.clone(), user.clone(), ids2.clone());
+        async move {
+            let r = http
+                .post(format!("{base}/api/v1/ai/image/task"))
+                // The smallest size: the emulator renders each image as the worker
+                // downloads it, in this process, and that would spread the burst.
+                .json(
+                    &json!({"prompt": format!("subscribed {i}"), "user_id": user,
+                              "size": "512x512"}),
+                )
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            if r.status().as_u16() != 201 {
+                return expect_status(Ok(r), 201).await;
+            }
+            let body: Value = r.json().await.map_err(|e| e.to_string())?;
+            let id = body["data"]["task_id"].as_str().ok_or("no task id")?;
+            if let Ok(mut ids) = ids.lock() {
+                ids[i] = id.to_string();
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    let ids = ids.lock().map_err(|e| e.to_string())?.clone();
+    Ok(ids)
+}
+
 /// The same subscribers on the bare WebSocket server (`ws_floor`), its tasks completing evenly
 /// over `spread`.
-async fn floor(a: &SubscribeArgs, spread: Duration) -> Result<Delivery, String> {
+async fn floor(a: &SubscribeArgs, shape: Shape, spread: Duration) -> Result<Delivery, String> {
     let mut child = Child::floor().await?;
     let result = async {
         let http = reqwest::Client::new();
         child.wait_ready(&http).await?;
         let ids: Vec<String> = (0..a.tasks.max(1)).map(|k| format!("floor-{k}")).collect();
-        let crowd = Crowd::connect(child.pid()?, child.addr, &ids, a).await?;
+        let mut crowd =
+            Crowd::connect(child.pid()?, child.addr, &ids, shape, a.connect_concurrency).await?;
+        crowd.widen().await?;
         eprintln!("bench: the same subscribers on the delivery floor; its burst");
         expect_status(
             http.post(format!("{}/burst", child.base))
@@ -624,209 +503,45 @@ async fn floor(a: &SubscribeArgs, spread: Duration) -> Result<Delivery, String> 
             202,
         )
         .await?;
-        crowd.collect(spread + Duration::from_secs(60)).await
+        crowd.collect(spread + Duration::from_secs(300)).await
     }
     .await;
     child.stop().await;
     result
 }
 
-/// CPU used so far by the server (in all and by thread name) and by this process.
-struct Cpu {
-    server: Duration,
-    client: Duration,
-    threads: std::collections::BTreeMap<String, Duration>,
-}
-
-impl Cpu {
-    fn now(server: u32) -> Result<Cpu, String> {
-        Ok(Cpu {
-            server: cpu_time(Some(server))?,
-            client: cpu_time(None)?,
-            threads: cpu_by_thread(server)?,
-        })
-    }
-}
-
-/// Subscribers connected, each waiting for its task's terminal state.
-struct Crowd {
-    set: tokio::task::JoinSet<Result<Seen, String>>,
-    done: CancellationToken,
-    connect_time: Duration,
-    all_connected_at: SystemTime,
-    /// CPU used by the server and by this process when the last subscriber had connected.
-    cpu_at_connected: Cpu,
-    server: u32,
-    held: Held,
-}
-
-impl Crowd {
-    /// `a.subscribers` sockets on `addr`, subscriber `i` following `ids[i % ids.len()]`;
-    /// returns once every one has its subscription's first message.
-    async fn connect(
-        server: u32,
-        addr: SocketAddr,
-        ids: &[String],
-        a: &SubscribeArgs,
-    ) -> Result<Crowd, String> {
-        let url = format!("ws://{addr}/graphql/ws");
-        let connecting = Arc::new(Semaphore::new(a.connect_concurrency.max(1)));
-        let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(1024);
-        let done = CancellationToken::new();
-        let started = Instant::now();
-        let mut set = tokio::task::JoinSet::new();
-        let held: Held = Arc::new((
-            std::sync::atomic::AtomicUsize::new(a.subscribers),
-            CancellationToken::new(),
-        ));
-        for i in 0..a.subscribers {
-            set.spawn(subscriber(
-                (addr, url.clone()),
-                i,
-                ids[i % ids.len()].clone(),
-                connecting.clone(),
-                ready_tx.clone(),
-                done.clone(),
-                held.clone(),
-            ));
-        }
-        drop(ready_tx);
-        let mut connected = 0;
-        while connected < a.subscribers {
-            match ready_rx.recv().await {
-                Some(Ok(())) => connected += 1,
-                Some(Err(e)) => {
-                    done.cancel();
-                    return Err(format!("subscriber {connected} failed: {e}"));
-                }
-                None => break,
-            }
-        }
-        Ok(Crowd {
-            set,
-            done,
-            connect_time: started.elapsed(),
-            all_connected_at: SystemTime::now(),
-            cpu_at_connected: Cpu::now(server)?,
-            server,
-            held,
-        })
-    }
-
-    /// Waits (at most `wait`) for every subscriber's terminal state.
-    async fn collect(mut self, wait: Duration) -> Result<Delivery, String> {
-        let set = &mut self.set;
-        let (held, server) = (self.held.clone(), self.server);
-        let collected = tokio::time::timeout(wait, async {
-            // The CPU of the delivery only: the sockets close after the last answer.
-            tokio::select! {
-                _ = held.1.cancelled() => {}
-                _ = self.done.cancelled() => {}
-            }
-            let cpu = Cpu::now(server)?;
-            let mut seen = Vec::new();
-            while let Some(r) = set.join_next().await {
-                seen.push(r.map_err(|e| e.to_string())??);
-            }
-            Ok::<_, String>((cpu, seen))
-        })
-        .await;
-        self.done.cancel();
-        let (cpu, seen) = match collected {
-            Ok(r) => r?,
-            Err(_) => return Err(format!("not every subscriber finished within {wait:?}")),
-        };
-        let before = &self.cpu_at_connected;
-        let mut delays = Vec::with_capacity(seen.len());
-        let (mut early, mut first_update, mut last_update) = (0, None, None);
-        for (arrived, updated) in seen.iter().filter_map(|s| s.completed) {
-            if updated < self.all_connected_at {
-                early += 1;
-            }
-            first_update = Some(first_update.map_or(updated, |f: SystemTime| f.min(updated)));
-            last_update = Some(last_update.map_or(updated, |l: SystemTime| l.max(updated)));
-            delays.push(arrived.duration_since(updated).unwrap_or_default());
-        }
-        let by_tenth = match (first_update, last_update) {
-            (Some(f), Some(l)) => {
-                let spread = l
-                    .duration_since(f)
-                    .unwrap_or_default()
-                    .max(Duration::from_micros(1));
-                let mut tenths = vec![Vec::new(); 10];
-                for (arrived, updated) in seen.iter().filter_map(|s| s.completed) {
-                    let at = updated.duration_since(f).unwrap_or_default();
-                    let k = ((at.as_secs_f64() / spread.as_secs_f64()) * 10.0) as usize;
-                    tenths[k.min(9)].push(arrived.duration_since(updated).unwrap_or_default());
-                }
-                tenths
-                    .into_iter()
-                    .map(|mut d| {
-                        d.sort();
-                        (d.len(), percentile(&d, 0.99))
-                    })
-                    .collect()
-            }
-            _ => Vec::new(),
-        };
-        let since_first: Vec<Duration> = match first_update {
-            Some(f) => seen
-                .iter()
-                .filter_map(|s| s.completed)
-                .map(|(arrived, _)| arrived.duration_since(f).unwrap_or_default())
-                .collect(),
-            None => Vec::new(),
-        };
-        let wave_mean = since_first
-            .iter()
-            .sum::<Duration>()
-            .checked_div(since_first.len().max(1) as u32)
-            .unwrap_or_default();
-        let wave_last = since_first.iter().max().copied().unwrap_or_default();
-        delays.sort();
-        Ok(Delivery {
-            by_tenth,
-            wave_mean,
-            wave_last,
-            received_completed: delays.len(),
-            early,
-            delay_p50: percentile(&delays, 0.50),
-            delay_p99: percentile(&delays, 0.99),
-            delay_max: delays.last().copied().unwrap_or_default(),
-            burst_spread: match (first_update, last_update) {
-                (Some(f), Some(l)) => l.duration_since(f).unwrap_or_default(),
-                _ => Duration::ZERO,
-            },
-            server_cpu: cpu.server.saturating_sub(before.server),
-            client_cpu: cpu.client.saturating_sub(before.client),
-            server_threads: cpu
-                .threads
-                .into_iter()
-                .map(|(name, t)| {
-                    let earlier = before.threads.get(&name).copied().unwrap_or_default();
-                    (name, t.saturating_sub(earlier))
-                })
-                .filter(|(_, t)| !t.is_zero())
-                .collect(),
-        })
-    }
-}
-
 pub fn print_subscribe(r: &SubscribeReport) {
+    let sockets = r.shape.sockets();
     println!(
-        "subscription benchmark: {} taskUpdated subscribers (graphql-transport-ws, one socket each) on {} tasks, service in a child process",
-        r.subscribers, r.tasks
+        "subscription benchmark: {} taskUpdated subscriptions (graphql-transport-ws, {} a socket: {} sockets) on {} tasks, service in a child process",
+        r.subscribers, r.shape.per_socket, sockets, r.tasks
     );
     println!(
-        "  connected in           {:.2} s",
+        "  in place in            {:.2} s",
         r.connect_time.as_secs_f64()
     );
+    let mib = |kib: u64| kib as f64 / 1024.0;
     println!(
         "  service VmRSS          {:.1} MiB before, {:.1} MiB with the subscribers: +{:.1} MiB = {:.1} KiB per subscriber",
-        r.rss_before_kib as f64 / 1024.0,
-        r.rss_after_kib as f64 / 1024.0,
-        r.rss_after_kib.saturating_sub(r.rss_before_kib) as f64 / 1024.0,
+        mib(r.rss_before_kib),
+        mib(r.rss_after_kib),
+        mib(r.rss_after_kib.saturating_sub(r.rss_before_kib)),
         r.rss_per_subscriber_kib()
+    );
+    if let Some(further) = r.rss_per_further_subscription_kib() {
+        println!(
+            "  per socket             {:.1} KiB with its first subscription (+{:.1} MiB for {sockets}), {further:.1} KiB per further subscription (+{:.1} MiB for {})",
+            r.rss_per_socket_kib(),
+            mib(r.rss_sockets_kib.saturating_sub(r.rss_before_kib)),
+            mib(r.rss_after_kib.saturating_sub(r.rss_sockets_kib)),
+            r.subscribers - sockets
+        );
+    }
+    println!(
+        "  projection             {:.0} MiB for {} subscribers one a socket ({:.1} KiB a socket with one subscription, measured on {sockets} sockets)",
+        r.projected_one_per_socket_bytes(r.subscribers) / 1048576.0,
+        r.subscribers,
+        r.rss_per_socket_kib()
     );
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let (sv, fl) = (&r.service, &r.floor);
@@ -834,7 +549,10 @@ pub fn print_subscribe(r: &SubscribeReport) {
         "  received COMPLETED     {} of {}",
         sv.received_completed, r.subscribers
     );
-    println!("  completed early        {}  (before every subscriber was connected; raise --latency if not 0)", sv.early);
+    println!(
+        "  completed early        {}  (before every subscription was in place; must be 0)",
+        sv.early
+    );
     println!(
         "  burst                  {} tasks completed within {:.0} ms",
         r.tasks,
@@ -889,12 +607,16 @@ pub fn print_subscribe(r: &SubscribeReport) {
     );
     let per_message = |d: Duration, n: usize| d.as_secs_f64() * 1e6 / n.max(1) as f64;
     println!(
+        "  messages in the burst  {} next messages, {} of them terminal states (the others: a queued task's new position, its start)",
+        sv.messages, sv.received_completed
+    );
+    println!(
         "  CPU in the burst       service {:.2} s ({:.0} us per message), its subscribers here {:.2} s; floor {:.2} s ({:.0} us), its subscribers {:.2} s",
         sv.server_cpu.as_secs_f64(),
-        per_message(sv.server_cpu, sv.received_completed),
+        per_message(sv.server_cpu, sv.messages),
         sv.client_cpu.as_secs_f64(),
         fl.server_cpu.as_secs_f64(),
-        per_message(fl.server_cpu, fl.received_completed),
+        per_message(fl.server_cpu, fl.messages),
         fl.client_cpu.as_secs_f64()
     );
     let threads: Vec<String> = sv

@@ -1,7 +1,7 @@
 //! The delivery floor of `subscribe`: a bare WebSocket server (axum, like the service)
 //! that speaks just enough `graphql-transport-ws` for the bench's subscribers, holds each
-//! subscription on a broadcast channel of its task, and on `POST /burst` completes its tasks
-//! evenly over the given spread, sending every subscriber of a task the same pre-rendered
+//! subscription (as many on a socket as its client asks for) on a broadcast channel of its
+//! task, and on `POST /burst` completes its tasks evenly over the given spread, sending every subscriber of a task the same pre-rendered
 //! `next` and `complete`. It runs as a child process like the service, and the same subscribers
 //! connect to it, so what it measures is what this machine, its loopback TCP and the bench's own
 //! clients cost: no GraphQL, no store, no worker.
@@ -16,6 +16,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures::stream::{BoxStream, SelectAll};
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::Value;
@@ -101,6 +102,30 @@ async fn next_text(socket: &mut WebSocket) -> Option<Value> {
     }
 }
 
+/// A subscription's updates, tagged with its id.
+fn tagged(
+    id: String,
+    updates: broadcast::Receiver<Update>,
+) -> BoxStream<'static, (Arc<str>, Update)> {
+    let id: Arc<str> = id.into();
+    futures::stream::unfold((id, updates), |(id, mut updates)| async move {
+        let update = updates.recv().await.ok()?;
+        Some(((id.clone(), update), (id, updates)))
+    })
+    .boxed()
+}
+
+/// A subscribe message's id and task, if it is one.
+fn subscription(m: &Value) -> Option<(String, String)> {
+    if m["type"] != "subscribe" {
+        return None;
+    }
+    Some((
+        m["id"].as_str()?.to_string(),
+        m["payload"]["variables"]["id"].as_str()?.to_string(),
+    ))
+}
+
 async fn serve_socket(floor: Arc<Floor>, mut socket: WebSocket) {
     let Some(init) = next_text(&mut socket).await else {
         return;
@@ -112,36 +137,17 @@ async fn serve_socket(floor: Arc<Floor>, mut socket: WebSocket) {
     if socket.send(ack).await.is_err() {
         return;
     }
-    let Some(sub) = next_text(&mut socket).await else {
-        return;
-    };
-    let (Some(id), Some(task)) = (
-        sub["id"].as_str(),
-        sub["payload"]["variables"]["id"].as_str(),
-    ) else {
-        return;
-    };
-    let Some(mut updates) = floor.subscribe(task) else {
-        return;
-    };
-    // The service answers a subscription with the task's current state first.
-    let first = format!(
-        r#"{{"id":"{id}","type":"next","payload":{{"data":{{"taskUpdated":{{"id":"{task}","status":"PROCESSING","version":2,"updatedAt":"{}"}}}}}}}}"#,
-        now()
-    );
-    if socket.send(Message::Text(first.into())).await.is_err() {
-        return;
-    }
-    let complete = format!(r#"{{"id":"{id}","type":"complete"}}"#);
+    // The subscriptions of this socket, as many as its client asks for.
+    let mut subscriptions = SelectAll::new();
     let (mut sink, mut stream) = socket.split();
     loop {
         tokio::select! {
-            update = updates.recv() => {
-                let Ok(update) = update else { return };
+            Some((id, update)) = subscriptions.next(), if !subscriptions.is_empty() => {
                 let next = format!(r#"{{"id":"{id}","type":"next","payload":{{"data":{update}}}}}"#);
+                let complete = format!(r#"{{"id":"{id}","type":"complete"}}"#);
                 let sent = async {
                     sink.feed(Message::Text(next.into())).await?;
-                    sink.feed(Message::Text(complete.as_str().into())).await?;
+                    sink.feed(Message::Text(complete.into())).await?;
                     sink.flush().await
                 };
                 if sent.await.is_err() {
@@ -149,6 +155,24 @@ async fn serve_socket(floor: Arc<Floor>, mut socket: WebSocket) {
                 }
             }
             m = stream.next() => match m {
+                Some(Ok(Message::Text(t))) => {
+                    let Some((id, task)) = serde_json::from_str(t.as_str())
+                        .ok()
+                        .and_then(|m: Value| subscription(&m))
+                    else {
+                        continue;
+                    };
+                    let Some(updates) = floor.subscribe(&task) else { return };
+                    // The service answers a subscription with the task's current state first.
+                    let first = format!(
+                        r#"{{"id":"{id}","type":"next","payload":{{"data":{{"taskUpdated":{{"id":"{task}","status":"PROCESSING","version":2,"updatedAt":"{}"}}}}}}}}"#,
+                        now()
+                    );
+                    if sink.send(Message::Text(first.into())).await.is_err() {
+                        return;
+                    }
+                    subscriptions.push(tagged(id, updates));
+                }
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
                 Some(Ok(_)) => {}
             },

@@ -24,6 +24,10 @@ pub struct VideoConfig {
     /// GET requests a second a worker process makes for the tasks callbacks announce (Ark
     /// allows 20 a second per account); more at once wait for the next list request.
     pub get_per_second: u32,
+    /// Submits a minute of every video model, in place of the model table's (Ark's RPM of the
+    /// default tier: 600 Pro, 300 Lite); 0 keeps the table's. The ceiling of each model's learned
+    /// submit pace.
+    pub submits_per_minute: u32,
 }
 
 impl Default for VideoConfig {
@@ -36,6 +40,7 @@ impl Default for VideoConfig {
             callbacks: true,
             callback_poll: Duration::from_secs(30),
             get_per_second: 10,
+            submits_per_minute: 0,
         }
     }
 }
@@ -64,7 +69,12 @@ pub(super) fn read(env: &Env<'_>, d: VideoConfig) -> Result<VideoConfig, ConfigE
             Err("must be 1 to 1000".into())
         }
     })?;
+    let submits_per_minute =
+        env.parse(&["VIDEO_SUBMITS_PER_MINUTE"], d.submits_per_minute, |_| {
+            Ok(())
+        })?;
     Ok(VideoConfig {
+        submits_per_minute,
         poll_min,
         poll_max,
         list_interval,

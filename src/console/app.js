@@ -1,5 +1,7 @@
-// The console: sign in with an API key, submit prompts, follow each task live over the
-// `taskUpdated` subscription (never by polling), and browse, cancel and retry the user's tasks.
+// The console: sign in with an API key, submit prompts for images or videos, follow each task
+// live over the `taskUpdated` subscription (never by polling), and browse, cancel and retry the
+// user's tasks. A video plays in a <video> element straight from this server's /videos/{id}.mp4
+// (Range requests), so seeking works without downloading the whole file.
 //
 // A user's key goes straight to that user (`me`). The admin key (or no key, when the server runs
 // without keys, loopback only) names no user: the admin picks one by email or creates it. A key
@@ -12,7 +14,8 @@ import { SubscriptionClient } from "./ws.js";
 const KEY = "vas.apiKey";
 const USER = "vas.userId";
 const TERMINAL = new Set(["COMPLETED", "FAILED", "CANCELLED"]);
-const TASK_FIELDS = "id status version attempts prompt model size createdAt result { imageUrl } error { code message }";
+const TASK_FIELDS = "id kind status version attempts prompt model size createdAt result { imageUrl videoUrl } error { code message }";
+const VIDEO_MODEL_FIELDS = "name displayName textToVideo minDuration maxDuration durations resolutions defaultResolution ratios";
 // Common sizes offered besides each model's default and tiers; each is kept only if the model's
 // pixel limits accept it.
 const SIZES = ["1024x1024", "864x1152", "1152x864", "1280x720", "720x1280", "1664x936", "2048x2048"];
@@ -31,6 +34,8 @@ let user = null;
 /** true when signed in with the admin key (or none): a user is picked, not given by the key */
 let asAdmin = false;
 let models = [];
+/** text-to-video models (the console sends no images) */
+let videoModels = [];
 let currentId = null;
 /** id → latest task seen (by version) */
 const tasks = new Map();
@@ -91,9 +96,10 @@ async function signIn(key) {
     onState: (s) => { $("conn").textContent = s === "connected" ? "● live" : s; },
   });
   const data = await guarded($("signin-error"), () => api.gql("Boot",
-    "query Boot { me { id email name } imageModels { name displayName defaultSize sizeTiers minPixels maxPixels minReferenceImages } }"));
+    `query Boot { me { id email name } imageModels { name displayName defaultSize sizeTiers minPixels maxPixels minReferenceImages } videoModels { ${VIDEO_MODEL_FIELDS} } }`));
   if (!data) return;
   models = data.imageModels.filter((m) => m.minReferenceImages === 0);
+  videoModels = data.videoModels.filter((m) => m.textToVideo);
   $("signin-error").textContent = "";
   // A user's key: its own user, nothing to pick.
   asAdmin = !data.me;
@@ -131,11 +137,32 @@ function enter(u) {
   loadGallery();
 }
 
+const isVideo = () => $("kind").value === "VIDEO";
+
 function fillModels() {
+  const video = isVideo();
+  for (const el of document.querySelectorAll(".video-only")) el.hidden = !video;
+  for (const el of document.querySelectorAll(".image-only")) el.hidden = video;
   const sel = $("model");
-  sel.replaceChildren(...models.map((m) => new Option(m.displayName, m.name)));
-  sel.onchange = fillSizes;
-  fillSizes();
+  const list = video ? videoModels : models;
+  sel.replaceChildren(...list.map((m) => new Option(m.displayName, m.name)));
+  sel.onchange = video ? fillVideoOptions : fillSizes;
+  if (video) fillVideoOptions();
+  else fillSizes();
+}
+
+/** Durations, ratios and resolutions as the chosen video model allows them. */
+function fillVideoOptions() {
+  const m = videoModels.find((x) => x.name === $("model").value);
+  if (!m) return;
+  const durations = m.durations ?? Array.from({ length: m.maxDuration - m.minDuration + 1 }, (_, i) => m.minDuration + i);
+  const options = (id, values, chosen, label = (v) => String(v)) => {
+    $(id).replaceChildren(...values.map((v) => new Option(label(v), String(v))));
+    $(id).value = String(chosen);
+  };
+  options("duration", durations, durations.includes(5) ? 5 : durations[0], (d) => `${d} s`);
+  options("ratio", m.ratios, m.ratios[0]);
+  options("resolution", m.resolutions, m.defaultResolution);
 }
 
 function fillSizes() {
@@ -191,12 +218,17 @@ async function submit() {
   const prompt = $("prompt").value.trim();
   if (!prompt) return;
   $("submit").disabled = true;
-  const data = await guarded($("task-error"), () => api.gql("CreateImageTask",
-    `mutation CreateImageTask($input: CreateImageTaskInput!) { createImageTask(input: $input) { ${TASK_FIELDS} } }`,
-    { input: { userId: user.id, prompt, model: $("model").value, size: $("size").value } }));
+  const data = isVideo()
+    ? await guarded($("task-error"), () => api.gql("CreateVideoTask",
+      `mutation CreateVideoTask($input: CreateVideoTaskInput!) { createVideoTask(input: $input) { ${TASK_FIELDS} } }`,
+      { input: { userId: user.id, prompt, model: $("model").value, duration: Number($("duration").value),
+        ratio: $("ratio").value, resolution: $("resolution").value } }))
+    : await guarded($("task-error"), () => api.gql("CreateImageTask",
+      `mutation CreateImageTask($input: CreateImageTaskInput!) { createImageTask(input: $input) { ${TASK_FIELDS} } }`,
+      { input: { userId: user.id, prompt, model: $("model").value, size: $("size").value } }));
   $("submit").disabled = false;
   if (!data) return;
-  const t = data.createImageTask;
+  const t = data.createVideoTask ?? data.createImageTask;
   currentId = t.id;
   apply(t, "http");
   watch(t.id);
@@ -231,6 +263,15 @@ function render(id) {
       if (img.getAttribute("src") !== t.result.imageUrl) img.src = t.result.imageUrl;
       img.hidden = false;
     } else img.hidden = true;
+    // The browser fetches the MP4 with Range requests: metadata first, the rest as it plays.
+    const video = $("current-video");
+    if (t.result?.videoUrl) {
+      if (video.getAttribute("src") !== t.result.videoUrl) video.src = t.result.videoUrl;
+      video.hidden = false;
+    } else {
+      if (video.hasAttribute("src")) { video.removeAttribute("src"); video.load(); }
+      video.hidden = true;
+    }
   }
   card(t);
 }
@@ -246,7 +287,10 @@ function card(t) {
     $("gallery-empty").hidden = true;
   }
   c.dataset.status = t.status;
-  const thumb = t.result?.imageUrl ? Object.assign(document.createElement("img"), { src: t.result.imageUrl, alt: t.prompt, loading: "lazy" }) : Object.assign(document.createElement("div"), { className: "thumb-empty" });
+  const thumb = t.result?.imageUrl ? Object.assign(document.createElement("img"), { src: t.result.imageUrl, alt: t.prompt, loading: "lazy" })
+    // `#t=0.1`: with metadata alone a browser draws no frame; a start time makes it decode one.
+    : t.result?.videoUrl ? Object.assign(document.createElement("video"), { src: `${t.result.videoUrl}#t=0.1`, preload: "metadata", muted: true, title: t.prompt })
+    : Object.assign(document.createElement("div"), { className: "thumb-empty" });
   const status = Object.assign(document.createElement("span"), { className: `status ${t.status}`, textContent: t.status });
   const prompt = Object.assign(document.createElement("span"), { className: "prompt", textContent: t.prompt, title: t.prompt });
   const buttons = document.createElement("div");
@@ -265,6 +309,7 @@ $("signin-form").addEventListener("submit", (e) => { e.preventDefault(); signIn(
 $("user-form").addEventListener("submit", (e) => { e.preventDefault(); chooseUser($("user-email").value.trim(), $("user-name").value.trim()); });
 $("task-form").addEventListener("submit", (e) => { e.preventDefault(); submit(); });
 $("signout").addEventListener("click", () => signOut());
+$("kind").addEventListener("change", () => fillModels());
 $("refresh").addEventListener("click", () => loadGallery());
 
 if (store.key === null) show("signin-view");

@@ -69,7 +69,8 @@ fn serve(asset: &'static Asset) -> Response {
     h.insert(
         header::HeaderName::from_static("content-security-policy"),
         HeaderValue::from_static(
-            "default-src 'self'; img-src 'self' data: http: https:; connect-src 'self' ws: wss:; \
+            "default-src 'self'; img-src 'self' data: http: https:; media-src 'self' http: https:; \
+             connect-src 'self' ws: wss:; \
              style-src 'self'; script-src 'self'; frame-ancestors 'none'",
         ),
     );

@@ -169,6 +169,8 @@ pub fn video_models() -> Vec<VideoModelSpec> {
         resolutions: res,
         takes_camera_fixed: false,
         secs_per_video_sec: 12,
+        // Not published (C.7): set per account; the pace learns it from 429s.
+        submits_per_minute: 60,
     };
     vec![
         m(

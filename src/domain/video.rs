@@ -9,6 +9,10 @@ use super::field::FieldError;
 use super::image_input::ReferenceImage;
 use super::new_task::{DeadlineSecs, IdempotencyKey, Owner, Prompt};
 use super::task::{ImageParams, Task, TaskKind};
+use super::webhook::WebhookTarget;
+
+/// The provider name the latest Go server's clients send (its dispatcher of Volcengine's APIs).
+pub const PROVIDER: &str = "volcengine";
 
 /// Longest video prompt: Ark advises ≤ 500 Chinese characters or 1,000 English words.
 pub const MAX_VIDEO_PROMPT_CHARS: usize = 4000;
@@ -41,6 +45,9 @@ pub struct VideoModelSpec {
     /// Seconds the provider typically needs per second of 720p video (the tracker polls by
     /// it; 1080p takes about twice, 480p half).
     pub secs_per_video_sec: u32,
+    /// Submits a minute the provider takes for the model (Ark's RPM, B.2): the ceiling of the
+    /// learned submit pace.
+    pub submits_per_minute: u32,
 }
 
 impl VideoModelSpec {
@@ -70,7 +77,10 @@ impl Default for VideoCatalog {
 impl VideoCatalog {
     pub fn new() -> VideoCatalog {
         let m = |id: &str, name: &str, display: &str, modes: (bool, bool, bool), res, speed| {
+            // B.2: Pro 600 a minute, Lite 300.
+            let rpm = if id.contains("-lite-") { 300 } else { 600 };
             VideoModelSpec {
+                submits_per_minute: rpm,
                 id: id.into(),
                 name: name.into(),
                 display_name: display.into(),
@@ -222,11 +232,21 @@ pub struct CreateVideoTask {
     pub watermark: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deadline_seconds: Option<i64>,
+    /// As on an image request (`WebhookTarget::parse`); left out of the fingerprint when
+    /// absent, so requests without them hash as before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_events_filter: Option<Vec<String>>,
     #[serde(skip)]
     pub idempotency_key: Option<String>,
     /// Legacy REST routes: `user_id` may be any opaque id.
     #[serde(skip)]
     pub opaque_owner: bool,
+    /// The latest Go server's `provider` (REST only): it dispatched tasks by this name, so a
+    /// name other than Volcengine's asked for a provider this service does not have.
+    #[serde(skip)]
+    pub provider: Option<String>,
 }
 
 impl CreateVideoTask {
@@ -249,6 +269,7 @@ pub struct NewVideoTask<'c> {
     pub params: VideoParams,
     pub idempotency: Option<(IdempotencyKey, String)>,
     pub deadline: Option<DeadlineSecs>,
+    pub webhook: Option<WebhookTarget>,
 }
 
 fn one_of(field: &str, raw: Option<&str>, allowed: &[&str]) -> Result<Option<String>, FieldError> {
@@ -371,6 +392,8 @@ impl NewVideoTask<'_> {
         let prompt = Prompt::parse(&raw.prompt, MAX_VIDEO_PROMPT_CHARS);
         let user_id = Owner::parse(raw.user_id.as_deref(), raw.opaque_owner);
         let deadline = DeadlineSecs::parse(raw.deadline_seconds);
+        let webhook =
+            WebhookTarget::parse(raw.webhook.as_deref(), raw.webhook_events_filter.as_deref());
         let mut frames = Vec::new();
         for (i, url) in raw.images.iter().enumerate() {
             match ReferenceImage::parse(i, url.clone()) {
@@ -381,22 +404,35 @@ impl NewVideoTask<'_> {
                 }
             }
         }
+        if let Some(p) = raw.provider.as_deref() {
+            if !p.trim().eq_ignore_ascii_case(PROVIDER) {
+                errors.push(
+                    FieldError::new("provider", format!("must be {PROVIDER} (or left out)"))
+                        .with_value(p),
+                );
+            }
+        }
         let model = catalog.parse_model(raw.model.as_deref(), raw.images.len());
         let params = model.as_ref().ok().map(|m| check_params(&raw, m, frames));
-        match (model, prompt, user_id, key, deadline, params) {
-            (Ok(model), Ok(prompt), Ok(user_id), Ok(key), Ok(deadline), Some(Ok(params)))
-                if errors.is_empty() =>
-            {
-                Ok(NewVideoTask {
-                    user_id,
-                    model,
-                    prompt,
-                    params,
-                    idempotency: key.zip(fingerprint),
-                    deadline,
-                })
-            }
-            (model, prompt, user_id, key, deadline, params) => {
+        match (model, prompt, user_id, key, deadline, params, webhook) {
+            (
+                Ok(model),
+                Ok(prompt),
+                Ok(user_id),
+                Ok(key),
+                Ok(deadline),
+                Some(Ok(params)),
+                Ok(webhook),
+            ) if errors.is_empty() => Ok(NewVideoTask {
+                user_id,
+                model,
+                prompt,
+                params,
+                idempotency: key.zip(fingerprint),
+                deadline,
+                webhook,
+            }),
+            (model, prompt, user_id, key, deadline, params, webhook) => {
                 let mut all: Vec<FieldError> = [
                     model.err(),
                     prompt.err(),
@@ -409,6 +445,10 @@ impl NewVideoTask<'_> {
                 .collect();
                 all.append(&mut errors);
                 if let Some(Err(e)) = params {
+                    all.extend(e);
+                }
+                // Last, as on an image request.
+                if let Err(e) = webhook {
                     all.extend(e);
                 }
                 Err(all)
@@ -436,6 +476,7 @@ impl NewVideoTask<'_> {
         );
         task.kind = TaskKind::Video;
         task.video = Some(self.params);
+        task.webhook = self.webhook;
         task.with_deadline(deadline)
     }
 }
@@ -503,6 +544,41 @@ mod tests {
         let e = NewVideoTask::parse(r, &c).expect_err("invalid");
         assert_eq!(e[0].field, "images[0]");
         assert!(e.iter().any(|e| e.field == "images"), "{e:?}");
+    }
+
+    #[test]
+    fn a_webhook_is_parsed_as_on_an_image_request() {
+        let c = VideoCatalog::new();
+        let mut r = req("x");
+        r.webhook = Some("https://hooks.example.com/v".into());
+        r.webhook_events_filter = Some(vec!["completed".into()]);
+        let task = NewVideoTask::parse(r, &c)
+            .expect("valid")
+            .into_task(Utc::now(), 600);
+        let w = task.webhook.expect("kept on the task");
+        assert_eq!(w.url, "https://hooks.example.com/v");
+        assert_eq!(w.events, [super::super::webhook::WebhookEvent::Completed]);
+        let mut r = req(" ");
+        r.webhook = Some("ftp://hooks.example.com".into());
+        let e = NewVideoTask::parse(r, &c).expect_err("invalid");
+        let fields: Vec<&str> = e.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["prompt", "webhook"]);
+    }
+
+    #[test]
+    fn the_go_servers_provider_name_is_volcengine_or_nothing() {
+        let c = VideoCatalog::new();
+        for ok in [None, Some("volcengine"), Some(" VolcEngine ")] {
+            let mut r = req("x");
+            r.provider = ok.map(str::to_string);
+            assert!(NewVideoTask::parse(r, &c).is_ok(), "{ok:?}");
+        }
+        for bad in ["openai", "", "volcengine_jimeng"] {
+            let mut r = req("x");
+            r.provider = Some(bad.into());
+            let e = NewVideoTask::parse(r, &c).expect_err(bad);
+            assert_eq!(e[0].field, "provider", "{e:?}");
+        }
     }
 
     #[test]

@@ -343,6 +343,11 @@ pub fn events_for(current: &Task, next: &Task) -> Vec<WebhookDelivery> {
     let mut snapshot = next.clone();
     // Not in the body, and large: reference images may be data URLs of megabytes.
     snapshot.params.images.clear();
+    if let Some(v) = snapshot.video.as_mut() {
+        // A video's frames likewise; its callback token is the provider's secret, not the owner's.
+        v.frames.clear();
+        v.callback_token = None;
+    }
     snapshot.params.options = None;
     snapshot.unkept = None;
     snapshot.outbox.clear();

@@ -140,6 +140,12 @@ pub struct VideoConfig {
     pub callback_timeout: Duration,
     /// … up to this many more times, for `succeeded` / `failed` / `expired`.
     pub callback_retries: u32,
+    /// Each callback is POSTed this many times at once (1): Ark does not promise exactly-once
+    /// delivery, and a receiver must take repeats.
+    pub callback_copies: u32,
+    /// The first this many creates are answered 429 `ModelAccountRpmRateLimitExceeded` (without
+    /// `Retry-After` unless `retry_after` is set), whatever the limits say.
+    pub throttle_first: u32,
     /// GET and list only see tasks created this recently (7 days).
     pub retention: Duration,
 }
@@ -161,6 +167,8 @@ impl Default for VideoConfig {
             url_ttl: Duration::from_secs(24 * 3600),
             callback_timeout: Duration::from_secs(5),
             callback_retries: 3,
+            callback_copies: 1,
+            throttle_first: 0,
             retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
@@ -190,6 +198,8 @@ pub struct VisualConfig {
     pub video_url_ttl: Duration,
     /// Tasks answer `not_found` after this (12 h).
     pub retention: Duration,
+    /// The first this many submits are answered 429 50429, whatever the limits say.
+    pub throttle_first: u32,
 }
 
 /// The credentials the emulator accepts when none are configured (sandbox mode signs with them).
@@ -210,6 +220,7 @@ impl Default for VisualConfig {
             image_url_ttl: Duration::from_secs(24 * 3600),
             video_url_ttl: Duration::from_secs(3600),
             retention: Duration::from_secs(12 * 3600),
+            throttle_first: 0,
         }
     }
 }

@@ -169,6 +169,7 @@ impl Emulator {
             std::future::pending::<()>().await;
         }
         tokio::time::sleep(cfg.latency + jitter(cfg.latency_jitter)).await;
+        self.until_released().await;
         if roll < cfg.overload_rate + cfg.fail_rate || calls_for_prompt <= u64::from(cfg.fail_first)
         {
             return Err(ArkError::internal());

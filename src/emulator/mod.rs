@@ -60,6 +60,8 @@ struct Inner {
     downloading: AtomicU64,
     video: video::State,
     visual: visual::State,
+    /// `true` while image generations are held (`Emulator::hold`).
+    held: tokio::sync::watch::Sender<bool>,
 }
 
 /// One size's picture or video, rendered by whichever download comes first while the others
@@ -121,8 +123,27 @@ impl Emulator {
             downloading: AtomicU64::new(0),
             video: video::State::default(),
             visual: visual::State::default(),
+            held: tokio::sync::watch::channel(false).0,
             cfg,
         }))
+    }
+
+    /// Holds every image generation, once its latency has passed, until [`Emulator::release`]:
+    /// a benchmark's calls all in flight, answered together when it says so, however long its
+    /// set-up took (a latency long enough for it was a guess).
+    pub fn hold(&self) {
+        self.0.held.send_replace(true);
+    }
+
+    /// Answers the held generations, and holds none from now on.
+    pub fn release(&self) {
+        self.0.held.send_replace(false);
+    }
+
+    async fn until_released(&self) {
+        let mut held = self.0.held.subscribe();
+        // Err only once the sender is gone, i.e. never while `self` lives.
+        let _ = held.wait_for(|held| !*held).await;
     }
 
     pub fn config(&self) -> &EmulatorConfig {

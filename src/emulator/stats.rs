@@ -62,7 +62,21 @@ pub struct VideoStats {
     pub callbacks_failed: u64,
     /// Video downloads answered (expired links included).
     pub downloads: u64,
+    /// Every create request in arrival order (the first `SUBMIT_LOG` of them).
+    pub create_log: Vec<Submit>,
 }
+
+/// One task submit as the emulator received it.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct Submit {
+    /// Milliseconds since the emulator started, on arrival.
+    pub at_ms: u64,
+    /// The HTTP status it was answered.
+    pub status: u16,
+}
+
+/// Submits kept in `create_log` / `submit_log` (the benchmark's thousand tasks fit).
+pub const SUBMIT_LOG: usize = 10_000;
 
 #[derive(Default, Serialize, Clone, Debug)]
 pub struct VisualStats {
@@ -74,6 +88,8 @@ pub struct VisualStats {
     pub auth_failures: BTreeMap<String, u64>,
     /// Answers by business code (10000 success, 50429, …).
     pub by_code: BTreeMap<i64, u64>,
+    /// Every SubmitTask request in arrival order (the first `SUBMIT_LOG` of them).
+    pub submit_log: Vec<Submit>,
 }
 
 impl Emulator {
@@ -95,6 +111,11 @@ impl Emulator {
     /// Counts a request to `endpoint` (method and path pattern).
     pub(crate) fn hit(&self, endpoint: &str) {
         self.with_stats(|s| *s.endpoints.entry(endpoint.to_string()).or_default() += 1);
+    }
+
+    /// Milliseconds since the emulator started.
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.0.started.elapsed().as_millis() as u64
     }
 
     pub(crate) fn count(&self, status: u16, code: Option<&str>) {

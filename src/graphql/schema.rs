@@ -170,6 +170,20 @@ impl Query {
             .map(ImageModel)
             .collect())
     }
+
+    /// Video models that can be asked for (`createVideoTask`), with what each accepts.
+    async fn video_models(
+        &self,
+        c: &Context<'_>,
+    ) -> async_graphql::Result<Vec<super::video::VideoModel>> {
+        Ok(ctx(c)?
+            .service
+            .video_catalog()
+            .all()
+            .iter()
+            .map(super::video::VideoModel::of)
+            .collect())
+    }
 }
 
 pub struct Mutation;

@@ -53,6 +53,61 @@ impl VideoSpec {
     }
 }
 
+/// A video model (`createVideoTask`): what it accepts, checked before the provider is called.
+#[derive(SimpleObject)]
+pub struct VideoModel {
+    /// Provider model id.
+    pub id: String,
+    /// Friendly name (accepted wherever a model is asked for, like the id).
+    pub name: String,
+    /// Human-readable name, e.g. `Seedance 1.0 Pro`.
+    pub display_name: String,
+    /// Takes a prompt alone (no image).
+    pub text_to_video: bool,
+    /// Takes one image, the first frame.
+    pub first_frame: bool,
+    /// Takes two images, the first and the last frame.
+    pub first_last_frame: bool,
+    /// Fewest seconds of video (see `durations`).
+    pub min_duration: u32,
+    /// Most seconds of video (see `durations`).
+    pub max_duration: u32,
+    /// The only durations taken, when the model has a list (Jimeng: 5 or 10); null: any from
+    /// `minDuration` to `maxDuration`.
+    pub durations: Option<Vec<u32>>,
+    /// Resolutions it renders.
+    pub resolutions: Vec<String>,
+    /// The resolution of a task that gives none.
+    pub default_resolution: String,
+    /// Ratios of a text-to-video task (with images, `adaptive` too: the images' own).
+    pub ratios: Vec<String>,
+    /// Takes `cameraFixed`.
+    pub camera_fixed: bool,
+}
+
+impl VideoModel {
+    pub fn of(m: &domain::video::VideoModelSpec) -> VideoModel {
+        VideoModel {
+            id: m.id.clone(),
+            name: m.name.clone(),
+            display_name: m.display_name.clone(),
+            text_to_video: m.text_to_video,
+            first_frame: m.first_frame,
+            first_last_frame: m.first_last_frame,
+            min_duration: m.min_duration,
+            max_duration: m.max_duration,
+            durations: m.durations.map(<[u32]>::to_vec),
+            resolutions: m.resolutions.iter().map(|r| r.to_string()).collect(),
+            default_resolution: m.default_resolution.to_string(),
+            ratios: domain::video::RATIOS
+                .iter()
+                .map(|r| r.to_string())
+                .collect(),
+            camera_fixed: m.takes_camera_fixed,
+        }
+    }
+}
+
 /// A new Seedance video task. Every field is checked against the model before the provider is
 /// called.
 #[derive(InputObject)]
@@ -84,6 +139,12 @@ pub struct CreateVideoTaskInput {
     pub idempotency_key: Option<String>,
     /// Seconds the task may take to a final state; default the server's `TASK_DEADLINE`.
     pub deadline_seconds: Option<i64>,
+    /// An http(s) URL the task's events are posted to, signed per Standard Webhooks, as for
+    /// `createImageTask` (see `Task.webhookDeliveries`). Refused when it leads to a loopback,
+    /// private, link-local or metadata address.
+    pub webhook: Option<String>,
+    /// Which events the webhook hears of; default both.
+    pub webhook_events_filter: Option<Vec<super::webhooks::WebhookEvent>>,
 }
 
 impl From<CreateVideoTaskInput> for domain::video::CreateVideoTask {
@@ -100,8 +161,13 @@ impl From<CreateVideoTaskInput> for domain::video::CreateVideoTask {
             camera_fixed: i.camera_fixed,
             watermark: i.watermark,
             deadline_seconds: i.deadline_seconds,
+            webhook: i.webhook,
+            webhook_events_filter: i
+                .webhook_events_filter
+                .map(|f| f.into_iter().map(|e| e.filter_name()).collect()),
             idempotency_key: i.idempotency_key,
             opaque_owner: false,
+            provider: None,
         }
     }
 }

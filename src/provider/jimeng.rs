@@ -57,7 +57,7 @@ fn gateway_error(status: u16, meta: &Value, after: Option<Duration>) -> Provider
         message,
         status: Some(status),
         retryable,
-        retry_after: after.or(retryable.then_some(Duration::from_secs(1))),
+        retry_after: after,
         request_id: meta["RequestId"].as_str().map(str::to_string),
     }
 }
@@ -66,12 +66,8 @@ fn gateway_error(status: u16, meta: &Value, after: Option<Duration>) -> Provider
 fn business_error(status: u16, body: &Value, after: Option<Duration>) -> ProviderError {
     let code = body["code"].as_i64().unwrap_or_default();
     let retryable = status == 429 || status >= 500;
-    // Without a Retry-After a refused submit would come straight back: the per-second limit
-    // clears within a second; the limit on tasks at once only when one of them finishes.
-    let wait = match code {
-        50430 => Duration::from_secs(3),
-        _ => Duration::from_secs(1),
-    };
+    // Only what the API said: how long a 429 waits is the worker's rule (`worker::submit`), the
+    // same for both families.
     ProviderError {
         code: code.to_string(),
         message: body["message"]
@@ -80,7 +76,7 @@ fn business_error(status: u16, body: &Value, after: Option<Duration>) -> Provide
             .to_string(),
         status: Some(status),
         retryable,
-        retry_after: after.or(retryable.then_some(wait)),
+        retry_after: after,
         request_id: body["request_id"].as_str().map(str::to_string),
     }
 }
@@ -449,7 +445,10 @@ mod tests {
         );
         let limit = json!({"code": 50430, "message": "Request Has Reached API Concurrent Limit, Please Try Later", "data": null});
         let e = business_error(429, &limit, None);
-        assert!(e.is_pace_signal() && e.retry_after.is_some(), "{e:?}");
+        // The wait without a Retry-After is the worker's (`worker::submit`), not made up here.
+        assert!(e.is_pace_signal() && e.retry_after.is_none(), "{e:?}");
+        let after = business_error(429, &limit, Some(Duration::from_secs(4)));
+        assert_eq!(after.retry_after, Some(Duration::from_secs(4)));
         assert_eq!(e.code, "50430");
         let risk = business_error(
             400,

@@ -124,8 +124,13 @@ impl KeyPool {
     /// stretch of calls each key gets its share within one call, interleaved rather than in
     /// runs). `None` when every key is refused and none is due for a probe.
     pub fn pick(&self) -> Option<Picked<'_>> {
+        self.pick_at(Instant::now())
+    }
+
+    /// `pick` at `now` (tests pass a clock of their own: sleeps of a few milliseconds flake on a
+    /// loaded machine).
+    fn pick_at(&self, now: Instant) -> Option<Picked<'_>> {
         let mut health = self.health.lock().ok()?;
-        let now = Instant::now();
         let due = health.iter().position(|h| {
             h.disabled
                 && h.probe_at.is_some_and(|at| at <= now)
@@ -171,6 +176,10 @@ impl KeyPool {
     /// What the call with `picked` showed. A refusal takes the key out at once and schedules
     /// its next probe (doubling the wait after a failed probe); an accepted probe puts it back.
     pub fn report(&self, picked: Picked<'_>, outcome: KeyOutcome) {
+        self.report_at(picked, outcome, Instant::now());
+    }
+
+    fn report_at(&self, picked: Picked<'_>, outcome: KeyOutcome, now: Instant) {
         let Ok(mut health) = self.health.lock() else {
             return;
         };
@@ -198,7 +207,7 @@ impl KeyPool {
                 };
                 h.disabled = true;
                 h.current = 0;
-                h.probe_at = Some(Instant::now() + h.backoff);
+                h.probe_at = Some(now + h.backoff);
                 tracing::warn!(
                     key = %picked.key.fingerprint,
                     reprobe_in_s = h.backoff.as_secs_f64(),
@@ -277,33 +286,32 @@ mod tests {
 
     #[test]
     fn a_refused_key_is_taken_out_and_probed_again_with_backoff() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
         let p = pool(&[("good", 1), ("bad", 1)], Duration::from_millis(20));
         let bad = (0..2)
-            .map(|_| p.pick().expect("key"))
+            .map(|_| p.pick_at(at(0)).expect("key"))
             .find(|k| k.key.secret() == "bad")
             .expect("bad picked");
-        p.report(bad, KeyOutcome::Refused);
+        p.report_at(bad, KeyOutcome::Refused, at(0));
         for _ in 0..10 {
-            assert_eq!(p.pick().expect("key").key.secret(), "good");
+            assert_eq!(p.pick_at(at(19)).expect("key").key.secret(), "good");
         }
-        std::thread::sleep(Duration::from_millis(25));
-        let probe = p.pick().expect("probe");
+        let probe = p.pick_at(at(20)).expect("probe");
         assert_eq!(probe.key.secret(), "bad");
         assert_eq!(p.states()[1].state, "probing");
         // One probe at a time.
-        assert_eq!(p.pick().expect("key").key.secret(), "good");
-        p.report(probe, KeyOutcome::Refused);
+        assert_eq!(p.pick_at(at(21)).expect("key").key.secret(), "good");
+        p.report_at(probe, KeyOutcome::Refused, at(25));
         assert_eq!(p.states()[1].state, "disabled");
-        std::thread::sleep(Duration::from_millis(25));
         assert_eq!(
-            p.pick().expect("key").key.secret(),
+            p.pick_at(at(64)).expect("key").key.secret(),
             "good",
-            "backoff doubled"
+            "backoff doubled: the next probe 40 ms after the failed one"
         );
-        std::thread::sleep(Duration::from_millis(20));
-        let probe = p.pick().expect("probe");
+        let probe = p.pick_at(at(65)).expect("probe");
         assert_eq!(probe.key.secret(), "bad");
-        p.report(probe, KeyOutcome::Accepted);
+        p.report_at(probe, KeyOutcome::Accepted, at(66));
         assert_eq!(p.states()[1].state, "enabled");
         assert_eq!(p.states()[1].refusals, 2);
     }

@@ -408,6 +408,8 @@ pub struct ProviderLimiter {
     pacer: Arc<dyn Pacer>,
     models: HashMap<String, ModelLimit>,
     window: Duration,
+    /// Calls in flight per model in this process.
+    concurrency: usize,
 }
 
 /// Held for the duration of one provider call.
@@ -453,7 +455,20 @@ impl ProviderLimiter {
             pacer,
             models,
             window,
+            concurrency: concurrency.max(1),
         }
+    }
+
+    /// Adds models whose calls are task submits (videos), `(id, submits a minute)`: each submit
+    /// takes one slot of the pace, learned from the provider's answers like images'.
+    pub fn with_submits(mut self, models: impl IntoIterator<Item = (String, u32)>) -> Self {
+        for (id, per_minute) in models {
+            self.models.entry(id).or_insert_with(|| ModelLimit {
+                ceiling: f64::from(per_minute.max(1)) * HEADROOM,
+                in_flight: Arc::new(Semaphore::new(self.concurrency)),
+            });
+        }
+        self
     }
 
     fn rule(&self, model: &str) -> Option<(&ModelLimit, PaceRule)> {

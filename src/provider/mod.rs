@@ -148,6 +148,16 @@ pub struct ProviderError {
 }
 
 impl ProviderError {
+    /// What the task stores of this error (the user sees code and message, never the
+    /// provider's request id or status).
+    pub fn task_error(&self) -> crate::domain::TaskError {
+        crate::domain::TaskError {
+            code: self.code.clone(),
+            message: self.message.clone(),
+            retryable: self.retryable,
+        }
+    }
+
     /// The provider refused for rate (429 `ServerOverloaded`, `…RateLimitExceeded`, …), not
     /// for a spent quota: a signal to call slower, which costs the task no attempt.
     pub fn is_pace_signal(&self) -> bool {

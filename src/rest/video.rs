@@ -48,8 +48,14 @@ pub struct VideoBody {
     watermark: Option<bool>,
     /// Seconds the task may take to a final state (default `TASK_DEADLINE`).
     deadline_seconds: Option<i64>,
-    /// The latest Go server's provider name (`volcengine`); accepted and ignored.
+    /// The latest Go server's provider name: `volcengine` if given (the only provider here).
     provider: Option<String>,
+    /// An http(s) URL to post the task's events to, signed per Standard Webhooks, as for an
+    /// image task. Refused when it resolves to a loopback, private, link-local or metadata
+    /// address.
+    webhook: Option<String>,
+    /// Which events to post: `start`, `completed` (every terminal state); default both.
+    webhook_events_filter: Option<Vec<String>>,
 }
 
 /// Create a video task
@@ -58,7 +64,7 @@ pub struct VideoBody {
 /// resolution, seed) before anything reaches the provider; then submitted once to Ark's content
 /// generation tasks API and tracked there. Poll `GET /api/v1/tasks/{task_id}` (or the legacy
 /// result routes, or stream it); once completed, `video_url` is the MP4 stored on this server.
-/// `Idempotency-Key` and `Prefer: wait=N` as for image tasks.
+/// `Idempotency-Key`, `Prefer: wait=N` and `webhook` as for image tasks.
 #[utoipa::path(post, path = "/api/v1/ai/video/task", tag = "tasks",
     params(
         ("Idempotency-Key" = Option<String>, Header, description = "Replays the task created with this key"),
@@ -76,8 +82,8 @@ pub async fn create_video(
     headers: HeaderMap,
     ApiJson(b): ApiJson<VideoBody>,
 ) -> ApiResult {
-    let _ = b.provider;
     let input = CreateVideoTask {
+        provider: b.provider,
         user_id: b.user_id,
         prompt: b.prompt,
         model: b.model,
@@ -89,6 +95,8 @@ pub async fn create_video(
         camera_fixed: b.camera_fixed,
         watermark: b.watermark,
         deadline_seconds: b.deadline_seconds,
+        webhook: b.webhook,
+        webhook_events_filter: b.webhook_events_filter,
         idempotency_key: idempotency_key(&headers)?,
         // As on the other legacy routes: the Go server's clients hold opaque user ids.
         opaque_owner: true,

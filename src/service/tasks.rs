@@ -94,6 +94,9 @@ impl Service {
         if is_valid_id(user_id) || own.is_some() {
             self.require_known_user(user_id).await?;
         }
+        if let Some(w) = &new.webhook {
+            self.check_webhook_target(&w.url).await?;
+        }
         let now = Utc::now();
         let task = new.into_task(now, self.limits.task_deadline.as_secs());
         self.accept(who, task, slot, now).await

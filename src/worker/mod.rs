@@ -5,6 +5,7 @@
 
 mod images;
 pub mod reconciler;
+pub mod submit;
 pub mod timers;
 pub mod video;
 pub mod webhooks;
@@ -19,8 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::domain::{
-    ModelSpec, ProviderFamily, ProviderImage, StoredImage, Task, TaskError, TaskKind, TaskStatus,
-    UnkeptImages,
+    ModelSpec, ProviderFamily, ProviderImage, StoredImage, Task, TaskKind, TaskStatus, UnkeptImages,
 };
 use crate::events::Events;
 use crate::events::{Channel, Event};
@@ -594,24 +594,12 @@ impl Worker {
         billed: u32,
         now: DateTime<Utc>,
     ) -> Result<(), crate::error::AppError> {
-        let error = TaskError {
-            code: e.code.clone(),
-            message: e.message.clone(),
-            retryable: e.retryable,
-        };
+        let error = e.task_error();
         if e.costs_no_attempt() {
             // The pace already waits for the provider; only a Retry-After also holds the task. A
             // refused key of a pool is already out of it: the next call takes another key.
-            let at = now
-                + chrono::Duration::from_std(e.retry_after.unwrap_or_default()).unwrap_or_default();
-            let Ok(mut next) = running.requeue_paced(error, at, now) else {
-                return Ok(());
-            };
-            next.unkept = unkept;
-            if self.commit(running, next).await?.is_some() {
-                tracing::info!(code = %e.code, retry_at = %at, "rate-limited or key refused; tried again, no attempt spent");
-                self.backends.queue.enqueue(&running.id, Some(at)).await?;
-            }
+            let wait = e.retry_after.unwrap_or_default();
+            self.requeue_paced(running, &e, unkept, wait, now).await?;
         } else if e.retryable && running.attempts < self.cfg.max_attempts {
             let at = self.retry_at(running.attempts, e.retry_after, now);
             let Ok(mut next) = running.requeue(Some(error), at, now) else {

@@ -42,7 +42,7 @@ const MAX_DOWNLOAD_TRIES: u32 = 5;
 
 /// The video side of a worker process.
 pub struct VideoWorker {
-    provider: Arc<dyn VideoProvider>,
+    pub(super) provider: Arc<dyn VideoProvider>,
     cfg: VideoConfig,
     /// Where callbacks reach this service (`PUBLIC_BASE_URL`), when tasks are submitted with one.
     callback_base: Option<String>,
@@ -244,11 +244,15 @@ impl Worker {
             }
             None => {
                 let submitted = match self.submit_request(&running) {
-                    Ok(req) => video.provider.submit(&req).await,
+                    Ok(req) => self.submit_paced(video, &req).await,
                     Err(e) => Err(e),
                 };
                 let pid = match submitted {
                     Ok(pid) => pid,
+                    Err(e) if e.is_pace_signal() => {
+                        let wait = super::submit::throttled_wait(&e);
+                        return self.requeue_paced(&running, &e, None, wait, now).await;
+                    }
                     Err(e) => return self.record_error(&running, e, None, 0, now).await,
                 };
                 metrics::counter!("video_submits_total").increment(1);
@@ -610,9 +614,8 @@ async fn finish_failed(worker: &Worker, video: &VideoWorker, id: &str, e: Provid
     };
     let now = Utc::now();
     let error = TaskError {
-        code: e.code.clone(),
-        message: e.message.clone(),
         retryable: false,
+        ..e.task_error()
     };
     let Ok(next) = gone.task.fail(error, None, now) else {
         return;

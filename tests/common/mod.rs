@@ -11,6 +11,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 use volcengine_ai_server::app::{self, Backends, Role, Running};
 use volcengine_ai_server::config::Config;
+use volcengine_ai_server::emulator::{self, Emulator, EmulatorConfig};
+
+pub mod process;
 
 /// Upper bound for anything a test waits for; only guards against hangs, never a timing claim.
 pub const PATIENCE: Duration = Duration::from_secs(90);
@@ -26,6 +29,20 @@ pub fn distributed_env() -> Option<(String, String)> {
     let redis =
         std::env::var("TEST_REDIS_URL").expect("TEST_BACKEND=distributed needs TEST_REDIS_URL");
     Some((mongo, redis))
+}
+
+/// The Ark emulator on a free loopback port: its handle (stats, settings), its URL, and the token
+/// that stops it.
+pub async fn start_emulator(
+    cfg: EmulatorConfig,
+) -> (Emulator, String, tokio_util::sync::CancellationToken) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let emu = emulator::serve(cfg, listener, stop.clone())
+        .await
+        .expect("emulator");
+    (emu, url, stop)
 }
 
 /// A name no other test uses: the database and Redis key prefix of one test server.

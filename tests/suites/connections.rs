@@ -3,84 +3,35 @@
 //! keep-alive requests is closed after `HEADER_READ_TIMEOUT`, and no more than `MAX_CONNECTIONS`
 //! are served at once. The timeout is set short through the environment, as an operator would.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::common::process::{self, ServerProcess};
+
 /// How long a test waits for something that must happen; only a broken server waits this long.
 const PATIENCE: Duration = Duration::from_secs(20);
 
 struct Server {
-    child: Child,
     addr: String,
+    _process: ServerProcess,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 async fn start(env: &[(&str, &str)]) -> Server {
     let dir = tempfile::tempdir().expect("temp dir");
-    // A loopback address of its own (127.0.0.0/8 is all loopback): a port found free here and
-    // taken by another test's server before this one binds it would have these tests speak to
-    // that server.
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default()
-        ^ std::process::id();
-    let ip = format!(
-        "127.{}.{}.{}",
-        n >> 16 & 0xff,
-        n >> 8 & 0xff,
-        (n & 0xfd) + 1
-    );
-    let port = std::net::TcpListener::bind((ip.as_str(), 0))
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let mut c = Command::new(env!("CARGO_BIN_EXE_volcengine-ai-server"));
-    c.arg("serve")
-        .current_dir(std::env::temp_dir())
-        .env("HOST", &ip)
-        .env("PORT", port.to_string())
-        .env("DATA_DIR", dir.path())
-        .env("LOG_LEVEL", "error")
-        .env_remove("VOLCENGINE_API_KEY")
-        .env_remove("ARK_API_KEY")
-        .env_remove("MONGO_URL")
-        .env_remove("REDIS_URL")
-        .env_remove("ADMIN_API_KEY")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
+    let (mut c, base) = process::command("serve", &std::env::temp_dir());
+    c.env("DATA_DIR", dir.path());
     for (k, v) in env {
         c.env(k, v);
     }
-    let mut server = Server {
-        child: c.spawn().expect("spawn"),
-        addr: format!("{ip}:{port}"),
+    let process = ServerProcess::start((c, base), "/health").await;
+    Server {
+        addr: process.addr().to_string(),
+        _process: process,
         _dir: dir,
-    };
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while reqwest::get(format!("http://{}/health", server.addr))
-        .await
-        .is_err()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "server did not start"
-        );
-        let exited = server.child.try_wait().expect("child status");
-        assert!(exited.is_none(), "server exited: {exited:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    server
 }
 
 /// Waits for the server to close `s` (end of stream or reset); `false` if it stays open.

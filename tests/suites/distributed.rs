@@ -8,17 +8,18 @@
 //! `redis-server` on PATH for the tests that run a private Redis they can flush and restart.
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::process::{self, ServerProcess};
 use crate::common::{unique_name, Proto, WsClient, WsEvent, PATIENCE, TASK_UPDATED};
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use volcengine_ai_server::emulator::{self, Emulator, EmulatorConfig};
+use volcengine_ai_server::emulator::{Emulator, EmulatorConfig};
 
 const KEY: &str = "dist-key";
 
@@ -43,22 +44,6 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
-/// A child process killed (SIGKILL) when dropped.
-struct Proc(Child);
-
-impl Proc {
-    fn kill9(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
 /// One deployment: a database and key prefix of its own, the provider at an emulator.
 struct Deployment {
     env: Vec<(String, String)>,
@@ -74,7 +59,6 @@ impl Deployment {
             ("REDIS_KEY_PREFIX".into(), name),
             ("VOLCENGINE_ENDPOINT".into(), emulator_url.into()),
             ("VOLCENGINE_API_KEY".into(), KEY.into()),
-            ("HOST".into(), "127.0.0.1".into()),
             ("LOG_LEVEL".into(), "error".into()),
             ("RECONCILE_INTERVAL".into(), "300ms".into()),
             ("SUBSCRIPTION_RESYNC".into(), "2s".into()),
@@ -85,65 +69,37 @@ impl Deployment {
         Deployment { env }
     }
 
-    fn spawn(&self, role: &str, port: u16) -> Proc {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_volcengine-ai-server"));
-        c.arg(role)
-            .current_dir(std::env::temp_dir())
-            .env("PORT", port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+    /// The binary in `role` on an address of its own (`base` for the api and serve roles).
+    fn spawn(&self, role: &str) -> ServerProcess {
+        let (mut c, base) = process::command(role, &std::env::temp_dir());
+        if role == "worker" {
+            c.env("PORT", "0");
+        }
         for (k, v) in &self.env {
             c.env(k, v);
         }
-        Proc(c.spawn().expect("spawn"))
+        ServerProcess::spawn((c, base))
     }
 
-    async fn api(&self) -> (Proc, String) {
-        let port = free_port();
-        let p = self.spawn("api", port);
-        let base = format!("http://127.0.0.1:{port}");
-        wait_ready(&base).await;
+    async fn api(&self) -> (ServerProcess, String) {
+        let mut p = self.spawn("api");
+        p.wait_for("/ready").await;
+        let base = p.base.clone();
         (p, base)
     }
 
-    fn worker(&self) -> Proc {
-        self.spawn("worker", 0)
-    }
-}
-
-async fn wait_ready(base: &str) {
-    let http = reqwest::Client::new();
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if let Ok(r) = http.get(format!("{base}/ready")).send().await {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{base} never became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    fn worker(&self) -> ServerProcess {
+        self.spawn("worker")
     }
 }
 
 async fn emulator(latency: Duration) -> (Emulator, String, CancellationToken) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let stop = CancellationToken::new();
-    let emu = emulator::serve(
-        EmulatorConfig {
-            latency,
-            api_key: Some(KEY.into()),
-            ..EmulatorConfig::default()
-        },
-        listener,
-        stop.clone(),
-    )
+    crate::common::start_emulator(EmulatorConfig {
+        latency,
+        api_key: Some(KEY.into()),
+        ..EmulatorConfig::default()
+    })
     .await
-    .expect("emulator");
-    (emu, url, stop)
 }
 
 async fn post(http: &reqwest::Client, url: String, body: Value) -> (u16, Value) {
@@ -418,7 +374,7 @@ async fn a_worker_killed_mid_call_loses_no_task() {
 /// A private Redis the test may flush and restart.
 struct PrivateRedis {
     port: u16,
-    proc: Option<Proc>,
+    proc: Option<ServerProcess>,
 }
 
 impl PrivateRedis {
@@ -448,7 +404,10 @@ impl PrivateRedis {
         }
         PrivateRedis {
             port,
-            proc: Some(Proc(child)),
+            proc: Some(ServerProcess {
+                child,
+                base: format!("redis://127.0.0.1:{port}"),
+            }),
         }
     }
 
@@ -627,10 +586,9 @@ async fn mongodb_unreachable_answers_503_and_recovers_by_itself() {
         &emu_url,
         &[("MONGO_TIMEOUT", "1s")],
     );
-    let port = free_port();
-    let _serve = d.spawn("serve", port);
-    let api = format!("http://127.0.0.1:{port}");
-    wait_ready(&api).await;
+    let mut serve = d.spawn("serve");
+    serve.wait_for("/ready").await;
+    let api = serve.base.clone();
     let http = reqwest::Client::new();
     let user = create_user(&http, &api).await;
 
@@ -690,8 +648,8 @@ async fn mongodb_unreachable_answers_503_and_recovers_by_itself() {
 
 /// Sends SIGTERM and waits for the exit without blocking this runtime (the emulator serving the
 /// process's in-flight calls runs on it).
-async fn sigterm(p: &mut Proc) -> std::process::ExitStatus {
-    let pid = p.0.id();
+async fn sigterm(p: &mut ServerProcess) -> std::process::ExitStatus {
+    let pid = p.pid();
     let ok = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()
@@ -699,7 +657,7 @@ async fn sigterm(p: &mut Proc) -> std::process::ExitStatus {
         .success();
     assert!(ok, "could not signal {pid}");
     loop {
-        if let Some(status) = p.0.try_wait().expect("wait") {
+        if let Some(status) = p.child.try_wait().expect("wait") {
             return status;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -865,9 +823,12 @@ async fn a_worker_serves_health_readiness_and_its_provider_metrics() {
         &[("WORKER_HTTP_PORT", ops.to_string().as_str())],
     );
     let (_api, base) = d.api().await;
-    let _worker = d.worker();
-    let worker = format!("http://127.0.0.1:{ops}");
-    wait_ready(&worker).await;
+    let mut worker = d.worker();
+    // The worker serves its operations port on its own address (HOST).
+    let host = worker.base.rsplit_once(':').map(|(h, _)| h.to_string());
+    worker.base = format!("{}:{ops}", host.expect("host"));
+    worker.wait_for("/ready").await;
+    let worker = worker.base.clone();
     let http = reqwest::Client::new();
     let user = create_user(&http, &base).await;
     let id = create_task(&http, &base, &user, "a worker's metrics").await;
@@ -1267,7 +1228,7 @@ fn answered(emu: &Emulator) -> u64 {
 
 /// Waits until `n` provider calls succeeded, then kills `victim` with SIGKILL and returns the
 /// tasks in flight (held by a worker) at that moment.
-async fn kill_mid_run(emu: &Emulator, api: &str, victim: &mut Proc, n: u64) -> u64 {
+async fn kill_mid_run(emu: &Emulator, api: &str, victim: &mut ServerProcess, n: u64) -> u64 {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while emu.stats().succeeded < n {
         assert!(tokio::time::Instant::now() < deadline, "calls never ran");

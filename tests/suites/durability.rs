@@ -2,76 +2,43 @@
 //! accepts and runs tasks, restarted on the same data folder, and every task it acknowledged
 //! must still be there and complete.
 
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
-use volcengine_ai_server::emulator::{self, Emulator, EmulatorConfig};
+
+use crate::common::process::{self, ServerProcess};
+use volcengine_ai_server::emulator::{Emulator, EmulatorConfig};
 
 const PATIENCE: Duration = Duration::from_secs(120);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn spawn(dir: &std::path::Path, port: u16) -> Child {
-    spawn_with(dir, port, &[])
-}
-
-/// `spawn` with more environment (set after the defaults, so it overrides them).
-fn spawn_with(dir: &std::path::Path, port: u16, extra: &[(&str, &str)]) -> Child {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_volcengine-ai-server"));
-    c.arg("serve")
-        .current_dir(dir)
-        .env("DATA_DIR", dir.join("data"))
-        .env("HOST", "127.0.0.1")
-        .env("PORT", port.to_string())
+/// The binary on the embedded default in `dir`, with `extra` environment over the defaults.
+fn spawn_with(dir: &std::path::Path, extra: &[(&str, &str)]) -> ServerProcess {
+    let (mut c, base) = process::command("serve", dir);
+    c.env("DATA_DIR", dir.join("data"))
         .env("SANDBOX_LATENCY", "300ms")
         .env("WORKER_CONCURRENCY", "8")
         .env("RECONCILE_INTERVAL", "200ms")
-        .env("LOG_LEVEL", "warn")
-        .env_remove("MONGO_URL")
-        .env_remove("MONGODB_URI")
-        .env_remove("REDIS_URL")
-        .env_remove("VOLCENGINE_API_KEY")
-        .env_remove("ARK_API_KEY")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
+        .env("LOG_LEVEL", "warn");
     for (k, v) in extra {
         c.env(k, v);
     }
-    c.spawn().expect("spawn the server binary")
+    ServerProcess::spawn((c, base))
 }
 
-async fn wait_healthy(http: &reqwest::Client, base: &str) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if let Ok(r) = http.get(format!("{base}/health")).send().await {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "server did not come up"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn start(dir: &std::path::Path, extra: &[(&str, &str)]) -> (ServerProcess, String) {
+    let mut p = spawn_with(dir, extra);
+    p.wait_for("/health").await;
+    let base = p.base.clone();
+    (p, base)
 }
 
 #[tokio::test]
 async fn sigkill_mid_work_loses_no_acknowledged_task() {
     let dir = tempfile::tempdir().expect("dir");
     let http = reqwest::Client::new();
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut first = spawn(dir.path(), port);
-    wait_healthy(&http, &base).await;
+    let (mut first, base) = start(dir.path(), &[]).await;
 
     let r: Value = http
         .post(format!("{base}/api/v1/users"))
@@ -112,8 +79,7 @@ async fn sigkill_mid_work_loses_no_acknowledged_task() {
     }
     // Long enough for some tasks to finish and some to be mid-call.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    first.kill().expect("SIGKILL");
-    first.wait().expect("reaped");
+    first.kill9();
     for s in submitters {
         s.await.expect("submitter");
     }
@@ -124,10 +90,7 @@ async fn sigkill_mid_work_loses_no_acknowledged_task() {
         acked.len()
     );
 
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut second = spawn(dir.path(), port);
-    wait_healthy(&http, &base).await;
+    let (mut second, base) = start(dir.path(), &[]).await;
     let deadline = tokio::time::Instant::now() + PATIENCE;
     for id in &acked {
         loop {
@@ -169,46 +132,30 @@ async fn sigkill_mid_work_loses_no_acknowledged_task() {
         "durability: {} acknowledged tasks survived SIGKILL and completed",
         acked.len()
     );
-    second.kill().expect("stop");
-    let _ = second.wait();
+    second.kill9();
 }
 
 #[tokio::test]
 async fn a_data_folder_is_used_by_one_process_at_a_time() {
     let dir = tempfile::tempdir().expect("dir");
-    let http = reqwest::Client::new();
-    let port = free_port();
-    let mut first = spawn(dir.path(), port);
-    wait_healthy(&http, &format!("http://127.0.0.1:{port}")).await;
-    let mut second = spawn(dir.path(), free_port());
-    let status = second.wait().expect("second exits");
+    let (mut first, _) = start(dir.path(), &[]).await;
+    let mut second = spawn_with(dir.path(), &[]);
+    let status = second.child.wait().expect("second exits");
     assert!(
         !status.success(),
         "a second process on the same folder must refuse to start"
     );
-    first.kill().expect("stop");
-    let _ = first.wait();
+    first.kill9();
 }
 
 /// The provider as an emulator counting every call per prompt.
 async fn emulator(latency: Duration) -> (Emulator, String, CancellationToken) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let stop = CancellationToken::new();
-    let emu = emulator::serve(
-        EmulatorConfig {
-            latency,
-            api_key: Some("crash-key".into()),
-            ..EmulatorConfig::default()
-        },
-        listener,
-        stop.clone(),
-    )
+    crate::common::start_emulator(EmulatorConfig {
+        latency,
+        api_key: Some("crash-key".into()),
+        ..EmulatorConfig::default()
+    })
     .await
-    .expect("emulator");
-    (emu, url, stop)
 }
 
 async fn create_user(http: &reqwest::Client, base: &str) -> String {
@@ -260,10 +207,7 @@ async fn sigkill_repeats_no_more_provider_calls_than_were_in_flight() {
         ("WORKER_CONCURRENCY", "16"),
     ];
     let http = reqwest::Client::new();
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut first = spawn_with(dir.path(), port, &env);
-    wait_healthy(&http, &base).await;
+    let (mut first, base) = start(dir.path(), &env).await;
     let user = create_user(&http, &base).await;
     let mut ids = Vec::new();
     for i in 0..120 {
@@ -283,18 +227,14 @@ async fn sigkill_repeats_no_more_provider_calls_than_were_in_flight() {
         assert!(tokio::time::Instant::now() < deadline, "calls never ran");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    first.kill().expect("SIGKILL");
-    first.wait().expect("reaped");
+    first.kill9();
     // Calls started and not answered; the slots' other tasks were downloading or storing
     // images already paid for. With 120 tasks queued every one of the 16 slots was busy.
     let s = emu.stats();
     let calling = s.requests - s.by_status.values().sum::<u64>();
     let in_flight = 16;
 
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut second = spawn_with(dir.path(), port, &env);
-    wait_healthy(&http, &base).await;
+    let (mut second, base) = start(dir.path(), &env).await;
     wait_completed(&http, &base, &ids).await;
     let dups: u64 = emu
         .stats()
@@ -309,6 +249,5 @@ async fn sigkill_repeats_no_more_provider_calls_than_were_in_flight() {
         dups <= in_flight,
         "{dups} duplicate provider calls after a crash with {in_flight} in flight"
     );
-    second.kill().expect("stop");
-    let _ = second.wait();
+    second.kill9();
 }

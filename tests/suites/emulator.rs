@@ -13,10 +13,9 @@ use axum::{Json, Router};
 use base64::Engine;
 use chrono::Utc;
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
 
 use volcengine_ai_server::emulator::mp4::top_level_boxes;
-use volcengine_ai_server::emulator::{self, Emulator, EmulatorConfig, VideoConfig, VisualConfig};
+use volcengine_ai_server::emulator::{Emulator, EmulatorConfig, VideoConfig, VisualConfig};
 use volcengine_ai_server::provider::volc_sign::{self, Credentials};
 
 const KEY: &str = "emu-key";
@@ -30,14 +29,7 @@ struct Running {
 }
 
 async fn start(cfg: EmulatorConfig) -> Running {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let stop = CancellationToken::new();
-    let emu = emulator::serve(cfg, listener, stop.clone())
-        .await
-        .expect("emulator");
+    let (emu, url, stop) = crate::common::start_emulator(cfg).await;
     Running {
         emu,
         url,

@@ -883,36 +883,12 @@ impl Drop for Child {
 #[test]
 fn random_graphql_documents_are_answered_in_time_within_a_memory_bound() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_volcengine-ai-server"));
-    cmd.arg("serve")
-        .current_dir(dir.path())
-        .env("HOST", "127.0.0.1")
-        .env("PORT", port.to_string())
-        .env("DATA_DIR", dir.path().join("data"))
-        .env("LOG_LEVEL", "error")
-        .stdout(std::process::Stdio::null())
+    let (mut cmd, base) = crate::common::process::command("serve", dir.path());
+    cmd.env("DATA_DIR", dir.path().join("data"))
         .stderr(std::process::Stdio::null());
-    for var in [
-        "VOLCENGINE_API_KEY",
-        "ARK_API_KEY",
-        "MONGO_URL",
-        "MONGODB_URI",
-        "REDIS_URL",
-        "ADMIN_API_KEY",
-        "GRAPHQL_MAX_EXPANDED_FIELDS",
-        "GRAPHQL_MAX_DEPTH",
-        "GRAPHQL_MAX_COMPLEXITY",
-    ] {
-        cmd.env_remove(var);
-    }
     let spawned = cmd.spawn().expect("server starts");
     let pid = spawned.id();
     let child = Child(Arc::new(std::sync::Mutex::new(spawned)));
-    let base = format!("http://127.0.0.1:{port}");
 
     // The watchdog: kills the server past HARD_CAP, before the machine feels it.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -3,7 +3,8 @@
 //! tracked with GetResult and their results kept here; a wrong secret key refused by the
 //! emulator and failing the task with a clear error; a restart after the submit tracking the
 //! task instead of submitting again; the visual API's concurrency limit (429, 50430) costing
-//! no attempt; and sandbox mode running Jimeng on the built-in emulator. Runs on both backends
+//! no attempt; a video submit refused for rate (429, 50429) waiting and costing no attempt, the
+//! same rule as Seedance's; and sandbox mode running Jimeng on the built-in emulator. Runs on both backends
 //! (`TEST_BACKEND=distributed`).
 
 use std::time::Duration;
@@ -18,6 +19,15 @@ const AK: &str = "AKLTjimengtest";
 const SK: &str = "jimeng-test-secret";
 
 async fn emulator(work: Duration, concurrency: u32) -> (Emulator, String, CancellationToken) {
+    emulator_with(work, concurrency, 0).await
+}
+
+/// `throttle_first`: the first submits answered 429 50429 (no Retry-After).
+async fn emulator_with(
+    work: Duration,
+    concurrency: u32,
+    throttle_first: u32,
+) -> (Emulator, String, CancellationToken) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -33,6 +43,7 @@ async fn emulator(work: Duration, concurrency: u32) -> (Emulator, String, Cancel
     cfg.visual.image_time = work;
     cfg.visual.video_time = work;
     cfg.visual.concurrency = concurrency;
+    cfg.visual.throttle_first = throttle_first;
     let emu = emulator::serve(cfg, listener, stop.clone())
         .await
         .expect("emulator");
@@ -212,6 +223,33 @@ async fn the_concurrency_limit_requeues_tasks_without_spending_attempts() {
         "the limit was met: {:?}",
         stats.visual
     );
+}
+
+#[tokio::test]
+async fn a_throttled_video_submit_waits_and_costs_no_attempt() {
+    let (emu, url, _stop) = emulator_with(Duration::from_millis(300), 0, 2).await;
+    let s = server(&url, SK).await;
+    let user = s.create_user("jimeng-throttled@example.com").await;
+    let (status, body) = s
+        .post(
+            "/api/v1/ai/video/task",
+            json!({"prompt": "refused twice", "user_id": user, "model": "jimeng-t2v-3.0",
+                   "duration": 5}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["data"]["task_id"].as_str().expect("task id");
+    let done = s.wait_terminal(id).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["attempts"], 1, "a 429 costs no attempt: {done}");
+    let stats = emu.stats();
+    assert_eq!(
+        stats.visual.by_code.get(&50429),
+        Some(&2),
+        "{:?}",
+        stats.visual
+    );
+    crate::video::assert_spaced_after_429s(&stats.visual.submit_log, 2);
 }
 
 #[tokio::test]

@@ -7,20 +7,12 @@ use crate::common::TestServer;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use volcengine_ai_server::emulator::{self, Emulator, EmulatorConfig};
+use volcengine_ai_server::emulator::{Emulator, EmulatorConfig};
 
 const KEY: &str = "test-key-123";
 
 async fn emulator(cfg: EmulatorConfig) -> (Emulator, String, CancellationToken) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let stop = CancellationToken::new();
-    let emu = emulator::serve(cfg, listener, stop.clone())
-        .await
-        .expect("emulator");
-    (emu, format!("http://{addr}"), stop)
+    crate::common::start_emulator(cfg).await
 }
 
 /// A successful generation call to the emulator at `url`; its JSON answer.

@@ -3,10 +3,12 @@
 //! provider, and none of the secrets appears in anything it printed.
 
 use std::io::Read;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+
+use crate::common::process::{self, ServerProcess};
 
 const ADMIN: &str = "admin-secret-never-logged-5c1e0";
 const ARK: &str = "ark-secret-never-logged-77f3a9";
@@ -23,25 +25,20 @@ fn free_port() -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_appear_in_the_logs() {
     let dir = tempfile::tempdir().expect("dir");
-    let port = free_port();
     // A closed port: every provider call fails fast, through the error paths that log.
     let provider = format!("http://127.0.0.1:{}", free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_volcengine-ai-server"))
-        .arg("serve")
-        .env("PORT", port.to_string())
-        .env("DATA_DIR", dir.path())
+    let (mut c, base) = process::command("serve", dir.path());
+    c.env("DATA_DIR", dir.path())
         .env("ADMIN_API_KEY", ADMIN)
         .env("VOLCENGINE_API_KEY", ARK)
         .env("VOLCENGINE_ENDPOINT", &provider)
         .env("TASK_MAX_ATTEMPTS", "1")
         .env("LOG_LEVEL", "debug")
         .env("LOG_FORMAT", "json")
-        .env_remove("MONGO_URL")
-        .env_remove("REDIS_URL")
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+        .stderr(Stdio::piped());
+    let mut server = ServerProcess::spawn((c, base));
+    let child = &mut server.child;
     let mut out = child.stdout.take().expect("stdout");
     let mut err = child.stderr.take().expect("stderr");
     let readers = [
@@ -57,16 +54,10 @@ async fn secrets_never_appear_in_the_logs() {
         }),
     ];
 
-    let base = format!("http://127.0.0.1:{port}");
+    server.wait_for("/health").await;
+    let base = server.base.clone();
     let http = reqwest::Client::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while http.get(format!("{base}/health")).send().await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "server never came up"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let user: Value = http
         .post(format!("{base}/api/v1/users"))
         .bearer_auth(ADMIN)
@@ -134,8 +125,7 @@ async fn secrets_never_appear_in_the_logs() {
     };
     assert!(!failed.to_string().contains(ARK), "{failed}");
 
-    let _ = child.kill();
-    let _ = child.wait();
+    server.kill9();
     let logs: String = readers
         .into_iter()
         .map(|r| r.join().unwrap_or_default())

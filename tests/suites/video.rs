@@ -1,19 +1,34 @@
 //! Seedance video tasks end to end, against a separately started emulator over real HTTP: the
 //! submit, the batched tracking, the MP4 kept and served here with Range requests, cancel
-//! reaching the provider, a restart after the submit not submitting again, and validation before
-//! any provider call. Runs on both backends (`TEST_BACKEND=distributed`).
+//! reaching the provider, a restart after the submit not submitting again, validation before
+//! any provider call, 429s to the submit costing no attempt and spacing the submits, and the
+//! same callback delivered many times ending the task once. Runs on both backends
+//! (`TEST_BACKEND=distributed`).
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{TestServer, PATIENCE};
+use crate::common::{Proto, TestServer, WsClient, WsEvent, PATIENCE};
+use volcengine_ai_server::emulator::stats::Submit;
 use volcengine_ai_server::emulator::{self, Emulator, EmulatorConfig};
+use volcengine_ai_server::worker::submit::THROTTLED_WAIT;
 
 const KEY: &str = "video-key-1";
 
-async fn emulator(queue: Duration, run: Duration) -> (Emulator, String, CancellationToken) {
+pub(crate) async fn emulator(
+    queue: Duration,
+    run: Duration,
+) -> (Emulator, String, CancellationToken) {
+    emulator_with(queue, run, |_| {}).await
+}
+
+async fn emulator_with(
+    queue: Duration,
+    run: Duration,
+    tweak: impl FnOnce(&mut EmulatorConfig),
+) -> (Emulator, String, CancellationToken) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -26,6 +41,7 @@ async fn emulator(queue: Duration, run: Duration) -> (Emulator, String, Cancella
     };
     cfg.video.queue_time = queue;
     cfg.video.run_time = run;
+    tweak(&mut cfg);
     let emu = emulator::serve(cfg, listener, stop.clone())
         .await
         .expect("emulator");
@@ -61,7 +77,7 @@ async fn public_server(endpoint: &str) -> TestServer {
     .await
 }
 
-fn small(prompt: &str, user: &str) -> Value {
+pub(crate) fn small(prompt: &str, user: &str) -> Value {
     json!({"prompt": prompt, "user_id": user, "duration": 2, "resolution": "480p",
            "model": "seedance-1.0-lite-t2v"})
 }
@@ -89,7 +105,10 @@ async fn text_to_video_completes_with_a_seekable_mp4_served_here() {
     let (emu, url, _stop) = emulator(Duration::from_millis(100), Duration::from_millis(300)).await;
     let s = server(&url).await;
     let user = s.create_user("video@example.com").await;
-    let id = create(&s, small("a fox runs through snow", &user)).await;
+    // With the latest Go server's `provider`, as its clients send it.
+    let mut body = small("a fox runs through snow", &user);
+    body["provider"] = json!("volcengine");
+    let id = create(&s, body).await;
     let t = s.wait_terminal(&id).await;
     assert_eq!(t["status"], "completed", "{t}");
     let video_url = t["video_url"].as_str().expect("video_url").to_string();
@@ -258,6 +277,11 @@ async fn invalid_video_requests_are_refused_before_any_provider_call() {
             "images[0]",
         ),
         (json!({"user_id": user, "prompt": "x", "seed": -7}), "seed"),
+        // The latest Go server dispatched by `provider`; only Volcengine's is here.
+        (
+            json!({"user_id": user, "prompt": "x", "provider": "openai"}),
+            "provider",
+        ),
     ];
     for (body, field) in cases {
         let (status, answer) = s.post("/api/v1/ai/video/task", body.clone()).await;
@@ -346,4 +370,106 @@ async fn a_forged_callback_is_refused_and_changes_nothing() {
     assert_eq!(&kept[4..8], b"ftyp", "the provider's MP4");
     let v = emu.stats().video;
     assert_eq!((v.get_calls, v.list_calls), (1, 0), "{v:?}");
+}
+
+/// The submits of one task that the provider refused `throttled` times (429) and then took, as
+/// the emulator recorded them: in that order, and each at least `THROTTLED_WAIT` after the 429
+/// before it (a lower bound on the provider's own clock: a slow machine only widens the gaps).
+pub(crate) fn assert_spaced_after_429s(log: &[Submit], throttled: usize) {
+    let statuses: Vec<u16> = log.iter().map(|s| s.status).collect();
+    let mut want = vec![429; throttled];
+    want.push(200);
+    assert_eq!(statuses, want, "{log:?}");
+    let least = THROTTLED_WAIT.as_millis() as u64;
+    for pair in log.windows(2) {
+        assert!(
+            pair[1].at_ms >= pair[0].at_ms + least,
+            "a submit came {} ms after a 429: {log:?}",
+            pair[1].at_ms - pair[0].at_ms
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_throttled_submit_waits_and_costs_no_attempt() {
+    // Ark's RPM 429 (`ModelAccountRpmRateLimitExceeded`), without Retry-After, to the first
+    // three creates.
+    let (emu, url, _stop) =
+        emulator_with(Duration::from_millis(50), Duration::from_millis(200), |c| {
+            c.video.throttle_first = 3
+        })
+        .await;
+    let s = server(&url).await;
+    let user = s.create_user("throttled@example.com").await;
+    let id = create(&s, small("refused three times", &user)).await;
+    let t = s.wait_terminal(&id).await;
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(t["attempts"], 1, "a 429 costs no attempt: {t}");
+    let v = emu.stats().video;
+    assert_eq!(v.created, 1, "{v:?}");
+    assert_spaced_after_429s(&v.create_log, 3);
+}
+
+#[tokio::test]
+async fn the_same_callback_delivered_again_and_again_ends_the_task_once() {
+    // Every callback POSTed three times at once (at-least-once delivery).
+    let (emu, url, _stop) = emulator_with(
+        Duration::from_millis(100),
+        Duration::from_millis(400),
+        |c| c.video.callback_copies = 3,
+    )
+    .await;
+    let s = public_server(&url).await;
+    let user = s.create_user("repeats@example.com").await;
+    let mut ws = WsClient::connect(&s.base, "/graphql/ws", Proto::TransportWs).await;
+    ws.subscribe(
+        "all",
+        "subscription($u: ID) { tasksUpdated(userId: $u) { id status version } }",
+        json!({"u": user}),
+    )
+    .await;
+    let id = create(&s, small("called back thrice", &user)).await;
+    let done = s.wait_terminal(&id).await;
+    assert_eq!(done["status"], "completed", "{done}");
+
+    // The provider's final callback, delivered again after the task ended: each answered 2xx,
+    // and nothing is looked at again.
+    let pid = done["provider_task_id"].as_str().expect("provider task id");
+    let (callback, body) = emu.video_callback(pid).expect("the task's callback");
+    assert_eq!(body["status"], "succeeded", "{body}");
+    for _ in 0..3 {
+        let resp = s
+            .http
+            .post(&callback)
+            .json(&body)
+            .send()
+            .await
+            .expect("callback");
+        assert_eq!(resp.status(), 200);
+        let answer: Value = resp.json().await.expect("json");
+        assert_eq!(answer["data"]["outcome"], "ended", "{answer}");
+    }
+    // A later change of the same user marks the end of what the repeats could have published.
+    let marker = s.create_task(&user, "after the repeats").await;
+    let mut completions = 0;
+    loop {
+        let WsEvent::Next { data, .. } = ws.next_event().await else {
+            panic!("subscription ended");
+        };
+        let t = &data["tasksUpdated"];
+        if t["id"] == marker.as_str() {
+            break;
+        }
+        if t["id"] == id.as_str() && t["status"] == "COMPLETED" {
+            completions += 1;
+            assert_eq!(t["version"], done["version"], "{t}");
+        }
+    }
+    assert_eq!(completions, 1, "one terminal transition, one event");
+    let (_, now) = s.get(&format!("/api/v1/tasks/{id}")).await;
+    assert_eq!(now["data"]["version"], done["version"], "no later write");
+    let v = emu.stats().video;
+    assert_eq!(v.downloads, 1, "one download: {v:?}");
+    assert_eq!(v.callbacks_failed, 0, "every delivery answered 2xx: {v:?}");
+    assert!(v.callbacks_delivered >= 3, "{v:?}");
 }

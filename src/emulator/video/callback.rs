@@ -1,6 +1,7 @@
 //! Task callbacks (B.6): a POST of the task object to `callback_url` for each status change, in
 //! order; a final status not answered 2xx within `callback_timeout` (5 s) is re-sent up to
-//! `callback_retries` (3) more times.
+//! `callback_retries` (3) more times. With `callback_copies`, each is sent that many times at
+//! once, as an at-least-once deliverer may.
 
 use std::sync::Weak;
 use std::time::Instant;
@@ -16,7 +17,11 @@ pub(super) fn start(emu: &Emulator, url: String) -> mpsc::UnboundedSender<Callba
     let weak = std::sync::Arc::downgrade(&emu.0);
     tokio::spawn(async move {
         while let Some((body, final_status)) = rx.recv().await {
-            deliver(&weak, &url, &body, final_status).await;
+            let copies = weak
+                .upgrade()
+                .map_or(1, |inner| inner.cfg.video.callback_copies.max(1));
+            let sends = (0..copies).map(|_| deliver(&weak, &url, &body, final_status));
+            futures::future::join_all(sends).await;
         }
     });
     tx

@@ -8,6 +8,7 @@ pub mod request;
 pub mod tasks;
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Mutex, Once};
 use std::time::Instant;
 
@@ -23,6 +24,7 @@ use tokio::sync::Notify;
 
 use super::ark::{request_id, ArkError, Window};
 use super::images::{access_denied, sensitive_input};
+use super::stats::{Submit, SUBMIT_LOG};
 use super::{Emulator, OneRender};
 use tasks::{IssuedVideo, Status, Task, Tasks};
 
@@ -41,6 +43,8 @@ pub struct State {
     /// Rendered videos by size and length, with `reuse_images`.
     rendered: Mutex<HashMap<(u32, u32, u32), OneRender>>,
     http: reqwest::Client,
+    /// Creates answered 429 by `throttle_first` so far.
+    throttled: std::sync::atomic::AtomicU32,
 }
 
 impl Default for State {
@@ -53,6 +57,7 @@ impl Default for State {
             qps: Mutex::default(),
             videos: Mutex::default(),
             rendered: Mutex::default(),
+            throttled: Default::default(),
             // Callbacks go to the service under test, never through a proxy.
             http: reqwest::Client::builder()
                 .no_proxy()
@@ -67,6 +72,14 @@ pub(super) fn routes() -> Router<Emulator> {
         .route(TASKS, get(list).post(create))
         .route(&format!("{TASKS}/{{id}}"), get(get_task).delete(delete))
         .route("/emulator/videos/{name}", get(download))
+}
+
+fn rpm_exceeded() -> ArkError {
+    ArkError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "ModelAccountRpmRateLimitExceeded",
+        "RPM (Requests Per Minute) limit of the model is exceeded.",
+    )
 }
 
 fn not_found(id: &str) -> ArkError {
@@ -110,6 +123,15 @@ impl Emulator {
             return Err(sensitive_input());
         }
         let cfg = &self.0.cfg.video;
+        let throttled = &self.0.video.throttled;
+        if throttled
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < cfg.throttle_first).then_some(n + 1)
+            })
+            .is_ok()
+        {
+            return Err(rpm_exceeded());
+        }
         let model = models::find(spec.model);
         let rpm = cfg.rpm.unwrap_or(model.map_or(600, |m| m.rpm));
         if rpm > 0 {
@@ -118,11 +140,7 @@ impl Emulator {
                 .entry((key.clone(), spec.model.to_string()))
                 .or_default();
             if w.take(Instant::now(), cfg.rpm_window, rpm, 1).is_err() {
-                return Err(ArkError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "ModelAccountRpmRateLimitExceeded",
-                    "RPM (Requests Per Minute) limit of the model is exceeded.",
-                ));
+                return Err(rpm_exceeded());
             }
         }
         let now = Instant::now();
@@ -185,6 +203,14 @@ impl Emulator {
         self.start_video_clock();
         self.0.video.wake.notify_one();
         Ok(json!({ "id": id }))
+    }
+
+    /// The `callback_url` provider task `id` was created with and its task object now: what
+    /// its next callback would POST (tests deliver it again, as a provider may).
+    pub fn video_callback(&self, id: &str) -> Option<(String, Value)> {
+        let tasks = self.0.video.tasks.lock().ok()?;
+        let t = tasks.by_id.get(id)?;
+        Some((t.spec.callback_url.clone()?, t.json()))
     }
 
     fn find_task(&self, headers: &HeaderMap, id: &str) -> Result<Value, ArkError> {
@@ -330,7 +356,14 @@ impl ListQuery {
 
 async fn create(AxState(emu): AxState<Emulator>, headers: HeaderMap, body: Bytes) -> Response {
     emu.hit(&format!("POST {TASKS}"));
+    let at_ms = emu.now_ms();
     let result = emu.create_task(&headers, &body);
+    let status = result.as_ref().map_or_else(|e| e.status.as_u16(), |_| 200);
+    emu.with_stats(|s| {
+        if s.video.create_log.len() < SUBMIT_LOG {
+            s.video.create_log.push(Submit { at_ms, status });
+        }
+    });
     emu.ark_response(&headers, &request_id(), result)
 }
 

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod reqkeys;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -23,6 +24,7 @@ use serde_json::{json, Value};
 
 use super::ark::Window;
 use super::images::Format;
+use super::stats::{Submit, SUBMIT_LOG};
 use super::video::tasks::Outcome;
 use super::Emulator;
 use auth::GatewayError;
@@ -37,6 +39,8 @@ pub struct State {
     tasks: Mutex<HashMap<String, VisualTask>>,
     /// Calls of the last second per access key and `req_key`.
     qps: Mutex<HashMap<(String, String), Window>>,
+    /// Submits answered 429 by `throttle_first` so far.
+    throttled: std::sync::atomic::AtomicU32,
 }
 
 struct VisualTask {
@@ -161,8 +165,16 @@ async fn visual(
     };
     let result = match (action, version) {
         (SUBMIT, VERSION) => {
-            emu.with_stats(|s| s.visual.submits += 1);
-            emu.submit(&access_key, &body)
+            let at_ms = emu.now_ms();
+            let result = emu.submit(&access_key, &body);
+            let status = result.as_ref().map_or_else(|e| e.status.as_u16(), |_| 200);
+            emu.with_stats(|s| {
+                s.visual.submits += 1;
+                if s.visual.submit_log.len() < SUBMIT_LOG {
+                    s.visual.submit_log.push(Submit { at_ms, status });
+                }
+            });
+            result
         }
         (GET_RESULT, VERSION) => {
             emu.with_stats(|s| s.visual.get_results += 1);
@@ -215,6 +227,20 @@ impl Emulator {
 
     fn submit(&self, access_key: &str, body: &[u8]) -> Result<Value, VisualError> {
         let req = parse_body(body)?;
+        let first = self.0.cfg.visual.throttle_first;
+        if self
+            .0
+            .visual
+            .throttled
+            .fetch_update(SeqCst, SeqCst, |n| (n < first).then_some(n + 1))
+            .is_ok()
+        {
+            return Err(VisualError {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                code: 50429,
+                message: "Request Has Reached API Limit, Please Try Later",
+            });
+        }
         if let Some(k) = req["req_key"].as_str() {
             self.visual_qps(access_key, k)?;
         }

@@ -3,7 +3,6 @@
 //! process's claim runs out, under the same `webhook-id`, and its log shows the attempts that
 //! were recorded.
 
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,6 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use serde_json::{json, Value};
 
 use super::SECRET;
+use crate::common::process::{self, ServerProcess};
 use crate::common::{self, PATIENCE};
 
 /// Answers 500 until `accept`, and holds the second request (the attempt the crash cuts short)
@@ -51,29 +51,6 @@ async fn flaky(State(f): State<Flaky>, headers: HeaderMap, body: Bytes) -> Statu
     StatusCode::from_u16(answered).expect("status")
 }
 
-/// The server process, killed (SIGKILL) when dropped, so a failing test leaves none behind.
-struct Proc(Child);
-
-impl Proc {
-    fn kill9(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 /// The server binary on `dir` (embedded) or a database and prefix of its own (distributed).
 struct Binary {
     env: Vec<(String, String)>,
@@ -82,7 +59,6 @@ struct Binary {
 impl Binary {
     fn new(dir: &std::path::Path) -> Binary {
         let mut env: Vec<(String, String)> = [
-            ("HOST", "127.0.0.1"),
             ("SANDBOX_LATENCY", "100ms"),
             ("LOG_LEVEL", "error"),
             ("WEBHOOK_SECRET", SECRET),
@@ -107,35 +83,14 @@ impl Binary {
         Binary { env }
     }
 
-    async fn start(&self, dir: &std::path::Path) -> (Proc, String) {
-        let port = free_port();
-        let mut c = Command::new(env!("CARGO_BIN_EXE_volcengine-ai-server"));
-        c.arg("serve")
-            .current_dir(dir)
-            .env("PORT", port.to_string())
-            .env_remove("VOLCENGINE_API_KEY")
-            .env_remove("ARK_API_KEY")
-            .env_remove("MONGO_URL")
-            .env_remove("MONGODB_URI")
-            .env_remove("REDIS_URL")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+    async fn start(&self, dir: &std::path::Path) -> (ServerProcess, String) {
+        let (mut c, base) = process::command("serve", dir);
         for (k, v) in &self.env {
             c.env(k, v);
         }
-        let child = Proc(c.spawn().expect("spawn the server binary"));
-        let base = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            if let Ok(r) = http.get(format!("{base}/ready")).send().await {
-                if r.status() == 200 {
-                    return (child, base);
-                }
-            }
-            assert!(tokio::time::Instant::now() < deadline, "never ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let p = ServerProcess::start((c, base), "/ready").await;
+        let base = p.base.clone();
+        (p, base)
     }
 }
 

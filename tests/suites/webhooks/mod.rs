@@ -1,9 +1,11 @@
 //! Webhooks end to end, on the backends this run tests: a real HTTP receiver on this machine
 //! that fails the first deliveries and checks every signature with the Standard Webhooks
-//! library; the retries carry the same `webhook-id`; targets in forbidden ranges are refused.
+//! library; the retries carry the same `webhook-id`; targets in forbidden ranges are refused;
+//! video tasks (`video.rs`) take a webhook as image tasks do.
 
 mod crash;
 mod delivery_log;
+mod video;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
