@@ -14,6 +14,7 @@
 //! | `websocket_slow_closed_total` | counter: sockets dropped because their client stopped reading for `WS_SEND_TIMEOUT` | |
 //! | `task_event_lag_seconds` | histogram: a change's `updated_at` to its publication | `status` (the new one) |
 //! | `subscription_update_lag_seconds` | histogram: a change's `updated_at` to its hand-over to a subscriber's socket | |
+//! | `subscription_position_updates_total` | counter: a pending task sent again to a `taskUpdated` subscriber because its queue position changed (paced by `SUBSCRIPTION_POSITION_RATE`) | |
 //! | `webhook_deliveries_total` | counter: attempts' outcomes (`retried`: failed, another is due; `dead`: failed, the last; `delivered`) | `outcome` |
 //! | `webhook_delivery_delay_seconds` | histogram: a change's time to its event's delivery, retries included (redelivered events not counted) | |
 //! | `webhook_attempt_duration_seconds` | histogram: one POST to a receiver | `outcome` (the delivery's state after it) |

@@ -131,6 +131,10 @@ pub struct Config {
     /// Connections served at once; `None`: three quarters of the open-files limit.
     pub max_connections: Option<usize>,
     pub subscription_resync: Duration,
+    /// Queue-position messages a process sends its pending `taskUpdated` subscriptions a second,
+    /// all together: beyond this many waiting subscriptions each is told less often than every
+    /// move (see `queue_clock::PositionPace`).
+    pub subscription_position_rate: u32,
     /// How often an idle event stream (`/api/v1/tasks/{id}/stream`) sends a comment, so that
     /// proxies and clients do not take it for dead.
     pub sse_keep_alive: Duration,
@@ -212,6 +216,7 @@ impl Default for Config {
             header_read_timeout: Duration::from_secs(20),
             max_connections: None,
             subscription_resync: Duration::from_secs(15),
+            subscription_position_rate: 2_000,
             sse_keep_alive: Duration::from_secs(15),
             graphql_max_depth: 12,
             graphql_max_complexity: 1000,
@@ -709,6 +714,11 @@ impl Config {
         )?;
         self.subscription_resync =
             env.duration(&["SUBSCRIPTION_RESYNC"], self.subscription_resync, ms(10))?;
+        self.subscription_position_rate = env.parse(
+            &["SUBSCRIPTION_POSITION_RATE"],
+            self.subscription_position_rate,
+            positive,
+        )?;
         self.sse_keep_alive = env.duration(&["SSE_KEEP_ALIVE"], self.sse_keep_alive, ms(100))?;
         self.ws_send_timeout = env.duration(&["WS_SEND_TIMEOUT"], self.ws_send_timeout, ms(100))?;
         self.graphql_max_depth =

@@ -4,6 +4,7 @@
 //! spell, the bus gone), so a lost event delays a change but never drops it.
 
 use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use super::types::Task;
 use crate::domain;
 use crate::events::Event;
 use crate::service::follow::next_event;
-use crate::service::queue_clock::QueueView;
+use crate::service::queue_clock::{QueueView, Waiting};
 use crate::service::Service;
 use crate::store::ChangeCursor;
 
@@ -47,11 +48,16 @@ struct Placed {
     last: Option<(Arc<domain::Task>, Option<u64>)>,
     /// The clock stopped (shutting down): versions only.
     stopped: bool,
+    /// Held while the last task sent waits in the queue: counts this subscription in the pace.
+    waiting: Option<Waiting>,
+    /// When the position is read next, while positions are paced (`PositionPace`).
+    next_read: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// Sends `versions`, and the last one again each time its queue position changes while it is
-/// pending. Moves come from the process's queue clock (at most one a second, whatever the number
-/// of subscribers) and cost no I/O: the task sent again is the one held.
+/// pending: at each move of the process's queue clock (at most one a second) while few
+/// subscriptions wait, every `PositionPace::interval` when many do. A re-send costs no I/O: the
+/// task sent again is the one held.
 fn with_positions(
     service: Arc<Service>,
     versions: BoxStream<'static, Arc<domain::Task>>,
@@ -63,14 +69,17 @@ fn with_positions(
         moves,
         last: None,
         stopped: false,
+        waiting: None,
+        next_read: None,
     };
     futures::stream::unfold(state, |mut st| async move {
         loop {
-            let waiting = !st.stopped
+            let pending = !st.stopped
                 && st
                     .last
                     .as_ref()
                     .is_some_and(|(t, _)| t.status == domain::TaskStatus::Pending);
+            let interval = st.pace(pending);
             tokio::select! {
                 next = st.versions.next() => {
                     let t = next?;
@@ -78,22 +87,81 @@ fn with_positions(
                     st.last = Some((t.clone(), position));
                     return Some((t, st));
                 }
-                moved = st.moves.changed(), if waiting => {
+                moved = st.moves.changed(), if pending && interval.is_none() => {
                     if moved.is_err() {
                         st.stopped = true;
                         continue;
                     }
-                    let Some((t, sent)) = st.last.as_mut() else { continue };
-                    let position = st.service.queue_place(t).map(|p| p.position);
-                    if position != *sent {
-                        *sent = position;
-                        let t = t.clone();
+                    if let Some(t) = st.moved() {
+                        return Some((t, st));
+                    }
+                }
+                _ = next_read(&mut st.next_read), if interval.is_some() => {
+                    if st.moves.has_changed().is_err() {
+                        st.stopped = true;
+                        continue;
+                    }
+                    if let (Some(sleep), Some(every)) = (st.next_read.as_mut(), interval) {
+                        sleep.as_mut().reset(tokio::time::Instant::now() + every);
+                    }
+                    if let Some(t) = st.moved() {
                         return Some((t, st));
                     }
                 }
             }
         }
     })
+}
+
+impl Placed {
+    /// Counts this subscription while it waits and answers how often it reads its position
+    /// (`None`: at each move of the queue).
+    fn pace(&mut self, pending: bool) -> Option<Duration> {
+        if !pending {
+            self.waiting = None;
+            self.next_read = None;
+            return None;
+        }
+        let pace = self.service.position_pace();
+        if self.waiting.is_none() {
+            self.waiting = Some(pace.wait());
+        }
+        let Some(every) = pace.interval() else {
+            self.next_read = None;
+            return None;
+        };
+        if self.next_read.is_none() {
+            // A random phase: subscriptions made together must not all read (and send) at once.
+            let first = every.mul_f64(rand::random::<f64>());
+            self.next_read = Some(Box::pin(tokio::time::sleep(first)));
+        }
+        Some(every)
+    }
+
+    /// The task held, if its position changed since it was sent.
+    fn moved(&mut self) -> Option<Arc<domain::Task>> {
+        let (t, sent) = self.last.as_mut()?;
+        let position = self.service.queue_place(t).map(|p| p.position);
+        if position == *sent {
+            return None;
+        }
+        *sent = position;
+        positioned();
+        Some(t.clone())
+    }
+}
+
+async fn next_read(sleep: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
+    match sleep.as_mut() {
+        Some(s) => s.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn positioned() {
+    static SENT: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
+    SENT.get_or_init(|| metrics::counter!("subscription_position_updates_total"))
+        .increment(1);
 }
 
 fn delivered(t: &domain::Task) {

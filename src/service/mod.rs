@@ -71,6 +71,7 @@ pub struct Service {
     polls: Option<Arc<PollCache>>,
     /// Queue positions (`queue_clock`).
     queue_clock: Arc<queue_clock::QueueClock>,
+    position_pace: Arc<queue_clock::PositionPace>,
 }
 
 /// The backends' names, for `/health`.
@@ -117,6 +118,9 @@ impl Service {
             ),
             store,
             queue_clock: Arc::new(queue_clock::QueueClock::new(queue.clone())),
+            position_pace: Arc::new(queue_clock::PositionPace::new(
+                config.subscription_position_rate,
+            )),
             queue,
             events,
             catalog: Catalog::new(&config.model_ids),
@@ -236,6 +240,11 @@ impl Service {
     /// Told each time the queue's taken mark moves (at most once a second).
     pub fn queue_moves(&self) -> tokio::sync::watch::Receiver<queue_clock::QueueView> {
         self.queue_clock.subscribe()
+    }
+
+    /// How often pending subscriptions are told their position (`queue_clock::PositionPace`).
+    pub fn position_pace(&self) -> &Arc<queue_clock::PositionPace> {
+        &self.position_pace
     }
 
     /// Users by id, for resolving `Task.user` of tasks the caller was allowed to read.

@@ -16,6 +16,7 @@
 //! observed yet (nothing taken since a backlog formed) there is no estimate.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -66,6 +67,50 @@ impl QueueView {
             position,
             estimated_start_at,
         })
+    }
+}
+
+/// Paces the queue positions pushed to pending `taskUpdated` subscriptions. A move of the queue
+/// changes the position of every waiting subscription at once: 90,000 of them made 90,000
+/// messages a second, each a GraphQL execution, and the terminal states queued behind them
+/// (#22.2: p99 14 s). Up to `per_sec` waiting subscriptions each is told at every move; beyond,
+/// each reads its position every `waiting / per_sec` seconds on its own timer, at a random
+/// phase, so the process sends about `per_sec` position messages a second whatever the crowd
+/// and wakes no subscription in between.
+pub struct PositionPace {
+    per_sec: u32,
+    waiting: AtomicUsize,
+}
+
+impl PositionPace {
+    pub fn new(per_sec: u32) -> PositionPace {
+        PositionPace {
+            per_sec: per_sec.max(1),
+            waiting: AtomicUsize::new(0),
+        }
+    }
+
+    /// How often each waiting subscription reads its position: `None` while they all fit the
+    /// rate (told at each move of the queue instead, at most once a `TICK`).
+    pub fn interval(&self) -> Option<Duration> {
+        let waiting = self.waiting.load(Ordering::Relaxed);
+        (waiting > self.per_sec as usize)
+            .then(|| Duration::from_secs_f64(waiting as f64 / f64::from(self.per_sec)))
+    }
+
+    /// Counts one subscription as waiting until the guard is dropped.
+    pub fn wait(self: &Arc<Self>) -> Waiting {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        Waiting(self.clone())
+    }
+}
+
+/// A subscription counted by [`PositionPace::wait`].
+pub struct Waiting(Arc<PositionPace>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -196,6 +241,23 @@ mod tests {
         );
         t.queue_seq = Some(seq);
         t
+    }
+
+    #[test]
+    fn positions_are_paced_only_beyond_the_rate_in_proportion_to_the_crowd() {
+        let pace = Arc::new(PositionPace::new(2));
+        let a = pace.wait();
+        let _b = pace.wait();
+        assert_eq!(pace.interval(), None, "two fit a rate of two a second");
+        let c: Vec<Waiting> = (0..8).map(|_| pace.wait()).collect();
+        assert_eq!(
+            pace.interval(),
+            Some(Duration::from_secs(5)),
+            "ten at two a second"
+        );
+        drop(c);
+        drop(a);
+        assert_eq!(pace.interval(), None, "one left");
     }
 
     #[test]

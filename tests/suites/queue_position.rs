@@ -254,3 +254,51 @@ async fn positions_survive_a_restart() {
     }
     s.stop().await;
 }
+
+#[tokio::test]
+async fn many_waiting_subscriptions_are_sent_positions_at_the_paced_rate() {
+    // SUBSCRIPTION_POSITION_RATE=1 with eight subscriptions waiting: each is told its position
+    // every ~8 s, not at every move of the queue (about one a second here). Unpaced, the eight
+    // were sent ~35 positions while the backlog drained in ~7 s.
+    let mut s = TestServer::start_with(|c| {
+        c.worker_concurrency = 1;
+        c.sandbox_latency = Duration::from_millis(400);
+        c.subscription_position_rate = 1;
+    })
+    .await;
+    let user = s.create_user("paced-queue@example.com").await;
+    let mut ids = Vec::new();
+    for i in 0..16 {
+        ids.push(s.create_task(&user, &format!("backlog {i}")).await);
+    }
+    let mut ws = WsClient::connect(&s.base, "/graphql/ws", Proto::TransportWs).await;
+    let started = tokio::time::Instant::now();
+    let watched = &ids[8..];
+    for (i, id) in watched.iter().enumerate() {
+        ws.subscribe(&format!("s{i}"), FOLLOW, json!({"id": id}))
+            .await;
+    }
+    let mut pending = std::collections::HashMap::<String, usize>::new();
+    let mut done = 0;
+    while done < watched.len() {
+        match tokio::time::timeout(PATIENCE, ws.next_event()).await {
+            Ok(WsEvent::Next { id, data }) => {
+                if data["taskUpdated"]["status"] == "PENDING" {
+                    *pending.entry(id).or_default() += 1;
+                }
+            }
+            Ok(WsEvent::Complete { .. }) => done += 1,
+            Ok(WsEvent::Error { payload, .. }) => panic!("subscription error: {payload}"),
+            Err(_) => panic!("the subscriptions did not end: {pending:?}"),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // The first PENDING message of each is its snapshot; the rest are positions, about one a
+    // second in all (the rate), each subscription's first read at a random phase.
+    let resent: usize = pending.values().map(|n| n.saturating_sub(1)).sum();
+    assert!(
+        (resent as f64) <= elapsed + watched.len() as f64,
+        "{resent} positions sent in {elapsed:.1} s: {pending:?}"
+    );
+    s.stop().await;
+}
