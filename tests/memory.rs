@@ -127,40 +127,17 @@ impl Server {
     /// the issue measured it. `MEMORY_TEST_BINARY` measures another build (a release one).
     async fn start() -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
         let binary = std::env::var("MEMORY_TEST_BINARY")
             .unwrap_or_else(|_| env!("CARGO_BIN_EXE_volcengine-ai-server").to_string());
-        let mut cmd = std::process::Command::new(binary);
-        cmd.arg("serve")
-            .current_dir(dir.path())
-            .env("HOST", "127.0.0.1")
-            .env("PORT", port.to_string())
-            .env("DATA_DIR", dir.path().join("data"))
-            .env("LOG_LEVEL", "error")
+        let (mut cmd, base) = common::process::command_of(&binary, "serve", dir.path());
+        cmd.env("DATA_DIR", dir.path().join("data"))
             .env("WORKER_CONCURRENCY", "16")
             .env("SANDBOX_LATENCY", "0ms")
-            .env("PROVIDER_IPM", "10000000")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::inherit());
-        for var in [
-            "VOLCENGINE_API_KEY",
-            "ARK_API_KEY",
-            "MONGO_URL",
-            "MONGODB_URI",
-            "REDIS_URL",
-            "ADMIN_API_KEY",
-            "TASK_CACHE_SIZE",
-            "TASK_CACHE_BYTES",
-        ] {
-            cmd.env_remove(var);
-        }
+            .env("PROVIDER_IPM", "10000000");
         let child = cmd.spawn().expect("server starts");
         let s = Server {
             child,
-            base: format!("http://127.0.0.1:{port}"),
+            base,
             http: reqwest::Client::new(),
             _dir: dir,
         };

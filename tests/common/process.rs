@@ -50,8 +50,13 @@ pub fn own_address() -> (String, u16) {
 /// `volcengine-ai-server <role>` in `dir`, on an address of its own, logging errors only to the
 /// test's stderr, with none of `INHERITED`; the caller's `.env()` calls come after, so they win.
 pub fn command(role: &str, dir: &Path) -> (Command, String) {
+    command_of(env!("CARGO_BIN_EXE_volcengine-ai-server"), role, dir)
+}
+
+/// As `command`, for another build of the binary (`MEMORY_TEST_BINARY`: a release one).
+pub fn command_of(binary: &str, role: &str, dir: &Path) -> (Command, String) {
     let (ip, port) = own_address();
-    let mut c = Command::new(env!("CARGO_BIN_EXE_volcengine-ai-server"));
+    let mut c = Command::new(binary);
     c.arg(role)
         .current_dir(dir)
         .env("HOST", &ip)

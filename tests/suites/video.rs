@@ -10,9 +10,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{Proto, TestServer, WsClient, WsEvent, PATIENCE};
+use crate::common::{start_emulator, Proto, TestServer, WsClient, WsEvent, PATIENCE};
 use volcengine_ai_server::emulator::stats::Submit;
-use volcengine_ai_server::emulator::{self, Emulator, EmulatorConfig};
+use volcengine_ai_server::emulator::{Emulator, EmulatorConfig};
 use volcengine_ai_server::worker::submit::THROTTLED_WAIT;
 
 const KEY: &str = "video-key-1";
@@ -29,11 +29,6 @@ async fn emulator_with(
     run: Duration,
     tweak: impl FnOnce(&mut EmulatorConfig),
 ) -> (Emulator, String, CancellationToken) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let stop = CancellationToken::new();
     let mut cfg = EmulatorConfig {
         latency: Duration::from_millis(10),
         api_key: Some(KEY.into()),
@@ -42,13 +37,19 @@ async fn emulator_with(
     cfg.video.queue_time = queue;
     cfg.video.run_time = run;
     tweak(&mut cfg);
-    let emu = emulator::serve(cfg, listener, stop.clone())
-        .await
-        .expect("emulator");
-    (emu, format!("http://{addr}"), stop)
+    start_emulator(cfg).await
 }
 
 async fn server(endpoint: &str) -> TestServer {
+    server_with(endpoint, |c| c.task_lease = Duration::from_secs(3)).await
+}
+
+/// A server calling the emulator at `endpoint` with its key, tracking videos quickly; `tweak`
+/// sets the rest.
+pub(crate) async fn server_with(
+    endpoint: &str,
+    tweak: impl FnOnce(&mut volcengine_ai_server::config::Config) + Send + 'static,
+) -> TestServer {
     let endpoint = endpoint.to_string();
     TestServer::start_with(move |c| {
         c.volcengine_endpoint = endpoint;
@@ -57,7 +58,7 @@ async fn server(endpoint: &str) -> TestServer {
         c.video.poll_max = Duration::from_millis(200);
         // The emulator allows one list request a second, as Ark does.
         c.video.list_interval = Duration::from_millis(1000);
-        c.task_lease = Duration::from_secs(3);
+        tweak(c);
     })
     .await
 }

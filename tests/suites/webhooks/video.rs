@@ -9,19 +9,11 @@ use serde_json::json;
 
 use super::{accepted, start_receiver, SECRET};
 use crate::common::TestServer;
-use crate::video::{emulator, small};
+use crate::video::{emulator, server_with, small};
 use volcengine_ai_server::config::Secret;
 
-const KEY: &str = "video-key-1";
-
 async fn server(endpoint: &str, allow_private: bool) -> TestServer {
-    let endpoint = endpoint.to_string();
-    TestServer::start_with(move |c| {
-        c.volcengine_endpoint = endpoint;
-        c.volcengine_api_key = Some(KEY.to_string().into());
-        c.video.poll_min = Duration::from_millis(50);
-        c.video.poll_max = Duration::from_millis(200);
-        c.video.list_interval = Duration::from_millis(1000);
+    server_with(endpoint, move |c| {
         c.webhooks.secret = Some(Secret::from(SECRET));
         c.webhooks.retry_base = Duration::from_millis(50);
         c.webhooks.allow_private = allow_private;
